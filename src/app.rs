@@ -1,0 +1,232 @@
+//! The application builder, shared by `main` and the tests: connect and migrate
+//! the database, load keys, bind the listener (port 0 allowed), serve until told
+//! to stop, then finish in-flight requests.
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum_server::Handle;
+use axum_server::tls_rustls::RustlsConfig;
+use tokio::task::JoinHandle;
+
+use crate::chat_token::{ChatTokenIssuer, KEY_HEARTBEAT, KeyDirectory};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+use crate::vault::Vault;
+
+/// Everything a request handler can reach.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub vault: Vault,
+    pub keys: Arc<KeyDirectory>,
+    pub metrics: Arc<Metrics>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot open the database {url}: {source}")]
+    Database { url: String, source: StoreError },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server error: {0}")]
+    Serve(std::io::Error),
+}
+
+/// How often expired pending flows and used host-token ids are deleted.
+const PRUNE_EVERY: Duration = Duration::from_secs(300);
+
+/// A built, bound, not yet serving chatgate.
+#[derive(Debug)]
+pub struct App {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    state: AppState,
+}
+
+impl AppState {
+    /// Connects to the database, applies migrations and publishes the signing key.
+    pub async fn build(config: Config) -> Result<Self, AppError> {
+        let store =
+            Store::connect(&config.database)
+                .await
+                .map_err(|source| AppError::Database {
+                    url: config.database.display.clone(),
+                    source,
+                })?;
+        store.migrate().await?;
+        let issuer = Arc::new(ChatTokenIssuer::new(
+            config.public_url.issuer(),
+            config.signing_key.clone(),
+            config.chat_token_ttl,
+        ));
+        let keys = Arc::new(KeyDirectory::new(issuer, config.clock_skew));
+        keys.refresh(&store, crate::time::now()).await?;
+        let vault = Vault::new(store.clone(), config.vault_keys.clone());
+        Ok(Self {
+            config: Arc::new(config),
+            store,
+            vault,
+            keys,
+            metrics: Arc::new(Metrics::new()),
+        })
+    }
+}
+
+impl App {
+    pub async fn build(config: Config) -> Result<Self, AppError> {
+        let addr = config.listen;
+        let state = AppState::build(config).await?;
+        let listener = TcpListener::bind(addr).map_err(|source| AppError::Bind { addr, source })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| AppError::Bind { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| AppError::Bind { addr, source })?;
+        Ok(Self {
+            listener,
+            local_addr,
+            state,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr.port()
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting connections and
+    /// gives in-flight requests up to `shutdown_timeout` to finish.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), AppError> {
+        let Self {
+            listener,
+            local_addr,
+            state,
+        } = self;
+        let config = state.config.clone();
+        let background = spawn_background(&state);
+        let router = crate::web::router(state.clone());
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+
+        let handle: Handle<SocketAddr> = Handle::new();
+        let grace = config.shutdown_timeout;
+        let signal_handle = handle.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!(grace = ?grace, "shutting down: finishing in-flight requests");
+            signal_handle.graceful_shutdown(Some(grace));
+        });
+
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        tracing::info!(
+            listen = %local_addr,
+            scheme,
+            public_url = %config.public_url.issuer(),
+            database = %config.database.display,
+            kid = %state.keys.issuer().key().kid(),
+            "chatgate is serving"
+        );
+        let served = match &config.tls {
+            Some(tls) => {
+                let tls = RustlsConfig::from_config(tls.clone());
+                axum_server::from_tcp_rustls(listener, tls)
+                    .map_err(AppError::Serve)?
+                    .handle(handle)
+                    .serve(service)
+                    .await
+            }
+            None => {
+                axum_server::from_tcp(listener)
+                    .map_err(AppError::Serve)?
+                    .handle(handle)
+                    .serve(service)
+                    .await
+            }
+        };
+        for task in background {
+            task.abort();
+        }
+        state.store.close().await;
+        tracing::info!("chatgate stopped");
+        served.map_err(AppError::Serve)
+    }
+}
+
+/// Periodic work: the signing-key heartbeat (keeps the JWKS of every replica
+/// current) and pruning of expired rows.
+fn spawn_background(state: &AppState) -> Vec<JoinHandle<()>> {
+    let heartbeat = {
+        let (keys, store) = (state.keys.clone(), state.store.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(KEY_HEARTBEAT);
+            tick.tick().await; // the first tick is immediate; build() already refreshed
+            loop {
+                tick.tick().await;
+                if let Err(e) = keys.refresh(&store, crate::time::now()).await {
+                    tracing::warn!(error = %e, "signing-key heartbeat failed; will retry");
+                }
+            }
+        })
+    };
+    let prune = {
+        let store = state.store.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PRUNE_EVERY);
+            loop {
+                tick.tick().await;
+                match store.prune_expired(crate::time::now()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(rows = n, "pruned expired flows and host-token ids"),
+                    Err(e) => tracing::warn!(error = %e, "pruning expired rows failed; will retry"),
+                }
+            }
+        })
+    };
+    vec![heartbeat, prune]
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

@@ -1,0 +1,346 @@
+//! The `chatgate` command line. Parses arguments, loads the config, and hands
+//! over to the library; each verb is a small function.
+
+use std::io::Write as _;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::app::{App, shutdown_signal};
+use crate::chat_token::{SigningAlg, SigningKey};
+use crate::config::{self, Config, Loaded};
+use crate::store::Store;
+use crate::vault::{Vault, VaultKeyRing};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "chatgate",
+    version,
+    about = "Auth broker for embedded chat widgets"
+)]
+pub struct Cli {
+    /// The configuration file.
+    #[arg(long, global = true, env = "CHATGATE_CONFIG", default_value = config::DEFAULT_PATH)]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (applies pending migrations first).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Check the configuration, print every problem, exit non-zero if any.
+    CheckConfig,
+    /// Generate key material.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Vault maintenance.
+    Vault {
+        #[command(subcommand)]
+        command: VaultCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Generate a key.
+    Generate {
+        #[command(subcommand)]
+        kind: GenerateKind,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GenerateKind {
+    /// A vault key (AES-256), printed in base64 on stdout.
+    Vault,
+    /// A chat-token signing key (PKCS#8 PEM).
+    Signing {
+        /// Write the key to this file (created with mode 0600, never overwritten)
+        /// instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The key type.
+        #[arg(long, value_enum, default_value_t = AlgArg::Eddsa)]
+        alg: AlgArg,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum AlgArg {
+    /// Ed25519 (EdDSA)
+    Eddsa,
+    /// P-256 (ES256)
+    Es256,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VaultCommand {
+    /// Re-encrypt every vault entry under the newest vault key. Resumable: each
+    /// batch is committed, so an interrupted run (Ctrl-C) can simply be run again.
+    Rekey {
+        /// Entries per transaction.
+        #[arg(long, default_value_t = 500)]
+        batch_size: u32,
+    },
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Keys { command } => keys(command),
+        command => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => return fail(format!("cannot start the async runtime: {e}")),
+            };
+            runtime.block_on(run(command, &cli.config))
+        }
+    }
+}
+
+async fn run(command: Command, config_path: &Path) -> ExitCode {
+    if let Command::CheckConfig = command {
+        return check_config(config_path);
+    }
+    let Loaded { config, warnings } = match Config::load(config_path, &config::process_env) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprint!("{e}");
+            eprintln!("chatgate did not start; `chatgate check-config` lists the same problems.");
+            return ExitCode::FAILURE;
+        }
+    };
+    crate::telemetry::init(&config.log);
+    for w in &warnings {
+        tracing::warn!(key = %w.key, "{}", w.message);
+    }
+    match command {
+        Command::Serve => serve(config).await,
+        Command::Migrate => migrate(config).await,
+        Command::Vault {
+            command: VaultCommand::Rekey { batch_size },
+        } => rekey(config, batch_size).await,
+        Command::CheckConfig | Command::Keys { .. } => unreachable!("handled above"),
+    }
+}
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::FAILURE
+}
+
+fn check_config(path: &Path) -> ExitCode {
+    match Config::load(path, &config::process_env) {
+        Ok(Loaded { config, warnings }) => {
+            println!("{}: ok", path.display());
+            println!("  public_url  {}", config.public_url.issuer());
+            println!(
+                "  listen      {}{}",
+                config.listen,
+                if config.tls.is_some() { " (https)" } else { "" }
+            );
+            println!("  database    {}", config.database.display);
+            let ids: Vec<&str> = config.vault_keys.key_ids().map(|k| k.as_str()).collect();
+            println!(
+                "  vault keys  {} (new entries sealed with {:?})",
+                ids.join(", "),
+                ids[0]
+            );
+            println!(
+                "  signing key {} ({})",
+                config.signing_key.kid(),
+                config.signing_key.alg_name()
+            );
+            let providers: Vec<&str> = config.providers.iter().map(|p| p.id.as_str()).collect();
+            println!(
+                "  providers   {}",
+                if providers.is_empty() {
+                    "(none)".into()
+                } else {
+                    providers.join(", ")
+                }
+            );
+            let apps: Vec<&str> = config.apps.iter().map(|a| a.id.as_str()).collect();
+            println!(
+                "  apps        {}",
+                if apps.is_empty() {
+                    "(none)".into()
+                } else {
+                    apps.join(", ")
+                }
+            );
+            for w in warnings {
+                println!("  warning: {w}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprint!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> ExitCode {
+    let app = match App::build(config).await {
+        Ok(app) => app,
+        Err(e) => return fail(e),
+    };
+    match app.run_until_stopped(shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
+async fn connect(config: &Config) -> Result<Store, ExitCode> {
+    let store = Store::connect(&config.database).await.map_err(|e| {
+        fail(format!(
+            "cannot open the database {}: {e}",
+            config.database.display
+        ))
+    })?;
+    store.migrate().await.map_err(fail)?;
+    Ok(store)
+}
+
+async fn migrate(config: Config) -> ExitCode {
+    match connect(&config).await {
+        Ok(store) => {
+            println!(
+                "database {} ({}) is up to date",
+                config.database.display,
+                store.backend()
+            );
+            store.close().await;
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+async fn rekey(config: Config, batch_size: u32) -> ExitCode {
+    let store = match connect(&config).await {
+        Ok(store) => store,
+        Err(code) => return code,
+    };
+    let vault = Vault::new(store.clone(), config.vault_keys.clone());
+    let target = config.vault_keys.current_key_id().clone();
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let interrupted = interrupted.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            eprintln!("interrupt: stopping after the current batch (run again to continue)");
+            interrupted.store(true, Ordering::SeqCst);
+        });
+    }
+    eprintln!("re-encrypting vault entries under key {target} in batches of {batch_size}");
+    let result = vault
+        .rekey(batch_size, crate::time::now(), |r| {
+            eprintln!(
+                "  scanned {}, moved {}, already current {}",
+                r.scanned, r.moved, r.current
+            );
+            if interrupted.load(Ordering::SeqCst) {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .await;
+    store.close().await;
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    println!(
+        "moved {} entries to key {target}; {} already under it; {} scanned",
+        report.moved, report.current, report.scanned
+    );
+    if report.changed_meanwhile > 0 {
+        println!(
+            "{} entries changed while being re-encrypted; run `chatgate vault rekey` again to check them",
+            report.changed_meanwhile
+        );
+    }
+    for (app, user, why) in &report.failed {
+        eprintln!("  could not re-encrypt ({app}, {user}): {why}");
+    }
+    if interrupted.load(Ordering::SeqCst) {
+        println!("interrupted: run `chatgate vault rekey` again to finish");
+        return ExitCode::FAILURE;
+    }
+    if report.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        fail(format!(
+            "{} entries could not be re-encrypted",
+            report.failed.len()
+        ))
+    }
+}
+
+fn keys(command: KeysCommand) -> ExitCode {
+    let KeysCommand::Generate { kind } = command;
+    match kind {
+        GenerateKind::Vault => {
+            let key = VaultKeyRing::generate_key();
+            println!("{}", key.expose_secret());
+            ExitCode::SUCCESS
+        }
+        GenerateKind::Signing { out, alg } => {
+            let alg = match alg {
+                AlgArg::Eddsa => SigningAlg::EdDsa,
+                AlgArg::Es256 => SigningAlg::Es256,
+            };
+            let pem = SigningKey::generate_pem(alg);
+            let kid = match SigningKey::from_pem(&pem) {
+                Ok(k) => k.kid().to_string(),
+                Err(e) => return fail(e),
+            };
+            match out {
+                Some(path) => match write_private_file(&path, pem.expose_secret().as_bytes()) {
+                    Ok(()) => {
+                        eprintln!("wrote signing key {kid} to {}", path.display());
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail(format!("cannot write {}: {e}", path.display())),
+                },
+                None => {
+                    eprintln!("signing key {kid}");
+                    print!("{}", pem.expose_secret());
+                    let _ = std::io::stdout().flush();
+                    ExitCode::SUCCESS
+                }
+            }
+        }
+    }
+}
+
+/// Creates `path` readable by its owner only; refuses to replace a file.
+fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}

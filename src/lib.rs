@@ -1,0 +1,19 @@
+//! chatgate: signs users of an embedded chat widget in, keeps their IdP tokens in
+//! an encrypted vault, and hands out short-lived chat tokens bound to the verified
+//! user id. See `DESIGN.md` (the external contract) and `README.md`.
+
+#![forbid(unsafe_code)]
+#![warn(missing_debug_implementations)]
+
+pub mod app;
+pub mod chat_token;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod metrics;
+pub mod secret;
+pub mod store;
+pub mod telemetry;
+pub mod time;
+pub mod vault;
+pub mod web;

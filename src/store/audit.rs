@@ -1,0 +1,74 @@
+//! SQL for `audit_events`.
+
+use serde::Serialize;
+
+use super::{Result, Store, with_pool};
+
+/// One thing that happened to a user's tokens or to a credential. Never a token.
+#[derive(Debug, Clone, Copy)]
+pub struct AuditEvent<'a> {
+    /// `bot:<id>`, `user`, `cli` or `system`.
+    pub actor: &'a str,
+    pub app: Option<&'a str>,
+    pub user_id: Option<&'a str>,
+    pub action: &'a str,
+    pub outcome: &'a str,
+    pub detail: Option<&'a str>,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct AuditRow {
+    pub id: i64,
+    pub at: i64,
+    pub actor: String,
+    pub app: Option<String>,
+    pub user_id: Option<String>,
+    pub action: String,
+    pub outcome: String,
+    pub detail: Option<String>,
+}
+
+/// Which events to list; `None` matches everything.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub user_id: Option<String>,
+    pub actor: Option<String>,
+    pub limit: u32,
+}
+
+impl Store {
+    pub async fn record_audit(&self, event: AuditEvent<'_>, now: i64) -> Result<()> {
+        with_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO audit_events (at, actor, app, user_id, action, outcome, detail) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(now)
+            .bind(event.actor)
+            .bind(event.app)
+            .bind(event.user_id)
+            .bind(event.action)
+            .bind(event.outcome)
+            .bind(event.detail)
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// The newest events first.
+    pub async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRow>> {
+        const SQL: &str = "SELECT id, at, actor, app, user_id, action, outcome, detail \
+             FROM audit_events \
+             WHERE ($1 IS NULL OR user_id = $1) AND ($2 IS NULL OR actor = $2) \
+             ORDER BY id DESC LIMIT $3";
+        Ok(with_pool!(self, pool => {
+            sqlx::query_as::<_, AuditRow>(SQL)
+                .bind(filter.user_id.as_deref())
+                .bind(filter.actor.as_deref())
+                .bind(i64::from(filter.limit))
+                .fetch_all(pool)
+                .await?
+        }))
+    }
+}

@@ -1,0 +1,99 @@
+//! SQL for `pending_flows`: authorization-code flows waiting for their callback.
+
+use super::{Result, Store, with_pool};
+
+/// A flow being started. `nonce` and `pkce_verifier` arrive sealed.
+#[derive(Debug)]
+pub struct NewFlow<'a> {
+    pub state_hash: &'a str,
+    pub binding_hash: &'a str,
+    pub app: &'a str,
+    pub provider: &'a str,
+    pub origin: &'a str,
+    pub mode: &'a str,
+    pub nonce: Vec<u8>,
+    pub pkce_verifier: Vec<u8>,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+#[derive(Clone, sqlx::FromRow)]
+pub struct PendingFlowRow {
+    pub state_hash: String,
+    pub binding_hash: String,
+    pub app: String,
+    pub provider: String,
+    pub origin: String,
+    pub mode: String,
+    pub nonce: Vec<u8>,
+    pub pkce_verifier: Vec<u8>,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+impl std::fmt::Debug for PendingFlowRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingFlowRow")
+            .field("app", &self.app)
+            .field("provider", &self.provider)
+            .field("origin", &self.origin)
+            .field("mode", &self.mode)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    pub async fn insert_flow(&self, flow: NewFlow<'_>) -> Result<()> {
+        const SQL: &str = "INSERT INTO pending_flows (state_hash, binding_hash, app, provider, \
+               origin, mode, nonce, pkce_verifier, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+        with_pool!(self, pool => {
+            sqlx::query(SQL)
+                .bind(flow.state_hash)
+                .bind(flow.binding_hash)
+                .bind(flow.app)
+                .bind(flow.provider)
+                .bind(flow.origin)
+                .bind(flow.mode)
+                .bind(flow.nonce)
+                .bind(flow.pkce_verifier)
+                .bind(flow.created_at)
+                .bind(flow.expires_at)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// Consumes the flow with this state, atomically: of two callbacks racing
+    /// with the same state, one gets the row and the other gets `None`. A browser
+    /// that does not hold the binding cookie cannot consume (or burn) the flow.
+    /// The row is returned even when expired; the caller rejects it.
+    pub async fn take_flow(
+        &self,
+        state_hash: &str,
+        binding_hash: &str,
+    ) -> Result<Option<PendingFlowRow>> {
+        const SQL: &str = "DELETE FROM pending_flows WHERE state_hash = $1 AND binding_hash = $2 \
+             RETURNING state_hash, binding_hash, app, provider, origin, mode, nonce, \
+               pkce_verifier, created_at, expires_at";
+        Ok(with_pool!(self, pool => {
+            sqlx::query_as::<_, PendingFlowRow>(SQL)
+                .bind(state_hash)
+                .bind(binding_hash)
+                .fetch_optional(pool)
+                .await?
+        }))
+    }
+
+    pub(super) async fn prune_flows(&self, now: i64) -> Result<u64> {
+        Ok(with_pool!(self, pool => {
+            sqlx::query("DELETE FROM pending_flows WHERE expires_at <= $1")
+                .bind(now)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        }))
+    }
+}

@@ -1,0 +1,151 @@
+//! All SQL lives under this module. One schema, two backends: SQLite (the embedded
+//! default) and PostgreSQL (several replicas sharing one database).
+//!
+//! Queries are written once in the SQL both backends understand (`$1` parameters,
+//! `ON CONFLICT`, `RETURNING`) and run on whichever pool is configured through the
+//! [`with_pool!`] macro; where the dialects differ (migrations, locking) the code
+//! says so. Times are Unix seconds.
+
+mod audit;
+mod bots;
+mod flows;
+mod replay;
+mod signing_keys;
+mod vault;
+
+use std::time::Duration;
+
+use sqlx::{
+    PgPool, SqlitePool,
+    postgres::PgPoolOptions,
+    sqlite::{SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+};
+
+pub use audit::{AuditEvent, AuditFilter, AuditRow};
+pub use bots::BotRow;
+pub use flows::{NewFlow, PendingFlowRow};
+pub use signing_keys::SigningKeyRow;
+pub use vault::{Resealed, SealedEntry, VaultRow};
+
+use crate::config::{DatabaseConfig, DatabaseKind};
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// A connection pool to one of the two supported databases.
+#[derive(Debug, Clone)]
+pub enum Store {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to the concrete pool. The body is compiled
+/// once per backend, so it must be SQL both understand.
+macro_rules! with_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match $store {
+            $crate::store::Store::Sqlite($pool) => $body,
+            $crate::store::Store::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use with_pool;
+
+/// Starts a transaction that will write. SQLite takes the write lock up front
+/// (`BEGIN IMMEDIATE`), so two writers queue on the busy timeout instead of one
+/// failing with `SQLITE_BUSY` when it upgrades a read lock.
+trait BeginWrite {
+    type Db: sqlx::Database;
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Self::Db>>;
+}
+
+impl BeginWrite for SqlitePool {
+    type Db = sqlx::Sqlite;
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        Ok(self.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+impl BeginWrite for PgPool {
+    type Db = sqlx::Postgres;
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        Ok(self.begin().await?)
+    }
+}
+
+impl Store {
+    /// Opens the pool. SQLite runs in WAL mode with a busy timeout, so readers never
+    /// block the writer and concurrent writers wait instead of failing.
+    pub async fn connect(config: &DatabaseConfig) -> Result<Self> {
+        match &config.kind {
+            DatabaseKind::Sqlite(options) => {
+                let options = options
+                    .clone()
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(10))
+                    .foreign_keys(true);
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(config.max_connections)
+                    .acquire_timeout(Duration::from_secs(15))
+                    .connect_with(options)
+                    .await?;
+                Ok(Self::Sqlite(pool))
+            }
+            DatabaseKind::Postgres(options) => {
+                let pool = PgPoolOptions::new()
+                    .max_connections(config.max_connections)
+                    .acquire_timeout(Duration::from_secs(15))
+                    .connect_with(options.clone())
+                    .await?;
+                Ok(Self::Postgres(pool))
+            }
+        }
+    }
+
+    /// Applies the embedded migrations that have not run yet. Safe to call from
+    /// several replicas at once (sqlx takes a lock).
+    pub async fn migrate(&self) -> Result<()> {
+        match self {
+            Self::Sqlite(pool) => SQLITE_MIGRATIONS.run(pool).await?,
+            Self::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// A cheap round trip, for `/readyz`.
+    pub async fn ping(&self) -> Result<()> {
+        with_pool!(self, pool => {
+            sqlx::query("SELECT 1").execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) => "sqlite",
+            Self::Postgres(_) => "postgres",
+        }
+    }
+
+    pub async fn close(&self) {
+        with_pool!(self, pool => pool.close().await)
+    }
+
+    /// Deletes expired pending flows and used host-token ids. Returns how many
+    /// rows went.
+    pub async fn prune_expired(&self, now: i64) -> Result<u64> {
+        Ok(self.prune_flows(now).await? + self.prune_jtis(now).await?)
+    }
+}

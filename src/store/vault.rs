@@ -1,0 +1,183 @@
+//! SQL for `vault_entries`. Secret columns arrive here already sealed.
+
+use std::fmt;
+
+use super::{BeginWrite as _, Result, Store, with_pool};
+
+/// A vault row as stored: secret columns are sealed blobs.
+#[derive(Clone, sqlx::FromRow)]
+pub struct VaultRow {
+    pub app: String,
+    pub user_id: String,
+    pub provider: String,
+    pub access_token: Vec<u8>,
+    pub refresh_token: Option<Vec<u8>>,
+    pub token_type: String,
+    pub scope: String,
+    pub access_expires_at: Option<i64>,
+    pub needs_reauth: bool,
+    pub row_version: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl fmt::Debug for VaultRow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VaultRow")
+            .field("app", &self.app)
+            .field("user_id", &self.user_id)
+            .field("provider", &self.provider)
+            .field("has_refresh_token", &self.refresh_token.is_some())
+            .field("token_type", &self.token_type)
+            .field("scope", &self.scope)
+            .field("access_expires_at", &self.access_expires_at)
+            .field("needs_reauth", &self.needs_reauth)
+            .field("row_version", &self.row_version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a sign-in writes.
+#[derive(Debug)]
+pub struct SealedEntry<'a> {
+    pub app: &'a str,
+    pub user_id: &'a str,
+    pub provider: &'a str,
+    pub access_token: Vec<u8>,
+    /// `None` keeps the stored refresh token (IdPs often omit it on later sign-ins),
+    /// unless that one was refused by the IdP or came from another provider.
+    pub refresh_token: Option<Vec<u8>>,
+    pub token_type: &'a str,
+    pub scope: &'a str,
+    pub access_expires_at: Option<i64>,
+}
+
+/// A re-encrypted row for `vault rekey`, written only if the row is unchanged.
+#[derive(Debug)]
+pub struct Resealed {
+    pub app: String,
+    pub user_id: String,
+    pub row_version: i64,
+    pub access_token: Vec<u8>,
+    pub refresh_token: Option<Vec<u8>>,
+}
+
+/// The columns of [`VaultRow`], for `concat!`.
+macro_rules! vault_columns {
+    () => {
+        "app, user_id, provider, access_token, refresh_token, token_type, scope, \
+         access_expires_at, needs_reauth, row_version, created_at, updated_at"
+    };
+}
+
+impl Store {
+    /// Inserts or replaces the tokens of `(app, user_id)` in one statement.
+    pub async fn upsert_vault_entry(&self, entry: SealedEntry<'_>, now: i64) -> Result<()> {
+        const SQL: &str = "INSERT INTO vault_entries (app, user_id, provider, access_token, \
+               refresh_token, token_type, scope, access_expires_at, needs_reauth, row_version, \
+               created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, FALSE, 1, $9, $9) \
+             ON CONFLICT (app, user_id) DO UPDATE SET \
+               access_token = excluded.access_token, \
+               refresh_token = CASE \
+                 WHEN excluded.refresh_token IS NOT NULL THEN excluded.refresh_token \
+                 WHEN vault_entries.needs_reauth OR vault_entries.provider <> excluded.provider THEN NULL \
+                 ELSE vault_entries.refresh_token END, \
+               provider = excluded.provider, \
+               token_type = excluded.token_type, \
+               scope = excluded.scope, \
+               access_expires_at = excluded.access_expires_at, \
+               needs_reauth = FALSE, \
+               row_version = vault_entries.row_version + 1, \
+               updated_at = excluded.updated_at";
+        with_pool!(self, pool => {
+            sqlx::query(SQL)
+                .bind(entry.app)
+                .bind(entry.user_id)
+                .bind(entry.provider)
+                .bind(entry.access_token)
+                .bind(entry.refresh_token)
+                .bind(entry.token_type)
+                .bind(entry.scope)
+                .bind(entry.access_expires_at)
+                .bind(now)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    pub async fn get_vault_entry(&self, app: &str, user_id: &str) -> Result<Option<VaultRow>> {
+        const SQL: &str = concat!(
+            "SELECT ",
+            vault_columns!(),
+            " FROM vault_entries WHERE app = $1 AND user_id = $2"
+        );
+        Ok(with_pool!(self, pool => {
+            sqlx::query_as::<_, VaultRow>(SQL).bind(app).bind(user_id).fetch_optional(pool).await?
+        }))
+    }
+
+    /// Deletes the entry; `true` when there was one.
+    pub async fn delete_vault_entry(&self, app: &str, user_id: &str) -> Result<bool> {
+        let n = with_pool!(self, pool => {
+            sqlx::query("DELETE FROM vault_entries WHERE app = $1 AND user_id = $2")
+                .bind(app)
+                .bind(user_id)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(n > 0)
+    }
+
+    /// Up to `limit` rows after `after` (exclusive) in `(app, user_id)` order, for
+    /// scanning the whole vault in batches.
+    pub async fn vault_entries_after(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: u32,
+    ) -> Result<Vec<VaultRow>> {
+        let (app, user) = after.unwrap_or(("", ""));
+        const SQL: &str = concat!(
+            "SELECT ",
+            vault_columns!(),
+            " FROM vault_entries WHERE (app, user_id) > ($1, $2) ORDER BY app, user_id LIMIT $3"
+        );
+        Ok(with_pool!(self, pool => {
+            sqlx::query_as::<_, VaultRow>(SQL)
+                .bind(app)
+                .bind(user)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?
+        }))
+    }
+
+    /// Writes re-encrypted columns in one transaction. A row that changed since
+    /// it was read (its `row_version` moved on) is left alone: the writer that
+    /// changed it sealed it afresh. Returns how many rows were written.
+    pub async fn write_resealed(&self, rows: &[Resealed], now: i64) -> Result<u64> {
+        const SQL: &str = "UPDATE vault_entries SET access_token = $1, refresh_token = $2, \
+               row_version = row_version + 1, updated_at = $3 \
+             WHERE app = $4 AND user_id = $5 AND row_version = $6";
+        let mut written = 0;
+        with_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            for row in rows {
+                written += sqlx::query(SQL)
+                    .bind(&row.access_token)
+                    .bind(&row.refresh_token)
+                    .bind(now)
+                    .bind(&row.app)
+                    .bind(&row.user_id)
+                    .bind(row.row_version)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            }
+            tx.commit().await?;
+        });
+        Ok(written)
+    }
+}

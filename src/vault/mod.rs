@@ -1,0 +1,287 @@
+//! The token vault: IdP tokens stored encrypted per `(app, user_id)`.
+//!
+//! This layer turns plaintext tokens into sealed columns and back; the SQL is in
+//! `crate::store`. Every secret column is bound to its row and column through
+//! the AES-GCM associated data, so a ciphertext copied elsewhere does not open.
+
+pub mod keyring;
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+pub use keyring::{Aad, VaultKeyRing};
+
+use crate::domain::{AppId, ProviderId, UserId};
+use crate::secret::SecretString;
+use crate::store::{Resealed, SealedEntry, Store, StoreError, VaultRow};
+
+pub type Result<T, E = VaultError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("vault entry ({app}, {user_id}) column {column}: {source}")]
+    Crypto {
+        app: String,
+        user_id: String,
+        column: &'static str,
+        source: keyring::VaultError,
+    },
+    #[error("vault entry ({app}, {user_id}) holds an invalid value in {column}")]
+    Corrupt {
+        app: String,
+        user_id: String,
+        column: &'static str,
+    },
+}
+
+const TABLE: &str = "vault_entries";
+const ACCESS: &str = "access_token";
+const REFRESH: &str = "refresh_token";
+
+/// Tokens as the IdP returned them.
+#[derive(Debug, Clone)]
+pub struct TokenSet {
+    pub access_token: SecretString,
+    pub refresh_token: Option<SecretString>,
+    pub token_type: String,
+    pub scope: String,
+    /// Unix seconds; `None` when the IdP did not send `expires_in`.
+    pub expires_at: Option<i64>,
+}
+
+/// A decrypted vault entry.
+#[derive(Debug, Clone)]
+pub struct VaultEntry {
+    pub app: String,
+    pub user_id: String,
+    pub provider: String,
+    pub tokens: TokenSet,
+    pub needs_reauth: bool,
+    pub row_version: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// What `vault rekey` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RekeyReport {
+    /// Entries looked at.
+    pub scanned: u64,
+    /// Entries re-encrypted under the newest key.
+    pub moved: u64,
+    /// Entries that were already under the newest key.
+    pub current: u64,
+    /// Entries that changed while being re-encrypted (their writer sealed them
+    /// under its own key); a second run picks up any that still need it.
+    pub changed_meanwhile: u64,
+    /// Entries that could not be opened: `(app, user_id, reason)`.
+    pub failed: Vec<(String, String, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Vault {
+    store: Store,
+    keys: Arc<VaultKeyRing>,
+}
+
+fn aad<'a>(row: &'a [&'a str; 2], column: &'a str) -> Aad<'a> {
+    Aad {
+        table: TABLE,
+        row,
+        column,
+    }
+}
+
+impl Vault {
+    pub fn new(store: Store, keys: Arc<VaultKeyRing>) -> Self {
+        Self { store, keys }
+    }
+
+    pub fn keys(&self) -> &VaultKeyRing {
+        &self.keys
+    }
+
+    /// Stores the tokens of a sign-in, replacing earlier ones. When `tokens` has
+    /// no refresh token the stored one is kept.
+    pub async fn save(
+        &self,
+        app: &AppId,
+        user_id: &UserId,
+        provider: &ProviderId,
+        tokens: &TokenSet,
+        now: i64,
+    ) -> Result<()> {
+        let row = [app.as_str(), user_id.as_str()];
+        let access = self.keys.seal(
+            &aad(&row, ACCESS),
+            tokens.access_token.expose_secret().as_bytes(),
+        );
+        let refresh = tokens.refresh_token.as_ref().map(|t| {
+            self.keys
+                .seal(&aad(&row, REFRESH), t.expose_secret().as_bytes())
+        });
+        self.store
+            .upsert_vault_entry(
+                SealedEntry {
+                    app: app.as_str(),
+                    user_id: user_id.as_str(),
+                    provider: provider.as_str(),
+                    access_token: access,
+                    refresh_token: refresh,
+                    token_type: &tokens.token_type,
+                    scope: &tokens.scope,
+                    access_expires_at: tokens.expires_at,
+                },
+                now,
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn load(&self, app: &AppId, user_id: &UserId) -> Result<Option<VaultEntry>> {
+        match self
+            .store
+            .get_vault_entry(app.as_str(), user_id.as_str())
+            .await?
+        {
+            Some(row) => self.open_row(row).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn delete(&self, app: &AppId, user_id: &UserId) -> Result<bool> {
+        Ok(self
+            .store
+            .delete_vault_entry(app.as_str(), user_id.as_str())
+            .await?)
+    }
+
+    /// Decrypts a stored row.
+    pub fn open_row(&self, row: VaultRow) -> Result<VaultEntry> {
+        let access = self.open_column(&row, ACCESS, &row.access_token)?;
+        let refresh = match &row.refresh_token {
+            Some(sealed) => Some(self.open_column(&row, REFRESH, sealed)?),
+            None => None,
+        };
+        Ok(VaultEntry {
+            tokens: TokenSet {
+                access_token: access,
+                refresh_token: refresh,
+                token_type: row.token_type,
+                scope: row.scope,
+                expires_at: row.access_expires_at,
+            },
+            app: row.app,
+            user_id: row.user_id,
+            provider: row.provider,
+            needs_reauth: row.needs_reauth,
+            row_version: row.row_version,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+
+    fn open_column(
+        &self,
+        row: &VaultRow,
+        column: &'static str,
+        sealed: &[u8],
+    ) -> Result<SecretString> {
+        let ids = [row.app.as_str(), row.user_id.as_str()];
+        let plain = self
+            .keys
+            .open(&aad(&ids, column), sealed)
+            .map_err(|source| VaultError::Crypto {
+                app: row.app.clone(),
+                user_id: row.user_id.clone(),
+                column,
+                source,
+            })?;
+        plain.into_secret_string().map_err(|_| VaultError::Corrupt {
+            app: row.app.clone(),
+            user_id: row.user_id.clone(),
+            column,
+        })
+    }
+
+    /// Re-encrypts every entry that is not under the newest key, `batch_size`
+    /// rows per transaction. `after_batch` sees the running report after each
+    /// batch and may stop the run (`ControlFlow::Break`); every finished batch is
+    /// committed, so an interrupted run loses nothing and the next run continues.
+    pub async fn rekey(
+        &self,
+        batch_size: u32,
+        now: i64,
+        mut after_batch: impl FnMut(&RekeyReport) -> ControlFlow<()>,
+    ) -> Result<RekeyReport> {
+        let current = self.keys.current_key_id().as_str();
+        let mut report = RekeyReport::default();
+        let mut cursor: Option<(String, String)> = None;
+        loop {
+            let rows = self
+                .store
+                .vault_entries_after(
+                    cursor.as_ref().map(|(a, u)| (a.as_str(), u.as_str())),
+                    batch_size.max(1),
+                )
+                .await?;
+            let Some(last) = rows.last() else { break };
+            cursor = Some((last.app.clone(), last.user_id.clone()));
+            let mut resealed = Vec::new();
+            for row in &rows {
+                report.scanned += 1;
+                let columns = std::iter::once(row.access_token.as_slice())
+                    .chain(row.refresh_token.as_deref());
+                let all_current = columns
+                    .map(VaultKeyRing::sealed_key_id)
+                    .all(|id| id.is_ok_and(|id| id == current));
+                if all_current {
+                    report.current += 1;
+                    continue;
+                }
+                match self.reseal_row(row) {
+                    Ok(r) => resealed.push(r),
+                    Err(e) => {
+                        report
+                            .failed
+                            .push((row.app.clone(), row.user_id.clone(), e.to_string()))
+                    }
+                }
+            }
+            let written = self.store.write_resealed(&resealed, now).await?;
+            report.moved += written;
+            report.changed_meanwhile += resealed.len() as u64 - written;
+            if after_batch(&report).is_break() {
+                break;
+            }
+        }
+        Ok(report)
+    }
+
+    fn reseal_row(&self, row: &VaultRow) -> Result<Resealed> {
+        let ids = [row.app.as_str(), row.user_id.as_str()];
+        let reseal = |column: &'static str, sealed: &[u8]| {
+            self.keys
+                .reseal(&aad(&ids, column), sealed)
+                .map_err(|source| VaultError::Crypto {
+                    app: row.app.clone(),
+                    user_id: row.user_id.clone(),
+                    column,
+                    source,
+                })
+        };
+        Ok(Resealed {
+            app: row.app.clone(),
+            user_id: row.user_id.clone(),
+            row_version: row.row_version,
+            access_token: reseal(ACCESS, &row.access_token)?,
+            refresh_token: row
+                .refresh_token
+                .as_deref()
+                .map(|s| reseal(REFRESH, s))
+                .transpose()?,
+        })
+    }
+}
