@@ -83,10 +83,18 @@ impl AppState {
 }
 
 impl App {
+    /// Builds the app and binds `config.listen`.
     pub async fn build(config: Config) -> Result<Self, AppError> {
         let addr = config.listen;
-        let state = AppState::build(config).await?;
         let listener = TcpListener::bind(addr).map_err(|source| AppError::Bind { addr, source })?;
+        Self::build_on(config, listener).await
+    }
+
+    /// Builds the app on a listener the caller bound (tests bind port 0 first so
+    /// they know `public_url` before building).
+    pub async fn build_on(config: Config, listener: TcpListener) -> Result<Self, AppError> {
+        let addr = config.listen;
+        let state = AppState::build(config).await?;
         listener
             .set_nonblocking(true)
             .map_err(|source| AppError::Bind { addr, source })?;

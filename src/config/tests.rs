@@ -669,3 +669,27 @@ fn relative_paths_are_relative_to_the_config_file() {
         loaded.config.database.display
     );
 }
+
+#[test]
+fn the_example_config_loads_and_documents_every_key() {
+    const EXAMPLE: &str = include_str!("../../chatgate.example.toml");
+    let f = Fixture::new();
+    let loaded = f.load(EXAMPLE).unwrap();
+    assert_eq!(loaded.config.public_url.issuer(), "http://localhost:8080");
+    use super::raw::*;
+    let tables = [
+        TOP_KEYS,
+        TLS_KEYS,
+        SIGNING_KEYS,
+        VAULT_KEY_KEYS,
+        PROVIDER_KEYS,
+        APP_KEYS,
+        HOST_KEY_KEYS,
+    ];
+    for (key, _) in tables.iter().flat_map(|t| t.iter()) {
+        assert!(
+            EXAMPLE.contains(&format!("{key} =")) || EXAMPLE.contains(&format!("{key}=")),
+            "chatgate.example.toml does not document {key}"
+        );
+    }
+}

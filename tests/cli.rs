@@ -1,0 +1,304 @@
+//! The `chatgate` binary as an operator uses it.
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use chatgate::domain::{AppId, KeyId, ProviderId, UserId};
+use chatgate::secret::SecretString;
+use chatgate::vault::{TokenSet, Vault, VaultKeyRing};
+use common::{TestConfig, TestDb};
+
+fn chatgate(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_chatgate"))
+        .args(args)
+        .env_remove("CHATGATE_CONFIG")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run chatgate")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn keys_generate_vault_prints_a_fresh_base64_key() {
+    let a = chatgate(&["keys", "generate", "vault"]);
+    assert!(a.status.success(), "{}", stderr(&a));
+    let key = stdout(&a);
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(key.trim())
+        .unwrap();
+    assert_eq!(bytes.len(), 32);
+    assert_eq!(key.lines().count(), 1);
+    let b = chatgate(&["keys", "generate", "vault"]);
+    assert_ne!(stdout(&b), key);
+}
+
+#[test]
+fn keys_generate_signing_writes_a_private_file_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("signing.pem");
+    let p = path.to_str().unwrap();
+    let o = chatgate(&["keys", "generate", "signing", "--out", p]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).is_empty(),
+        "the key must not go to stdout when --out is given"
+    );
+    assert!(stderr(&o).contains("wrote signing key"), "{}", stderr(&o));
+    let pem = std::fs::read_to_string(&path).unwrap();
+    assert!(chatgate::chat_token::SigningKey::from_pem(&SecretString::new(pem.clone())).is_ok());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    // Never overwrites an existing key.
+    let again = chatgate(&["keys", "generate", "signing", "--out", p]);
+    assert!(!again.status.success());
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), pem);
+
+    let es = chatgate(&["keys", "generate", "signing", "--alg", "es256"]);
+    assert!(es.status.success());
+    let key = chatgate::chat_token::SigningKey::from_pem(&SecretString::new(stdout(&es))).unwrap();
+    assert_eq!(key.alg_name(), "ES256");
+}
+
+#[test]
+fn check_config_accepts_a_good_file_with_config_before_or_after_the_verb() {
+    let db = TestDb::sqlite();
+    let cfg = TestConfig::new(&db);
+    let path = cfg.write(8080);
+    let p = path.to_str().unwrap();
+    for args in [
+        vec!["check-config", "--config", p],
+        vec!["--config", p, "check-config"],
+    ] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatgate"));
+        cmd.args(&args).envs(&cfg.env);
+        let o = cmd.output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        let out = stdout(&o);
+        assert!(out.contains(": ok"), "{out}");
+        assert!(out.contains("apps        support"), "{out}");
+    }
+}
+
+#[test]
+fn check_config_lists_every_problem_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chatgate.toml");
+    std::fs::write(
+        &path,
+        r#"
+public_url = "ftp://nope"
+chat_token_ttl = "forever"
+mystery = 1
+[[apps]]
+id = "support"
+origins = ["http://not-https.example"]
+chat_audience = "x"
+provider = "ghost"
+"#,
+    )
+    .unwrap();
+    let o = chatgate(&["check-config", "--config", path.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    for key in [
+        "public_url:",
+        "chat_token_ttl:",
+        "mystery: unknown key",
+        "vault.keys:",
+        "signing:",
+        "apps.support.origins[0]:",
+        "apps.support.provider:",
+    ] {
+        assert!(err.contains(key), "{key} missing from:\n{err}");
+    }
+    // serve refuses to start on the same problems
+    let o = chatgate(&["serve", "--config", path.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("mystery: unknown key"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn a_missing_config_file_is_named() {
+    let o = chatgate(&["check-config", "--config", "/nonexistent/chatgate.toml"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("/nonexistent/chatgate.toml"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+async fn migrate_creates_the_schema(db: &TestDb) {
+    let cfg = TestConfig::new(db);
+    let path = cfg.write(8080);
+    let o = Command::new(env!("CARGO_BIN_EXE_chatgate"))
+        .args(["migrate", "--config", path.to_str().unwrap()])
+        .envs(&cfg.env)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("is up to date"), "{}", stdout(&o));
+    // The tables exist: the store works without migrating again.
+    let store = db.store().await;
+    assert!(
+        store
+            .get_vault_entry("support", "entra:x")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn vault_rekey_moves_entries_to_the_newest_key(db: &TestDb) {
+    let mut cfg = TestConfig::new(db);
+    // Entries written under the configured key "k1"...
+    let old_key = SecretString::new(
+        std::fs::read_to_string(cfg.path().join("vault.key"))
+            .unwrap()
+            .trim(),
+    );
+    let ring = Arc::new(
+        VaultKeyRing::new(vec![(
+            KeyId::parse("k1").unwrap(),
+            VaultKeyRing::decode_key(&old_key).unwrap(),
+        )])
+        .unwrap(),
+    );
+    let vault = Vault::new(db.store().await, ring);
+    for i in 0..3 {
+        vault
+            .save(
+                &AppId::parse("support").unwrap(),
+                &UserId::parse(format!("entra:u{i}")).unwrap(),
+                &ProviderId::parse("entra").unwrap(),
+                &TokenSet {
+                    access_token: SecretString::new(format!("at{i}")),
+                    refresh_token: Some(SecretString::new("rt")),
+                    token_type: "Bearer".into(),
+                    scope: "openid".into(),
+                    expires_at: None,
+                },
+                1,
+            )
+            .await
+            .unwrap();
+    }
+    // ...then the operator puts a new key in front.
+    let new_key = VaultKeyRing::generate_key();
+    cfg.env
+        .insert("NEW_VAULT_KEY".into(), new_key.expose_secret().into());
+    cfg.toml = cfg.toml.replace(
+        r#"keys = [{ id = "k1", key_file = "vault.key" }]"#,
+        r#"keys = [{ id = "k2", key_env = "NEW_VAULT_KEY" }, { id = "k1", key_file = "vault.key" }]"#,
+    );
+    let path = cfg.write(8080);
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_chatgate"))
+            .args([
+                "vault",
+                "rekey",
+                "--batch-size",
+                "2",
+                "--config",
+                path.to_str().unwrap(),
+            ])
+            .envs(&cfg.env)
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(
+        stdout(&first).contains("moved 3 entries to key k2"),
+        "{}",
+        stdout(&first)
+    );
+    let second = run();
+    assert!(second.status.success());
+    assert!(
+        stdout(&second).contains("moved 0 entries to key k2; 3 already under it"),
+        "{}",
+        stdout(&second)
+    );
+}
+
+backend_tests!(
+    migrate_creates_the_schema,
+    vault_rekey_moves_entries_to_the_newest_key
+);
+
+#[tokio::test]
+async fn serve_stops_cleanly_on_sigterm() {
+    let db = TestDb::sqlite();
+    let cfg = TestConfig::new(&db);
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let path = cfg.write(port);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chatgate"))
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .envs(&cfg.env)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = common::http_client();
+    let started = Instant::now();
+    loop {
+        if let Ok(r) = client
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+        {
+            assert_eq!(r.status(), 200);
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "serve did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let output = tokio::task::spawn_blocking(move || {
+        let _ = &mut child;
+        child.wait_with_output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(output.status.success(), "exit: {:?}", output.status);
+    let log = stderr(&output);
+    assert!(log.contains("chatgate is serving"), "{log}");
+    assert!(log.contains("shutting down"), "{log}");
+    assert!(log.contains("chatgate stopped"), "{log}");
+    // the log names no secret
+    let vault_key = std::fs::read_to_string(cfg.path().join("vault.key")).unwrap();
+    assert!(!log.contains(vault_key.trim()));
+    assert!(!log.contains("PRIVATE KEY"));
+}

@@ -1,0 +1,228 @@
+//! The running server: operations endpoints, key publication, error shapes and
+//! limits, on SQLite and PostgreSQL.
+
+mod common;
+
+use chatgate::chat_token::{ChatSubject, VerificationKeys};
+use chatgate::domain::{AppId, UserId};
+use common::{TestConfig, TestDb, spawn_app};
+use serde_json::Value;
+
+async fn healthz_and_readyz_answer(db: &TestDb) {
+    let app = spawn_app(&TestConfig::new(db)).await;
+    let r = app.get("/healthz").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "ok");
+    let r = app.get("/readyz").await;
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["status"], "ready");
+    assert_eq!(body["checks"]["database"], "ok");
+    app.stop().await;
+}
+
+async fn metrics_count_requests_by_route(db: &TestDb) {
+    let app = spawn_app(&TestConfig::new(db)).await;
+    for _ in 0..3 {
+        app.get("/healthz").await;
+    }
+    app.get("/no/such/thing").await;
+    let r = app.get("/metrics").await;
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains(
+            r#"chatgate_http_requests_total{method="GET",route="/healthz",status="200"} 3"#
+        ),
+        "{text}"
+    );
+    assert!(text.contains(r#"route="unmatched",status="404""#), "{text}");
+    assert!(
+        text.contains("chatgate_http_request_duration_seconds_bucket"),
+        "{text}"
+    );
+    // raw paths never become labels
+    assert!(!text.contains("/no/such/thing"), "{text}");
+    app.stop().await;
+}
+
+async fn the_jwks_publishes_the_signing_key_and_verifies_minted_tokens(db: &TestDb) {
+    let app = spawn_app(&TestConfig::new(db)).await;
+    let r = app.get("/.well-known/jwks.json").await;
+    assert_eq!(r.status(), 200);
+    let jwks: Value = r.json().await.unwrap();
+    let keys = jwks["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1);
+    let key = &keys[0];
+    let kid = app.state.keys.issuer().key().kid().to_string();
+    assert_eq!(key["kid"], kid.as_str());
+    assert_eq!(key["alg"], "EdDSA");
+    assert_eq!(key["use"], "sig");
+    assert!(key.get("d").is_none(), "private key published: {key}");
+
+    let meta: Value = app
+        .get("/.well-known/openid-configuration")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(meta["issuer"], app.base_url.as_str());
+    assert_eq!(meta["jwks_uri"], app.url("/.well-known/jwks.json").as_str());
+
+    // A token minted by the server verifies with nothing but the published JWKS.
+    let (token, _) = app
+        .state
+        .keys
+        .issuer()
+        .mint(
+            &ChatSubject {
+                app: &AppId::parse("support").unwrap(),
+                audience: "https://bot.contoso.com",
+                user_id: &UserId::parse("entra:alice").unwrap(),
+                auth_time: chatgate::time::now(),
+                name: None,
+                email: None,
+            },
+            chatgate::time::now(),
+        )
+        .unwrap();
+    let set: jsonwebtoken::jwk::JwkSet = serde_json::from_value(jwks).unwrap();
+    let claims = VerificationKeys::new(set.keys)
+        .verify(
+            &token,
+            &app.base_url,
+            &["https://bot.contoso.com"],
+            std::time::Duration::from_secs(30),
+        )
+        .unwrap();
+    assert_eq!(claims.sub, "entra:alice");
+    app.stop().await;
+}
+
+async fn replicas_with_different_keys_publish_each_other(db: &TestDb) {
+    // A rolling key change: two replicas on one database, each signing with its
+    // own key. Tokens of either must verify against either's JWKS.
+    let a = spawn_app(&TestConfig::new(db)).await;
+    let b = spawn_app(&TestConfig::new(db)).await;
+    let kid_a = a.state.keys.issuer().key().kid().to_string();
+    let kid_b = b.state.keys.issuer().key().kid().to_string();
+    assert_ne!(kid_a, kid_b);
+    // a's directory was loaded before b existed; the heartbeat refreshes it.
+    a.state
+        .keys
+        .refresh(&a.state.store, chatgate::time::now())
+        .await
+        .unwrap();
+    for app in [&a, &b] {
+        let jwks: Value = app
+            .get("/.well-known/jwks.json")
+            .await
+            .json()
+            .await
+            .unwrap();
+        let kids: Vec<&str> = jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap())
+            .collect();
+        assert!(
+            kids.contains(&kid_a.as_str()) && kids.contains(&kid_b.as_str()),
+            "{kids:?}"
+        );
+        // the replica's own key comes first
+        assert_eq!(kids[0], app.state.keys.issuer().key().kid());
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+async fn a_retired_key_leaves_the_jwks_once_its_tokens_expired(db: &TestDb) {
+    let app = spawn_app(&TestConfig::new(db)).await;
+    let now = chatgate::time::now();
+    let old = chatgate::chat_token::SigningKey::from_pem(
+        &chatgate::chat_token::SigningKey::generate_pem(chatgate::chat_token::SigningAlg::Es256),
+    )
+    .unwrap();
+    let jwk = serde_json::to_string(old.public_jwk()).unwrap();
+    // Last used 10 minutes ago: tokens (15 min TTL) it signed are still valid.
+    app.state
+        .store
+        .touch_signing_key(old.kid(), "ES256", &jwk, now - 600)
+        .await
+        .unwrap();
+    app.state.keys.refresh(&app.state.store, now).await.unwrap();
+    assert!(app.state.keys.keys().contains(old.kid()));
+    // Last used 20 minutes ago: every token it signed has expired.
+    let older = chatgate::chat_token::SigningKey::from_pem(
+        &chatgate::chat_token::SigningKey::generate_pem(chatgate::chat_token::SigningAlg::EdDsa),
+    )
+    .unwrap();
+    let jwk = serde_json::to_string(older.public_jwk()).unwrap();
+    app.state
+        .store
+        .touch_signing_key(older.kid(), "EdDSA", &jwk, now - 20 * 60)
+        .await
+        .unwrap();
+    app.state.keys.refresh(&app.state.store, now).await.unwrap();
+    assert!(!app.state.keys.keys().contains(older.kid()));
+    let jwks: Value = app
+        .get("/.well-known/jwks.json")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
+    app.stop().await;
+}
+
+async fn errors_are_json_and_bodies_are_limited(db: &TestDb) {
+    let app = spawn_app(&TestConfig::new(db)).await;
+    let r = app.get("/v1/nothing-here").await;
+    assert_eq!(r.status(), 404);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "not_found");
+    assert!(body["error_description"].is_string());
+    let r = app
+        .client
+        .post(app.url("/v1/nothing-here"))
+        .body(vec![b'x'; 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let r = app.get("/healthz").await;
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+    app.stop().await;
+}
+
+backend_tests!(
+    healthz_and_readyz_answer,
+    metrics_count_requests_by_route,
+    the_jwks_publishes_the_signing_key_and_verifies_minted_tokens,
+    replicas_with_different_keys_publish_each_other,
+    a_retired_key_leaves_the_jwks_once_its_tokens_expired,
+    errors_are_json_and_bodies_are_limited,
+);
+
+#[tokio::test]
+async fn readyz_fails_when_the_database_goes_away() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let app = spawn_app(&TestConfig::new(&db)).await;
+    assert_eq!(app.get("/readyz").await.status(), 200);
+    db.cleanup().await; // drops the database under the running server
+    let r = app.get("/readyz").await;
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["status"], "not_ready");
+    assert_eq!(body["checks"]["database"], "unreachable");
+    assert_eq!(app.get("/healthz").await.status(), 200);
+}

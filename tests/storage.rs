@@ -1,0 +1,549 @@
+//! The storage layer and the vault on top of it, run against SQLite and
+//! PostgreSQL alike (`backend_tests!`).
+
+mod common;
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use chatgate::domain::{AppId, KeyId, ProviderId, UserId};
+use chatgate::secret::SecretString;
+use chatgate::store::{AuditEvent, AuditFilter, NewFlow, Store};
+use chatgate::vault::{TokenSet, Vault, VaultError, VaultKeyRing};
+use common::TestDb;
+
+fn ring(ids: &[&str]) -> (Arc<VaultKeyRing>, Vec<(KeyId, SecretString)>) {
+    let keys: Vec<(KeyId, SecretString)> = ids
+        .iter()
+        .map(|id| (KeyId::parse(*id).unwrap(), VaultKeyRing::generate_key()))
+        .collect();
+    (ring_from(&keys), keys)
+}
+
+fn ring_from(keys: &[(KeyId, SecretString)]) -> Arc<VaultKeyRing> {
+    Arc::new(
+        VaultKeyRing::new(
+            keys.iter()
+                .map(|(id, k)| (id.clone(), VaultKeyRing::decode_key(k).unwrap()))
+                .collect(),
+        )
+        .unwrap(),
+    )
+}
+
+fn tokens(access: &str, refresh: Option<&str>) -> TokenSet {
+    TokenSet {
+        access_token: SecretString::new(access),
+        refresh_token: refresh.map(SecretString::new),
+        token_type: "Bearer".into(),
+        scope: "openid offline_access".into(),
+        expires_at: Some(2_000_000_000),
+    }
+}
+
+fn ids(app: &str, user: &str) -> (AppId, UserId, ProviderId) {
+    (
+        AppId::parse(app).unwrap(),
+        UserId::parse(user).unwrap(),
+        ProviderId::parse(user.split(':').next().unwrap()).unwrap(),
+    )
+}
+
+async fn vault_round_trip(db: &TestDb) {
+    let store = db.store().await;
+    let (keys, _) = ring(&["k1"]);
+    let vault = Vault::new(store.clone(), keys);
+    let (app, user, provider) = ids("support", "entra:alice");
+    assert!(vault.load(&app, &user).await.unwrap().is_none());
+    vault
+        .save(&app, &user, &provider, &tokens("at-1", Some("rt-1")), 100)
+        .await
+        .unwrap();
+    let entry = vault.load(&app, &user).await.unwrap().unwrap();
+    assert_eq!(entry.tokens.access_token.expose_secret(), "at-1");
+    assert_eq!(
+        entry.tokens.refresh_token.as_ref().unwrap().expose_secret(),
+        "rt-1"
+    );
+    assert_eq!(entry.tokens.expires_at, Some(2_000_000_000));
+    assert_eq!(entry.created_at, 100);
+    assert!(!entry.needs_reauth);
+
+    // The secret columns are ciphertext at rest.
+    let row = store
+        .get_vault_entry("support", "entra:alice")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!row.access_token.windows(4).any(|w| w == b"at-1"));
+    assert!(!row.refresh_token.unwrap().windows(4).any(|w| w == b"rt-1"));
+
+    // Another app's entry for the same user is separate.
+    let (other_app, ..) = ids("sales", "entra:alice");
+    assert!(vault.load(&other_app, &user).await.unwrap().is_none());
+
+    assert!(vault.delete(&app, &user).await.unwrap());
+    assert!(!vault.delete(&app, &user).await.unwrap());
+    assert!(vault.load(&app, &user).await.unwrap().is_none());
+}
+
+async fn a_new_sign_in_replaces_tokens_but_keeps_an_omitted_refresh_token(db: &TestDb) {
+    let store = db.store().await;
+    let (keys, _) = ring(&["k1"]);
+    let vault = Vault::new(store.clone(), keys);
+    let (app, user, provider) = ids("support", "entra:alice");
+    vault
+        .save(&app, &user, &provider, &tokens("at-1", Some("rt-1")), 100)
+        .await
+        .unwrap();
+    vault
+        .save(&app, &user, &provider, &tokens("at-2", None), 200)
+        .await
+        .unwrap();
+    let entry = vault.load(&app, &user).await.unwrap().unwrap();
+    assert_eq!(entry.tokens.access_token.expose_secret(), "at-2");
+    assert_eq!(
+        entry.tokens.refresh_token.as_ref().unwrap().expose_secret(),
+        "rt-1"
+    );
+    assert_eq!((entry.created_at, entry.updated_at), (100, 200));
+    vault
+        .save(&app, &user, &provider, &tokens("at-3", Some("rt-3")), 300)
+        .await
+        .unwrap();
+    let entry = vault.load(&app, &user).await.unwrap().unwrap();
+    assert_eq!(
+        entry.tokens.refresh_token.as_ref().unwrap().expose_secret(),
+        "rt-3"
+    );
+    assert!(entry.row_version >= 3);
+}
+
+async fn a_ciphertext_copied_to_another_row_does_not_decrypt(db: &TestDb) {
+    let store = db.store().await;
+    let (keys, _) = ring(&["k1"]);
+    let vault = Vault::new(store.clone(), keys);
+    let (app, alice, provider) = ids("support", "entra:alice");
+    let (_, mallory, _) = ids("support", "entra:mallory");
+    vault
+        .save(
+            &app,
+            &alice,
+            &provider,
+            &tokens("alice-at", Some("alice-rt")),
+            1,
+        )
+        .await
+        .unwrap();
+    vault
+        .save(
+            &app,
+            &mallory,
+            &provider,
+            &tokens("mallory-at", Some("mallory-rt")),
+            1,
+        )
+        .await
+        .unwrap();
+    // An attacker with write access to the table swaps Alice's ciphertext into
+    // Mallory's row, hoping a bot will hand it out as Mallory's token.
+    copy_access_token(&store, "entra:alice", "entra:mallory").await;
+    let err = vault.load(&app, &mallory).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VaultError::Crypto {
+                column: "access_token",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // Alice's own row still opens.
+    assert_eq!(
+        vault
+            .load(&app, &alice)
+            .await
+            .unwrap()
+            .unwrap()
+            .tokens
+            .access_token
+            .expose_secret(),
+        "alice-at"
+    );
+}
+
+async fn copy_access_token(store: &Store, from: &str, to: &str) {
+    const SQL: &str = "UPDATE vault_entries SET access_token = \
+        (SELECT access_token FROM vault_entries WHERE user_id = $1) WHERE user_id = $2";
+    match store {
+        Store::Sqlite(pool) => {
+            sqlx::query(SQL)
+                .bind(from)
+                .bind(to)
+                .execute(pool)
+                .await
+                .unwrap();
+        }
+        Store::Postgres(pool) => {
+            sqlx::query(SQL)
+                .bind(from)
+                .bind(to)
+                .execute(pool)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+async fn rekey_moves_every_entry_and_resumes_after_an_interruption(db: &TestDb) {
+    let store = db.store().await;
+    let (_, old_keys) = ring(&["old"]);
+    let old_vault = Vault::new(store.clone(), ring_from(&old_keys));
+    for i in 0..5 {
+        let (app, user, provider) = ids("support", &format!("entra:user{i}"));
+        let refresh = (i % 2 == 0).then_some("rt");
+        old_vault
+            .save(
+                &app,
+                &user,
+                &provider,
+                &tokens(&format!("at-{i}"), refresh),
+                1,
+            )
+            .await
+            .unwrap();
+    }
+    // The operator adds a new key in front of the old one.
+    let mut rotated = vec![(KeyId::parse("new").unwrap(), VaultKeyRing::generate_key())];
+    rotated.extend(old_keys.iter().cloned());
+    let vault = Vault::new(store.clone(), ring_from(&rotated));
+
+    // First run is interrupted after one batch of two.
+    let first = vault
+        .rekey(2, 10, |_| ControlFlow::Break(()))
+        .await
+        .unwrap();
+    assert_eq!((first.scanned, first.moved, first.current), (2, 2, 0));
+
+    // The second run finishes the job and skips what the first one did.
+    let second = vault
+        .rekey(2, 10, |_| ControlFlow::Continue(()))
+        .await
+        .unwrap();
+    assert_eq!((second.scanned, second.moved, second.current), (5, 3, 2));
+    assert!(second.failed.is_empty());
+
+    // A third run has nothing to do.
+    let third = vault
+        .rekey(100, 10, |_| ControlFlow::Continue(()))
+        .await
+        .unwrap();
+    assert_eq!((third.moved, third.current), (0, 5));
+
+    // Every entry now opens with the new key alone, with the same plaintext.
+    let new_only = Vault::new(store.clone(), ring_from(&rotated[..1]));
+    for i in 0..5 {
+        let (app, user, _) = ids("support", &format!("entra:user{i}"));
+        let entry = new_only.load(&app, &user).await.unwrap().unwrap();
+        assert_eq!(entry.tokens.access_token.expose_secret(), format!("at-{i}"));
+        assert_eq!(entry.tokens.refresh_token.is_some(), i % 2 == 0);
+    }
+    // ... and the old ring alone can no longer open them.
+    let (app, user, _) = ids("support", "entra:user0");
+    let err = old_vault.load(&app, &user).await.unwrap_err();
+    assert!(err.to_string().contains("\"new\""), "{err}");
+}
+
+async fn rekey_reports_entries_it_cannot_open_and_carries_on(db: &TestDb) {
+    let store = db.store().await;
+    let (lost, _) = ring(&["lost"]);
+    let (app, user, provider) = ids("support", "entra:orphan");
+    Vault::new(store.clone(), lost)
+        .save(&app, &user, &provider, &tokens("x", None), 1)
+        .await
+        .unwrap();
+    let (keys, _) = ring(&["k1"]);
+    let vault = Vault::new(store.clone(), keys);
+    let (app2, user2, _) = ids("support", "entra:zed");
+    vault
+        .save(&app2, &user2, &provider, &tokens("y", None), 1)
+        .await
+        .unwrap();
+    let report = vault
+        .rekey(10, 2, |_| ControlFlow::Continue(()))
+        .await
+        .unwrap();
+    assert_eq!(report.scanned, 2);
+    assert_eq!(report.current, 1);
+    assert_eq!(report.failed.len(), 1);
+    assert!(
+        report.failed[0].2.contains("\"lost\""),
+        "{:?}",
+        report.failed
+    );
+}
+
+async fn rekey_never_overwrites_a_row_written_meanwhile(db: &TestDb) {
+    let store = db.store().await;
+    let (_, old_keys) = ring(&["old"]);
+    let (app, user, provider) = ids("support", "entra:alice");
+    Vault::new(store.clone(), ring_from(&old_keys))
+        .save(&app, &user, &provider, &tokens("at-old", Some("rt-old")), 1)
+        .await
+        .unwrap();
+    let mut rotated = vec![(KeyId::parse("new").unwrap(), VaultKeyRing::generate_key())];
+    rotated.extend(old_keys.iter().cloned());
+    let vault = Vault::new(store.clone(), ring_from(&rotated));
+    // Read the row as rekey would, then let a sign-in rotate the tokens before
+    // rekey writes.
+    let stale = store.vault_entries_after(None, 10).await.unwrap();
+    vault
+        .save(&app, &user, &provider, &tokens("at-new", Some("rt-new")), 2)
+        .await
+        .unwrap();
+    let resealed: Vec<_> = stale
+        .iter()
+        .map(|row| chatgate::store::Resealed {
+            app: row.app.clone(),
+            user_id: row.user_id.clone(),
+            row_version: row.row_version,
+            access_token: row.access_token.clone(),
+            refresh_token: row.refresh_token.clone(),
+        })
+        .collect();
+    assert_eq!(store.write_resealed(&resealed, 3).await.unwrap(), 0);
+    let entry = vault.load(&app, &user).await.unwrap().unwrap();
+    assert_eq!(
+        entry.tokens.refresh_token.unwrap().expose_secret(),
+        "rt-new"
+    );
+}
+
+fn flow<'a>(state: &'a str, binding: &'a str, expires_at: i64) -> NewFlow<'a> {
+    NewFlow {
+        state_hash: state,
+        binding_hash: binding,
+        app: "support",
+        provider: "entra",
+        origin: "https://www.contoso.com",
+        mode: "silent",
+        nonce: vec![1, 2, 3],
+        pkce_verifier: vec![4, 5, 6],
+        created_at: 100,
+        expires_at,
+    }
+}
+
+async fn a_pending_flow_is_consumed_once_and_only_by_its_browser(db: &TestDb) {
+    let store = db.store().await;
+    store.insert_flow(flow("s1", "b1", 700)).await.unwrap();
+    // Another browser (other binding) can neither use nor burn it.
+    assert!(store.take_flow("s1", "b-other").await.unwrap().is_none());
+    let row = store.take_flow("s1", "b1").await.unwrap().unwrap();
+    assert_eq!(row.origin, "https://www.contoso.com");
+    assert_eq!(row.pkce_verifier, vec![4, 5, 6]);
+    // Single use.
+    assert!(store.take_flow("s1", "b1").await.unwrap().is_none());
+    // A duplicate state is refused by the primary key.
+    store.insert_flow(flow("s2", "b2", 700)).await.unwrap();
+    assert!(store.insert_flow(flow("s2", "b2", 700)).await.is_err());
+}
+
+async fn concurrent_callbacks_consume_a_flow_exactly_once(db: &TestDb) {
+    let store = db.store().await;
+    store.insert_flow(flow("race", "b", 700)).await.unwrap();
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.take_flow("race", "b").await.unwrap().is_some() })
+        })
+        .collect();
+    let mut winners = 0;
+    for t in tasks {
+        winners += usize::from(t.await.unwrap());
+    }
+    assert_eq!(winners, 1);
+}
+
+async fn expired_rows_are_pruned(db: &TestDb) {
+    let store = db.store().await;
+    store.insert_flow(flow("old", "b", 50)).await.unwrap();
+    store.insert_flow(flow("fresh", "b", 500)).await.unwrap();
+    assert!(store.remember_jti("support", "j-old", 50).await.unwrap());
+    assert!(store.remember_jti("support", "j-fresh", 500).await.unwrap());
+    assert_eq!(store.prune_expired(100).await.unwrap(), 2);
+    assert!(store.take_flow("old", "b").await.unwrap().is_none());
+    assert!(store.take_flow("fresh", "b").await.unwrap().is_some());
+    assert!(!store.remember_jti("support", "j-fresh", 500).await.unwrap());
+}
+
+async fn a_jti_is_accepted_once_even_under_concurrency(db: &TestDb) {
+    let store = db.store().await;
+    assert!(store.remember_jti("support", "j1", 1000).await.unwrap());
+    assert!(!store.remember_jti("support", "j1", 1000).await.unwrap());
+    // The same jti for another app is another token.
+    assert!(store.remember_jti("sales", "j1", 1000).await.unwrap());
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(
+                async move { store.remember_jti("support", "j-race", 1000).await.unwrap() },
+            )
+        })
+        .collect();
+    let mut firsts = 0;
+    for t in tasks {
+        firsts += usize::from(t.await.unwrap());
+    }
+    assert_eq!(firsts, 1);
+}
+
+async fn bots_are_stored_by_hash_and_revocable(db: &TestDb) {
+    let store = db.store().await;
+    store
+        .insert_bot("bot-1", "support", "helpdesk", &[9; 32], 10)
+        .await
+        .unwrap();
+    store
+        .insert_bot("bot-2", "sales", "crm", &[8; 32], 11)
+        .await
+        .unwrap();
+    let found = store
+        .find_bot_by_secret_hash(&[9; 32])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (found.id.as_str(), found.app.as_str(), found.revoked_at),
+        ("bot-1", "support", None)
+    );
+    assert!(
+        store
+            .find_bot_by_secret_hash(&[7; 32])
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(store.list_bots().await.unwrap().len(), 2);
+    assert!(store.revoke_bot("bot-1", 20).await.unwrap());
+    assert!(!store.revoke_bot("bot-1", 21).await.unwrap());
+    assert!(!store.revoke_bot("nope", 21).await.unwrap());
+    assert_eq!(
+        store
+            .find_bot_by_secret_hash(&[9; 32])
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at,
+        Some(20)
+    );
+    // A second bot with the same secret hash is refused.
+    assert!(
+        store
+            .insert_bot("bot-3", "support", "dup", &[8; 32], 12)
+            .await
+            .is_err()
+    );
+}
+
+async fn audit_events_are_listed_newest_first_and_filtered(db: &TestDb) {
+    let store = db.store().await;
+    for (i, (actor, user, action)) in [
+        ("bot:b1", "entra:alice", "token.read"),
+        ("bot:b1", "entra:bob", "token.read"),
+        ("user", "entra:alice", "signin"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        store
+            .record_audit(
+                AuditEvent {
+                    actor,
+                    app: Some("support"),
+                    user_id: Some(user),
+                    action,
+                    outcome: "ok",
+                    detail: None,
+                },
+                i as i64,
+            )
+            .await
+            .unwrap();
+    }
+    let alice = store
+        .list_audit(&AuditFilter {
+            user_id: Some("entra:alice".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let actions: Vec<&str> = alice.iter().map(|r| r.action.as_str()).collect();
+    assert_eq!(actions, ["signin", "token.read"]);
+    let bot = store
+        .list_audit(&AuditFilter {
+            actor: Some("bot:b1".into()),
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(bot.len(), 1);
+    assert_eq!(bot[0].user_id.as_deref(), Some("entra:bob"));
+}
+
+async fn signing_key_heartbeats_keep_keys_listed(db: &TestDb) {
+    let store = db.store().await;
+    store
+        .touch_signing_key("old", "EdDSA", "{}", 100)
+        .await
+        .unwrap();
+    store
+        .touch_signing_key("new", "EdDSA", "{}", 1000)
+        .await
+        .unwrap();
+    // A late heartbeat never moves last_used_at backwards.
+    store
+        .touch_signing_key("new", "EdDSA", "{}", 900)
+        .await
+        .unwrap();
+    let recent: Vec<String> = store
+        .signing_keys_used_since(500)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.kid)
+        .collect();
+    assert_eq!(recent, ["new"]);
+    let all = store.signing_keys_used_since(0).await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].last_used_at, 1000);
+    assert_eq!(all[1].first_used_at, 100);
+}
+
+async fn migrations_are_idempotent(db: &TestDb) {
+    let store = db.store().await;
+    store.migrate().await.unwrap();
+    store.ping().await.unwrap();
+    let again = db.store().await;
+    again.migrate().await.unwrap();
+}
+
+backend_tests!(
+    vault_round_trip,
+    a_new_sign_in_replaces_tokens_but_keeps_an_omitted_refresh_token,
+    a_ciphertext_copied_to_another_row_does_not_decrypt,
+    rekey_moves_every_entry_and_resumes_after_an_interruption,
+    rekey_reports_entries_it_cannot_open_and_carries_on,
+    rekey_never_overwrites_a_row_written_meanwhile,
+    a_pending_flow_is_consumed_once_and_only_by_its_browser,
+    concurrent_callbacks_consume_a_flow_exactly_once,
+    expired_rows_are_pruned,
+    a_jti_is_accepted_once_even_under_concurrency,
+    bots_are_stored_by_hash_and_revocable,
+    audit_events_are_listed_newest_first_and_filtered,
+    signing_key_heartbeats_keep_keys_listed,
+    migrations_are_idempotent,
+);
