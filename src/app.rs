@@ -14,6 +14,8 @@ use tokio::task::JoinHandle;
 use crate::chat_token::{ChatTokenIssuer, KEY_HEARTBEAT, KeyDirectory};
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::oidc::Providers;
+use crate::oidc::http::IdpHttp;
 use crate::store::{Store, StoreError};
 use crate::vault::Vault;
 
@@ -24,6 +26,7 @@ pub struct AppState {
     pub store: Store,
     pub vault: Vault,
     pub keys: Arc<KeyDirectory>,
+    pub providers: Arc<Providers>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -33,6 +36,8 @@ pub enum AppError {
     Database { url: String, source: StoreError },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("cannot set up calls to identity providers: {0}")]
+    Http(#[from] crate::oidc::http::HttpError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -54,7 +59,9 @@ pub struct App {
 }
 
 impl AppState {
-    /// Connects to the database, applies migrations and publishes the signing key.
+    /// Connects to the database, applies migrations, publishes the signing key
+    /// and makes a first attempt at discovering every provider (the server
+    /// keeps retrying in the background; `/readyz` says when all are loaded).
     pub async fn build(config: Config) -> Result<Self, AppError> {
         let store =
             Store::connect(&config.database)
@@ -72,11 +79,19 @@ impl AppState {
         let keys = Arc::new(KeyDirectory::new(issuer, config.clock_skew));
         keys.refresh(&store, crate::time::now()).await?;
         let vault = Vault::new(store.clone(), config.vault_keys.clone());
+        let providers = Arc::new(Providers::new(
+            &config.providers,
+            IdpHttp::new(&config.idp_ca_certs)?,
+        ));
+        for (id, e) in providers.load_pending().await {
+            tracing::warn!(provider = %id, error = %e, "provider discovery failed; retrying in the background");
+        }
         Ok(Self {
             config: Arc::new(config),
             store,
             vault,
             keys,
+            providers,
             metrics: Arc::new(Metrics::new()),
         })
     }
@@ -214,7 +229,8 @@ fn spawn_background(state: &AppState) -> Vec<JoinHandle<()>> {
             }
         })
     };
-    vec![heartbeat, prune]
+    let discovery = tokio::spawn(state.providers.clone().load_until_ready());
+    vec![heartbeat, prune, discovery]
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -10,6 +10,7 @@ mod audit;
 mod bots;
 mod flows;
 mod replay;
+mod sessions;
 mod signing_keys;
 mod vault;
 
@@ -143,9 +144,11 @@ impl Store {
         with_pool!(self, pool => pool.close().await)
     }
 
-    /// Deletes expired pending flows and used host-token ids. Returns how many
-    /// rows went.
+    /// Deletes expired pending flows, used host-token ids, sessions and session
+    /// tickets. Returns how many rows went.
     pub async fn prune_expired(&self, now: i64) -> Result<u64> {
-        Ok(self.prune_flows(now).await? + self.prune_jtis(now).await?)
+        Ok(self.prune_flows(now).await?
+            + self.prune_jtis(now).await?
+            + self.prune_sessions(now).await?)
     }
 }

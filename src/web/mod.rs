@@ -1,8 +1,13 @@
 //! HTTP: one module per area, each with its own `router()`, merged here.
 
+pub mod cors;
 pub mod error;
 mod ops;
+pub mod pages;
+pub mod session;
+mod signin;
 mod well_known;
+mod widget;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -22,6 +27,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(ops::router())
         .merge(well_known::router())
+        .merge(signin::router(&state))
+        .merge(widget::router())
         .fallback(error::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),

@@ -8,6 +8,7 @@ use axum::routing::get;
 use serde_json::json;
 
 use crate::app::AppState;
+use crate::oidc::ProviderStatus;
 
 pub fn router() -> axum::Router<AppState> {
     axum::Router::new()
@@ -21,7 +22,7 @@ async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
-/// Ready for traffic: the database answers.
+/// Ready for traffic: the database answers and every provider is discovered.
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let database = match state.store.ping().await {
         Ok(()) => "ok".to_string(),
@@ -30,7 +31,18 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             "unreachable".to_string()
         }
     };
-    let ready = database == "ok";
+    let mut ready = database == "ok";
+    let mut providers = serde_json::Map::new();
+    for (id, status) in state.providers.status() {
+        let value = match status {
+            ProviderStatus::Ready => json!("ok"),
+            ProviderStatus::Loading { last_error } => {
+                ready = false;
+                json!({ "status": "loading", "last_error": last_error })
+            }
+        };
+        providers.insert(id, value);
+    }
     let status = if ready {
         StatusCode::OK
     } else {
@@ -38,7 +50,7 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     };
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
-        "checks": { "database": database },
+        "checks": { "database": database, "providers": providers },
     });
     (status, [(header::CACHE_CONTROL, "no-store")], Json(body))
 }

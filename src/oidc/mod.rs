@@ -1,0 +1,136 @@
+//! Identity providers: discovery at start (retried with backoff until it
+//! works), JWKS caching, and the OIDC calls of the sign-in flow.
+
+pub mod http;
+mod provider;
+mod types;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+pub use provider::{
+    AuthorizationRequest, Identity, IdpTokens, JWKS_REFETCH_INTERVAL, OidcError, Provider,
+};
+pub use types::{ExtraClaims, IdTokenT, ProviderMetadata};
+
+use crate::config::ProviderConfig;
+use http::IdpHttp;
+
+const FIRST_RETRY: Duration = Duration::from_millis(500);
+const MAX_RETRY: Duration = Duration::from_secs(60);
+
+/// Every configured provider, loaded or still being discovered.
+#[derive(Debug)]
+pub struct Providers {
+    http: IdpHttp,
+    slots: BTreeMap<String, Slot>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    config: ProviderConfig,
+    loaded: RwLock<Option<Arc<Provider>>>,
+    last_error: RwLock<Option<String>>,
+}
+
+/// Where a provider stands, for `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProviderStatus {
+    Ready,
+    Loading { last_error: Option<String> },
+}
+
+impl Providers {
+    pub fn new(configs: &[ProviderConfig], http: IdpHttp) -> Self {
+        let slots = configs
+            .iter()
+            .map(|c| {
+                (
+                    c.id.to_string(),
+                    Slot {
+                        config: c.clone(),
+                        loaded: RwLock::new(None),
+                        last_error: RwLock::new(None),
+                    },
+                )
+            })
+            .collect();
+        Self { http, slots }
+    }
+
+    pub fn http(&self) -> &IdpHttp {
+        &self.http
+    }
+
+    /// The provider if its discovery has completed.
+    pub fn get(&self, id: &str) -> Option<Arc<Provider>> {
+        self.slots
+            .get(id)
+            .and_then(|s| s.loaded.read().expect("provider lock poisoned").clone())
+    }
+
+    pub fn status(&self) -> BTreeMap<String, ProviderStatus> {
+        self.slots
+            .iter()
+            .map(|(id, s)| {
+                let status = if s.loaded.read().expect("provider lock poisoned").is_some() {
+                    ProviderStatus::Ready
+                } else {
+                    ProviderStatus::Loading {
+                        last_error: s.last_error.read().expect("provider lock poisoned").clone(),
+                    }
+                };
+                (id.clone(), status)
+            })
+            .collect()
+    }
+
+    pub fn all_ready(&self) -> bool {
+        self.status().values().all(|s| *s == ProviderStatus::Ready)
+    }
+
+    /// Tries to discover every provider not yet loaded, once. Returns the errors.
+    pub async fn load_pending(&self) -> Vec<(String, OidcError)> {
+        let mut errors = Vec::new();
+        for (id, slot) in &self.slots {
+            if slot
+                .loaded
+                .read()
+                .expect("provider lock poisoned")
+                .is_some()
+            {
+                continue;
+            }
+            match Provider::discover(slot.config.clone(), self.http.clone()).await {
+                Ok(p) => {
+                    tracing::info!(provider = %id, issuer = %slot.config.issuer, "provider discovered");
+                    *slot.loaded.write().expect("provider lock poisoned") = Some(Arc::new(p));
+                    *slot.last_error.write().expect("provider lock poisoned") = None;
+                }
+                Err(e) => {
+                    *slot.last_error.write().expect("provider lock poisoned") = Some(e.to_string());
+                    errors.push((id.clone(), e));
+                }
+            }
+        }
+        errors
+    }
+
+    /// Retries discovery with exponential backoff (0.5 s doubling to 60 s) until
+    /// every provider is loaded. Meant to run in the background.
+    pub async fn load_until_ready(self: Arc<Self>) {
+        let mut delay = FIRST_RETRY;
+        loop {
+            let errors = self.load_pending().await;
+            if errors.is_empty() {
+                return;
+            }
+            for (id, e) in &errors {
+                tracing::warn!(provider = %id, error = %e, retry_in = ?delay, "provider discovery failed; will retry");
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(MAX_RETRY);
+        }
+    }
+}

@@ -1,0 +1,623 @@
+//! One discovered identity provider: its metadata and keys, and the calls
+//! chatgate makes to it (authorization URL, code exchange, refresh, revocation)
+//! and the validation of the ID tokens it issues.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeZone as _, Utc};
+use openidconnect::core::{
+    CoreAuthPrompt, CoreJwsSigningAlgorithm, CoreResponseType, CoreRevocableToken,
+};
+use openidconnect::{
+    AuthType, AuthenticationFlow, AuthorizationCode, ClaimsVerificationError, ClientId,
+    ClientSecret, CsrfToken, JsonWebKeySet, LoginHint, Nonce, OAuth2TokenResponse as _,
+    PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken, RequestTokenError,
+    RevocationUrl, Scope, SignatureVerificationError, TokenResponse as _,
+};
+use url::Url;
+
+use super::http::{HttpError, IdpHttp};
+use super::types::{IdTokenClaimsT, IdTokenT, OidcClient, ProviderMetadata, TokenResponse};
+use crate::config::{ClientAuth, ProviderConfig};
+use crate::secret::SecretString;
+
+/// Refetches of the JWKS triggered by an unknown `kid` happen at most this often,
+/// so a flood of tokens with random `kid`s cannot make chatgate hammer the IdP.
+pub const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(60);
+/// An ID token's `iat` may be at most this old (plus clock skew).
+const ID_TOKEN_MAX_AGE: Duration = Duration::from_secs(600);
+const TENANT_PLACEHOLDER: &str = "{tenantid}";
+
+#[derive(Debug, thiserror::Error)]
+pub enum OidcError {
+    /// The IdP could not be reached or answered with a server error.
+    #[error("identity provider unavailable: {0}")]
+    Unavailable(String),
+    /// Discovery produced something chatgate will not use.
+    #[error("discovery failed: {0}")]
+    Discovery(String),
+    /// The IdP answered with an OAuth error (`invalid_grant`, ...).
+    #[error("identity provider error {code}")]
+    Idp {
+        code: String,
+        description: Option<String>,
+    },
+    /// The ID token failed validation.
+    #[error("invalid ID token: {0}")]
+    InvalidIdToken(String),
+}
+
+impl OidcError {
+    fn from_token_error(e: RequestTokenError<HttpError, super::types::TokenErrorResponse>) -> Self {
+        match e {
+            RequestTokenError::ServerResponse(r) => Self::Idp {
+                code: r.error().as_ref().to_string(),
+                description: r.error_description().cloned(),
+            },
+            RequestTokenError::Request(e) => Self::Unavailable(e.to_string()),
+            RequestTokenError::Parse(e, _) => {
+                Self::Unavailable(format!("unreadable token response: {e}"))
+            }
+            RequestTokenError::Other(e) => Self::Unavailable(e),
+        }
+    }
+}
+
+/// Parameters of one authorization request.
+#[derive(Debug)]
+pub struct AuthorizationRequest<'a> {
+    pub redirect_uri: &'a str,
+    pub scopes: &'a [String],
+    pub state: &'a str,
+    pub nonce: &'a str,
+    pub pkce_verifier: &'a str,
+    pub prompt: Option<&'a str>,
+    pub login_hint: Option<&'a str>,
+    pub domain_hint: Option<&'a str>,
+}
+
+/// Who an ID token says the user is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The user id's subject part: the `user_id_claim` (and `tid:` for multi-tenant).
+    pub subject: String,
+    /// The `sub` claim.
+    pub sub: String,
+    pub issuer: String,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub preferred_username: Option<String>,
+    pub auth_time: Option<i64>,
+}
+
+/// Tokens from a code exchange or a refresh.
+#[derive(Debug)]
+pub struct IdpTokens {
+    pub access_token: SecretString,
+    pub refresh_token: Option<SecretString>,
+    pub token_type: String,
+    pub scope: Option<String>,
+    pub expires_in: Option<Duration>,
+    pub id_token: Option<IdTokenT>,
+}
+
+impl From<TokenResponse> for IdpTokens {
+    fn from(r: TokenResponse) -> Self {
+        Self {
+            access_token: SecretString::new(r.access_token().secret().as_str()),
+            refresh_token: r
+                .refresh_token()
+                .map(|t| SecretString::new(t.secret().as_str())),
+            token_type: r.token_type().as_ref().to_string(),
+            scope: r
+                .scopes()
+                .map(|s| s.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")),
+            expires_in: r.expires_in(),
+            id_token: r.id_token().cloned(),
+        }
+    }
+}
+
+pub struct Provider {
+    config: ProviderConfig,
+    http: IdpHttp,
+    metadata: RwLock<Arc<ProviderMetadata>>,
+    /// When the last unknown-`kid` refetch ran; held across the fetch so that
+    /// concurrent requests wait for one fetch instead of each starting one.
+    jwks_refetch: tokio::sync::Mutex<Option<Instant>>,
+}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provider")
+            .field("id", &self.config.id)
+            .field("issuer", &self.config.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Provider {
+    /// Fetches `{issuer}/.well-known/openid-configuration` and the JWKS.
+    pub async fn discover(config: ProviderConfig, http: IdpHttp) -> Result<Self, OidcError> {
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            config.issuer.trim_end_matches('/')
+        );
+        let body = get_json(&http, &url).await?;
+        let mut metadata: ProviderMetadata = serde_json::from_slice(&body).map_err(|e| {
+            OidcError::Discovery(format!("{url} is not OpenID provider metadata: {e}"))
+        })?;
+        let discovered = metadata.issuer().as_str();
+        if !issuer_matches(&config, discovered) {
+            return Err(OidcError::Discovery(format!(
+                "{url} names issuer {discovered:?}, not the configured {:?}; refusing it (mix-up protection)",
+                config.issuer
+            )));
+        }
+        let jwks = fetch_jwks(&http, &metadata).await?;
+        metadata = metadata.set_jwks(jwks);
+        Ok(Self {
+            config,
+            http,
+            metadata: RwLock::new(Arc::new(metadata)),
+            jwks_refetch: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    pub fn config(&self) -> &ProviderConfig {
+        &self.config
+    }
+
+    pub fn metadata(&self) -> Arc<ProviderMetadata> {
+        self.metadata
+            .read()
+            .expect("metadata lock poisoned")
+            .clone()
+    }
+
+    /// The issuer as discovered (may hold `{tenantid}` for Entra multi-tenant).
+    pub fn issuer(&self) -> String {
+        self.metadata().issuer().as_str().to_string()
+    }
+
+    /// RFC 9207: whether authorization responses carry `iss`.
+    pub fn sends_iss_parameter(&self) -> bool {
+        self.metadata()
+            .additional_metadata()
+            .authorization_response_iss_parameter_supported
+            .unwrap_or(false)
+    }
+
+    pub fn revocation_endpoint(&self) -> Option<String> {
+        self.metadata()
+            .additional_metadata()
+            .revocation_endpoint
+            .clone()
+    }
+
+    fn client(&self, redirect_uri: &str) -> Result<OidcClient, OidcError> {
+        let metadata = (*self.metadata()).clone();
+        let secret = self
+            .config
+            .client_secret
+            .as_ref()
+            .map(|s| ClientSecret::new(s.expose_secret().to_string()));
+        let redirect = RedirectUrl::new(redirect_uri.to_string())
+            .map_err(|e| OidcError::Discovery(format!("bad redirect URI: {e}")))?;
+        let auth_type = match self.config.client_auth {
+            ClientAuth::ClientSecretPost | ClientAuth::None => AuthType::RequestBody,
+            ClientAuth::ClientSecretBasic => AuthType::BasicAuth,
+        };
+        Ok(OidcClient::from_provider_metadata(
+            metadata,
+            ClientId::new(self.config.client_id.clone()),
+            secret,
+        )
+        .set_redirect_uri(redirect)
+        .set_auth_type(auth_type))
+    }
+
+    /// The URL to send the browser to.
+    pub fn authorization_url(&self, req: &AuthorizationRequest<'_>) -> Result<Url, OidcError> {
+        let client = self.client(req.redirect_uri)?;
+        let state = req.state.to_string();
+        let nonce = req.nonce.to_string();
+        let challenge = PkceCodeChallenge::from_code_verifier_sha256(&PkceCodeVerifier::new(
+            req.pkce_verifier.to_string(),
+        ));
+        let mut builder = client
+            .authorize_url(
+                AuthenticationFlow::<CoreResponseType>::AuthorizationCode,
+                move || CsrfToken::new(state),
+                move || Nonce::new(nonce),
+            )
+            .set_pkce_challenge(challenge)
+            .add_scopes(
+                req.scopes
+                    .iter()
+                    .filter(|s| s.as_str() != "openid")
+                    .map(|s| Scope::new(s.clone())),
+            );
+        builder = match req.prompt {
+            Some("none") => builder.add_prompt(CoreAuthPrompt::None),
+            Some("login") => builder.add_prompt(CoreAuthPrompt::Login),
+            Some("consent") => builder.add_prompt(CoreAuthPrompt::Consent),
+            Some("select_account") => builder.add_prompt(CoreAuthPrompt::SelectAccount),
+            _ => builder,
+        };
+        if let Some(hint) = req.login_hint {
+            builder = builder.set_login_hint(LoginHint::new(hint.to_string()));
+        }
+        if let Some(hint) = req.domain_hint {
+            builder = builder.add_extra_param("domain_hint", hint.to_string());
+        }
+        for (k, v) in &self.config.extra_auth_params {
+            builder = builder.add_extra_param(k.clone(), v.clone());
+        }
+        let (url, _, _) = builder.url();
+        Ok(url)
+    }
+
+    /// Redeems an authorization code (with its PKCE verifier) at the token endpoint.
+    pub async fn exchange_code(
+        &self,
+        code: &str,
+        pkce_verifier: &str,
+        redirect_uri: &str,
+    ) -> Result<IdpTokens, OidcError> {
+        let client = self.client(redirect_uri)?;
+        let response = client
+            .exchange_code(AuthorizationCode::new(code.to_string()))
+            .map_err(|e| OidcError::Discovery(format!("no token endpoint: {e}")))?
+            .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.to_string()))
+            .request_async(&self.http)
+            .await
+            .map_err(OidcError::from_token_error)?;
+        Ok(response.into())
+    }
+
+    /// Uses a refresh token at the token endpoint.
+    pub async fn refresh(
+        &self,
+        refresh_token: &SecretString,
+        redirect_uri: &str,
+    ) -> Result<IdpTokens, OidcError> {
+        let client = self.client(redirect_uri)?;
+        let token = RefreshToken::new(refresh_token.expose_secret().to_string());
+        let response = client
+            .exchange_refresh_token(&token)
+            .map_err(|e| OidcError::Discovery(format!("no token endpoint: {e}")))?
+            .request_async(&self.http)
+            .await
+            .map_err(OidcError::from_token_error)?;
+        Ok(response.into())
+    }
+
+    /// RFC 7009 revocation of a refresh token. `Ok(false)` when the IdP has no
+    /// revocation endpoint.
+    pub async fn revoke_refresh_token(
+        &self,
+        token: &SecretString,
+        redirect_uri: &str,
+    ) -> Result<bool, OidcError> {
+        let Some(endpoint) = self.revocation_endpoint() else {
+            return Ok(false);
+        };
+        let url = RevocationUrl::new(endpoint)
+            .map_err(|e| OidcError::Discovery(format!("bad revocation_endpoint: {e}")))?;
+        let client = self.client(redirect_uri)?.set_revocation_url(url);
+        client
+            .revoke_token(CoreRevocableToken::RefreshToken(RefreshToken::new(
+                token.expose_secret().to_string(),
+            )))
+            .map_err(|e| OidcError::Discovery(e.to_string()))?
+            .request_async(&self.http)
+            .await
+            .map_err(|e| match e {
+                RequestTokenError::ServerResponse(r) => OidcError::Idp {
+                    code: r.error().as_ref().to_string(),
+                    description: r.error_description().cloned(),
+                },
+                RequestTokenError::Request(e) => OidcError::Unavailable(e.to_string()),
+                other => OidcError::Unavailable(other.to_string()),
+            })?;
+        Ok(true)
+    }
+
+    /// Validates an ID token: signature with an asymmetric algorithm the IdP
+    /// advertises (never `none`, never an HMAC), `iss`, `aud`, `azp`, `exp`, `iat`
+    /// and, when given, `nonce`. On an unknown `kid` the JWKS is fetched again
+    /// (rate-limited) and the check repeated once.
+    pub async fn verify_id_token(
+        &self,
+        token: &IdTokenT,
+        nonce: Option<&str>,
+        now: i64,
+        skew: Duration,
+    ) -> Result<Identity, OidcError> {
+        match self.verify_with_current_keys(token, nonce, now, skew) {
+            Err(VerifyError::UnknownKey) => {
+                if self.refetch_jwks().await? {
+                    self.verify_with_current_keys(token, nonce, now, skew)
+                        .map_err(VerifyError::into_oidc)
+                } else {
+                    Err(VerifyError::UnknownKey.into_oidc())
+                }
+            }
+            other => other.map_err(VerifyError::into_oidc),
+        }
+    }
+
+    fn verify_with_current_keys(
+        &self,
+        token: &IdTokenT,
+        nonce: Option<&str>,
+        now: i64,
+        skew: Duration,
+    ) -> Result<Identity, VerifyError> {
+        let client = self
+            .client("https://unused.invalid/")
+            .map_err(|e| VerifyError::Other(e.to_string()))?;
+        let metadata = self.metadata();
+        let template = metadata.issuer().as_str().to_string();
+        let multi_tenant = self.config.multi_tenant && template.contains(TENANT_PLACEHOLDER);
+        let skew_secs = skew.as_secs() as i64;
+        let at = |secs: i64| Utc.timestamp_opt(secs, 0).single().unwrap_or_else(Utc::now);
+        let verify_now = at(now - skew_secs);
+        let (oldest, newest) = (
+            at(now - ID_TOKEN_MAX_AGE.as_secs() as i64 - skew_secs),
+            at(now + skew_secs),
+        );
+        let verifier = client
+            .id_token_verifier()
+            .set_allowed_algs(allowed_algs(&metadata))
+            .require_issuer_match(!multi_tenant)
+            .set_time_fn(move || verify_now)
+            .set_issue_time_verifier_fn(move |iat: DateTime<Utc>| {
+                if iat > newest {
+                    Err(format!("issued in the future ({iat})"))
+                } else if iat < oldest {
+                    Err(format!("issued too long ago ({iat})"))
+                } else {
+                    Ok(())
+                }
+            });
+        let claims = match nonce {
+            Some(expected) => {
+                let expected = Nonce::new(expected.to_string());
+                token.claims(&verifier, &expected)
+            }
+            // A refreshed ID token need not repeat the nonce.
+            None => token.claims(&verifier, |_: Option<&Nonce>| Ok(())),
+        }
+        .map_err(VerifyError::from)?;
+
+        // OIDC Core 3.1.3.7 step 5: an azp, when present, must be us.
+        if let Some(azp) = claims.authorized_party()
+            && azp.as_str() != self.config.client_id
+        {
+            return Err(VerifyError::Invalid(format!(
+                "azp {:?} is not this client",
+                azp.as_str()
+            )));
+        }
+        let extra = &claims.additional_claims().other;
+        if multi_tenant {
+            let tid = string_claim(extra, "tid")
+                .ok_or_else(|| VerifyError::Invalid("no tid claim".into()))?;
+            let expected = template.replace(TENANT_PLACEHOLDER, &tid);
+            if claims.issuer().as_str() != expected {
+                return Err(VerifyError::Invalid(format!(
+                    "issuer {:?} is not {expected:?}",
+                    claims.issuer().as_str()
+                )));
+            }
+        }
+        identity(&self.config, claims).map_err(VerifyError::Invalid)
+    }
+
+    /// Fetches the JWKS again unless that happened within
+    /// [`JWKS_REFETCH_INTERVAL`]. Returns whether the keys were refreshed.
+    async fn refetch_jwks(&self) -> Result<bool, OidcError> {
+        let mut last = self.jwks_refetch.lock().await;
+        if last.is_some_and(|t| t.elapsed() < JWKS_REFETCH_INTERVAL) {
+            return Ok(false);
+        }
+        *last = Some(Instant::now());
+        let metadata = self.metadata();
+        let jwks = fetch_jwks(&self.http, &metadata).await?;
+        let updated = (*metadata).clone().set_jwks(jwks);
+        *self.metadata.write().expect("metadata lock poisoned") = Arc::new(updated);
+        tracing::info!(provider = %self.config.id, "reloaded the provider's JWKS after an unknown key id");
+        Ok(true)
+    }
+}
+
+/// Why an ID token failed, with the unknown-key case kept apart for the refetch.
+#[derive(Debug)]
+enum VerifyError {
+    UnknownKey,
+    Invalid(String),
+    Other(String),
+}
+
+impl VerifyError {
+    fn into_oidc(self) -> OidcError {
+        match self {
+            Self::UnknownKey => {
+                OidcError::InvalidIdToken("signed with a key the provider does not publish".into())
+            }
+            Self::Invalid(m) | Self::Other(m) => OidcError::InvalidIdToken(m),
+        }
+    }
+}
+
+impl From<ClaimsVerificationError> for VerifyError {
+    fn from(e: ClaimsVerificationError) -> Self {
+        match e {
+            ClaimsVerificationError::SignatureVerification(
+                SignatureVerificationError::NoMatchingKey,
+            ) => Self::UnknownKey,
+            other => Self::Invalid(other.to_string()),
+        }
+    }
+}
+
+/// The asymmetric algorithms the provider advertises for ID tokens. HMAC and
+/// `none` are never accepted, whatever the metadata says.
+fn allowed_algs(metadata: &ProviderMetadata) -> Vec<CoreJwsSigningAlgorithm> {
+    use CoreJwsSigningAlgorithm as A;
+    let asymmetric = [
+        A::RsaSsaPkcs1V15Sha256,
+        A::RsaSsaPkcs1V15Sha384,
+        A::RsaSsaPkcs1V15Sha512,
+        A::RsaSsaPssSha256,
+        A::RsaSsaPssSha384,
+        A::RsaSsaPssSha512,
+        A::EcdsaP256Sha256,
+        A::EcdsaP384Sha384,
+        A::EcdsaP521Sha512,
+        A::EdDsa,
+    ];
+    metadata
+        .id_token_signing_alg_values_supported()
+        .iter()
+        .filter(|a| asymmetric.contains(a))
+        .cloned()
+        .collect()
+}
+
+fn string_claim(extra: &serde_json::Map<String, serde_json::Value>, name: &str) -> Option<String> {
+    extra
+        .get(name)
+        .and_then(|v| v.as_str())
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+/// The identity an already-verified ID token states.
+fn identity(config: &ProviderConfig, claims: &IdTokenClaimsT) -> Result<Identity, String> {
+    let extra = &claims.additional_claims().other;
+    let value = if config.user_id_claim == "sub" {
+        claims.subject().as_str().to_string()
+    } else {
+        string_claim(extra, &config.user_id_claim).ok_or_else(|| {
+            format!(
+                "the ID token has no {:?} claim (user_id_claim)",
+                config.user_id_claim
+            )
+        })?
+    };
+    let subject = if config.multi_tenant {
+        let tid = string_claim(extra, "tid")
+            .ok_or("multi_tenant is set but the ID token has no tid claim")?;
+        format!("{tid}:{value}")
+    } else {
+        value
+    };
+    Ok(Identity {
+        subject,
+        sub: claims.subject().as_str().to_string(),
+        issuer: claims.issuer().as_str().to_string(),
+        name: claims
+            .name()
+            .and_then(|n| n.get(None))
+            .map(|n| n.as_str().to_string()),
+        email: claims.email().map(|e| e.as_str().to_string()),
+        preferred_username: claims.preferred_username().map(|u| u.as_str().to_string()),
+        auth_time: claims.auth_time().map(|t| t.timestamp()),
+    })
+}
+
+/// Whether a discovered issuer is the configured one. For Entra ID multi-tenant
+/// apps the metadata of `/common`, `/organizations` or `/consumers` names the
+/// template `.../{tenantid}/v2.0`; ID tokens are then checked against it with
+/// their own `tid`.
+fn issuer_matches(config: &ProviderConfig, discovered: &str) -> bool {
+    if discovered == config.issuer {
+        return true;
+    }
+    config.multi_tenant
+        && discovered.contains(TENANT_PLACEHOLDER)
+        && ["common", "organizations", "consumers"]
+            .iter()
+            .any(|t| discovered.replace(TENANT_PLACEHOLDER, t) == config.issuer)
+}
+
+async fn get_json(http: &IdpHttp, url: &str) -> Result<Vec<u8>, OidcError> {
+    use openidconnect::AsyncHttpClient as _;
+    let request = openidconnect::http::Request::get(url)
+        .header("accept", "application/json")
+        .body(Vec::new())
+        .map_err(|e| OidcError::Discovery(format!("bad URL {url}: {e}")))?;
+    let response = http
+        .call(request)
+        .await
+        .map_err(|e| OidcError::Unavailable(format!("GET {url}: {e}")))?;
+    let status = response.status();
+    if status.is_server_error() {
+        return Err(OidcError::Unavailable(format!("GET {url}: HTTP {status}")));
+    }
+    if !status.is_success() {
+        return Err(OidcError::Discovery(format!("GET {url}: HTTP {status}")));
+    }
+    Ok(response.into_body())
+}
+
+async fn fetch_jwks(
+    http: &IdpHttp,
+    metadata: &ProviderMetadata,
+) -> Result<JsonWebKeySet<openidconnect::core::CoreJsonWebKey>, OidcError> {
+    let url = metadata.jwks_uri().url().as_str().to_string();
+    let body = get_json(http, &url).await?;
+    serde_json::from_slice(&body)
+        .map_err(|e| OidcError::Discovery(format!("{url} is not a JWK set: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn provider(issuer: &str, multi_tenant: bool) -> ProviderConfig {
+        ProviderConfig {
+            id: crate::domain::ProviderId::parse("entra").unwrap(),
+            issuer: issuer.into(),
+            client_id: "c".into(),
+            client_secret: None,
+            client_auth: ClientAuth::None,
+            user_id_claim: "oid".into(),
+            multi_tenant,
+            accepted_audiences: vec![],
+            extra_auth_params: Default::default(),
+        }
+    }
+
+    #[test]
+    fn issuers_must_match_exactly_except_for_the_entra_tenant_template() {
+        let exact = provider("https://idp.example.com", false);
+        assert!(issuer_matches(&exact, "https://idp.example.com"));
+        assert!(!issuer_matches(&exact, "https://idp.example.com/"));
+        assert!(!issuer_matches(&exact, "https://evil.example.com"));
+        let template = "https://login.microsoftonline.com/{tenantid}/v2.0";
+        assert!(!issuer_matches(
+            &provider(
+                "https://login.microsoftonline.com/organizations/v2.0",
+                false
+            ),
+            template
+        ));
+        assert!(issuer_matches(
+            &provider("https://login.microsoftonline.com/organizations/v2.0", true),
+            template
+        ));
+        assert!(issuer_matches(
+            &provider("https://login.microsoftonline.com/common/v2.0", true),
+            template
+        ));
+        assert!(!issuer_matches(
+            &provider("https://login.microsoftonline.com/evil/v2.0", true),
+            template
+        ));
+    }
+}

@@ -1,0 +1,469 @@
+//! Browser endpoints of the sign-in flow: `GET /v1/authorize`,
+//! `GET /v1/callback`, `POST /v1/session` and `POST /v1/signout`.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use tower_sessions::Session;
+use tower_sessions::cookie::{Cookie, SameSite};
+
+use crate::app::AppState;
+use crate::config::AppConfig;
+use crate::domain::{Origin, UserId};
+use crate::secret::random_token;
+use crate::signin::{
+    self, CallbackFailure, CallbackParams, FlowError, FlowTarget, Mode, StartRequest,
+};
+use crate::web::pages::{Message, MessageUser, frame_ancestors, message_page, plain_page};
+use crate::web::session::{self, BrowserSession, SessionSignIn};
+use crate::web::{ApiError, cors};
+
+/// The browser-binding cookie of pending flows, per mode: partitioned for the
+/// third-party iframe, Lax for the first-party popup.
+const BINDING_SILENT: &str = "__Host-chatgate-flow";
+const BINDING_POPUP: &str = "__Host-chatgate-flow-popup";
+const MAX_HINT_LEN: usize = 256;
+
+pub fn router(state: &AppState) -> axum::Router<AppState> {
+    axum::Router::new()
+        .route("/v1/authorize", get(authorize))
+        .route("/v1/callback", get(callback))
+        .route("/v1/session", post(redeem_ticket).options(cors::preflight))
+        .route("/v1/signout", post(signout).options(cors::preflight))
+        .layer(session::layer(
+            state.store.clone(),
+            state.config.session_idle,
+        ))
+        .layer(axum::middleware::from_fn(session::partition_cookies))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct AuthorizeQuery {
+    app: Option<String>,
+    origin: Option<String>,
+    mode: Option<String>,
+    login_hint: Option<String>,
+    domain_hint: Option<String>,
+    prompt: Option<String>,
+}
+
+fn bad_request(message: &str, ancestors: &[Origin]) -> Response {
+    plain_page(
+        StatusCode::BAD_REQUEST,
+        "Sign-in request refused",
+        message,
+        ancestors,
+    )
+}
+
+fn error_page(mode: Mode, app: &AppConfig, origin: &Origin, error: &FlowError) -> Response {
+    message_page(
+        mode,
+        origin,
+        &app.origins,
+        &Message::Error {
+            app: app.id.to_string(),
+            error: error.code.clone(),
+            error_description: error.description.clone(),
+        },
+    )
+}
+
+/// `ancestors`: who may frame the page (the app's origins for a renewal, the
+/// flow's own origin after a callback).
+fn success_page(
+    mode: Mode,
+    app: &AppConfig,
+    origin: &Origin,
+    ancestors: &[Origin],
+    signin: &SessionSignIn,
+    minted: signin::Minted,
+    session_ticket: Option<String>,
+) -> Response {
+    message_page(
+        mode,
+        origin,
+        ancestors,
+        &Message::Success {
+            app: app.id.to_string(),
+            chat_token: minted.chat_token,
+            expires_at: minted.expires_at,
+            user: MessageUser {
+                id: signin.user_id.clone(),
+                name: signin.name.clone(),
+                email: signin.email.clone(),
+            },
+            session_ticket,
+        },
+    )
+}
+
+fn cookie_values(headers: &HeaderMap, name: &str) -> Vec<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| {
+            Cookie::split_parse(v.to_string())
+                .filter_map(Result::ok)
+                .collect::<Vec<_>>()
+        })
+        .filter(|c| c.name() == name)
+        .map(|c| c.value().to_string())
+        .collect()
+}
+
+fn binding_cookie(mode: Mode, value: &str, max_age: std::time::Duration) -> HeaderValue {
+    let (name, same_site, partitioned) = match mode {
+        Mode::Silent => (BINDING_SILENT, SameSite::None, true),
+        Mode::Popup => (BINDING_POPUP, SameSite::Lax, false),
+    };
+    let cookie = Cookie::build((name, value.to_string()))
+        .path("/")
+        .secure(true)
+        .http_only(true)
+        .same_site(same_site)
+        .partitioned(partitioned)
+        .max_age(time::Duration::seconds(max_age.as_secs() as i64))
+        .build();
+    HeaderValue::from_str(&cookie.to_string()).expect("a cookie of base64 text is a valid header")
+}
+
+fn flow_headers(response: &mut Response, app: &AppConfig) {
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "frame-ancestors {}",
+        frame_ancestors(&app.origins)
+    )) {
+        headers.insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+}
+
+/// `GET /v1/authorize`: renew from chatgate's session, or start a flow at the IdP.
+async fn authorize(
+    State(state): State<AppState>,
+    session: Session,
+    headers: HeaderMap,
+    query: Result<Query<AuthorizeQuery>, QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = query else {
+        return bad_request("The sign-in request is malformed.", &[]);
+    };
+    let Some(app) = q.app.as_deref().and_then(|a| state.config.app(a)) else {
+        return bad_request("Unknown app.", &[]);
+    };
+    let Some(origin) = q
+        .origin
+        .as_deref()
+        .and_then(|o| Origin::parse(o).ok())
+        .filter(|o| app.allows_origin(o))
+    else {
+        return bad_request(
+            "This origin is not allowed to sign in to this app.",
+            &app.origins,
+        );
+    };
+    let Some(mode) = q.mode.as_deref().and_then(Mode::parse) else {
+        return bad_request("mode must be silent or popup.", &app.origins);
+    };
+    let fail = |e: FlowError| {
+        state.metrics.flow("failed", &e.code);
+        error_page(mode, app, &origin, &e)
+    };
+    let prompt = q.prompt.as_deref().filter(|p| !p.is_empty());
+    match (mode, prompt) {
+        (Mode::Silent, Some(_)) => {
+            return fail(FlowError::invalid_request(
+                "prompt is only for mode=popup; silent sign-in uses prompt=none",
+            ));
+        }
+        (Mode::Popup, Some(p)) if !matches!(p, "login" | "consent" | "select_account") => {
+            return fail(FlowError::invalid_request(
+                "prompt must be login, consent or select_account",
+            ));
+        }
+        _ => {}
+    }
+    let hint = |h: &Option<String>| h.as_deref().filter(|h| !h.is_empty()).map(str::to_string);
+    let (login_hint, domain_hint) = (hint(&q.login_hint), hint(&q.domain_hint));
+    if login_hint
+        .iter()
+        .chain(domain_hint.iter())
+        .any(|h| h.len() > MAX_HINT_LEN || h.chars().any(char::is_control))
+    {
+        return fail(FlowError::invalid_request(
+            "login_hint and domain_hint must be short printable text",
+        ));
+    }
+    let now = crate::time::now();
+
+    if mode == Mode::Silent
+        && let Some(response) =
+            renew(&state, &session, app, &origin, login_hint.as_deref(), now).await
+    {
+        return response;
+    }
+
+    let binding = cookie_values(&headers, binding_name(mode))
+        .into_iter()
+        .find(|v| v.len() == 43)
+        .unwrap_or_else(random_token::<32>);
+    let request = StartRequest {
+        app,
+        origin: &origin,
+        mode,
+        login_hint: login_hint.as_deref(),
+        domain_hint: domain_hint.as_deref(),
+        prompt,
+    };
+    match signin::start(&state, request, &binding, now).await {
+        Ok(url) => {
+            let mut response = StatusCode::FOUND.into_response();
+            flow_headers(&mut response, app);
+            let h = response.headers_mut();
+            match HeaderValue::from_str(url.as_str()) {
+                Ok(location) => h.insert(header::LOCATION, location),
+                Err(_) => return fail(FlowError::server_error()),
+            };
+            h.append(
+                header::SET_COOKIE,
+                binding_cookie(mode, &binding, state.config.flow_ttl),
+            );
+            response
+        }
+        Err(e) => fail(e),
+    }
+}
+
+fn binding_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Silent => BINDING_SILENT,
+        Mode::Popup => BINDING_POPUP,
+    }
+}
+
+/// A fresh chat token from chatgate's own session, when it and the vault allow.
+async fn renew(
+    state: &AppState,
+    session: &Session,
+    app: &AppConfig,
+    origin: &Origin,
+    login_hint: Option<&str>,
+    now: i64,
+) -> Option<Response> {
+    let max_age = state.config.session_max.as_secs() as i64;
+    let signin = match BrowserSession(session.clone())
+        .get(&app.id, origin, now, max_age)
+        .await
+    {
+        Ok(Some(s)) => s,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the browser session");
+            return None;
+        }
+    };
+    // A hint naming someone else means the host wants that user, not this one.
+    if let Some(hint) = login_hint
+        && !signin
+            .email
+            .as_deref()
+            .is_some_and(|e| e.eq_ignore_ascii_case(hint))
+    {
+        return None;
+    }
+    if !signin::can_renew(state, app, &signin, now).await {
+        return None;
+    }
+    match signin::mint(state, app, &signin, now) {
+        Ok(minted) => {
+            state.metrics.flow("completed", "session");
+            Some(success_page(
+                Mode::Silent,
+                app,
+                origin,
+                &app.origins,
+                &signin,
+                minted,
+                None,
+            ))
+        }
+        Err(e) => Some(error_page(Mode::Silent, app, origin, &e)),
+    }
+}
+
+/// `GET /v1/callback`: the one redirect URI.
+async fn callback(
+    State(state): State<AppState>,
+    session: Session,
+    headers: HeaderMap,
+    query: Result<Query<CallbackParams>, QueryRejection>,
+) -> Response {
+    let Ok(Query(params)) = query else {
+        return bad_request("The sign-in response is malformed.", &[]);
+    };
+    let mut bindings = cookie_values(&headers, BINDING_SILENT);
+    bindings.extend(cookie_values(&headers, BINDING_POPUP));
+    let now = crate::time::now();
+    let completed = match signin::finish(&state, params, &bindings, now).await {
+        Ok(c) => c,
+        Err(CallbackFailure::Untied(message)) => {
+            return plain_page(StatusCode::BAD_REQUEST, "Sign-in failed", message, &[]);
+        }
+        Err(CallbackFailure::Flow { target, error }) => {
+            return message_page(
+                target.mode,
+                &target.origin,
+                std::slice::from_ref(&target.origin),
+                &Message::Error {
+                    app: target.app.to_string(),
+                    error: error.code,
+                    error_description: error.description,
+                },
+            );
+        }
+    };
+    let FlowTarget { app, origin, mode } = &completed.target;
+    let Some(app) = state.config.app(app.as_str()) else {
+        return plain_page(
+            StatusCode::BAD_REQUEST,
+            "Sign-in failed",
+            "Unknown app.",
+            &[],
+        );
+    };
+    if let Err(e) = BrowserSession(session)
+        .put(&app.id, origin, completed.signin.clone())
+        .await
+    {
+        // The sign-in itself succeeded; only silent renewal will need the IdP.
+        tracing::warn!(error = %e, "cannot record the sign-in in the browser session");
+    }
+    let minted = match signin::mint(&state, app, &completed.signin, now) {
+        Ok(m) => m,
+        Err(e) => return error_page(*mode, app, origin, &e),
+    };
+    let ticket = match mode {
+        Mode::Popup => {
+            match signin::issue_ticket(&state, &completed.target, &completed.signin, now).await {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no session ticket for this popup sign-in");
+                    None
+                }
+            }
+        }
+        Mode::Silent => None,
+    };
+    success_page(
+        *mode,
+        app,
+        origin,
+        std::slice::from_ref(origin),
+        &completed.signin,
+        minted,
+        ticket,
+    )
+}
+
+#[derive(Debug, Deserialize)]
+struct TicketRequest {
+    app: String,
+    ticket: String,
+}
+
+/// `POST /v1/session`: redeem a popup sign-in's ticket into this cookie partition.
+async fn redeem_ticket(
+    State(state): State<AppState>,
+    session: Session,
+    headers: HeaderMap,
+    body: Result<Json<TicketRequest>, JsonRejection>,
+) -> Response {
+    let origin = cors::request_origin(&headers);
+    let result = async {
+        let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+        let app = state
+            .config
+            .app(&req.app)
+            .ok_or_else(|| ApiError::bad_request("unknown app"))?;
+        let origin = cors::require_origin(&headers, app)?;
+        let now = crate::time::now();
+        let signin = signin::redeem_ticket(&state, &app.id, &origin, &req.ticket, now)
+            .await?
+            .ok_or_else(|| ApiError::bad_request("the ticket is unknown, used or expired"))?;
+        BrowserSession(session)
+            .put(&app.id, &origin, signin)
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok::<_, ApiError>(origin)
+    }
+    .await;
+    match result {
+        Ok(origin) => cors::allow(StatusCode::NO_CONTENT.into_response(), &origin),
+        Err(e) => with_cors_if_allowed(&state, e.into_response(), origin.as_ref()),
+    }
+}
+
+fn with_cors_if_allowed(state: &AppState, response: Response, origin: Option<&Origin>) -> Response {
+    match origin.filter(|o| state.config.apps.iter().any(|a| a.allows_origin(o))) {
+        Some(o) => cors::allow(response, o),
+        None => response,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct SignOutRequest {
+    app: String,
+    #[serde(default)]
+    revoke: bool,
+}
+
+/// `POST /v1/signout`: ends chatgate's session for the calling origin; with
+/// `revoke` also revokes at the IdP and deletes the vault entry.
+async fn signout(
+    State(state): State<AppState>,
+    session: Session,
+    headers: HeaderMap,
+    body: Result<Json<SignOutRequest>, JsonRejection>,
+) -> Response {
+    let origin = cors::request_origin(&headers);
+    let result = async {
+        let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+        let app = state
+            .config
+            .app(&req.app)
+            .ok_or_else(|| ApiError::bad_request("unknown app"))?;
+        let origin = cors::require_origin(&headers, app)?;
+        let removed = BrowserSession(session)
+            .remove(&app.id, &origin)
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let signed_out = removed.is_some();
+        let mut revoked = false;
+        if req.revoke
+            && let Some(user_id) = removed.and_then(|s| UserId::parse(s.user_id).ok())
+        {
+            revoked = crate::user_tokens::sign_out(&state, app, &user_id, "user")
+                .await?
+                .deleted;
+        }
+        Ok::<_, ApiError>((origin, signed_out, revoked))
+    }
+    .await;
+    match result {
+        Ok((origin, signed_out, revoked)) => cors::allow(
+            Json(serde_json::json!({"signed_out": signed_out, "revoked": revoked})).into_response(),
+            &origin,
+        ),
+        Err(e) => with_cors_if_allowed(&state, e.into_response(), origin.as_ref()),
+    }
+}

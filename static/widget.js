@@ -1,0 +1,293 @@
+/*!
+ * chatgate widget.js — sign the user of an embedded chat widget in through
+ * chatgate and get a chat token for the bot. Plain JavaScript, no build step.
+ *
+ *   <script src="https://auth.example.com/v1/widget.js"></script>
+ *   <script>
+ *     const opts = { broker: "https://auth.example.com", app: "support" };
+ *     ChatGate.signIn(opts)                                  // hidden iframe, no UI
+ *       .catch((err) => {
+ *         // err.code: login_required, consent_required, interaction_required,
+ *         // account_selection_required, timeout, ... => ask the user to click
+ *         button.onclick = () => ChatGate.signInWithPopup(opts).then(start);
+ *       })
+ *       .then(start);
+ *     function start(result) {
+ *       // result: { type, app, chat_token, expires_at, user: { id, name, email } }
+ *       ChatGate.keepSignedIn({ ...opts, initial: result, onToken: useToken, onError: showButton });
+ *     }
+ *   </script>
+ *
+ * API (every function takes { broker, app, ... }; `broker` is chatgate's URL):
+ *   ChatGate.signIn({ broker, app, loginHint, domainHint, timeoutMs = 10000 })
+ *       Silent sign-in in a hidden iframe. Resolves with the success message;
+ *       rejects with an Error whose .code is the IdP's error (login_required, ...)
+ *       or "timeout".
+ *   ChatGate.signInWithPopup({ broker, app, loginHint, domainHint, prompt, timeoutMs = 300000 })
+ *       Interactive sign-in in a popup; call it from a click. Rejects with
+ *       .code "popup_blocked", "popup_closed", "timeout" or the IdP's error.
+ *   ChatGate.signOut({ broker, app, revoke = false })
+ *       Ends chatgate's session for this page's origin; with revoke, also revokes
+ *       the user's tokens at the IdP and deletes them from chatgate's vault.
+ *   ChatGate.keepSignedIn({ broker, app, initial, onToken, onError, renewBeforeSeconds = 60 })
+ *       Gets a new chat token (silently) before the current one expires, calls
+ *       onToken(result) with each, onError(err) when renewal needs the user.
+ *       Returns { stop(), renewNow() }.
+ *
+ * Messages are accepted only from chatgate's origin AND from the iframe or popup
+ * this library opened; everything else is ignored.
+ */
+(function (global) {
+  "use strict";
+
+  var SILENT_TIMEOUT_MS = 10000;
+  var POPUP_TIMEOUT_MS = 5 * 60 * 1000;
+
+  function required(opts, name) {
+    if (!opts || !opts[name]) {
+      throw chatgateError("invalid_request", "ChatGate: option '" + name + "' is required");
+    }
+    return opts[name];
+  }
+
+  function chatgateError(code, description) {
+    var err = new Error(description || code);
+    err.code = code;
+    return err;
+  }
+
+  function brokerUrl(opts, path) {
+    return new URL(path, required(opts, "broker")).toString();
+  }
+
+  function authorizeUrl(opts, mode) {
+    var url = new URL("/v1/authorize", required(opts, "broker"));
+    url.searchParams.set("app", required(opts, "app"));
+    url.searchParams.set("origin", global.location.origin);
+    url.searchParams.set("mode", mode);
+    if (opts.loginHint) url.searchParams.set("login_hint", opts.loginHint);
+    if (opts.domainHint) url.searchParams.set("domain_hint", opts.domainHint);
+    if (mode === "popup" && opts.prompt) url.searchParams.set("prompt", opts.prompt);
+    return url.toString();
+  }
+
+  // Waits for the one chatgate message from `sourceWindow()`; settles once.
+  function waitForResult(opts, sourceWindow, timeoutMs, watch) {
+    var expectedOrigin = new URL(required(opts, "broker")).origin;
+    return new Promise(function (resolve, reject) {
+      var settled = false;
+      var timer = null;
+      var poll = null;
+
+      function finish(fn, value) {
+        if (settled) return;
+        settled = true;
+        global.removeEventListener("message", onMessage);
+        clearTimeout(timer);
+        clearInterval(poll);
+        fn(value);
+      }
+
+      function onMessage(event) {
+        if (event.origin !== expectedOrigin) return;
+        var source = sourceWindow();
+        if (!source || event.source !== source) return;
+        var data = event.data;
+        if (!data || typeof data !== "object" || data.app !== opts.app) return;
+        if (data.type === "chatgate:success") {
+          finish(resolve, data);
+        } else if (data.type === "chatgate:error") {
+          finish(reject, chatgateError(data.error || "server_error", data.error_description));
+        }
+      }
+
+      global.addEventListener("message", onMessage);
+      timer = setTimeout(function () {
+        finish(reject, chatgateError("timeout", "chatgate did not answer within " + timeoutMs + " ms"));
+      }, timeoutMs);
+      if (watch) {
+        poll = setInterval(function () {
+          var why = watch();
+          if (why) finish(reject, why);
+        }, 300);
+      }
+    });
+  }
+
+  function signIn(opts) {
+    opts = opts || {};
+    var url;
+    try {
+      url = authorizeUrl(opts, "silent");
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    var iframe = global.document.createElement("iframe");
+    iframe.setAttribute("aria-hidden", "true");
+    iframe.setAttribute("tabindex", "-1");
+    iframe.title = "chatgate sign-in";
+    iframe.style.cssText = "position:absolute;width:0;height:0;border:0;visibility:hidden";
+    var result = waitForResult(
+      opts,
+      function () {
+        return iframe.contentWindow;
+      },
+      opts.timeoutMs || SILENT_TIMEOUT_MS
+    );
+    iframe.src = url;
+    global.document.body.appendChild(iframe);
+    function cleanup() {
+      if (iframe.parentNode) iframe.parentNode.removeChild(iframe);
+    }
+    return result.then(
+      function (data) {
+        cleanup();
+        return data;
+      },
+      function (err) {
+        cleanup();
+        throw err;
+      }
+    );
+  }
+
+  // Carries a popup sign-in into this page's cookie partition, so the next
+  // silent sign-in needs no IdP round trip even where third-party cookies are
+  // blocked. Best effort: a failure only costs a later IdP round trip.
+  function redeemTicket(opts, ticket) {
+    return global
+      .fetch(brokerUrl(opts, "/v1/session"), {
+        method: "POST",
+        credentials: "include",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ app: opts.app, ticket: ticket }),
+      })
+      .catch(function () {});
+  }
+
+  function signInWithPopup(opts) {
+    opts = opts || {};
+    var url;
+    try {
+      url = authorizeUrl(opts, "popup");
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    var width = 520;
+    var height = 680;
+    var left = Math.max(0, (global.screenX || 0) + ((global.outerWidth || width) - width) / 2);
+    var top = Math.max(0, (global.screenY || 0) + ((global.outerHeight || height) - height) / 2);
+    var popup = global.open(
+      url,
+      "chatgate_signin",
+      "popup=yes,width=" + width + ",height=" + height + ",left=" + left + ",top=" + top
+    );
+    if (!popup) {
+      return Promise.reject(chatgateError("popup_blocked", "the browser blocked the sign-in popup; call signInWithPopup from a click"));
+    }
+    try {
+      popup.focus();
+    } catch (e) {
+      /* ignore */
+    }
+    return waitForResult(
+      opts,
+      function () {
+        return popup;
+      },
+      opts.timeoutMs || POPUP_TIMEOUT_MS,
+      function () {
+        return popup.closed ? chatgateError("popup_closed", "the sign-in window was closed") : null;
+      }
+    ).then(
+      function (data) {
+        var ticket = data.session_ticket;
+        delete data.session_ticket;
+        return ticket ? redeemTicket(opts, ticket).then(function () { return data; }) : data;
+      },
+      function (err) {
+        try {
+          if (!popup.closed) popup.close();
+        } catch (e) {
+          /* ignore */
+        }
+        throw err;
+      }
+    );
+  }
+
+  function signOut(opts) {
+    opts = opts || {};
+    var url;
+    try {
+      url = brokerUrl(opts, "/v1/signout");
+      required(opts, "app");
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return global
+      .fetch(url, {
+        method: "POST",
+        credentials: "include",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ app: opts.app, revoke: !!opts.revoke }),
+      })
+      .then(function (response) {
+        return response.json().then(function (body) {
+          if (!response.ok) throw chatgateError(body.error || "server_error", body.error_description);
+          return body;
+        });
+      });
+  }
+
+  function keepSignedIn(opts) {
+    opts = opts || {};
+    var before = (opts.renewBeforeSeconds == null ? 60 : opts.renewBeforeSeconds) * 1000;
+    var timer = null;
+    var stopped = false;
+
+    function schedule(result) {
+      clearTimeout(timer);
+      if (stopped) return;
+      var wait = Math.max(0, result.expires_at * 1000 - before - Date.now());
+      timer = setTimeout(renewNow, wait);
+    }
+
+    function renewNow() {
+      clearTimeout(timer);
+      return signIn(opts).then(
+        function (result) {
+          if (stopped) return result;
+          if (opts.onToken) opts.onToken(result);
+          schedule(result);
+          return result;
+        },
+        function (err) {
+          if (!stopped && opts.onError) opts.onError(err);
+          throw err;
+        }
+      );
+    }
+
+    if (opts.initial) {
+      schedule(opts.initial);
+    } else {
+      renewNow().catch(function () {});
+    }
+    return {
+      stop: function () {
+        stopped = true;
+        clearTimeout(timer);
+      },
+      renewNow: renewNow,
+    };
+  }
+
+  global.ChatGate = {
+    version: "1",
+    signIn: signIn,
+    signInWithPopup: signInWithPopup,
+    signOut: signOut,
+    keepSignedIn: keepSignedIn,
+  };
+})(window);
