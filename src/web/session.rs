@@ -145,7 +145,10 @@ pub async fn partition_cookies(request: Request, next: Next) -> Response {
     headers.remove(header::SET_COOKIE);
     for value in cookies {
         let patched = match value.to_str() {
-            Ok(text) if text.starts_with(SESSION_COOKIE) && !text.contains("Partitioned") => {
+            Ok(text)
+                if text.starts_with(&format!("{SESSION_COOKIE}="))
+                    && !text.contains("Partitioned") =>
+            {
                 HeaderValue::from_str(&format!("{text}; Partitioned")).unwrap_or(value)
             }
             _ => value,

@@ -3,6 +3,10 @@
 //! the real server on a random port.
 #![allow(dead_code)]
 
+pub mod browser;
+pub mod fake_idp;
+pub mod tls;
+
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::net::TcpListener;
@@ -225,6 +229,32 @@ host_keys = [{{ kid = "h1", alg = "HS256", secret_env = "TEST_HOST_SECRET" }}]
         Self { dir, toml, env }
     }
 
+    /// Adds `[[providers]] id = "idp"` at `issuer` (the fake IdP's client
+    /// credentials) and makes app `support` sign in through it. `extra` lines go
+    /// into the provider table.
+    pub fn with_provider(mut self, idp: &fake_idp::FakeIdp, extra: &str) -> Self {
+        let issuer = &idp.issuer;
+        std::fs::write(self.dir.path().join("idp-ca.pem"), &idp.ca_pem).unwrap();
+        self.toml = format!("idp_ca_file = \"idp-ca.pem\"\n{}", self.toml);
+        self.toml = self.toml.replace(
+            "id = \"support\"\n",
+            "id = \"support\"\nprovider = \"idp\"\n",
+        );
+        self.toml.push_str(&format!(
+            "\n[[providers]]\nid = \"idp\"\nissuer = \"{issuer}\"\nclient_id = \"{}\"\nclient_secret_env = \"TEST_IDP_SECRET\"\n{extra}\n",
+            fake_idp::CLIENT_ID
+        ));
+        self.env
+            .insert("TEST_IDP_SECRET".into(), fake_idp::CLIENT_SECRET.into());
+        self
+    }
+
+    /// Adds `line` at the top level of the config.
+    pub fn with_top(mut self, line: &str) -> Self {
+        self.toml = format!("{line}\n{}", self.toml);
+        self
+    }
+
     pub fn path(&self) -> PathBuf {
         self.dir.path().to_path_buf()
     }
@@ -261,12 +291,21 @@ pub fn http_client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        // The test "browser" trusts the throw-away CAs of the fake IdPs.
+        .tls_danger_accept_invalid_certs(true)
         .build()
         .expect("http client")
 }
 
 /// Starts chatgate with `config` on a free port of 127.0.0.1.
 pub async fn spawn_app(config: &TestConfig) -> TestApp {
+    // CHATGATE_TEST_LOG=debug shows the server's logs while debugging a test.
+    if let Ok(level) = std::env::var("CHATGATE_TEST_LOG") {
+        chatgate::telemetry::init(&chatgate::config::LogConfig {
+            format: chatgate::config::LogFormat::Text,
+            level,
+        });
+    }
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().unwrap().port();
     let app = App::build_on(config.load(port), listener)

@@ -1,0 +1,393 @@
+//! An in-process OpenID provider for edge cases a real IdP will not produce on
+//! demand: it signs real ES256 ID tokens, checks PKCE and client
+//! authentication, counts calls, and can be told to misbehave.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Form, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use jsonwebtoken::jwk::{Jwk, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use sha2::Digest as _;
+
+pub const CLIENT_ID: &str = "chatgate-test";
+pub const CLIENT_SECRET: &str = "fake-idp-client-secret";
+
+pub struct SigningKey {
+    pub kid: String,
+    encoding: EncodingKey,
+    jwk: Jwk,
+}
+
+impl SigningKey {
+    pub fn generate(kid: &str) -> Self {
+        use p256::pkcs8::EncodePrivateKey as _;
+        let key = loop {
+            if let Ok(k) = p256::SecretKey::from_slice(&chatgate::secret::random_bytes::<32>()) {
+                break k;
+            }
+        };
+        let der = key.to_pkcs8_der().unwrap();
+        let encoding = EncodingKey::from_ec_der(der.as_bytes());
+        let mut jwk = Jwk::from_encoding_key(&encoding, Algorithm::ES256).unwrap();
+        jwk.common.key_id = Some(kid.to_string());
+        jwk.common.public_key_use = Some(PublicKeyUse::Signature);
+        jwk.common.key_algorithm = Some(KeyAlgorithm::ES256);
+        Self {
+            kid: kid.to_string(),
+            encoding,
+            jwk,
+        }
+    }
+}
+
+/// What the next token response should look like.
+#[derive(Debug, Clone, Default)]
+pub struct TokenBehavior {
+    /// Claims to add to (or replace in) the ID token.
+    pub claims: serde_json::Map<String, Value>,
+    /// Claims to remove from the ID token.
+    pub remove_claims: Vec<String>,
+    /// Send no refresh token.
+    pub no_refresh_token: bool,
+    /// Answer with this OAuth error instead of tokens.
+    pub error: Option<String>,
+    /// Sign the ID token with this key (it need not be published).
+    pub sign_with: Option<usize>,
+    /// Put this `kid` in the header instead of the signing key's.
+    pub header_kid: Option<String>,
+    /// Send an unsigned `alg: none` ID token.
+    pub alg_none: bool,
+    /// Send no ID token at all.
+    pub no_id_token: bool,
+    /// "Sign" the ID token with HS256 and the client secret.
+    pub hmac_with_client_secret: bool,
+}
+
+#[derive(Default)]
+pub struct IdpState {
+    pub issuer: String,
+    /// Advertised `issuer` in discovery; defaults to `issuer`.
+    pub discovery_issuer: Option<String>,
+    pub keys: Vec<SigningKey>,
+    /// Indices into `keys` that the JWKS publishes.
+    pub published: Vec<usize>,
+    /// Index of the key that signs by default.
+    pub current: usize,
+    /// RFC 9207 `iss` in authorization responses (and advertised in metadata).
+    pub iss_param: bool,
+    /// `authorize` answers with this error instead of a code.
+    pub authorize_error: Option<String>,
+    /// Put this `iss` in the authorization response instead of the issuer.
+    pub authorize_iss_override: Option<String>,
+    /// The subject and extra claims of the signed-in user.
+    pub user: serde_json::Map<String, Value>,
+    pub next_token: TokenBehavior,
+    /// Whether the token endpoint expects `client_secret_post` (else Basic).
+    pub expect_client_secret_post: bool,
+    pub codes: HashMap<String, CodeGrant>,
+    pub refresh_tokens: HashMap<String, bool>,
+    pub token_calls: usize,
+    pub jwks_calls: usize,
+    pub revoked: Vec<String>,
+    pub last_authorize_query: HashMap<String, String>,
+    pub access_token_ttl: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct CodeGrant {
+    pub nonce: Option<String>,
+    pub code_challenge: String,
+    pub redirect_uri: String,
+    pub scope: String,
+}
+
+#[derive(Clone)]
+pub struct FakeIdp {
+    pub issuer: String,
+    pub state: Arc<Mutex<IdpState>>,
+    /// The CA that signed the IdP's certificate (chatgate's `idp_ca_file`).
+    pub ca_pem: String,
+}
+
+impl FakeIdp {
+    /// Serves HTTPS on 127.0.0.1 with a certificate from a fresh test CA.
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let issuer = format!("https://127.0.0.1:{port}");
+        let ca = super::tls::TestCa::new();
+        let tls =
+            axum_server::tls_rustls::RustlsConfig::from_config(ca.server_config(&["127.0.0.1"]));
+        let mut user = serde_json::Map::new();
+        user.insert("sub".into(), json!("user-123"));
+        user.insert("name".into(), json!("Alice Example"));
+        user.insert("email".into(), json!("alice@example.com"));
+        user.insert("oid".into(), json!("00000000-0000-0000-0000-0000000000a1"));
+        user.insert("tid".into(), json!("tenant-1"));
+        let state = Arc::new(Mutex::new(IdpState {
+            issuer: issuer.clone(),
+            keys: vec![SigningKey::generate("key-1")],
+            published: vec![0],
+            iss_param: true,
+            user,
+            access_token_ttl: 3600,
+            ..Default::default()
+        }));
+        let router = Router::new()
+            .route("/.well-known/openid-configuration", get(discovery))
+            .route("/jwks", get(jwks))
+            .route("/authorize", get(authorize))
+            .route("/token", post(token))
+            .route("/revoke", post(revoke))
+            .with_state(state.clone());
+        let server = axum_server::from_tcp_rustls(listener, tls).unwrap();
+        tokio::spawn(async move {
+            server.serve(router.into_make_service()).await.unwrap();
+        });
+        Self {
+            issuer,
+            state,
+            ca_pem: ca.ca_pem,
+        }
+    }
+
+    pub fn with<R>(&self, f: impl FnOnce(&mut IdpState) -> R) -> R {
+        f(&mut self.state.lock().unwrap())
+    }
+
+    pub fn token_calls(&self) -> usize {
+        self.with(|s| s.token_calls)
+    }
+
+    pub fn jwks_calls(&self) -> usize {
+        self.with(|s| s.jwks_calls)
+    }
+
+    /// Adds a key, publishes it, and signs with it from now on.
+    pub fn rotate_key(&self, kid: &str) {
+        self.with(|s| {
+            s.keys.push(SigningKey::generate(kid));
+            let i = s.keys.len() - 1;
+            s.published.push(i);
+            s.current = i;
+        });
+    }
+}
+
+async fn discovery(State(state): State<Arc<Mutex<IdpState>>>) -> Json<Value> {
+    let s = state.lock().unwrap();
+    let iss = s.issuer.clone();
+    Json(json!({
+        "issuer": s.discovery_issuer.clone().unwrap_or(iss.clone()),
+        "authorization_endpoint": format!("{iss}/authorize"),
+        "token_endpoint": format!("{iss}/token"),
+        "jwks_uri": format!("{iss}/jwks"),
+        "revocation_endpoint": format!("{iss}/revoke"),
+        "response_types_supported": ["code"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["ES256", "HS256", "none"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "code_challenge_methods_supported": ["S256"],
+        "authorization_response_iss_parameter_supported": s.iss_param,
+    }))
+}
+
+async fn jwks(State(state): State<Arc<Mutex<IdpState>>>) -> Json<Value> {
+    let mut s = state.lock().unwrap();
+    s.jwks_calls += 1;
+    let keys: Vec<&Jwk> = s.published.iter().map(|i| &s.keys[*i].jwk).collect();
+    Json(json!({ "keys": keys }))
+}
+
+async fn authorize(
+    State(state): State<Arc<Mutex<IdpState>>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let mut s = state.lock().unwrap();
+    s.last_authorize_query = q.clone();
+    let redirect = q.get("redirect_uri").cloned().unwrap_or_default();
+    let mut url = url::Url::parse(&redirect).unwrap();
+    {
+        let mut pairs = url.query_pairs_mut();
+        if let Some(st) = q.get("state") {
+            pairs.append_pair("state", st);
+        }
+        if s.iss_param || s.authorize_iss_override.is_some() {
+            let iss = s.authorize_iss_override.clone().unwrap_or(s.issuer.clone());
+            pairs.append_pair("iss", &iss);
+        }
+        match &s.authorize_error {
+            Some(error) => {
+                pairs.append_pair("error", error);
+                pairs.append_pair("error_description", "The fake IdP says no");
+            }
+            None => {
+                let code = chatgate::secret::random_token::<16>();
+                pairs.append_pair("code", &code);
+                s.codes.insert(
+                    code,
+                    CodeGrant {
+                        nonce: q.get("nonce").cloned(),
+                        code_challenge: q.get("code_challenge").cloned().unwrap_or_default(),
+                        redirect_uri: redirect.clone(),
+                        scope: q.get("scope").cloned().unwrap_or_default(),
+                    },
+                );
+            }
+        }
+    }
+    Redirect::to(url.as_str()).into_response()
+}
+
+fn oauth_error(code: &str) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({"error": code, "error_description": "fake IdP"})),
+    )
+        .into_response()
+}
+
+fn client_ok(s: &IdpState, headers: &HeaderMap, form: &HashMap<String, String>) -> bool {
+    if s.expect_client_secret_post {
+        return form.get("client_id").map(String::as_str) == Some(CLIENT_ID)
+            && form.get("client_secret").map(String::as_str) == Some(CLIENT_SECRET);
+    }
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}"))
+    );
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        == Some(expected.as_str())
+}
+
+/// Signs an ID token for the current user with the given behaviour.
+pub fn id_token(s: &IdpState, nonce: Option<&str>, behavior: &TokenBehavior) -> String {
+    let now = chatgate::time::now();
+    let mut claims = s.user.clone();
+    claims.insert("iss".into(), json!(s.issuer));
+    claims.insert("aud".into(), json!(CLIENT_ID));
+    claims.insert("iat".into(), json!(now));
+    claims.insert("exp".into(), json!(now + 300));
+    claims.insert("auth_time".into(), json!(now - 5));
+    if let Some(n) = nonce {
+        claims.insert("nonce".into(), json!(n));
+    }
+    for (k, v) in &behavior.claims {
+        claims.insert(k.clone(), v.clone());
+    }
+    for k in &behavior.remove_claims {
+        claims.remove(k);
+    }
+    let b64 = |v: &Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap())
+    };
+    if behavior.alg_none {
+        let header = json!({"alg": "none", "typ": "JWT", "kid": s.keys[s.current].kid});
+        return format!("{}.{}.", b64(&header), b64(&Value::Object(claims)));
+    }
+    if behavior.hmac_with_client_secret {
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(s.keys[s.current].kid.clone());
+        return jsonwebtoken::encode(
+            &header,
+            &Value::Object(claims),
+            &EncodingKey::from_secret(CLIENT_SECRET.as_bytes()),
+        )
+        .unwrap();
+    }
+    let key = &s.keys[behavior.sign_with.unwrap_or(s.current)];
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some(behavior.header_kid.clone().unwrap_or(key.kid.clone()));
+    jsonwebtoken::encode(&header, &Value::Object(claims), &key.encoding).unwrap()
+}
+
+async fn token(
+    State(state): State<Arc<Mutex<IdpState>>>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let mut s = state.lock().unwrap();
+    s.token_calls += 1;
+    if !client_ok(&s, &headers, &form) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "invalid_client"})),
+        )
+            .into_response();
+    }
+    let behavior = std::mem::take(&mut s.next_token);
+    if let Some(error) = &behavior.error {
+        return oauth_error(error);
+    }
+    let (nonce, scope) = match form.get("grant_type").map(String::as_str) {
+        Some("authorization_code") => {
+            let Some(grant) = form.get("code").and_then(|c| s.codes.remove(c)) else {
+                return oauth_error("invalid_grant");
+            };
+            let verifier = form.get("code_verifier").cloned().unwrap_or_default();
+            let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(sha2::Sha256::digest(verifier.as_bytes()));
+            if challenge != grant.code_challenge
+                || form.get("redirect_uri") != Some(&grant.redirect_uri)
+            {
+                return oauth_error("invalid_grant");
+            }
+            (grant.nonce, grant.scope)
+        }
+        Some("refresh_token") => {
+            let rt = form.get("refresh_token").cloned().unwrap_or_default();
+            match s.refresh_tokens.get(&rt) {
+                Some(true) => {}
+                _ => return oauth_error("invalid_grant"),
+            }
+            s.refresh_tokens.insert(rt, false); // rotation: single use
+            (None, "openid offline_access".to_string())
+        }
+        _ => return oauth_error("unsupported_grant_type"),
+    };
+    let mut body = json!({
+        "access_token": format!("at-{}", chatgate::secret::random_token::<12>()),
+        "token_type": "Bearer",
+        "expires_in": s.access_token_ttl,
+        "scope": scope,
+    });
+    if !behavior.no_refresh_token {
+        let rt = format!("rt-{}", chatgate::secret::random_token::<12>());
+        s.refresh_tokens.insert(rt.clone(), true);
+        body["refresh_token"] = json!(rt);
+    }
+    if !behavior.no_id_token {
+        body["id_token"] = json!(id_token(&s, nonce.as_deref(), &behavior));
+    }
+    Json(body).into_response()
+}
+
+async fn revoke(
+    State(state): State<Arc<Mutex<IdpState>>>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let mut s = state.lock().unwrap();
+    if !client_ok(&s, &headers, &form) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "invalid_client"})),
+        )
+            .into_response();
+    }
+    let token = form.get("token").cloned().unwrap_or_default();
+    s.refresh_tokens.insert(token.clone(), false);
+    s.revoked.push(token);
+    StatusCode::OK.into_response()
+}
