@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, unit and integration tests.
+# The whole test suite: formatting, lints, unit and integration tests (Rust),
+# then the browser end-to-end tests (Node + Debian's Chromium + npm oidc-provider).
 #
 # PostgreSQL: set CHATGATE_TEST_POSTGRES_URL (an admin URL; each test creates and
 # drops its own database) to run every storage test on PostgreSQL as well as on
@@ -21,6 +22,27 @@ fi
 
 step "cargo test"
 cargo test --all-targets --locked
+
+step "browser end-to-end tests (tests/e2e)"
+if [ "${CHATGATE_SKIP_BROWSER_TESTS:-}" = "1" ]; then
+  echo "SKIPPED: CHATGATE_SKIP_BROWSER_TESTS=1"
+else
+  chromium_bin="${CHROMIUM_PATH:-/usr/bin/chromium}"
+  if [ ! -x "$chromium_bin" ] || ! command -v node >/dev/null; then
+    echo "The browser tests need Node.js 20+ and Debian's chromium ($chromium_bin)."
+    echo "Install them (sudo apt-get install chromium nodejs npm) or run 'bash .ci/run', which does."
+    exit 1
+  fi
+  cargo build --locked --bin chatgate
+  (
+    cd tests/e2e
+    # Install the pinned npm packages when missing or when the lock file changed.
+    if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+      npm ci --no-audit --no-fund
+    fi
+    CHATGATE_BIN="$(pwd)/../../target/debug/chatgate" node --test --test-concurrency=1 --test-timeout=180000 --test-reporter=spec
+  )
+fi
 
 echo
 echo "all tests passed"

@@ -375,13 +375,16 @@ pub async fn finish(
         tracing::warn!(provider = %flow.provider, "token response without an ID token");
         return Err(fail(FlowError::server_error()));
     };
-    let identity = provider
+    let mut identity = provider
         .verify_id_token(id_token, Some(&nonce), now, state.config.clock_skew)
         .await
         .map_err(|e| {
             tracing::warn!(provider = %flow.provider, error = %e, "ID token rejected");
             fail(e.into())
         })?;
+    provider
+        .complete_profile(&mut identity, &tokens.access_token)
+        .await;
     let user_id = UserId::new(&provider.config().id, &identity.subject).map_err(|e| {
         tracing::warn!(provider = %flow.provider, error = %e, "the ID token's subject is not a usable user id");
         fail(FlowError::server_error())

@@ -7,18 +7,20 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone as _, Utc};
 use openidconnect::core::{
-    CoreAuthPrompt, CoreJwsSigningAlgorithm, CoreResponseType, CoreRevocableToken,
+    CoreAuthPrompt, CoreGenderClaim, CoreJwsSigningAlgorithm, CoreResponseType, CoreRevocableToken,
 };
 use openidconnect::{
-    AuthType, AuthenticationFlow, AuthorizationCode, ClaimsVerificationError, ClientId,
-    ClientSecret, CsrfToken, JsonWebKeySet, LoginHint, Nonce, OAuth2TokenResponse as _,
+    AccessToken, AuthType, AuthenticationFlow, AuthorizationCode, ClaimsVerificationError,
+    ClientId, ClientSecret, CsrfToken, JsonWebKeySet, LoginHint, Nonce, OAuth2TokenResponse as _,
     PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken, RequestTokenError,
-    RevocationUrl, Scope, SignatureVerificationError, TokenResponse as _,
+    RevocationUrl, Scope, SignatureVerificationError, SubjectIdentifier, TokenResponse as _,
 };
 use url::Url;
 
 use super::http::{HttpError, IdpHttp};
-use super::types::{IdTokenClaimsT, IdTokenT, OidcClient, ProviderMetadata, TokenResponse};
+use super::types::{
+    ExtraClaims, IdTokenClaimsT, IdTokenT, OidcClient, ProviderMetadata, TokenResponse,
+};
 use crate::config::{ClientAuth, ProviderConfig};
 use crate::secret::SecretString;
 
@@ -292,6 +294,48 @@ impl Provider {
             .await
             .map_err(OidcError::from_token_error)?;
         Ok(response.into())
+    }
+
+    /// Fills in `name` / `email` from the userinfo endpoint when the ID token
+    /// left them out (oidc-provider, Okta's org server and others keep profile
+    /// claims out of ID tokens that come with an access token). The answer must
+    /// be about the same `sub`. Best effort: on any failure `identity` stays as it is.
+    pub async fn complete_profile(&self, identity: &mut Identity, access_token: &SecretString) {
+        if identity.name.is_some() && identity.email.is_some() {
+            return;
+        }
+        let Ok(client) = self.client("https://unused.invalid/") else {
+            return;
+        };
+        let Ok(request) = client.user_info(
+            AccessToken::new(access_token.expose_secret().to_string()),
+            Some(SubjectIdentifier::new(identity.sub.clone())),
+        ) else {
+            return; // no userinfo endpoint
+        };
+        match request
+            .request_async::<ExtraClaims, _, CoreGenderClaim>(&self.http)
+            .await
+        {
+            Ok(claims) => {
+                if identity.name.is_none() {
+                    identity.name = claims
+                        .name()
+                        .and_then(|n| n.get(None))
+                        .map(|n| n.as_str().to_string());
+                }
+                if identity.email.is_none() {
+                    identity.email = claims.email().map(|e| e.as_str().to_string());
+                }
+                if identity.preferred_username.is_none() {
+                    identity.preferred_username =
+                        claims.preferred_username().map(|u| u.as_str().to_string());
+                }
+            }
+            Err(e) => {
+                tracing::info!(provider = %self.config.id, error = %e, "userinfo did not complete the profile")
+            }
+        }
     }
 
     /// RFC 7009 revocation of a refresh token. `Ok(false)` when the IdP has no

@@ -1,0 +1,105 @@
+// Runs the real chatgate binary for the browser tests: HTTPS on its own site,
+// SQLite in a temporary directory, trusting the test CA for IdP calls.
+import { spawn, execFileSync } from "node:child_process";
+import { writeFileSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import https from "node:https";
+
+const ROOT = resolve(fileURLToPath(new URL(".", import.meta.url)), "../../..");
+
+export function chatgateBinary() {
+  return process.env.CHATGATE_BIN || join(ROOT, "target/debug/chatgate");
+}
+
+export function httpsGetJson(url, ca) {
+  return new Promise((resolvePromise, reject) => {
+    https
+      .get(url, { ca }, (res) => {
+        let body = "";
+        res.on("data", (c) => (body += c));
+        res.on("end", () => {
+          try {
+            resolvePromise({ status: res.statusCode, body: JSON.parse(body) });
+          } catch (e) {
+            reject(new Error(`${url}: ${res.statusCode} ${body}`));
+          }
+        });
+      })
+      .on("error", reject);
+  });
+}
+
+/**
+ * Starts chatgate. `apps` is TOML for the [[apps]] tables; `provider` is
+ * { issuer, clientId, clientSecret } or null.
+ */
+export async function startChatgate({ dir, host, port, tls, caFile, provider, apps, extraToml = "" }) {
+  const bin = chatgateBinary();
+  const vaultKey = execFileSync(bin, ["keys", "generate", "vault"]).toString().trim();
+  writeFileSync(join(dir, "vault.key"), vaultKey, { mode: 0o600 });
+  execFileSync(bin, ["keys", "generate", "signing", "--out", join(dir, "signing.pem")], { stdio: "ignore" });
+  const publicUrl = `https://${host}:${port}`;
+  const config = `
+public_url = "${publicUrl}"
+listen = "${host}:${port}"
+database_url = "sqlite://chatgate.db?mode=rwc"
+idp_ca_file = "${caFile}"
+log_level = "info,chatgate=debug"
+${extraToml}
+[tls]
+cert_file = "${tls.certFile}"
+key_file = "${tls.keyFile}"
+[vault]
+keys = [{ id = "e2e", key_file = "vault.key" }]
+[signing]
+key_file = "signing.pem"
+${provider ? `
+[[providers]]
+id = "oidc"
+issuer = "${provider.issuer}"
+client_id = "${provider.clientId}"
+client_secret_env = "E2E_CLIENT_SECRET"
+` : ""}
+${apps}
+`;
+  const configFile = join(dir, "chatgate.toml");
+  writeFileSync(configFile, config);
+  const logs = [];
+  const child = spawn(bin, ["serve", "--config", configFile], {
+    env: { ...process.env, E2E_CLIENT_SECRET: provider?.clientSecret ?? "", RUST_LOG: "" },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  child.stdout.on("data", (d) => logs.push(d.toString()));
+  child.stderr.on("data", (d) => logs.push(d.toString()));
+  const ca = caFile ? (await import("node:fs")).readFileSync(caFile) : undefined;
+  const deadline = Date.now() + 30000;
+  for (;;) {
+    if (child.exitCode !== null) {
+      throw new Error(`chatgate exited with ${child.exitCode}:\n${logs.join("")}`);
+    }
+    try {
+      const r = await httpsGetJson(`${publicUrl}/readyz`, ca);
+      if (r.status === 200) break;
+    } catch {
+      /* not up yet */
+    }
+    if (Date.now() > deadline) throw new Error(`chatgate did not become ready:\n${logs.join("")}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return {
+    url: publicUrl,
+    configFile,
+    logs,
+    ca,
+    async jwks() {
+      return (await httpsGetJson(`${publicUrl}/.well-known/jwks.json`, ca)).body;
+    },
+    stop: () =>
+      new Promise((resolvePromise) => {
+        if (child.exitCode !== null) return resolvePromise();
+        child.once("exit", () => resolvePromise());
+        child.kill("SIGTERM");
+      }),
+  };
+}

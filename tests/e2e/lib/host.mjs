@@ -1,0 +1,49 @@
+// The embedding site: a page that loads widget.js from chatgate the way a
+// customer's page would.
+import { createServer } from "node:https";
+
+export function hostPage(broker, app) {
+  return `<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>Contoso support</title>
+<script src="${broker}/v1/widget.js"></script>
+</head>
+<body>
+<h1>Contoso support</h1>
+<button id="signin-popup" type="button">Sign in to chat</button>
+<div id="status">signed out</div>
+<script>
+  window.chatgateOptions = { broker: ${JSON.stringify(broker)}, app: ${JSON.stringify(app)} };
+  // Settles a promise into a plain object the test can read.
+  window.settle = (p) => p.then((ok) => ({ ok }), (err) => ({ err: err.code, message: err.message }));
+  document.getElementById("signin-popup").addEventListener("click", () => {
+    window.popupResult = window.settle(ChatGate.signInWithPopup(window.chatgateOptions));
+  });
+</script>
+</body>
+</html>`;
+}
+
+export async function startHost({ host, port, tls, broker, app }) {
+  const page = hostPage(broker, app);
+  const server = createServer({ key: tls.key, cert: tls.cert }, (req, res) => {
+    if (req.url === "/" || req.url.startsWith("/?")) {
+      res.setHeader("content-type", "text/html; charset=utf-8");
+      res.end(page);
+    } else {
+      res.statusCode = 404;
+      res.end("not found");
+    }
+  });
+  await new Promise((resolve) => server.listen(port, host, resolve));
+  return {
+    url: `https://${host}:${port}`,
+    origin: `https://${host}:${port}`,
+    close: () => new Promise((resolve) => {
+      server.closeAllConnections?.();
+      server.close(() => resolve());
+    }),
+  };
+}

@@ -1,0 +1,188 @@
+// The real OpenID provider for the browser tests: npm `oidc-provider` over
+// HTTPS on its own site, with a minimal login/consent UI and a few test-only
+// controls (counting authorization requests, forgetting consents, a cookie
+// probe that proves whether the browser sends third-party cookies).
+import { createServer } from "node:https";
+import { generateKeyPair, exportJWK } from "jose";
+import Provider from "oidc-provider";
+
+export const USERS = {
+  alice: { password: "alice-pw", name: "Alice Example", email: "alice@example.com" },
+};
+
+function html(title, body) {
+  return `<!doctype html><html><head><meta charset="utf-8"><title>${title}</title></head><body>${body}</body></html>`;
+}
+
+function escape(s) {
+  return String(s).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
+
+async function readForm(req) {
+  let body = "";
+  for await (const chunk of req) body += chunk;
+  return Object.fromEntries(new URLSearchParams(body));
+}
+
+/**
+ * Starts the IdP at https://{host}:{port}. `client` = { id, secret, redirectUri }.
+ * `accessTokenTtl` (seconds) keeps access tokens short for refresh tests.
+ */
+export async function startIdp({ host, port, tls, client, accessTokenTtl = 300 }) {
+  const issuer = `https://${host}:${port}`;
+  const { privateKey } = await generateKeyPair("RS256", { extractable: true });
+  const jwk = { ...(await exportJWK(privateKey)), kid: "e2e-rs256", alg: "RS256", use: "sig" };
+  const stats = { authorizationRequests: 0, tokenRequests: 0, refreshRequests: 0, revocations: 0 };
+
+  const provider = new Provider(issuer, {
+    clients: [
+      {
+        client_id: client.id,
+        client_secret: client.secret,
+        redirect_uris: [client.redirectUri],
+        grant_types: ["authorization_code", "refresh_token"],
+        response_types: ["code"],
+        token_endpoint_auth_method: "client_secret_basic",
+      },
+    ],
+    jwks: { keys: [jwk] },
+    cookies: {
+      keys: ["e2e-cookie-key-not-secret"],
+      // Like Entra ID and Google: the session cookie travels in cross-site
+      // iframes (when the browser allows third-party cookies at all).
+      long: { httpOnly: true, sameSite: "none", secure: true },
+      short: { httpOnly: true, sameSite: "lax", secure: true },
+    },
+    claims: { openid: ["sub"], profile: ["name"], email: ["email"] },
+    features: {
+      devInteractions: { enabled: false },
+      revocation: { enabled: true },
+      userinfo: { enabled: true },
+    },
+    pkce: { required: () => true },
+    // Entra ID issues refresh tokens on silent (prompt=none) flows too;
+    // oidc-provider by default only when prompt=consent was used.
+    issueRefreshToken: async (_ctx, c) => c.grantTypeAllowed("refresh_token"),
+    expiresWithSession: async () => false,
+    rotateRefreshToken: true,
+    ttl: {
+      AccessToken: accessTokenTtl,
+      AuthorizationCode: 60,
+      IdToken: 300,
+      RefreshToken: 24 * 3600,
+      Interaction: 600,
+      Session: 24 * 3600,
+      Grant: 24 * 3600,
+    },
+    findAccount: async (_ctx, sub) => {
+      const user = USERS[sub];
+      if (!user) return undefined;
+      return { accountId: sub, claims: async () => ({ sub, name: user.name, email: user.email }) };
+    },
+    interactions: { url: (_ctx, interaction) => `/interaction/${interaction.uid}` },
+    renderError: async (ctx, out) => {
+      ctx.type = "html";
+      ctx.body = html("IdP error", `<pre id="error">${escape(JSON.stringify(out))}</pre>`);
+    },
+  });
+  provider.on("authorization.accepted", () => {});
+  provider.on("grant.success", (ctx) => {
+    stats.tokenRequests += 1;
+    if (ctx.oidc.params?.grant_type === "refresh_token") stats.refreshRequests += 1;
+  });
+
+  const oidc = provider.callback();
+
+  async function interaction(req, res) {
+    const details = await provider.interactionDetails(req, res);
+    const { uid, prompt, params, session } = details;
+    if (req.method === "GET") {
+      res.setHeader("content-type", "text/html; charset=utf-8");
+      if (prompt.name === "login") {
+        return res.end(html("Sign in", `
+          <h1>Sign in to the test IdP</h1>
+          <form id="login" method="post" action="/interaction/${uid}/login">
+            <input name="login" id="username" value="">
+            <input name="password" id="password" type="password" value="">
+            <button id="submit" type="submit">Sign in</button>
+          </form>`));
+      }
+      return res.end(html("Consent", `
+        <h1>Allow ${escape(params.client_id)}?</h1>
+        <p id="scopes">${escape(params.scope)}</p>
+        <form id="consent" method="post" action="/interaction/${uid}/confirm">
+          <button id="allow" type="submit">Allow</button>
+        </form>`));
+    }
+    const form = await readForm(req);
+    if (req.url.endsWith("/login")) {
+      const user = USERS[form.login];
+      if (!user || user.password !== form.password) {
+        res.statusCode = 401;
+        return res.end(html("Sign in", "<p id='error'>wrong password</p>"));
+      }
+      return provider.interactionFinished(req, res, { login: { accountId: form.login } }, { mergeWithLastSubmission: false });
+    }
+    let { grantId } = details;
+    const grant = grantId
+      ? await provider.Grant.find(grantId)
+      : new provider.Grant({ accountId: session.accountId, clientId: params.client_id });
+    if (prompt.details.missingOIDCScope) grant.addOIDCScope(prompt.details.missingOIDCScope.join(" "));
+    if (prompt.details.missingOIDCClaims) grant.addOIDCClaims(prompt.details.missingOIDCClaims);
+    grantId = await grant.save();
+    const consent = details.grantId ? {} : { grantId };
+    return provider.interactionFinished(req, res, { consent }, { mergeWithLastSubmission: true });
+  }
+
+  // Consents given so far, so a test can take them back (consent_required).
+  const grants = new Set();
+  const origSave = provider.Grant.prototype.save;
+  provider.Grant.prototype.save = async function save(...args) {
+    const id = await origSave.apply(this, args);
+    grants.add(id);
+    return id;
+  };
+
+  const server = createServer({ key: tls.key, cert: tls.cert }, (req, res) => {
+    const url = new URL(req.url, issuer);
+    if (url.pathname === "/auth") stats.authorizationRequests += 1;
+    if (url.pathname === "/token/revocation" && req.method === "POST") stats.revocations += 1;
+    if (url.pathname.startsWith("/interaction/")) {
+      interaction(req, res).catch((err) => {
+        res.statusCode = 500;
+        res.end(html("error", `<pre>${escape(err.stack)}</pre>`));
+      });
+      return;
+    }
+    // Cookie probe: /test/cookie/set (visit top-level), /test/cookie/read (frame it).
+    if (url.pathname === "/test/cookie/set") {
+      res.setHeader("set-cookie", "probe=1; Path=/; Secure; SameSite=None; Max-Age=3600");
+      return res.end(html("probe", "cookie set"));
+    }
+    if (url.pathname === "/test/cookie/read") {
+      const sent = /(^|;\s*)probe=1/.test(req.headers.cookie || "");
+      res.setHeader("content-type", "text/html; charset=utf-8");
+      return res.end(html("probe", `<script>parent.postMessage({ probeCookieSent: ${sent} }, "*")</script>`));
+    }
+    oidc(req, res);
+  });
+  await new Promise((resolve) => server.listen(port, host, resolve));
+
+  return {
+    issuer,
+    stats,
+    provider,
+    // Forget every consent, so the next authorization needs the consent prompt.
+    async revokeConsents() {
+      for (const id of grants) {
+        const grant = await provider.Grant.find(id);
+        if (grant) await grant.destroy();
+      }
+      grants.clear();
+    },
+    close: () => new Promise((resolve) => {
+      server.closeAllConnections?.();
+      server.close(() => resolve());
+    }),
+  };
+}

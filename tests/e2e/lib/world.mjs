@@ -1,0 +1,74 @@
+// Everything a browser test needs, each on its own site over HTTPS:
+//   host page   https://localhost:P1    (allow-listed origin of app "support")
+//   chatgate    https://127.0.0.1:P2
+//   IdP         https://127.0.0.2:P3    (npm oidc-provider)
+//   other page  https://127.0.0.3:P4    (NOT allow-listed)
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { makeCa } from "./certs.mjs";
+import { freePort } from "./ports.mjs";
+import { startIdp } from "./idp.mjs";
+import { startChatgate } from "./chatgate.mjs";
+import { startHost } from "./host.mjs";
+
+export const CLIENT = { id: "chatgate-e2e", secret: "e2e-client-secret-not-a-real-one" };
+export const CHAT_AUDIENCE = "https://bot.example.com";
+
+export async function startWorld({ accessTokenTtl } = {}) {
+  const dir = mkdtempSync(join(tmpdir(), "chatgate-e2e-"));
+  const ca = makeCa(dir);
+  const [hostPort, brokerPort, idpPort, otherPort] = await Promise.all([
+    freePort("127.0.0.1"),
+    freePort("127.0.0.1"),
+    freePort("127.0.0.2"),
+    freePort("127.0.0.3"),
+  ]);
+  const brokerUrl = `https://127.0.0.1:${brokerPort}`;
+  const idp = await startIdp({
+    host: "127.0.0.2",
+    port: idpPort,
+    tls: ca.leaf("127.0.0.2"),
+    client: { ...CLIENT, redirectUri: `${brokerUrl}/v1/callback` },
+    accessTokenTtl,
+  });
+  const hostOrigin = `https://localhost:${hostPort}`;
+  const chatgate = await startChatgate({
+    dir,
+    host: "127.0.0.1",
+    port: brokerPort,
+    tls: ca.leaf("127.0.0.1"),
+    caFile: ca.certFile,
+    provider: { issuer: idp.issuer, clientId: CLIENT.id, clientSecret: CLIENT.secret },
+    apps: `
+[[apps]]
+id = "support"
+origins = ["${hostOrigin}"]
+provider = "oidc"
+chat_audience = "${CHAT_AUDIENCE}"
+`,
+  });
+  const hostTls = ca.leaf("localhost");
+  const host = await startHost({ host: "127.0.0.1", port: hostPort, tls: hostTls, broker: chatgate.url, app: "support" });
+  host.url = hostOrigin;
+  host.origin = hostOrigin;
+  const other = await startHost({
+    host: "127.0.0.3",
+    port: otherPort,
+    tls: ca.leaf("127.0.0.3"),
+    broker: chatgate.url,
+    app: "support",
+  });
+  return {
+    dir,
+    ca,
+    idp,
+    chatgate,
+    host,
+    other,
+    async stop() {
+      await Promise.all([chatgate.stop(), idp.close(), host.close(), other.close()]);
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}

@@ -1,0 +1,196 @@
+// Browser end-to-end tests of the sign-in flow: headless Chromium, the real
+// oidc-provider IdP, and chatgate, on three sites over HTTPS.
+import { describe, it, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { createLocalJWKSet, jwtVerify } from "jose";
+import { startWorld, CHAT_AUDIENCE } from "./lib/world.mjs";
+import { launch, openPopup, completeIdpInteraction, sendsThirdPartyCookies } from "./lib/browser.mjs";
+
+let world;
+
+before(async () => {
+  world = await startWorld();
+});
+
+after(async () => {
+  await world?.stop();
+});
+
+async function withBrowser(thirdPartyCookies, fn) {
+  const browser = await launch({ thirdPartyCookies });
+  try {
+    const page = await browser.context.newPage();
+    return await fn(page, browser.context);
+  } finally {
+    await browser.close();
+  }
+}
+
+function silentSignIn(page, extra = {}) {
+  return page.evaluate((extra) => window.settle(ChatGate.signIn({ ...window.chatgateOptions, ...extra })), extra);
+}
+
+async function popupSignIn(page, expect) {
+  const popup = await openPopup(page);
+  await completeIdpInteraction(popup, expect);
+  return page.evaluate(() => window.popupResult);
+}
+
+function signOut(page, revoke = false) {
+  return page.evaluate((revoke) => ChatGate.signOut({ ...window.chatgateOptions, revoke }), revoke);
+}
+
+async function verifyChatToken(result) {
+  const jwks = createLocalJWKSet(await world.chatgate.jwks());
+  const { payload, protectedHeader } = await jwtVerify(result.chat_token, jwks, {
+    issuer: world.chatgate.url,
+    audience: CHAT_AUDIENCE,
+  });
+  return { payload, protectedHeader };
+}
+
+describe("sign-in through a real OpenID provider", () => {
+  it("login_required falls back to a popup; then silent sign-in works through the IdP session and through chatgate's session", async () => {
+    await withBrowser("allow", async (page) => {
+      assert.equal(await sendsThirdPartyCookies(page, world.idp.issuer, world.host.url), true, "third-party cookies are allowed in this profile");
+      await page.goto(world.host.url);
+
+      const first = await silentSignIn(page);
+      assert.equal(first.err, "login_required", JSON.stringify(first));
+      // the widget removed its iframe
+      assert.equal(await page.locator("iframe").count(), 0);
+
+      const popup = await popupSignIn(page, { expectLogin: true, expectConsent: true });
+      assert.ok(popup.ok, JSON.stringify(popup));
+      assert.equal(popup.ok.type, "chatgate:success");
+      assert.equal(popup.ok.user.id, "oidc:alice");
+      assert.equal(popup.ok.user.name, "Alice Example");
+      assert.equal(popup.ok.session_ticket, undefined, "the ticket is consumed by the widget");
+
+      // A standard JWT library verifies the chat token against chatgate's JWKS.
+      const { payload, protectedHeader } = await verifyChatToken(popup.ok);
+      assert.equal(payload.sub, "oidc:alice");
+      assert.equal(payload.app, "support");
+      assert.equal(payload.aud, CHAT_AUDIENCE);
+      assert.equal(payload.exp, popup.ok.expires_at);
+      assert.ok(payload.exp - payload.iat <= 15 * 60);
+      assert.equal(protectedHeader.alg, "EdDSA");
+
+      // Forget chatgate's session: the next silent sign-in must go to the IdP,
+      // whose session cookie the iframe can send.
+      assert.equal((await signOut(page)).signed_out, true);
+      const before = world.idp.stats.authorizationRequests;
+      const viaIdp = await silentSignIn(page);
+      assert.ok(viaIdp.ok, JSON.stringify(viaIdp));
+      assert.equal(viaIdp.ok.user.id, "oidc:alice");
+      assert.equal(world.idp.stats.authorizationRequests, before + 1, "one prompt=none round trip to the IdP");
+
+      // Silent renewal from chatgate's own session: no IdP round trip.
+      const renewed = await silentSignIn(page);
+      assert.ok(renewed.ok, JSON.stringify(renewed));
+      assert.notEqual(renewed.ok.chat_token, viaIdp.ok.chat_token);
+      assert.equal(world.idp.stats.authorizationRequests, before + 1, "renewal did not touch the IdP");
+    });
+  });
+
+  it("consent_required falls back to a popup that only asks for consent", async () => {
+    await withBrowser("allow", async (page) => {
+      await page.goto(world.host.url);
+      assert.ok((await popupSignIn(page, { expectLogin: true })).ok);
+      await world.idp.revokeConsents();
+      await signOut(page);
+      const silent = await silentSignIn(page);
+      assert.equal(silent.err, "consent_required", JSON.stringify(silent));
+      const popup = await popupSignIn(page, { expectLogin: false, expectConsent: true });
+      assert.ok(popup.ok, JSON.stringify(popup));
+      assert.equal(popup.ok.user.id, "oidc:alice");
+    });
+  });
+
+  it("with third-party cookies blocked, the popup fallback works and chatgate's partitioned session keeps later sign-ins silent", async () => {
+    await withBrowser("block", async (page) => {
+      // Prove the browser really blocks third-party cookies.
+      assert.equal(await sendsThirdPartyCookies(page, world.idp.issuer, world.host.url), false, "third-party cookies are blocked in this profile");
+      await page.goto(world.host.url);
+
+      const popup = await popupSignIn(page, { expectLogin: true });
+      assert.ok(popup.ok, JSON.stringify(popup));
+
+      // Without chatgate's session the iframe reaches the IdP without its
+      // cookies: the IdP cannot see the session it has.
+      await signOut(page);
+      const silent = await silentSignIn(page);
+      assert.equal(silent.err, "login_required", JSON.stringify(silent));
+
+      // The popup is first-party for the IdP: no login form this time.
+      const again = await popupSignIn(page, { expectLogin: false });
+      assert.ok(again.ok, JSON.stringify(again));
+
+      // After a reload, silent sign-in works from chatgate's partitioned session.
+      await page.reload();
+      const before = world.idp.stats.authorizationRequests;
+      const renewed = await silentSignIn(page);
+      assert.ok(renewed.ok, JSON.stringify(renewed));
+      assert.equal(renewed.ok.user.id, "oidc:alice");
+      assert.equal(world.idp.stats.authorizationRequests, before, "no IdP round trip");
+      await verifyChatToken(renewed.ok);
+    });
+  });
+
+  it("an origin that is not allow-listed gets nothing", async () => {
+    await withBrowser("allow", async (page) => {
+      const authorizeStatuses = [];
+      page.on("response", (r) => {
+        if (r.url().includes("/v1/authorize")) authorizeStatuses.push(r.status());
+      });
+      await page.goto(world.other.url);
+      const messages = await page.evaluate(async () => {
+        const seen = [];
+        window.addEventListener("message", (e) => seen.push(e.data));
+        const result = await window.settle(ChatGate.signIn({ ...window.chatgateOptions, timeoutMs: 3000 }));
+        return { result, seen };
+      });
+      assert.equal(messages.result.err, "timeout");
+      assert.deepEqual(messages.seen, []);
+      assert.deepEqual(authorizeStatuses, [400]);
+    });
+  });
+
+  it("the widget ignores messages that are not from its own chatgate frame", async () => {
+    await withBrowser("allow", async (page) => {
+      await page.goto(world.host.url);
+      assert.ok((await popupSignIn(page, {})).ok);
+      const result = await page.evaluate(async () => {
+        const pending = window.settle(ChatGate.signIn(window.chatgateOptions));
+        // A forged success from the page itself (wrong origin, wrong source).
+        window.postMessage({ type: "chatgate:success", app: "support", chat_token: "forged", expires_at: 0 }, "*");
+        return pending;
+      });
+      assert.ok(result.ok, JSON.stringify(result));
+      assert.notEqual(result.ok.chat_token, "forged");
+      // Two sign-ins at once: each gets the answer of its own iframe.
+      const both = await page.evaluate(() =>
+        Promise.all([window.settle(ChatGate.signIn(window.chatgateOptions)), window.settle(ChatGate.signIn(window.chatgateOptions))]),
+      );
+      assert.ok(both[0].ok && both[1].ok, JSON.stringify(both));
+      assert.notEqual(both[0].ok.chat_token, both[1].ok.chat_token);
+    });
+  });
+
+  it("a blocked popup is reported as popup_blocked, and sign-out with revoke signs the user out at the IdP", async () => {
+    await withBrowser("allow", async (page) => {
+      await page.goto(world.host.url);
+      const blocked = await page.evaluate(() => {
+        window.open = () => null;
+        return window.settle(ChatGate.signInWithPopup(window.chatgateOptions));
+      });
+      assert.equal(blocked.err, "popup_blocked");
+      await page.reload();
+      assert.ok((await popupSignIn(page, {})).ok);
+      const revocations = world.idp.stats.revocations;
+      const out = await signOut(page, true);
+      assert.deepEqual(out, { signed_out: true, revoked: true });
+      assert.equal(world.idp.stats.revocations, revocations + 1);
+    });
+  });
+});
