@@ -796,6 +796,35 @@ async fn popup_results_carry_a_ticket_that_moves_the_session_to_the_host_partiti
     assert_eq!(s.idp.token_calls(), calls);
 }
 
+async fn the_session_id_changes_at_every_sign_in(db: &TestDb) {
+    let mut s = setup(db).await;
+    s.flow("silent").await;
+    let cookie = |b: &Browser, url: &str| {
+        b.cookies
+            .get(&url.replace("http://", ""))
+            .and_then(|j| j.get("__Host-chatgate"))
+            .map(|(v, _)| v.clone())
+    };
+    let first = cookie(&s.browser, &s.app.base_url).expect("session cookie");
+    // A popup sign-in always goes to the IdP, and records the sign-in afresh.
+    let envelope = s.flow("popup").await;
+    assert_eq!(envelope["message"]["type"], "chatgate:success");
+    let second = cookie(&s.browser, &s.app.base_url).expect("session cookie");
+    assert_ne!(first, second, "the session id must be rotated at sign-in");
+    // The old id is worthless now.
+    let mut attacker = Browser::new();
+    let host = s.app.base_url.replace("http://", "");
+    attacker
+        .cookies
+        .entry(host)
+        .or_default()
+        .insert("__Host-chatgate".into(), (first, String::new()));
+    assert_eq!(
+        attacker.get(&s.authorize_url("silent", "")).await.status(),
+        302
+    );
+}
+
 async fn bad_prompts_and_modes_are_refused(db: &TestDb) {
     let mut s = setup(db).await;
     let r = s
@@ -877,6 +906,7 @@ backend_tests!(
     sign_out_ends_the_session_and_revoke_deletes_the_vault_entry,
     popup_results_carry_a_ticket_that_moves_the_session_to_the_host_partition,
     bad_prompts_and_modes_are_refused,
+    the_session_id_changes_at_every_sign_in,
     user_ids_come_from_the_configured_claim,
     client_secret_post_is_supported,
     a_provider_whose_discovery_names_another_issuer_is_never_ready,
