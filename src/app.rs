@@ -17,6 +17,7 @@ use crate::metrics::Metrics;
 use crate::oidc::Providers;
 use crate::oidc::http::IdpHttp;
 use crate::store::{Store, StoreError};
+use crate::user_tokens::KeyedLocks;
 use crate::vault::Vault;
 
 /// Everything a request handler can reach.
@@ -28,6 +29,10 @@ pub struct AppState {
     pub keys: Arc<KeyDirectory>,
     pub providers: Arc<Providers>,
     pub metrics: Arc<Metrics>,
+    /// This process's name in refresh leases.
+    pub replica_id: String,
+    /// In-process single flight of refreshes, per `(app, user_id)`.
+    pub refresh_locks: Arc<KeyedLocks<(String, String)>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +98,8 @@ impl AppState {
             keys,
             providers,
             metrics: Arc::new(Metrics::new()),
+            replica_id: format!("replica-{}", crate::secret::random_token::<9>()),
+            refresh_locks: Arc::new(KeyedLocks::default()),
         })
     }
 }

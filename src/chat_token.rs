@@ -154,7 +154,7 @@ fn ed25519_pkcs8_v1(key: &ed25519_dalek::SigningKey) -> ed25519_dalek::pkcs8::Ke
 }
 
 /// The claims of a chat token (DESIGN.md, "Chat tokens").
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChatClaims {
     pub iss: String,
     pub aud: String,

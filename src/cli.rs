@@ -48,6 +48,44 @@ pub enum Command {
         #[command(subcommand)]
         command: VaultCommand,
     },
+    /// Bot credentials.
+    Bots {
+        #[command(subcommand)]
+        command: BotsCommand,
+    },
+    /// Print audit events, newest first.
+    Audit {
+        /// Events about this user id.
+        #[arg(long)]
+        user: Option<String>,
+        /// Events caused by this bot id.
+        #[arg(long)]
+        bot: Option<String>,
+        /// At most this many events.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BotsCommand {
+    /// Create a bot for an app. The bot id goes to stderr; the secret, shown
+    /// only this once, is the last line of stdout.
+    Create {
+        /// The app whose users the bot may see.
+        #[arg(long)]
+        app: String,
+        /// A name to recognise the bot by.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// List bots (never their secrets).
+    List,
+    /// Revoke a bot: its secret stops working at once.
+    Revoke {
+        /// The bot id.
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -134,6 +172,8 @@ async fn run(command: Command, config_path: &Path) -> ExitCode {
         Command::Vault {
             command: VaultCommand::Rekey { batch_size },
         } => rekey(config, batch_size).await,
+        Command::Bots { command } => bots(config, command).await,
+        Command::Audit { user, bot, limit } => audit(config, user, bot, limit).await,
         Command::CheckConfig | Command::Keys { .. } => unreachable!("handled above"),
     }
 }
@@ -292,6 +332,123 @@ async fn rekey(config: Config, batch_size: u32) -> ExitCode {
             report.failed.len()
         ))
     }
+}
+
+async fn bots(config: Config, command: BotsCommand) -> ExitCode {
+    let store = match connect(&config).await {
+        Ok(store) => store,
+        Err(code) => return code,
+    };
+    let now = crate::time::now();
+    let code = match command {
+        BotsCommand::Create { app, name } => {
+            let Some(app) = config.app(&app) else {
+                let known: Vec<&str> = config.apps.iter().map(|a| a.id.as_str()).collect();
+                return fail(format!(
+                    "no app {app:?} in the configuration (apps: {})",
+                    known.join(", ")
+                ));
+            };
+            let name = if name.is_empty() {
+                app.id.to_string()
+            } else {
+                name
+            };
+            match crate::bots::create(&store, &app.id, &name, now).await {
+                Ok(bot) => {
+                    eprintln!(
+                        "created bot {} for app {}; its secret follows and is not shown again",
+                        bot.id, app.id
+                    );
+                    println!("{}", bot.secret.expose_secret());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        BotsCommand::List => match store.list_bots().await {
+            Ok(rows) => {
+                println!(
+                    "{:<18} {:<16} {:<24} {:<22} status",
+                    "id", "app", "name", "created"
+                );
+                for b in rows {
+                    let status = match b.revoked_at {
+                        Some(t) => format!("revoked {}", timestamp(t)),
+                        None => "active".to_string(),
+                    };
+                    println!(
+                        "{:<18} {:<16} {:<24} {:<22} {status}",
+                        b.id,
+                        b.app,
+                        b.name,
+                        timestamp(b.created_at)
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        BotsCommand::Revoke { id } => match crate::bots::revoke(&store, &id, now).await {
+            Ok(true) => {
+                println!("revoked bot {id}");
+                ExitCode::SUCCESS
+            }
+            Ok(false) => fail(format!("no active bot {id}")),
+            Err(e) => fail(e),
+        },
+    };
+    store.close().await;
+    code
+}
+
+async fn audit(config: Config, user: Option<String>, bot: Option<String>, limit: u32) -> ExitCode {
+    let store = match connect(&config).await {
+        Ok(store) => store,
+        Err(code) => return code,
+    };
+    let filter = crate::store::AuditFilter {
+        user_id: user,
+        actor: bot.map(|b| {
+            if b.starts_with("bot:") {
+                b
+            } else {
+                format!("bot:{b}")
+            }
+        }),
+        limit,
+    };
+    let code = match store.list_audit(&filter).await {
+        Ok(rows) => {
+            println!(
+                "{:<22} {:<22} {:<12} {:<36} {:<16} {:<16} detail",
+                "time", "actor", "app", "user", "action", "outcome"
+            );
+            for r in rows {
+                println!(
+                    "{:<22} {:<22} {:<12} {:<36} {:<16} {:<16} {}",
+                    timestamp(r.at),
+                    r.actor,
+                    r.app.unwrap_or_default(),
+                    r.user_id.unwrap_or_default(),
+                    r.action,
+                    r.outcome,
+                    r.detail.unwrap_or_default()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    };
+    store.close().await;
+    code
+}
+
+/// Unix seconds as `2026-11-21T18:30:00Z`.
+fn timestamp(secs: i64) -> String {
+    chrono::DateTime::from_timestamp(secs, 0)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_else(|| secs.to_string())
 }
 
 fn keys(command: KeysCommand) -> ExitCode {

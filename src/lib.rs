@@ -6,6 +6,7 @@
 #![warn(missing_debug_implementations)]
 
 pub mod app;
+pub mod bots;
 pub mod chat_token;
 pub mod cli;
 pub mod config;

@@ -189,8 +189,8 @@ async fn errors_are_json_and_bodies_are_limited(db: &TestDb) {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"], "not_found");
     assert!(body["error_description"].is_string());
-    let r = app
-        .client
+    // (a client of its own: the server closes this connection mid-upload)
+    let r = common::http_client()
         .post(app.url("/v1/nothing-here"))
         .body(vec![b'x'; 1024 * 1024])
         .send()

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 pub use provider::{
     AuthorizationRequest, Identity, IdpTokens, JWKS_REFETCH_INTERVAL, OidcError, Provider,
+    TokenKind,
 };
 pub use types::{ExtraClaims, IdTokenT, ProviderMetadata};
 

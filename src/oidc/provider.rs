@@ -79,6 +79,13 @@ pub struct AuthorizationRequest<'a> {
     pub domain_hint: Option<&'a str>,
 }
 
+/// Which token a revocation is about (RFC 7009 `token_type_hint`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    Refresh,
+    Access,
+}
+
 /// Who an ID token says the user is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -338,11 +345,11 @@ impl Provider {
         }
     }
 
-    /// RFC 7009 revocation of a refresh token. `Ok(false)` when the IdP has no
-    /// revocation endpoint.
-    pub async fn revoke_refresh_token(
+    /// RFC 7009 revocation. `Ok(false)` when the IdP has no revocation endpoint.
+    pub async fn revoke(
         &self,
         token: &SecretString,
+        kind: TokenKind,
         redirect_uri: &str,
     ) -> Result<bool, OidcError> {
         let Some(endpoint) = self.revocation_endpoint() else {
@@ -351,10 +358,13 @@ impl Provider {
         let url = RevocationUrl::new(endpoint)
             .map_err(|e| OidcError::Discovery(format!("bad revocation_endpoint: {e}")))?;
         let client = self.client(redirect_uri)?.set_revocation_url(url);
+        let secret = token.expose_secret().to_string();
+        let token = match kind {
+            TokenKind::Refresh => CoreRevocableToken::RefreshToken(RefreshToken::new(secret)),
+            TokenKind::Access => CoreRevocableToken::AccessToken(AccessToken::new(secret)),
+        };
         client
-            .revoke_token(CoreRevocableToken::RefreshToken(RefreshToken::new(
-                token.expose_secret().to_string(),
-            )))
+            .revoke_token(token)
             .map_err(|e| OidcError::Discovery(e.to_string()))?
             .request_async(&self.http)
             .await

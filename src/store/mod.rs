@@ -26,7 +26,7 @@ pub use audit::{AuditEvent, AuditFilter, AuditRow};
 pub use bots::BotRow;
 pub use flows::{NewFlow, PendingFlowRow};
 pub use signing_keys::SigningKeyRow;
-pub use vault::{Resealed, SealedEntry, VaultRow};
+pub use vault::{LeaseState, RefreshedEntry, Resealed, SealedEntry, VaultRow};
 
 use crate::config::{DatabaseConfig, DatabaseKind};
 

@@ -181,3 +181,142 @@ impl Store {
         Ok(written)
     }
 }
+
+/// New tokens from a refresh, sealed.
+#[derive(Debug)]
+pub struct RefreshedEntry<'a> {
+    pub app: &'a str,
+    pub user_id: &'a str,
+    /// The `row_version` whose refresh token was used: the write happens only if
+    /// the row is still at that version.
+    pub row_version: i64,
+    pub access_token: Vec<u8>,
+    /// `None` keeps the stored refresh token (the IdP did not rotate it).
+    pub refresh_token: Option<Vec<u8>>,
+    pub token_type: &'a str,
+    pub scope: &'a str,
+    pub access_expires_at: Option<i64>,
+}
+
+/// Lease columns and version of a vault row, for the refresh protocol.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct LeaseState {
+    pub row_version: i64,
+    pub refresh_lease_owner: Option<String>,
+    pub refresh_lease_until: Option<i64>,
+}
+
+impl Store {
+    /// Takes the refresh lease of a row for `owner` until `until`, if the row is
+    /// still at `row_version` and nobody else holds an unexpired lease. At most
+    /// one replica wins; the lease expires by itself if its holder dies.
+    pub async fn try_take_refresh_lease(
+        &self,
+        app: &str,
+        user_id: &str,
+        row_version: i64,
+        owner: &str,
+        until: i64,
+        now: i64,
+    ) -> Result<bool> {
+        const SQL: &str = "UPDATE vault_entries SET refresh_lease_owner = $1, refresh_lease_until = $2 \
+             WHERE app = $3 AND user_id = $4 AND row_version = $5 \
+               AND (refresh_lease_until IS NULL OR refresh_lease_until < $6 OR refresh_lease_owner = $1)";
+        let n = with_pool!(self, pool => {
+            sqlx::query(SQL)
+                .bind(owner)
+                .bind(until)
+                .bind(app)
+                .bind(user_id)
+                .bind(row_version)
+                .bind(now)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(n == 1)
+    }
+
+    /// Gives a lease back without writing tokens (the refresh failed transiently).
+    pub async fn release_refresh_lease(&self, app: &str, user_id: &str, owner: &str) -> Result<()> {
+        with_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE vault_entries SET refresh_lease_owner = NULL, refresh_lease_until = NULL \
+                 WHERE app = $1 AND user_id = $2 AND refresh_lease_owner = $3",
+            )
+            .bind(app)
+            .bind(user_id)
+            .bind(owner)
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    pub async fn lease_state(&self, app: &str, user_id: &str) -> Result<Option<LeaseState>> {
+        Ok(with_pool!(self, pool => {
+            sqlx::query_as::<_, LeaseState>(
+                "SELECT row_version, refresh_lease_owner, refresh_lease_until FROM vault_entries \
+                 WHERE app = $1 AND user_id = $2",
+            )
+            .bind(app)
+            .bind(user_id)
+            .fetch_optional(pool)
+            .await?
+        }))
+    }
+
+    /// Stores refreshed tokens — the new access token and, when the IdP rotated
+    /// it, the new refresh token, in one statement — and releases the lease.
+    /// Only if the row is still at the version whose refresh token was used;
+    /// returns whether it was.
+    pub async fn write_refreshed(&self, entry: RefreshedEntry<'_>, now: i64) -> Result<bool> {
+        const SQL: &str = "UPDATE vault_entries SET access_token = $1, \
+               refresh_token = COALESCE($2, refresh_token), token_type = $3, scope = $4, \
+               access_expires_at = $5, needs_reauth = FALSE, row_version = row_version + 1, \
+               updated_at = $6, refresh_lease_owner = NULL, refresh_lease_until = NULL \
+             WHERE app = $7 AND user_id = $8 AND row_version = $9";
+        let n = with_pool!(self, pool => {
+            sqlx::query(SQL)
+                .bind(entry.access_token)
+                .bind(entry.refresh_token)
+                .bind(entry.token_type)
+                .bind(entry.scope)
+                .bind(entry.access_expires_at)
+                .bind(now)
+                .bind(entry.app)
+                .bind(entry.user_id)
+                .bind(entry.row_version)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(n == 1)
+    }
+
+    /// Marks the row's refresh token as refused by the IdP (only if it is still
+    /// the one that was refused: same `row_version`) and releases the lease.
+    pub async fn mark_needs_reauth(
+        &self,
+        app: &str,
+        user_id: &str,
+        row_version: i64,
+        now: i64,
+    ) -> Result<bool> {
+        let n = with_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE vault_entries SET needs_reauth = TRUE, row_version = row_version + 1, updated_at = $1, \
+                   refresh_lease_owner = NULL, refresh_lease_until = NULL \
+                 WHERE app = $2 AND user_id = $3 AND row_version = $4",
+            )
+            .bind(now)
+            .bind(app)
+            .bind(user_id)
+            .bind(row_version)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        Ok(n == 1)
+    }
+}

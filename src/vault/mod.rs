@@ -13,7 +13,7 @@ pub use keyring::{Aad, VaultKeyRing};
 
 use crate::domain::{AppId, ProviderId, UserId};
 use crate::secret::SecretString;
-use crate::store::{Resealed, SealedEntry, Store, StoreError, VaultRow};
+use crate::store::{RefreshedEntry, Resealed, SealedEntry, Store, StoreError, VaultRow};
 
 pub type Result<T, E = VaultError> = std::result::Result<T, E>;
 
@@ -138,6 +138,45 @@ impl Vault {
             )
             .await?;
         Ok(())
+    }
+
+    /// Stores the result of a refresh made with the refresh token of
+    /// `row_version`: the new access token and (when rotated) the new refresh
+    /// token together, before anyone is handed the new access token. `false`
+    /// when the row moved on meanwhile (nothing written).
+    pub async fn save_refreshed(
+        &self,
+        app: &AppId,
+        user_id: &UserId,
+        row_version: i64,
+        tokens: &TokenSet,
+        now: i64,
+    ) -> Result<bool> {
+        let row = [app.as_str(), user_id.as_str()];
+        let access = self.keys.seal(
+            &aad(&row, ACCESS),
+            tokens.access_token.expose_secret().as_bytes(),
+        );
+        let refresh = tokens.refresh_token.as_ref().map(|t| {
+            self.keys
+                .seal(&aad(&row, REFRESH), t.expose_secret().as_bytes())
+        });
+        Ok(self
+            .store
+            .write_refreshed(
+                RefreshedEntry {
+                    app: app.as_str(),
+                    user_id: user_id.as_str(),
+                    row_version,
+                    access_token: access,
+                    refresh_token: refresh,
+                    token_type: &tokens.token_type,
+                    scope: &tokens.scope,
+                    access_expires_at: tokens.expires_at,
+                },
+                now,
+            )
+            .await?)
     }
 
     pub async fn load(&self, app: &AppId, user_id: &UserId) -> Result<Option<VaultEntry>> {

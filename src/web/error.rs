@@ -20,7 +20,10 @@ pub enum ApiError {
         code: &'static str,
         description: String,
     },
-    /// 401 with `WWW-Authenticate: Bearer`.
+    /// 401 without credentials: `WWW-Authenticate: Bearer realm="chatgate"`.
+    #[error("unauthorized: no credentials")]
+    MissingCredentials,
+    /// 401 with `WWW-Authenticate: Bearer realm="chatgate", error="<code>"`.
     #[error("{code}: {description}")]
     Unauthorized {
         code: &'static str,
@@ -67,7 +70,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized { .. } | Self::MissingCredentials => StatusCode::UNAUTHORIZED,
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -83,6 +86,7 @@ impl ApiError {
             Self::BadRequest { code, .. }
             | Self::Unauthorized { code, .. }
             | Self::Forbidden { code, .. } => code,
+            Self::MissingCredentials => "unauthorized",
             Self::NotFound(_) => "not_found",
             Self::Unavailable { .. } => "temporarily_unavailable",
             Self::Store(_) | Self::Vault(_) | Self::Internal(_) => "server_error",
@@ -96,6 +100,7 @@ impl ApiError {
             | Self::Forbidden { description, .. }
             | Self::Unavailable { description, .. } => description.clone(),
             Self::NotFound(d) => d.clone(),
+            Self::MissingCredentials => "send Authorization: Bearer <bot secret>".into(),
             Self::Store(_) | Self::Vault(_) | Self::Internal(_) => {
                 "an internal error occurred; it has been logged".into()
             }
@@ -103,7 +108,8 @@ impl ApiError {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// Every error: a stable machine-readable code and a human description.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: &'static str,
     pub error_description: String,
@@ -125,8 +131,14 @@ impl IntoResponse for ApiError {
         let headers = response.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         match &self {
+            Self::MissingCredentials => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"chatgate\""),
+                );
+            }
             Self::Unauthorized { code, .. } => {
-                let value = format!("Bearer error=\"{code}\"");
+                let value = format!("Bearer realm=\"chatgate\", error=\"{code}\"");
                 if let Ok(v) = HeaderValue::from_str(&value) {
                     headers.insert(header::WWW_AUTHENTICATE, v);
                 }

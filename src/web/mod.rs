@@ -1,5 +1,6 @@
 //! HTTP: one module per area, each with its own `router()`, merged here.
 
+mod bot_api;
 pub mod cors;
 pub mod error;
 mod ops;
@@ -29,6 +30,7 @@ pub fn router(state: AppState) -> Router {
         .merge(well_known::router())
         .merge(signin::router(&state))
         .merge(widget::router())
+        .merge(bot_api::router())
         .fallback(error::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),

@@ -97,6 +97,10 @@ pub struct IdpState {
     pub token_calls: usize,
     pub jwks_calls: usize,
     pub revoked: Vec<String>,
+    /// Every refresh token presented at the token endpoint, in order.
+    pub presented_refresh_tokens: Vec<String>,
+    /// Answer token requests with this HTTP status (an outage), when set.
+    pub token_endpoint_status: Option<u16>,
     pub last_authorize_query: HashMap<String, String>,
     pub access_token_ttl: i64,
 }
@@ -319,6 +323,16 @@ async fn token(
 ) -> Response {
     let mut s = state.lock().unwrap();
     s.token_calls += 1;
+    if let Some(rt) = form.get("refresh_token") {
+        s.presented_refresh_tokens.push(rt.clone());
+    }
+    if let Some(status) = s.token_endpoint_status {
+        return (
+            StatusCode::from_u16(status).unwrap(),
+            "<html>down for maintenance</html>",
+        )
+            .into_response();
+    }
     if !client_ok(&s, &headers, &form) {
         return (
             StatusCode::UNAUTHORIZED,

@@ -1,9 +1,17 @@
-//! Operations on a user's stored IdP tokens that several entry points share
-//! (widget sign-out with revoke, the bot API's DELETE).
+//! A user's stored IdP tokens as bots and sign-out see them: fresh access
+//! tokens (with the single-flight refresh), status, and sign-out with
+//! revocation at the IdP.
+
+mod fresh;
+mod keyed_lock;
+
+pub use fresh::{FreshToken, LEASE, LookupError, RETRY_AFTER_SECS, fresh_access_token};
+pub use keyed_lock::KeyedLocks;
 
 use crate::app::AppState;
 use crate::config::AppConfig;
 use crate::domain::UserId;
+use crate::oidc::TokenKind;
 use crate::store::AuditEvent;
 use crate::vault::VaultError;
 
@@ -28,16 +36,26 @@ pub async fn sign_out(
     let now = crate::time::now();
     let entry = state.vault.load(&app.id, user_id).await?;
     let mut revoked_at_idp = false;
-    if let Some(entry) = &entry
-        && let Some(refresh) = &entry.tokens.refresh_token
-    {
+    if let Some(entry) = &entry {
         match state.providers.get(&entry.provider) {
             Some(provider) => {
                 let redirect = state.config.public_url.join("/v1/callback");
-                match provider.revoke_refresh_token(refresh, &redirect).await {
-                    Ok(done) => revoked_at_idp = done,
-                    Err(e) => {
-                        tracing::warn!(provider = %entry.provider, error = %e, "refresh-token revocation failed")
+                // The refresh token first: revoking it ends the grant at most IdPs.
+                let tokens = entry
+                    .tokens
+                    .refresh_token
+                    .iter()
+                    .map(|t| (t, TokenKind::Refresh))
+                    .chain(std::iter::once((
+                        &entry.tokens.access_token,
+                        TokenKind::Access,
+                    )));
+                for (token, kind) in tokens {
+                    match provider.revoke(token, kind, &redirect).await {
+                        Ok(done) => revoked_at_idp |= done && kind == TokenKind::Refresh,
+                        Err(e) => {
+                            tracing::warn!(provider = %entry.provider, ?kind, error = %e, "revocation failed")
+                        }
                     }
                 }
             }

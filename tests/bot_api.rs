@@ -1,0 +1,646 @@
+//! The bot API against an in-process IdP that counts token-endpoint calls, on
+//! SQLite and PostgreSQL: single-flight refresh (in one server and across two),
+//! rotation, reauth, outages, leases, app isolation, revocation.
+
+mod common;
+
+use std::time::Duration;
+
+use chatgate::domain::{AppId, ProviderId, UserId};
+use chatgate::secret::SecretString;
+use chatgate::store::Store;
+use chatgate::vault::TokenSet;
+use common::fake_idp::{FakeIdp, TokenBehavior};
+use common::{TestApp, TestConfig, TestDb, spawn_app};
+use serde_json::{Value, json};
+
+const USER: &str = "idp:user-123";
+
+struct Setup {
+    idp: FakeIdp,
+    app: TestApp,
+    cfg: TestConfig,
+    secret: String,
+    bot_id: String,
+}
+
+/// Two apps (`support` through the IdP, `sales` host-keys only) and a bot of `support`.
+async fn setup(db: &TestDb) -> Setup {
+    let idp = FakeIdp::start().await;
+    let mut cfg = TestConfig::new(db).with_provider(&idp, "");
+    cfg.toml.push_str(
+        r#"
+[[apps]]
+id = "sales"
+origins = ["https://sales.example.com"]
+chat_audience = "https://bot.sales.example.com"
+host_keys = [{ kid = "s1", alg = "HS256", secret_env = "TEST_HOST_SECRET" }]
+"#,
+    );
+    let app = spawn_app(&cfg).await;
+    let bot = chatgate::bots::create(
+        &app.state.store,
+        &AppId::parse("support").unwrap(),
+        "helpdesk",
+        1,
+    )
+    .await
+    .unwrap();
+    Setup {
+        idp,
+        app,
+        cfg,
+        secret: bot.secret.expose_secret().to_string(),
+        bot_id: bot.id,
+    }
+}
+
+impl Setup {
+    /// Stores tokens for `user` in `app` whose access token expires in
+    /// `expires_in` seconds; the IdP knows the refresh token `rt`.
+    async fn seed(&self, app: &str, user: &str, expires_in: i64, rt: &str) {
+        self.idp
+            .with(|s| s.refresh_tokens.insert(rt.to_string(), true));
+        let now = chatgate::time::now();
+        self.app
+            .state
+            .vault
+            .save(
+                &AppId::parse(app).unwrap(),
+                &UserId::parse(user).unwrap(),
+                &ProviderId::parse("idp").unwrap(),
+                &TokenSet {
+                    access_token: SecretString::new(format!("at-seed-{rt}")),
+                    refresh_token: Some(SecretString::new(rt)),
+                    token_type: "Bearer".into(),
+                    scope: "openid offline_access".into(),
+                    expires_at: Some(now + expires_in),
+                },
+                now,
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn get_token(&self, app: &TestApp, user: &str) -> reqwest::Response {
+        app.client
+            .get(app.url(&format!("/v1/users/{user}/token")))
+            .bearer_auth(&self.secret)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn stored_refresh_token(&self) -> Option<String> {
+        self.app
+            .state
+            .vault
+            .load(
+                &AppId::parse("support").unwrap(),
+                &UserId::parse(USER).unwrap(),
+            )
+            .await
+            .unwrap()
+            .and_then(|e| {
+                e.tokens
+                    .refresh_token
+                    .map(|t| t.expose_secret().to_string())
+            })
+    }
+}
+
+async fn error_of(r: reqwest::Response) -> (u16, String) {
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.unwrap();
+    (status, body["error"].as_str().unwrap().to_string())
+}
+
+async fn a_valid_token_is_served_without_the_idp(db: &TestDb) {
+    let s = setup(db).await;
+    s.seed("support", USER, 3600, "rt-a").await;
+    let r = s.get_token(&s.app, USER).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["access_token"], "at-seed-rt-a");
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["scope"], "openid offline_access");
+    assert!(body["expires_at"].as_i64().unwrap() > chatgate::time::now());
+    assert_eq!(s.idp.token_calls(), 0);
+    let audit = s
+        .app
+        .state
+        .store
+        .list_audit(&chatgate::store::AuditFilter {
+            actor: Some(format!("bot:{}", s.bot_id)),
+            limit: 5,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (audit[0].action.as_str(), audit[0].outcome.as_str()),
+        ("token.read", "ok")
+    );
+    assert_eq!(audit[0].user_id.as_deref(), Some(USER));
+}
+
+async fn fifty_concurrent_lookups_of_an_expired_token_cause_one_refresh(db: &TestDb) {
+    let s = setup(db).await;
+    s.seed("support", USER, -10, "rt-a").await;
+    let urls = vec![s.app.url(&format!("/v1/users/{USER}/token")); 50];
+    let responses = concurrent_lookups(urls, &s.secret).await;
+    let mut tokens = std::collections::HashSet::new();
+    for r in responses {
+        assert_eq!(r.status(), 200);
+        let body: Value = r.json().await.unwrap();
+        tokens.insert(body["access_token"].as_str().unwrap().to_string());
+    }
+    assert_eq!(tokens.len(), 1, "all 50 get the same new token: {tokens:?}");
+    assert!(!tokens.contains("at-seed-rt-a"));
+    assert_eq!(s.idp.token_calls(), 1, "exactly one refresh at the IdP");
+    let metrics = s.app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(r#"chatgate_token_refreshes_total{op="refresh",outcome="ok"} 1"#),
+        "{metrics}"
+    );
+}
+
+async fn two_servers_on_one_database_refresh_once(db: &TestDb) {
+    let s = setup(db).await;
+    let second = spawn_app(&s.cfg).await;
+    s.seed("support", USER, -10, "rt-a").await;
+    let urls = (0..50)
+        .map(|i| {
+            let app = if i % 2 == 0 { &s.app } else { &second };
+            app.url(&format!("/v1/users/{USER}/token"))
+        })
+        .collect();
+    let responses = concurrent_lookups(urls, &s.secret).await;
+    let mut tokens = std::collections::HashSet::new();
+    for r in responses {
+        assert_eq!(r.status(), 200);
+        tokens.insert(
+            r.json::<Value>().await.unwrap()["access_token"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert_eq!(tokens.len(), 1, "{tokens:?}");
+    assert_eq!(
+        s.idp.token_calls(),
+        1,
+        "exactly one refresh across both replicas"
+    );
+    second.stop().await;
+}
+
+async fn rotated_refresh_tokens_are_used_and_old_ones_never_again(db: &TestDb) {
+    let s = setup(db).await;
+    s.seed("support", USER, -10, "rt-a").await;
+    assert_eq!(s.get_token(&s.app, USER).await.status(), 200);
+    let rotated = s.stored_refresh_token().await.unwrap();
+    assert_ne!(rotated, "rt-a");
+    // Expire the new access token and look it up again.
+    expire_access_token(&s.app.state.store).await;
+    assert_eq!(s.get_token(&s.app, USER).await.status(), 200);
+    let presented = s.idp.with(|st| st.presented_refresh_tokens.clone());
+    assert_eq!(presented, vec!["rt-a".to_string(), rotated]);
+    // A response without a refresh token keeps the stored one.
+    let before = s.stored_refresh_token().await.unwrap();
+    s.idp.with(|st| {
+        st.next_token = TokenBehavior {
+            no_refresh_token: true,
+            ..Default::default()
+        }
+    });
+    expire_access_token(&s.app.state.store).await;
+    assert_eq!(s.get_token(&s.app, USER).await.status(), 200);
+    assert_eq!(s.stored_refresh_token().await.unwrap(), before);
+}
+
+async fn expire_access_token(store: &Store) {
+    const SQL: &str = "UPDATE vault_entries SET access_expires_at = 0";
+    match store {
+        Store::Sqlite(p) => sqlx::query(SQL).execute(p).await.map(|_| ()).unwrap(),
+        Store::Postgres(p) => sqlx::query(SQL).execute(p).await.map(|_| ()).unwrap(),
+    }
+}
+
+async fn invalid_grant_means_reauth_and_no_further_refresh(db: &TestDb) {
+    let s = setup(db).await;
+    s.seed("support", USER, -10, "rt-a").await;
+    s.idp
+        .with(|st| st.refresh_tokens.insert("rt-a".into(), false)); // the IdP revoked it
+    assert_eq!(
+        error_of(s.get_token(&s.app, USER).await).await,
+        (401, "reauth_required".into())
+    );
+    let r = s.get_token(&s.app, USER).await;
+    assert_eq!(r.status(), 401);
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("reauth_required")
+    );
+    assert_eq!(
+        s.idp.token_calls(),
+        1,
+        "the refused refresh token is not tried again"
+    );
+    let status: Value = s
+        .app
+        .client
+        .get(s.app.url(&format!("/v1/users/{USER}")))
+        .bearer_auth(&s.secret)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["needs_reauth"], true);
+    assert_eq!(status["signed_in"], false);
+}
+
+async fn an_idp_outage_serves_a_still_valid_token_or_answers_503(db: &TestDb) {
+    let s = setup(db).await;
+    // 30 s left: within refresh_skew (60 s) so a refresh is due, but still valid.
+    s.seed("support", USER, 30, "rt-a").await;
+    s.idp.with(|st| st.token_endpoint_status = Some(503));
+    let r = s.get_token(&s.app, USER).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["access_token"],
+        "at-seed-rt-a"
+    );
+    // Expired: nothing to serve.
+    expire_access_token(&s.app.state.store).await;
+    let r = s.get_token(&s.app, USER).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "5");
+    assert_eq!(error_of(r).await.1, "temporarily_unavailable");
+    // The refresh token survived the outage: once the IdP is back, it works.
+    s.idp.with(|st| st.token_endpoint_status = None);
+    assert_eq!(s.get_token(&s.app, USER).await.status(), 200);
+}
+
+async fn a_lease_left_by_a_dead_replica_does_not_block(db: &TestDb) {
+    let s = setup(db).await;
+    s.seed("support", USER, -10, "rt-a").await;
+    set_lease(
+        &s.app.state.store,
+        "replica-that-died",
+        chatgate::time::now() - 1,
+    )
+    .await;
+    let r = s.get_token(&s.app, USER).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(s.idp.token_calls(), 1);
+}
+
+async fn a_lookup_waits_for_another_replicas_refresh_and_uses_its_result(db: &TestDb) {
+    let s = setup(db).await;
+    s.seed("support", USER, -10, "rt-a").await;
+    // Another replica holds a live lease...
+    set_lease(&s.app.state.store, "replica-b", chatgate::time::now() + 30).await;
+    let app = &s.app;
+    let lookup = s.get_token(app, USER);
+    let other_replica = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // ...and stores its refreshed tokens.
+        let entry = app
+            .state
+            .vault
+            .load(
+                &AppId::parse("support").unwrap(),
+                &UserId::parse(USER).unwrap(),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        let now = chatgate::time::now();
+        let written = app
+            .state
+            .vault
+            .save_refreshed(
+                &AppId::parse("support").unwrap(),
+                &UserId::parse(USER).unwrap(),
+                entry.row_version,
+                &TokenSet {
+                    access_token: SecretString::new("at-from-replica-b"),
+                    refresh_token: Some(SecretString::new("rt-b")),
+                    token_type: "Bearer".into(),
+                    scope: "openid".into(),
+                    expires_at: Some(now + 3600),
+                },
+                now,
+            )
+            .await
+            .unwrap();
+        assert!(written);
+    };
+    let (r, ()) = tokio::join!(lookup, other_replica);
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["access_token"],
+        "at-from-replica-b"
+    );
+    assert_eq!(s.idp.token_calls(), 0);
+}
+
+async fn set_lease(store: &Store, owner: &str, until: i64) {
+    const SQL: &str = "UPDATE vault_entries SET refresh_lease_owner = $1, refresh_lease_until = $2";
+    match store {
+        Store::Sqlite(p) => sqlx::query(SQL)
+            .bind(owner)
+            .bind(until)
+            .execute(p)
+            .await
+            .map(|_| ())
+            .unwrap(),
+        Store::Postgres(p) => sqlx::query(SQL)
+            .bind(owner)
+            .bind(until)
+            .execute(p)
+            .await
+            .map(|_| ())
+            .unwrap(),
+    }
+}
+
+async fn a_refreshed_id_token_for_someone_else_is_rejected(db: &TestDb) {
+    let s = setup(db).await;
+    s.seed("support", USER, -10, "rt-a").await;
+    let mut claims = serde_json::Map::new();
+    claims.insert("sub".into(), json!("mallory"));
+    s.idp.with(|st| {
+        st.next_token = TokenBehavior {
+            claims,
+            ..Default::default()
+        }
+    });
+    assert_eq!(
+        error_of(s.get_token(&s.app, USER).await).await,
+        (401, "reauth_required".into())
+    );
+    // Mallory's tokens were not stored as this user's.
+    let entry = s
+        .app
+        .state
+        .vault
+        .load(
+            &AppId::parse("support").unwrap(),
+            &UserId::parse(USER).unwrap(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(entry.tokens.access_token.expose_secret(), "at-seed-rt-a");
+    assert!(entry.needs_reauth);
+}
+
+async fn a_bot_sees_only_its_own_apps_users(db: &TestDb) {
+    let s = setup(db).await;
+    s.seed("sales", USER, 3600, "rt-sales").await;
+    assert_eq!(
+        error_of(s.get_token(&s.app, USER).await).await,
+        (404, "not_found".into())
+    );
+    // the same user in the bot's own app is visible
+    s.seed("support", USER, 3600, "rt-a").await;
+    assert_eq!(s.get_token(&s.app, USER).await.status(), 200);
+}
+
+async fn bot_credentials_are_checked(db: &TestDb) {
+    let s = setup(db).await;
+    s.seed("support", USER, 3600, "rt-a").await;
+    let url = s.app.url(&format!("/v1/users/{USER}/token"));
+    let r = s.app.client.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"chatgate\"");
+    for bad in ["cgb_not-a-real-secret", "Basic abc", "", "cgb_"] {
+        let r = s
+            .app
+            .client
+            .get(&url)
+            .header("authorization", format!("Bearer {bad}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{bad}");
+        assert!(
+            r.headers()["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .starts_with("Bearer")
+        );
+        let body = r.text().await.unwrap();
+        assert!(
+            !body.contains("cgb_not-a-real-secret"),
+            "the secret is echoed: {body}"
+        );
+    }
+    assert!(
+        chatgate::bots::revoke(&s.app.state.store, &s.bot_id, 2)
+            .await
+            .unwrap()
+    );
+    let r = s.get_token(&s.app, USER).await;
+    assert_eq!(error_of(r).await, (401, "invalid_token".into()));
+}
+
+async fn delete_revokes_at_the_idp_and_is_idempotent(db: &TestDb) {
+    let s = setup(db).await;
+    s.seed("support", USER, 3600, "rt-a").await;
+    let url = s.app.url(&format!("/v1/users/{USER}/token"));
+    let r = s
+        .app
+        .client
+        .delete(&url)
+        .bearer_auth(&s.secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let revoked = s.idp.with(|st| st.revoked.clone());
+    assert_eq!(
+        revoked,
+        vec!["rt-a".to_string(), "at-seed-rt-a".to_string()],
+        "refresh token first"
+    );
+    assert_eq!(
+        error_of(s.get_token(&s.app, USER).await).await,
+        (404, "not_found".into())
+    );
+    let r = s
+        .app
+        .client
+        .delete(&url)
+        .bearer_auth(&s.secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        s.idp.with(|st| st.revoked.len()),
+        2,
+        "nothing left to revoke"
+    );
+}
+
+async fn status_and_chat_token_verification(db: &TestDb) {
+    let s = setup(db).await;
+    s.seed("support", USER, 3600, "rt-a").await;
+    let status: Value = s
+        .app
+        .client
+        .get(s.app.url(&format!("/v1/users/{USER}")))
+        .bearer_auth(&s.secret)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["signed_in"], true);
+    assert_eq!(status["needs_reauth"], false);
+    assert!(status.get("access_token").is_none());
+    let text = status.to_string();
+    assert!(
+        !text.contains("at-seed") && !text.contains("rt-a"),
+        "{text}"
+    );
+    let unknown: Value = s
+        .app
+        .client
+        .get(s.app.url("/v1/users/idp:nobody"))
+        .bearer_auth(&s.secret)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(unknown["signed_in"], false);
+
+    // verify: a chat token for this bot's app verifies; one for another app does not.
+    let mint = |app: &str, aud: &str| {
+        s.app
+            .state
+            .keys
+            .issuer()
+            .mint(
+                &chatgate::chat_token::ChatSubject {
+                    app: &AppId::parse(app).unwrap(),
+                    audience: aud,
+                    user_id: &UserId::parse(USER).unwrap(),
+                    auth_time: chatgate::time::now(),
+                    name: Some("Alice"),
+                    email: None,
+                },
+                chatgate::time::now(),
+            )
+            .unwrap()
+            .0
+    };
+    let verify = |token: String| {
+        s.app
+            .client
+            .post(s.app.url("/v1/chat-tokens/verify"))
+            .bearer_auth(&s.secret)
+            .json(&json!({ "token": token }))
+            .send()
+    };
+    let r = verify(mint("support", "https://bot.contoso.com"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let claims: Value = r.json().await.unwrap();
+    assert_eq!(claims["sub"], USER);
+    assert_eq!(claims["name"], "Alice");
+    let r = verify(mint("sales", "https://bot.sales.example.com"))
+        .await
+        .unwrap();
+    assert_eq!(error_of(r).await, (401, "invalid_token".into()));
+    let r = verify("not.a.token".into()).await.unwrap();
+    assert_eq!(error_of(r).await, (401, "invalid_token".into()));
+}
+
+async fn host_users_have_no_idp_tokens(db: &TestDb) {
+    let s = setup(db).await;
+    let r = s.get_token(&s.app, "host:support:42").await;
+    let status = r.status();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(status, 404);
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("host-signed"),
+        "{body}"
+    );
+    let r = s.get_token(&s.app, "not-a-user-id").await;
+    assert_eq!(error_of(r).await, (400, "invalid_request".into()));
+}
+
+async fn the_openapi_document_describes_the_bot_api(db: &TestDb) {
+    let s = setup(db).await;
+    let spec: Value = s.app.get("/v1/openapi.json").await.json().await.unwrap();
+    assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = spec["paths"].as_object().unwrap();
+    for (path, method) in [
+        ("/v1/users/{user_id}/token", "get"),
+        ("/v1/users/{user_id}/token", "delete"),
+        ("/v1/users/{user_id}", "get"),
+        ("/v1/chat-tokens/verify", "post"),
+    ] {
+        assert!(paths[path].get(method).is_some(), "{method} {path} missing");
+    }
+    assert_eq!(
+        spec["components"]["securitySchemes"]["bot_secret"]["scheme"],
+        "bearer"
+    );
+    assert!(spec["components"]["schemas"]["AccessTokenResponse"].is_object());
+}
+
+/// GETs every URL at the same time (one task each) with the bot secret.
+async fn concurrent_lookups(urls: Vec<String>, secret: &str) -> Vec<reqwest::Response> {
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(urls.len()));
+    let tasks: Vec<_> = urls
+        .into_iter()
+        .map(|url| {
+            let (secret, start) = (secret.to_string(), start.clone());
+            tokio::spawn(async move {
+                let client = common::http_client();
+                start.wait().await;
+                client.get(url).bearer_auth(secret).send().await.unwrap()
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+backend_tests!(
+    a_valid_token_is_served_without_the_idp,
+    fifty_concurrent_lookups_of_an_expired_token_cause_one_refresh,
+    two_servers_on_one_database_refresh_once,
+    rotated_refresh_tokens_are_used_and_old_ones_never_again,
+    invalid_grant_means_reauth_and_no_further_refresh,
+    an_idp_outage_serves_a_still_valid_token_or_answers_503,
+    a_lease_left_by_a_dead_replica_does_not_block,
+    a_lookup_waits_for_another_replicas_refresh_and_uses_its_result,
+    a_refreshed_id_token_for_someone_else_is_rejected,
+    a_bot_sees_only_its_own_apps_users,
+    bot_credentials_are_checked,
+    delete_revokes_at_the_idp_and_is_idempotent,
+    status_and_chat_token_verification,
+    host_users_have_no_idp_tokens,
+    the_openapi_document_describes_the_bot_api,
+);
