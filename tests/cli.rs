@@ -243,7 +243,8 @@ async fn vault_rekey_moves_entries_to_the_newest_key(db: &TestDb) {
 
 backend_tests!(
     migrate_creates_the_schema,
-    vault_rekey_moves_entries_to_the_newest_key
+    vault_rekey_moves_entries_to_the_newest_key,
+    bots_are_created_listed_and_revoked_from_the_cli,
 );
 
 #[tokio::test]
@@ -301,4 +302,54 @@ async fn serve_stops_cleanly_on_sigterm() {
     let vault_key = std::fs::read_to_string(cfg.path().join("vault.key")).unwrap();
     assert!(!log.contains(vault_key.trim()));
     assert!(!log.contains("PRIVATE KEY"));
+}
+
+async fn bots_are_created_listed_and_revoked_from_the_cli(db: &TestDb) {
+    let cfg = TestConfig::new(db);
+    let path = cfg.write(8080);
+    let p = path.to_str().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_chatgate"))
+            .args(args)
+            .args(["--config", p])
+            .envs(&cfg.env)
+            .output()
+            .unwrap()
+    };
+    let created = run(&["bots", "create", "--app", "support", "--name", "helpdesk"]);
+    assert!(created.status.success(), "{}", stderr(&created));
+    let secret = stdout(&created).lines().last().unwrap().to_string();
+    assert!(secret.starts_with("cgb_") && secret.len() > 40, "{secret}");
+    let err = stderr(&created);
+    let id = err
+        .split_whitespace()
+        .find(|w| w.starts_with("bot_"))
+        .expect("the bot id on stderr")
+        .to_string();
+    assert!(!err.contains(&secret));
+
+    let unknown_app = run(&["bots", "create", "--app", "nope"]);
+    assert!(!unknown_app.status.success());
+    assert!(stderr(&unknown_app).contains("no app \"nope\""));
+
+    let list = run(&["bots", "list"]);
+    let out = stdout(&list);
+    assert!(out.contains(&id) && out.contains("helpdesk") && out.contains("active"), "{out}");
+    assert!(!out.contains(&secret[4..]), "list shows no secret");
+
+    let store = db.store().await;
+    assert!(chatgate::bots::authenticate(&store, &secret).await.unwrap().is_ok());
+    let revoked = run(&["bots", "revoke", &id]);
+    assert!(revoked.status.success(), "{}", stderr(&revoked));
+    assert!(chatgate::bots::authenticate(&store, &secret).await.unwrap().is_err());
+    assert!(!run(&["bots", "revoke", &id]).status.success(), "revoking twice is an error");
+    assert!(stdout(&run(&["bots", "list"])).contains("revoked"));
+
+    // The audit trail names the credential changes, never the secret.
+    let audit = run(&["audit", "--limit", "10"]);
+    let out = stdout(&audit);
+    assert!(out.contains("bot.create") && out.contains("bot.revoke"), "{out}");
+    assert!(!out.contains(&secret[4..]));
+    let by_user = run(&["audit", "--user", "idp:nobody"]);
+    assert_eq!(stdout(&by_user).lines().count(), 1, "only the header");
 }

@@ -12,6 +12,28 @@ export function chatgateBinary() {
   return process.env.CHATGATE_BIN || join(ROOT, "target/debug/chatgate");
 }
 
+/** One HTTPS request trusting `ca`; resolves { status, headers, body (parsed JSON or text) }. */
+export function httpsRequest(method, url, { ca, headers = {}, body } = {}) {
+  return new Promise((resolvePromise, reject) => {
+    const req = https.request(url, { method, ca, headers }, (res) => {
+      let text = "";
+      res.on("data", (c) => (text += c));
+      res.on("end", () => {
+        let parsed = text;
+        try {
+          parsed = text ? JSON.parse(text) : null;
+        } catch {
+          /* keep text */
+        }
+        resolvePromise({ status: res.statusCode, headers: res.headers, body: parsed });
+      });
+    });
+    req.on("error", reject);
+    if (body !== undefined) req.end(typeof body === "string" ? body : JSON.stringify(body));
+    else req.end();
+  });
+}
+
 export function httpsGetJson(url, ca) {
   return new Promise((resolvePromise, reject) => {
     https
@@ -90,6 +112,14 @@ ${apps}
   return {
     url: publicUrl,
     configFile,
+    /** `chatgate bots create --app <app>`: the bot's secret. */
+    createBot(app) {
+      const out = execFileSync(bin, ["bots", "create", "--app", app, "--config", configFile], {
+        env: { ...process.env, E2E_CLIENT_SECRET: provider?.clientSecret ?? "" },
+        stdio: ["ignore", "pipe", "ignore"],
+      });
+      return out.toString().trim().split("\n").pop();
+    },
     logs,
     ca,
     async jwks() {

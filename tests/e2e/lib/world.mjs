@@ -15,7 +15,7 @@ import { startHost } from "./host.mjs";
 export const CLIENT = { id: "chatgate-e2e", secret: "e2e-client-secret-not-a-real-one" };
 export const CHAT_AUDIENCE = "https://bot.example.com";
 
-export async function startWorld({ accessTokenTtl } = {}) {
+export async function startWorld({ accessTokenTtl, chatgateToml = "" } = {}) {
   const dir = mkdtempSync(join(tmpdir(), "chatgate-e2e-"));
   const ca = makeCa(dir);
   const [hostPort, brokerPort, idpPort, otherPort] = await Promise.all([
@@ -40,6 +40,7 @@ export async function startWorld({ accessTokenTtl } = {}) {
     tls: ca.leaf("127.0.0.1"),
     caFile: ca.certFile,
     provider: { issuer: idp.issuer, clientId: CLIENT.id, clientSecret: CLIENT.secret },
+    extraToml: chatgateToml,
     apps: `
 [[apps]]
 id = "support"
