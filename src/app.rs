@@ -11,6 +11,8 @@ use axum_server::Handle;
 use axum_server::tls_rustls::RustlsConfig;
 use tokio::task::JoinHandle;
 
+use crate::audit::AuditLog;
+use crate::bots::BotDirectory;
 use crate::chat_token::{ChatTokenIssuer, KEY_HEARTBEAT, KeyDirectory};
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -33,6 +35,9 @@ pub struct AppState {
     pub replica_id: String,
     /// In-process single flight of refreshes, per `(app, user_id)`.
     pub refresh_locks: Arc<KeyedLocks<(String, String)>>,
+    pub bots: Arc<BotDirectory>,
+    /// Batched writer of high-volume audit events.
+    pub audit: AuditLog,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +88,13 @@ impl AppState {
         ));
         let keys = Arc::new(KeyDirectory::new(issuer, config.clock_skew));
         keys.refresh(&store, crate::time::now()).await?;
-        let vault = Vault::new(store.clone(), config.vault_keys.clone());
+        let vault = Vault::with_read_cache(
+            store.clone(),
+            config.vault_keys.clone(),
+            config.read_cache_ttl,
+        );
+        let bots = Arc::new(BotDirectory::new(store.clone(), config.read_cache_ttl));
+        let (audit, _writer) = AuditLog::start(store.clone());
         let providers = Arc::new(Providers::new(
             &config.providers,
             IdpHttp::new(&config.idp_ca_certs)?,
@@ -100,6 +111,8 @@ impl AppState {
             metrics: Arc::new(Metrics::new()),
             replica_id: format!("replica-{}", crate::secret::random_token::<9>()),
             refresh_locks: Arc::new(KeyedLocks::default()),
+            bots,
+            audit,
         })
     }
 }
@@ -200,6 +213,7 @@ impl App {
         for task in background {
             task.abort();
         }
+        state.audit.flush().await;
         state.store.close().await;
         tracing::info!("chatgate stopped");
         served.map_err(AppError::Serve)

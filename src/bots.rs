@@ -8,6 +8,7 @@
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
+use crate::cache::TtlCache;
 use crate::domain::AppId;
 use crate::secret::{SecretString, random_token};
 use crate::store::{AuditEvent, BotRow, Store, StoreError};
@@ -93,6 +94,43 @@ pub async fn revoke(store: &Store, id: &str, now: i64) -> Result<bool, StoreErro
     Ok(done)
 }
 
+/// Authenticates bot secrets, remembering recent answers for the read-cache
+/// TTL: a revocation reaches every replica within that time. Unknown secrets
+/// are not remembered (a flood of random ones cannot fill the cache).
+#[derive(Debug)]
+pub struct BotDirectory {
+    store: Store,
+    cache: TtlCache<[u8; 32], Result<Bot, Refused>>,
+}
+
+impl BotDirectory {
+    pub fn new(store: Store, ttl: std::time::Duration) -> Self {
+        Self {
+            store,
+            cache: TtlCache::new(ttl),
+        }
+    }
+
+    pub async fn authenticate(&self, secret: &str) -> Result<Result<Bot, Refused>, StoreError> {
+        if !well_formed(secret) {
+            return Ok(Err(Refused::Unknown));
+        }
+        let hash = hash_secret(secret);
+        if let Some(known) = self.cache.get(&hash) {
+            return Ok(known);
+        }
+        let answer = lookup(&self.store, &hash).await?;
+        if answer != Err(Refused::Unknown) {
+            self.cache.insert(hash, answer.clone());
+        }
+        Ok(answer)
+    }
+}
+
+fn well_formed(secret: &str) -> bool {
+    secret.starts_with(SECRET_PREFIX) && secret.len() <= 200
+}
+
 /// Why a bearer secret was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
@@ -100,18 +138,21 @@ pub enum Refused {
     Revoked,
 }
 
-/// The bot a bearer secret belongs to.
+/// The bot a bearer secret belongs to (no cache).
 pub async fn authenticate(store: &Store, secret: &str) -> Result<Result<Bot, Refused>, StoreError> {
-    if !secret.starts_with(SECRET_PREFIX) || secret.len() > 200 {
+    if !well_formed(secret) {
         return Ok(Err(Refused::Unknown));
     }
-    let hash = hash_secret(secret);
-    let Some(row) = store.find_bot_by_secret_hash(&hash).await? else {
+    lookup(store, &hash_secret(secret)).await
+}
+
+async fn lookup(store: &Store, hash: &[u8; 32]) -> Result<Result<Bot, Refused>, StoreError> {
+    let Some(row) = store.find_bot_by_secret_hash(hash).await? else {
         return Ok(Err(Refused::Unknown));
     };
     // The row was found by its hash; compare again in constant time so no code
     // path depends on how the database compared.
-    if !bool::from(row.secret_hash.as_slice().ct_eq(&hash)) {
+    if !bool::from(row.secret_hash.as_slice().ct_eq(hash)) {
         return Ok(Err(Refused::Unknown));
     }
     Ok(match bot_of(row) {

@@ -6,7 +6,9 @@
 #![warn(missing_debug_implementations)]
 
 pub mod app;
+pub mod audit;
 pub mod bots;
+pub mod cache;
 pub mod chat_token;
 pub mod cli;
 pub mod config;

@@ -127,6 +127,7 @@ async fn a_valid_token_is_served_without_the_idp(db: &TestDb) {
     assert_eq!(body["scope"], "openid offline_access");
     assert!(body["expires_at"].as_i64().unwrap() > chatgate::time::now());
     assert_eq!(s.idp.token_calls(), 0);
+    s.app.state.audit.flush().await;
     let audit = s
         .app
         .state
@@ -627,7 +628,87 @@ async fn concurrent_lookups(urls: Vec<String>, secret: &str) -> Vec<reqwest::Res
     out
 }
 
+async fn with_a_read_cache_revocations_and_deletions_show_within_the_ttl(db: &TestDb) {
+    let idp = FakeIdp::start().await;
+    let mut cfg = TestConfig::new(db).with_provider(&idp, "");
+    cfg.toml = cfg
+        .toml
+        .replace("read_cache_ttl = \"0s\"", "read_cache_ttl = \"1s\"");
+    let app = spawn_app(&cfg).await;
+    let bot = chatgate::bots::create(&app.state.store, &AppId::parse("support").unwrap(), "b", 1)
+        .await
+        .unwrap();
+    let s = Setup {
+        idp,
+        app,
+        cfg,
+        secret: bot.secret.expose_secret().to_string(),
+        bot_id: bot.id,
+    };
+    s.seed("support", USER, 3600, "rt-a").await;
+    assert_eq!(s.get_token(&s.app, USER).await.status(), 200);
+    // Another replica (here: the database directly) deletes the user and revokes the bot.
+    match &s.app.state.store {
+        Store::Sqlite(p) => sqlx::query("DELETE FROM vault_entries")
+            .execute(p)
+            .await
+            .map(|_| ())
+            .unwrap(),
+        Store::Postgres(p) => sqlx::query("DELETE FROM vault_entries")
+            .execute(p)
+            .await
+            .map(|_| ())
+            .unwrap(),
+    }
+    assert!(
+        chatgate::bots::revoke(&s.app.state.store, &s.bot_id, 2)
+            .await
+            .unwrap()
+    );
+    // Within the TTL the cached answers may still be used...
+    // ...but after it, both changes are seen.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        error_of(s.get_token(&s.app, USER).await).await,
+        (401, "invalid_token".into())
+    );
+    // A write through this server invalidates its cache at once.
+    let second = chatgate::bots::create(
+        &s.app.state.store,
+        &AppId::parse("support").unwrap(),
+        "c",
+        3,
+    )
+    .await
+    .unwrap();
+    s.seed("support", USER, 3600, "rt-b").await;
+    let lookup = || {
+        s.app
+            .client
+            .get(s.app.url(&format!("/v1/users/{USER}/token")))
+            .bearer_auth(second.secret.expose_secret())
+            .send()
+    };
+    assert_eq!(lookup().await.unwrap().status(), 200);
+    let url = s.app.url(&format!("/v1/users/{USER}/token"));
+    let r = s
+        .app
+        .client
+        .delete(&url)
+        .bearer_auth(second.secret.expose_secret())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        lookup().await.unwrap().status(),
+        404,
+        "the deleting server forgets at once"
+    );
+}
+
 backend_tests!(
+    with_a_read_cache_revocations_and_deletions_show_within_the_ttl,
     a_valid_token_is_served_without_the_idp,
     fifty_concurrent_lookups_of_an_expired_token_cause_one_refresh,
     two_servers_on_one_database_refresh_once,

@@ -334,21 +334,40 @@ async fn bots_are_created_listed_and_revoked_from_the_cli(db: &TestDb) {
 
     let list = run(&["bots", "list"]);
     let out = stdout(&list);
-    assert!(out.contains(&id) && out.contains("helpdesk") && out.contains("active"), "{out}");
+    assert!(
+        out.contains(&id) && out.contains("helpdesk") && out.contains("active"),
+        "{out}"
+    );
     assert!(!out.contains(&secret[4..]), "list shows no secret");
 
     let store = db.store().await;
-    assert!(chatgate::bots::authenticate(&store, &secret).await.unwrap().is_ok());
+    assert!(
+        chatgate::bots::authenticate(&store, &secret)
+            .await
+            .unwrap()
+            .is_ok()
+    );
     let revoked = run(&["bots", "revoke", &id]);
     assert!(revoked.status.success(), "{}", stderr(&revoked));
-    assert!(chatgate::bots::authenticate(&store, &secret).await.unwrap().is_err());
-    assert!(!run(&["bots", "revoke", &id]).status.success(), "revoking twice is an error");
+    assert!(
+        chatgate::bots::authenticate(&store, &secret)
+            .await
+            .unwrap()
+            .is_err()
+    );
+    assert!(
+        !run(&["bots", "revoke", &id]).status.success(),
+        "revoking twice is an error"
+    );
     assert!(stdout(&run(&["bots", "list"])).contains("revoked"));
 
     // The audit trail names the credential changes, never the secret.
     let audit = run(&["audit", "--limit", "10"]);
     let out = stdout(&audit);
-    assert!(out.contains("bot.create") && out.contains("bot.revoke"), "{out}");
+    assert!(
+        out.contains("bot.create") && out.contains("bot.revoke"),
+        "{out}"
+    );
     assert!(!out.contains(&secret[4..]));
     let by_user = run(&["audit", "--user", "idp:nobody"]);
     assert_eq!(stdout(&by_user).lines().count(), 1, "only the header");

@@ -36,6 +36,9 @@ pub struct Config {
     pub flow_ttl: Duration,
     pub request_timeout: Duration,
     pub shutdown_timeout: Duration,
+    /// How long the bot API may reuse a bot credential or a vault row it read
+    /// (0 = never). Changes made on other replicas show up within this time.
+    pub read_cache_ttl: Duration,
     pub max_body_bytes: usize,
     pub log: LogConfig,
     /// Extra root CAs for calls to IdPs (`idp_ca_file`).
@@ -516,6 +519,13 @@ pub(super) fn build(
         Duration::ZERO,
         10 * MINUTE,
     );
+    let read_cache_ttl = c.duration(
+        "read_cache_ttl",
+        &raw.read_cache_ttl,
+        "1s",
+        Duration::ZERO,
+        MINUTE,
+    );
     let max_body_bytes = raw.max_body_bytes.unwrap_or(64 * 1024);
     if !(1024..=16 * 1024 * 1024).contains(&max_body_bytes) {
         c.error("max_body_bytes", "must be between 1024 and 16777216");
@@ -601,6 +611,7 @@ pub(super) fn build(
         flow_ttl,
         request_timeout,
         shutdown_timeout,
+        read_cache_ttl,
         max_body_bytes: max_body_bytes as usize,
         log: LogConfig { format, level },
         idp_ca_certs,

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use super::{Result, Store, with_pool};
+use super::{BeginWrite as _, Result, Store, with_pool};
 
 /// One thing that happened to a user's tokens or to a credential. Never a token.
 #[derive(Debug, Clone, Copy)]
@@ -52,6 +52,29 @@ impl Store {
             .bind(event.detail)
             .execute(pool)
             .await?;
+        });
+        Ok(())
+    }
+
+    /// Writes several events in one transaction.
+    pub async fn record_audit_batch(&self, events: &[(AuditEvent<'_>, i64)]) -> Result<()> {
+        const SQL: &str = "INSERT INTO audit_events (at, actor, app, user_id, action, outcome, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)";
+        with_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            for (event, at) in events {
+                sqlx::query(SQL)
+                    .bind(at)
+                    .bind(event.actor)
+                    .bind(event.app)
+                    .bind(event.user_id)
+                    .bind(event.action)
+                    .bind(event.outcome)
+                    .bind(event.detail)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
         });
         Ok(())
     }

@@ -90,11 +90,18 @@ pub async fn fresh_access_token(
         ));
     }
     let skew = state.config.refresh_skew.as_secs() as i64;
-    let entry = load(state, app, user_id).await?;
+    // The hot path may use a row read within `read_cache_ttl`; a token that is
+    // due for refresh is always re-read from the database below.
+    let cached = state.vault.load_for_read(&app.id, user_id).await?;
+    state
+        .metrics
+        .vault_op("read", if cached.is_some() { "ok" } else { "absent" });
+    let entry = cached.ok_or_else(|| not_found(app, user_id))?;
     if entry.needs_reauth {
         return Err(reauth());
     }
-    if fresh_enough(&entry, crate::time::now(), skew) {
+    let margin = state.config.read_cache_ttl.as_secs() as i64;
+    if fresh_enough(&entry, crate::time::now(), skew + margin) {
         return Ok(view(&entry, false));
     }
     // In-process single flight: one task per user goes on; the others wait here
@@ -127,7 +134,11 @@ async fn load(
             "absent"
         },
     );
-    entry?.ok_or_else(|| LookupError::NotFound(format!("no token for {user_id} in app {}", app.id)))
+    entry?.ok_or_else(|| not_found(app, user_id))
+}
+
+fn not_found(app: &AppConfig, user_id: &UserId) -> LookupError {
+    LookupError::NotFound(format!("no token for {user_id} in app {}", app.id))
 }
 
 async fn refresh_under_lease(
@@ -253,8 +264,8 @@ async fn refresh(
         Err(OidcError::Idp { code, .. }) if code == "invalid_grant" => {
             let now = crate::time::now();
             state
-                .store
-                .mark_needs_reauth(app.id.as_str(), user_id.as_str(), entry.row_version, now)
+                .vault
+                .mark_needs_reauth(&app.id, user_id, entry.row_version, now)
                 .await?;
             state.metrics.refresh("invalid_grant");
             audit(state, actor, app, user_id, "failed", Some("invalid_grant")).await;
@@ -289,8 +300,8 @@ async fn refresh(
         };
         if !same {
             state
-                .store
-                .mark_needs_reauth(app.id.as_str(), user_id.as_str(), entry.row_version, now)
+                .vault
+                .mark_needs_reauth(&app.id, user_id, entry.row_version, now)
                 .await?;
             state.metrics.refresh("identity_changed");
             audit(

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 pub use keyring::{Aad, VaultKeyRing};
 
+use crate::cache::TtlCache;
 use crate::domain::{AppId, ProviderId, UserId};
 use crate::secret::SecretString;
 use crate::store::{RefreshedEntry, Resealed, SealedEntry, Store, StoreError, VaultRow};
@@ -84,6 +85,8 @@ pub struct RekeyReport {
 pub struct Vault {
     store: Store,
     keys: Arc<VaultKeyRing>,
+    /// Sealed rows recently read by [`Vault::load_for_read`] (still encrypted).
+    read_cache: Arc<TtlCache<(String, String), VaultRow>>,
 }
 
 fn aad<'a>(row: &'a [&'a str; 2], column: &'a str) -> Aad<'a> {
@@ -96,7 +99,62 @@ fn aad<'a>(row: &'a [&'a str; 2], column: &'a str) -> Aad<'a> {
 
 impl Vault {
     pub fn new(store: Store, keys: Arc<VaultKeyRing>) -> Self {
-        Self { store, keys }
+        Self::with_read_cache(store, keys, std::time::Duration::ZERO)
+    }
+
+    /// A vault whose [`Vault::load_for_read`] may answer from rows read within
+    /// `ttl`. Every write through this vault invalidates its cached row.
+    pub fn with_read_cache(
+        store: Store,
+        keys: Arc<VaultKeyRing>,
+        ttl: std::time::Duration,
+    ) -> Self {
+        Self {
+            store,
+            keys,
+            read_cache: Arc::new(TtlCache::new(ttl)),
+        }
+    }
+
+    fn forget(&self, app: &AppId, user_id: &UserId) {
+        self.read_cache
+            .remove(&(app.to_string(), user_id.to_string()));
+    }
+
+    /// Like [`Vault::load`], but may use a row read within the read-cache TTL:
+    /// for the bot API's lookups of tokens that are not about to expire.
+    pub async fn load_for_read(&self, app: &AppId, user_id: &UserId) -> Result<Option<VaultEntry>> {
+        let key = (app.to_string(), user_id.to_string());
+        if let Some(row) = self.read_cache.get(&key) {
+            return self.open_row(row).map(Some);
+        }
+        match self
+            .store
+            .get_vault_entry(app.as_str(), user_id.as_str())
+            .await?
+        {
+            Some(row) => {
+                self.read_cache.insert(key, row.clone());
+                self.open_row(row).map(Some)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Marks the entry's refresh token as refused by the IdP, if the row is
+    /// still at `row_version`.
+    pub async fn mark_needs_reauth(
+        &self,
+        app: &AppId,
+        user_id: &UserId,
+        row_version: i64,
+        now: i64,
+    ) -> Result<bool> {
+        self.forget(app, user_id);
+        Ok(self
+            .store
+            .mark_needs_reauth(app.as_str(), user_id.as_str(), row_version, now)
+            .await?)
     }
 
     pub fn keys(&self) -> &VaultKeyRing {
@@ -113,6 +171,7 @@ impl Vault {
         tokens: &TokenSet,
         now: i64,
     ) -> Result<()> {
+        self.forget(app, user_id);
         let row = [app.as_str(), user_id.as_str()];
         let access = self.keys.seal(
             &aad(&row, ACCESS),
@@ -152,6 +211,7 @@ impl Vault {
         tokens: &TokenSet,
         now: i64,
     ) -> Result<bool> {
+        self.forget(app, user_id);
         let row = [app.as_str(), user_id.as_str()];
         let access = self.keys.seal(
             &aad(&row, ACCESS),
@@ -191,6 +251,7 @@ impl Vault {
     }
 
     pub async fn delete(&self, app: &AppId, user_id: &UserId) -> Result<bool> {
+        self.forget(app, user_id);
         Ok(self
             .store
             .delete_vault_entry(app.as_str(), user_id.as_str())

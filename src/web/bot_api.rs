@@ -18,11 +18,11 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::app::AppState;
-use crate::bots::{self, Bot, Refused};
+use crate::audit::QueuedEvent;
+use crate::bots::{Bot, Refused};
 use crate::chat_token::ChatClaims;
 use crate::config::AppConfig;
 use crate::domain::UserId;
-use crate::store::AuditEvent;
 use crate::user_tokens::{self, LookupError, RETRY_AFTER_SECS};
 use crate::web::ApiError;
 use crate::web::error::ErrorBody;
@@ -47,7 +47,7 @@ impl FromRequestParts<AppState> for BotAuth {
             .ok_or_else(|| {
                 ApiError::unauthorized("invalid_token", "use Authorization: Bearer <bot secret>")
             })?;
-        match bots::authenticate(&state.store, secret).await? {
+        match state.bots.authenticate(secret).await? {
             Ok(bot) => Ok(Self(bot)),
             Err(Refused::Unknown) => Err(ApiError::unauthorized(
                 "invalid_token",
@@ -111,22 +111,24 @@ pub struct VerifyRequest {
     pub token: String,
 }
 
-async fn audit(state: &AppState, bot: &Bot, user: &UserId, action: &str, outcome: &str) {
-    let _ = state
-        .store
-        .record_audit(
-            AuditEvent {
-                actor: &bot.actor(),
-                app: Some(bot.app.as_str()),
-                user_id: Some(user.as_str()),
-                action,
-                outcome,
-                detail: None,
-            },
-            crate::time::now(),
-        )
-        .await
-        .map_err(|e| tracing::warn!(error = %e, "cannot write an audit event"));
+async fn audit(
+    state: &AppState,
+    bot: &Bot,
+    user: &UserId,
+    action: &'static str,
+    outcome: &'static str,
+) {
+    state
+        .audit
+        .record(QueuedEvent {
+            at: crate::time::now(),
+            actor: bot.actor(),
+            app: Some(bot.app.to_string()),
+            user_id: Some(user.to_string()),
+            action,
+            outcome,
+        })
+        .await;
 }
 
 /// A user's fresh access token.

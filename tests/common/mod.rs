@@ -209,6 +209,8 @@ impl TestConfig {
 public_url = "http://127.0.0.1:{{PORT}}"
 listen = "127.0.0.1:{{PORT}}"
 database_url = "{url}"
+# Tests change rows behind the server's back: read everything fresh.
+read_cache_ttl = "0s"
 [vault]
 keys = [{{ id = "k1", key_file = "vault.key" }}]
 [signing]
