@@ -13,6 +13,7 @@ pub mod chat_token;
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod host_session;
 pub mod metrics;
 pub mod oidc;
 pub mod secret;

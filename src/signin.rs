@@ -14,7 +14,7 @@ use crate::app::AppState;
 use crate::chat_token::ChatSubject;
 use crate::config::AppConfig;
 use crate::domain::{AppId, Origin, UserId};
-use crate::oidc::{AuthorizationRequest, OidcError};
+use crate::oidc::{AuthorizationRequest, IdTokenCheck, OidcError};
 use crate::secret::{random_token, sha256_hex};
 use crate::store::{AuditEvent, NewFlow};
 use crate::vault::{Aad, TokenSet};
@@ -115,7 +115,9 @@ impl From<OidcError> for FlowError {
                 Self::unavailable("the identity provider is not reachable; try again")
             }
             OidcError::Idp { code, description } => Self::from_idp(&code, description.as_deref()),
-            OidcError::Discovery(_) | OidcError::InvalidIdToken(_) => Self::server_error(),
+            OidcError::Discovery(_)
+            | OidcError::InvalidIdToken(_)
+            | OidcError::ExpiredIdToken(_) => Self::server_error(),
         }
     }
 }
@@ -376,7 +378,12 @@ pub async fn finish(
         return Err(fail(FlowError::server_error()));
     };
     let mut identity = provider
-        .verify_id_token(id_token, Some(&nonce), now, state.config.clock_skew)
+        .verify_id_token(
+            id_token,
+            &IdTokenCheck::ours(Some(&nonce)),
+            now,
+            state.config.clock_skew,
+        )
         .await
         .map_err(|e| {
             tracing::warn!(provider = %flow.provider, error = %e, "ID token rejected");

@@ -29,6 +29,14 @@
  *   ChatGate.signOut({ broker, app, revoke = false })
  *       Ends chatgate's session for this page's origin; with revoke, also revokes
  *       the user's tokens at the IdP and deletes them from chatgate's vault.
+ *   ChatGate.signInWithHostToken({ broker, app, token })
+ *       The host's backend already knows the user and signed a short-lived JWT
+ *       about them (see the README); resolves with the same success message.
+ *       Rejects with .code invalid_token, token_expired, token_replayed,
+ *       origin_not_allowed, ...
+ *   ChatGate.exchangeIdToken({ broker, app, idToken })
+ *       The page already holds an ID token from the app's identity provider
+ *       (MSAL.js, oidc-client-ts); exchanges it for a chat token.
  *   ChatGate.keepSignedIn({ broker, app, initial, onToken, onError, renewBeforeSeconds = 60 })
  *       Gets a new chat token (silently) before the current one expires, calls
  *       onToken(result) with each, onError(err) when renewal needs the user.
@@ -216,6 +224,46 @@
     );
   }
 
+  // POSTs JSON without cookies and turns the answer into a success message.
+  function postForChatToken(opts, path, body) {
+    var url;
+    try {
+      url = brokerUrl(opts, path);
+      required(opts, "app");
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return global
+      .fetch(url, {
+        method: "POST",
+        credentials: "omit",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify(body),
+      })
+      .then(function (response) {
+        return response.json().then(function (answer) {
+          if (!response.ok) throw chatgateError(answer.error || "server_error", answer.error_description);
+          return {
+            type: "chatgate:success",
+            app: opts.app,
+            chat_token: answer.chat_token,
+            expires_at: answer.expires_at,
+            user: answer.user,
+          };
+        });
+      });
+  }
+
+  function signInWithHostToken(opts) {
+    opts = opts || {};
+    return postForChatToken(opts, "/v1/host-session", { app: opts.app, token: opts.token });
+  }
+
+  function exchangeIdToken(opts) {
+    opts = opts || {};
+    return postForChatToken(opts, "/v1/token-exchange", { app: opts.app, id_token: opts.idToken });
+  }
+
   function signOut(opts) {
     opts = opts || {};
     var url;
@@ -287,6 +335,8 @@
     version: "1",
     signIn: signIn,
     signInWithPopup: signInWithPopup,
+    signInWithHostToken: signInWithHostToken,
+    exchangeIdToken: exchangeIdToken,
     signOut: signOut,
     keepSignedIn: keepSignedIn,
   };

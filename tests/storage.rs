@@ -494,6 +494,40 @@ async fn audit_events_are_listed_newest_first_and_filtered(db: &TestDb) {
     assert_eq!(bot[0].user_id.as_deref(), Some("entra:bob"));
 }
 
+async fn audit_batches_are_written_whole(db: &TestDb) {
+    let store = db.store().await;
+    let users: Vec<String> = (0..1200).map(|i| format!("entra:u{i}")).collect();
+    let events: Vec<_> = users
+        .iter()
+        .enumerate()
+        .map(|(i, u)| {
+            (
+                AuditEvent {
+                    actor: "bot:b",
+                    app: Some("support"),
+                    user_id: Some(u),
+                    action: "token.read",
+                    outcome: "ok",
+                    detail: None,
+                },
+                i as i64,
+            )
+        })
+        .collect();
+    store.record_audit_batch(&events).await.unwrap();
+    let all = store
+        .list_audit(&AuditFilter {
+            actor: Some("bot:b".into()),
+            limit: 5000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 1200);
+    assert_eq!(all[0].user_id.as_deref(), Some("entra:u1199"));
+    assert_eq!(all[0].at, 1199);
+}
+
 async fn signing_key_heartbeats_keep_keys_listed(db: &TestDb) {
     let store = db.store().await;
     store
@@ -545,5 +579,6 @@ backend_tests!(
     bots_are_stored_by_hash_and_revocable,
     audit_events_are_listed_newest_first_and_filtered,
     signing_key_heartbeats_keep_keys_listed,
+    audit_batches_are_written_whole,
     migrations_are_idempotent,
 );

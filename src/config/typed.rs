@@ -32,6 +32,8 @@ pub struct Config {
     pub session_idle: Duration,
     pub session_max: Duration,
     pub max_host_token_ttl: Duration,
+    /// `POST /v1/token-exchange`: the oldest `iat` of an ID token accepted.
+    pub max_id_token_age: Duration,
     pub clock_skew: Duration,
     pub flow_ttl: Duration,
     pub request_timeout: Duration,
@@ -497,6 +499,13 @@ pub(super) fn build(
         Duration::from_secs(10),
         HOUR,
     );
+    let max_id_token_age = c.duration(
+        "max_id_token_age",
+        &raw.max_id_token_age,
+        "1h",
+        MINUTE,
+        24 * HOUR,
+    );
     let clock_skew = c.duration(
         "clock_skew",
         &raw.clock_skew,
@@ -607,6 +616,7 @@ pub(super) fn build(
         session_idle,
         session_max,
         max_host_token_ttl,
+        max_id_token_age,
         clock_skew,
         flow_ttl,
         request_timeout,

@@ -48,6 +48,9 @@ pub enum OidcError {
     /// The ID token failed validation.
     #[error("invalid ID token: {0}")]
     InvalidIdToken(String),
+    /// The ID token expired, or was issued longer ago than accepted.
+    #[error("expired ID token: {0}")]
+    ExpiredIdToken(String),
 }
 
 impl OidcError {
@@ -77,6 +80,28 @@ pub struct AuthorizationRequest<'a> {
     pub prompt: Option<&'a str>,
     pub login_hint: Option<&'a str>,
     pub domain_hint: Option<&'a str>,
+}
+
+/// What an ID token must satisfy beyond signature, issuer and expiry.
+#[derive(Debug, Clone, Copy)]
+pub struct IdTokenCheck<'a> {
+    /// The nonce of our authorization request, when there was one.
+    pub nonce: Option<&'a str>,
+    /// Accepted audiences; `None` means exactly our `client_id`.
+    pub audiences: Option<&'a [String]>,
+    /// The oldest `iat` accepted (plus clock skew).
+    pub max_age: Duration,
+}
+
+impl<'a> IdTokenCheck<'a> {
+    /// A token from our own code exchange or refresh.
+    pub fn ours(nonce: Option<&'a str>) -> Self {
+        Self {
+            nonce,
+            audiences: None,
+            max_age: ID_TOKEN_MAX_AGE,
+        }
+    }
 }
 
 /// Which token a revocation is about (RFC 7009 `token_type_hint`).
@@ -380,20 +405,20 @@ impl Provider {
     }
 
     /// Validates an ID token: signature with an asymmetric algorithm the IdP
-    /// advertises (never `none`, never an HMAC), `iss`, `aud`, `azp`, `exp`, `iat`
-    /// and, when given, `nonce`. On an unknown `kid` the JWKS is fetched again
-    /// (rate-limited) and the check repeated once.
+    /// advertises (never `none`, never an HMAC), `iss`, `aud`, `azp`, `exp`,
+    /// `iat` and, when given, `nonce`. On an unknown `kid` the JWKS is fetched
+    /// again (rate-limited) and the check repeated once.
     pub async fn verify_id_token(
         &self,
         token: &IdTokenT,
-        nonce: Option<&str>,
+        check: &IdTokenCheck<'_>,
         now: i64,
         skew: Duration,
     ) -> Result<Identity, OidcError> {
-        match self.verify_with_current_keys(token, nonce, now, skew) {
+        match self.verify_with_current_keys(token, check, now, skew) {
             Err(VerifyError::UnknownKey) => {
                 if self.refetch_jwks().await? {
-                    self.verify_with_current_keys(token, nonce, now, skew)
+                    self.verify_with_current_keys(token, check, now, skew)
                         .map_err(VerifyError::into_oidc)
                 } else {
                     Err(VerifyError::UnknownKey.into_oidc())
@@ -406,7 +431,7 @@ impl Provider {
     fn verify_with_current_keys(
         &self,
         token: &IdTokenT,
-        nonce: Option<&str>,
+        check: &IdTokenCheck<'_>,
         now: i64,
         skew: Duration,
     ) -> Result<Identity, VerifyError> {
@@ -420,13 +445,15 @@ impl Provider {
         let at = |secs: i64| Utc.timestamp_opt(secs, 0).single().unwrap_or_else(Utc::now);
         let verify_now = at(now - skew_secs);
         let (oldest, newest) = (
-            at(now - ID_TOKEN_MAX_AGE.as_secs() as i64 - skew_secs),
+            at(now - check.max_age.as_secs() as i64 - skew_secs),
             at(now + skew_secs),
         );
         let verifier = client
             .id_token_verifier()
             .set_allowed_algs(allowed_algs(&metadata))
             .require_issuer_match(!multi_tenant)
+            // Audiences other than our client id are checked below.
+            .require_audience_match(check.audiences.is_none())
             .set_time_fn(move || verify_now)
             .set_issue_time_verifier_fn(move |iat: DateTime<Utc>| {
                 if iat > newest {
@@ -437,19 +464,32 @@ impl Provider {
                     Ok(())
                 }
             });
-        let claims = match nonce {
+        let claims = match check.nonce {
             Some(expected) => {
                 let expected = Nonce::new(expected.to_string());
                 token.claims(&verifier, &expected)
             }
-            // A refreshed ID token need not repeat the nonce.
+            // A refreshed or exchanged ID token is not tied to a nonce of ours.
             None => token.claims(&verifier, |_: Option<&Nonce>| Ok(())),
         }
         .map_err(VerifyError::from)?;
 
-        // OIDC Core 3.1.3.7 step 5: an azp, when present, must be us.
+        let accepted: Vec<&str> = match check.audiences {
+            Some(list) => list.iter().map(String::as_str).collect(),
+            None => vec![self.config.client_id.as_str()],
+        };
+        if check.audiences.is_some() {
+            // Every audience must be one we accept, and there must be one.
+            let auds: Vec<&str> = claims.audiences().iter().map(|a| a.as_str()).collect();
+            if auds.is_empty() || auds.iter().any(|a| !accepted.contains(a)) {
+                return Err(VerifyError::Invalid(format!(
+                    "audience {auds:?} is not among the accepted audiences"
+                )));
+            }
+        }
+        // OIDC Core 3.1.3.7 step 5: an azp, when present, must be a client we accept.
         if let Some(azp) = claims.authorized_party()
-            && azp.as_str() != self.config.client_id
+            && !accepted.contains(&azp.as_str())
         {
             return Err(VerifyError::Invalid(format!(
                 "azp {:?} is not this client",
@@ -492,6 +532,7 @@ impl Provider {
 #[derive(Debug)]
 enum VerifyError {
     UnknownKey,
+    Expired(String),
     Invalid(String),
     Other(String),
 }
@@ -502,6 +543,7 @@ impl VerifyError {
             Self::UnknownKey => {
                 OidcError::InvalidIdToken("signed with a key the provider does not publish".into())
             }
+            Self::Expired(m) => OidcError::ExpiredIdToken(m),
             Self::Invalid(m) | Self::Other(m) => OidcError::InvalidIdToken(m),
         }
     }
@@ -513,6 +555,7 @@ impl From<ClaimsVerificationError> for VerifyError {
             ClaimsVerificationError::SignatureVerification(
                 SignatureVerificationError::NoMatchingKey,
             ) => Self::UnknownKey,
+            ClaimsVerificationError::Expired(m) => Self::Expired(m),
             other => Self::Invalid(other.to_string()),
         }
     }

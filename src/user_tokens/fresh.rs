@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crate::app::AppState;
 use crate::config::AppConfig;
 use crate::domain::UserId;
-use crate::oidc::OidcError;
+use crate::oidc::{IdTokenCheck, OidcError};
 use crate::secret::SecretString;
 use crate::store::AuditEvent;
 use crate::vault::{TokenSet, VaultEntry, VaultError};
@@ -287,7 +287,12 @@ async fn refresh(
     // A refreshed ID token must still be about the same user at the same issuer.
     if let Some(id_token) = &tokens.id_token {
         let same = match provider
-            .verify_id_token(id_token, None, now, state.config.clock_skew)
+            .verify_id_token(
+                id_token,
+                &IdTokenCheck::ours(None),
+                now,
+                state.config.clock_skew,
+            )
             .await
         {
             Ok(identity) => {

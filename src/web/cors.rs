@@ -48,6 +48,16 @@ pub fn allow(mut response: Response, origin: &Origin) -> Response {
     response
 }
 
+/// CORS headers for an endpoint that takes no cookies.
+pub fn allow_without_credentials(mut response: Response, origin: &Origin) -> Response {
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(origin.as_str()) {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+    }
+    headers.append(header::VARY, HeaderValue::from_static("Origin"));
+    response
+}
+
 /// `OPTIONS` preflight: allowed when the origin belongs to any app (the app is
 /// in the body, which a preflight does not carry; the real request checks it).
 pub async fn preflight(State(state): State<AppState>, headers: HeaderMap) -> Response {

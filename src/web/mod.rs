@@ -3,6 +3,7 @@
 mod bot_api;
 pub mod cors;
 pub mod error;
+mod host_session;
 mod ops;
 pub mod pages;
 pub mod session;
@@ -31,6 +32,7 @@ pub fn router(state: AppState) -> Router {
         .merge(signin::router(&state))
         .merge(widget::router())
         .merge(bot_api::router())
+        .merge(host_session::router())
         .fallback(error::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),

@@ -56,7 +56,7 @@ export function httpsGetJson(url, ca) {
  * Starts chatgate. `apps` is TOML for the [[apps]] tables; `provider` is
  * { issuer, clientId, clientSecret } or null.
  */
-export async function startChatgate({ dir, host, port, tls, caFile, provider, apps, extraToml = "" }) {
+export async function startChatgate({ dir, host, port, tls, caFile, provider, apps, extraToml = "", env = {} }) {
   const bin = chatgateBinary();
   const vaultKey = execFileSync(bin, ["keys", "generate", "vault"]).toString().trim();
   writeFileSync(join(dir, "vault.key"), vaultKey, { mode: 0o600 });
@@ -89,7 +89,7 @@ ${apps}
   writeFileSync(configFile, config);
   const logs = [];
   const child = spawn(bin, ["serve", "--config", configFile], {
-    env: { ...process.env, E2E_CLIENT_SECRET: provider?.clientSecret ?? "", RUST_LOG: "" },
+    env: { ...process.env, ...env, E2E_CLIENT_SECRET: provider?.clientSecret ?? "", RUST_LOG: "" },
     stdio: ["ignore", "pipe", "pipe"],
   });
   child.stdout.on("data", (d) => logs.push(d.toString()));
@@ -115,7 +115,7 @@ ${apps}
     /** `chatgate bots create --app <app>`: the bot's secret. */
     createBot(app) {
       const out = execFileSync(bin, ["bots", "create", "--app", app, "--config", configFile], {
-        env: { ...process.env, E2E_CLIENT_SECRET: provider?.clientSecret ?? "" },
+        env: { ...process.env, ...env, E2E_CLIENT_SECRET: provider?.clientSecret ?? "" },
         stdio: ["ignore", "pipe", "ignore"],
       });
       return out.toString().trim().split("\n").pop();

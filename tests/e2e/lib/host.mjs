@@ -1,6 +1,21 @@
 // The embedding site: a page that loads widget.js from chatgate the way a
 // customer's page would.
 import { createServer } from "node:https";
+import { randomUUID } from "node:crypto";
+import { SignJWT } from "jose";
+
+// What a host backend does for host-signed sign-in: it already knows its user
+// (here: a fixed test user) and signs a short-lived, single-use JWT for the app.
+async function signHostToken(hostKey, app) {
+  return new SignJWT({ name: "Harriet Host", email: "harriet@contoso.example" })
+    .setProtectedHeader({ alg: "HS256", kid: hostKey.kid })
+    .setSubject("customer-7")
+    .setAudience(app)
+    .setIssuedAt()
+    .setExpirationTime("2m")
+    .setJti(randomUUID())
+    .sign(new TextEncoder().encode(hostKey.secret));
+}
 
 export function hostPage(broker, app) {
   return `<!doctype html>
@@ -26,10 +41,14 @@ export function hostPage(broker, app) {
 </html>`;
 }
 
-export async function startHost({ host, port, tls, broker, app }) {
+export async function startHost({ host, port, tls, broker, app, hostKey }) {
   const page = hostPage(broker, app);
-  const server = createServer({ key: tls.key, cert: tls.cert }, (req, res) => {
-    if (req.url === "/" || req.url.startsWith("/?")) {
+  const server = createServer({ key: tls.key, cert: tls.cert }, async (req, res) => {
+    if (req.url === "/host-token" && hostKey) {
+      res.setHeader("content-type", "text/plain");
+      res.setHeader("cache-control", "no-store");
+      res.end(await signHostToken(hostKey, app));
+    } else if (req.url === "/" || req.url.startsWith("/?")) {
       res.setHeader("content-type", "text/html; charset=utf-8");
       res.end(page);
     } else {

@@ -14,6 +14,8 @@ import { startHost } from "./host.mjs";
 
 export const CLIENT = { id: "chatgate-e2e", secret: "e2e-client-secret-not-a-real-one" };
 export const CHAT_AUDIENCE = "https://bot.example.com";
+// The host backend's HS256 key for host-signed tokens (test value).
+export const HOST_KEY = { kid: "h1", secret: "e2e-host-secret-that-is-at-least-32-bytes" };
 
 export async function startWorld({ accessTokenTtl, chatgateToml = "" } = {}) {
   const dir = mkdtempSync(join(tmpdir(), "chatgate-e2e-"));
@@ -41,16 +43,18 @@ export async function startWorld({ accessTokenTtl, chatgateToml = "" } = {}) {
     caFile: ca.certFile,
     provider: { issuer: idp.issuer, clientId: CLIENT.id, clientSecret: CLIENT.secret },
     extraToml: chatgateToml,
+    env: { E2E_HOST_SECRET: HOST_KEY.secret },
     apps: `
 [[apps]]
 id = "support"
 origins = ["${hostOrigin}"]
 provider = "oidc"
 chat_audience = "${CHAT_AUDIENCE}"
+host_keys = [{ kid = "${HOST_KEY.kid}", alg = "HS256", secret_env = "E2E_HOST_SECRET" }]
 `,
   });
   const hostTls = ca.leaf("localhost");
-  const host = await startHost({ host: "127.0.0.1", port: hostPort, tls: hostTls, broker: chatgate.url, app: "support" });
+  const host = await startHost({ host: "127.0.0.1", port: hostPort, tls: hostTls, broker: chatgate.url, app: "support", hostKey: HOST_KEY });
   host.url = hostOrigin;
   host.origin = hostOrigin;
   const other = await startHost({
@@ -59,6 +63,7 @@ chat_audience = "${CHAT_AUDIENCE}"
     tls: ca.leaf("127.0.0.3"),
     broker: chatgate.url,
     app: "support",
+    hostKey: HOST_KEY,
   });
   return {
     dir,

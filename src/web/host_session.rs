@@ -1,0 +1,296 @@
+//! `POST /v1/host-session` (a host-signed userinfo token) and
+//! `POST /v1/token-exchange` (an ID token the host page already holds): the
+//! ways in for hosts that already know who their user is. Both answer with
+//! the same chat token as the sign-in flow; neither stores IdP tokens.
+//!
+//! CORS: these endpoints take no cookies, so the preflight is answered for any
+//! origin and every answer names the requesting origin; whether the origin may
+//! sign anyone in is decided on the real request (`origin_not_allowed`), which
+//! lets the widget report that code instead of an opaque network error.
+
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::app::AppState;
+use crate::chat_token::ChatSubject;
+use crate::config::AppConfig;
+use crate::domain::{Origin, UserId};
+use crate::host_session::{self, HostTokenError, Limits};
+use crate::oidc::{IdTokenCheck, IdTokenT, OidcError};
+use crate::store::AuditEvent;
+use crate::web::{ApiError, cors};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/host-session", post(host_session).options(preflight))
+        .route(
+            "/v1/token-exchange",
+            post(token_exchange).options(preflight),
+        )
+}
+
+#[derive(Debug, Deserialize)]
+struct HostSessionRequest {
+    app: String,
+    token: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct ExchangeRequest {
+    app: String,
+    id_token: String,
+}
+
+#[derive(Debug, Serialize)]
+struct ChatTokenResponse {
+    chat_token: String,
+    expires_at: i64,
+    user: User,
+}
+
+#[derive(Debug, Serialize)]
+struct User {
+    id: String,
+    name: Option<String>,
+    email: Option<String>,
+}
+
+/// Echoes the requesting origin (whatever it is) so the widget can read errors.
+fn echo_origin(mut response: Response, headers: &HeaderMap) -> Response {
+    if let Some(origin) = headers.get(header::ORIGIN).cloned() {
+        let h = response.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        h.append(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    response
+}
+
+async fn preflight(headers: HeaderMap) -> Response {
+    let mut response = echo_origin(StatusCode::NO_CONTENT.into_response(), &headers);
+    let h = response.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("POST"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("content-type"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("600"),
+    );
+    response
+}
+
+fn app_of<'a>(state: &'a AppState, id: &str) -> Result<&'a AppConfig, ApiError> {
+    state
+        .config
+        .app(id)
+        .ok_or_else(|| ApiError::bad_request("unknown app"))
+}
+
+fn token_error(e: &HostTokenError) -> ApiError {
+    ApiError::unauthorized(e.code(), e.to_string())
+}
+
+async fn audit(
+    state: &AppState,
+    app: &AppConfig,
+    user: Option<&UserId>,
+    action: &str,
+    outcome: &str,
+    detail: Option<&str>,
+) {
+    let _ = state
+        .store
+        .record_audit(
+            AuditEvent {
+                actor: "user",
+                app: Some(app.id.as_str()),
+                user_id: user.map(UserId::as_str),
+                action,
+                outcome,
+                detail,
+            },
+            crate::time::now(),
+        )
+        .await
+        .map_err(|e| tracing::warn!(error = %e, "cannot write an audit event"));
+}
+
+fn mint(
+    state: &AppState,
+    app: &AppConfig,
+    user_id: &UserId,
+    auth_time: i64,
+    name: Option<String>,
+    email: Option<String>,
+    origin: &Origin,
+) -> Result<Response, ApiError> {
+    let now = crate::time::now();
+    let (chat_token, claims) = state
+        .keys
+        .issuer()
+        .mint(
+            &ChatSubject {
+                app: &app.id,
+                audience: &app.chat_audience,
+                user_id,
+                auth_time,
+                name: name.as_deref(),
+                email: email.as_deref(),
+            },
+            now,
+        )
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut response = Json(ChatTokenResponse {
+        chat_token,
+        expires_at: claims.exp,
+        user: User {
+            id: user_id.to_string(),
+            name,
+            email,
+        },
+    })
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(cors::allow_without_credentials(response, origin))
+}
+
+/// `POST /v1/host-session`: a host-signed userinfo token for a chat token.
+async fn host_session(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<HostSessionRequest>, JsonRejection>,
+) -> Response {
+    let result = async {
+        let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+        let app = app_of(&state, &req.app)?;
+        let origin = cors::require_origin(&headers, app)
+            .inspect_err(|_| state.metrics.host_token("origin_not_allowed"))?;
+        let limits = Limits {
+            clock_skew: state.config.clock_skew,
+            max_ttl: state.config.max_host_token_ttl,
+        };
+        match host_session::verify(&state.store, app, &req.token, limits, crate::time::now())
+            .await?
+        {
+            Ok(user) => {
+                state.metrics.host_token("ok");
+                audit(&state, app, Some(&user.user_id), "host_session", "ok", None).await;
+                mint(
+                    &state,
+                    app,
+                    &user.user_id,
+                    user.issued_at,
+                    user.name,
+                    user.email,
+                    &origin,
+                )
+            }
+            Err(e) => {
+                state.metrics.host_token(e.code());
+                audit(&state, app, None, "host_session", "failed", Some(e.code())).await;
+                Err(token_error(&e))
+            }
+        }
+    }
+    .await;
+    match result {
+        Ok(response) => response,
+        Err(e) => echo_origin(e.into_response(), &headers),
+    }
+}
+
+/// `POST /v1/token-exchange`: an ID token from one of the app's provider's
+/// accepted clients for a chat token. Nothing is stored in the vault.
+async fn token_exchange(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<ExchangeRequest>, JsonRejection>,
+) -> Response {
+    let result = async {
+        let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+        let app = app_of(&state, &req.app)?;
+        let origin = cors::require_origin(&headers, app)?;
+        let provider_id = app
+            .provider
+            .as_ref()
+            .ok_or_else(|| ApiError::bad_request("this app has no identity provider"))?;
+        let provider =
+            state
+                .providers
+                .get(provider_id.as_str())
+                .ok_or_else(|| ApiError::Unavailable {
+                    description: "the identity provider is still being contacted".into(),
+                    retry_after_secs: 5,
+                })?;
+        let invalid = |why: String| ApiError::unauthorized("invalid_token", why);
+        if req.id_token.len() > 16 * 1024 {
+            return Err(invalid("the ID token is too large".into()));
+        }
+        let id_token: IdTokenT = req
+            .id_token
+            .parse()
+            .map_err(|_| invalid("the ID token is not a JWT".into()))?;
+        let check = IdTokenCheck {
+            nonce: None,
+            audiences: Some(&provider.config().accepted_audiences),
+            max_age: state.config.max_id_token_age,
+        };
+        let now = crate::time::now();
+        let identity = match provider
+            .verify_id_token(&id_token, &check, now, state.config.clock_skew)
+            .await
+        {
+            Ok(identity) => identity,
+            Err(e) => {
+                state.metrics.flow("failed", "token_exchange");
+                audit(
+                    &state,
+                    app,
+                    None,
+                    "token_exchange",
+                    "failed",
+                    Some("invalid_token"),
+                )
+                .await;
+                return Err(match e {
+                    OidcError::ExpiredIdToken(m) => ApiError::unauthorized("token_expired", m),
+                    OidcError::Unavailable(m) => ApiError::Unavailable {
+                        description: m,
+                        retry_after_secs: 5,
+                    },
+                    other => invalid(other.to_string()),
+                });
+            }
+        };
+        let user_id = UserId::new(provider_id, &identity.subject)
+            .map_err(|e| invalid(format!("subject: {e}")))?;
+        state.metrics.flow("completed", "token_exchange");
+        audit(&state, app, Some(&user_id), "token_exchange", "ok", None).await;
+        let name = identity.name.or(identity.preferred_username);
+        mint(
+            &state,
+            app,
+            &user_id,
+            identity.auth_time.unwrap_or(now),
+            name,
+            identity.email,
+            &origin,
+        )
+    }
+    .await;
+    match result {
+        Ok(response) => response,
+        Err(e) => echo_origin(e.into_response(), &headers),
+    }
+}
