@@ -73,7 +73,8 @@ impl Store {
                         .push_bind(event.outcome)
                         .push_bind(event.detail);
                 });
-                query.build().execute(pool).await?;
+                // Not kept in the statement cache: every batch size is another statement.
+                query.build().persistent(false).execute(pool).await?;
             });
         }
         Ok(())
