@@ -726,7 +726,10 @@ async fn sign_out_ends_the_session_and_revoke_deletes_the_vault_entry(db: &TestD
     let body: Value = r.json().await.unwrap();
     assert_eq!(body, json!({"signed_out": true, "revoked": true}));
     assert!(!s.stored().await);
-    assert_eq!(s.idp.with(|st| st.revoked.clone()), vec![refresh]);
+    // The refresh token first, then the access token.
+    let revoked = s.idp.with(|st| st.revoked.clone());
+    assert_eq!(revoked.len(), 2, "{revoked:?}");
+    assert_eq!(revoked[0], refresh);
 }
 
 async fn popup_results_carry_a_ticket_that_moves_the_session_to_the_host_partition(db: &TestDb) {
