@@ -7,13 +7,13 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone as _, Utc};
 use openidconnect::core::{
-    CoreAuthPrompt, CoreGenderClaim, CoreJwsSigningAlgorithm, CoreResponseType, CoreRevocableToken,
+    CoreAuthPrompt, CoreGenderClaim, CoreJwsSigningAlgorithm, CoreResponseType,
 };
 use openidconnect::{
     AccessToken, AuthType, AuthenticationFlow, AuthorizationCode, ClaimsVerificationError,
     ClientId, ClientSecret, CsrfToken, JsonWebKeySet, LoginHint, Nonce, OAuth2TokenResponse as _,
-    PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken, RequestTokenError,
-    RevocationUrl, Scope, SignatureVerificationError, SubjectIdentifier, TokenResponse as _,
+    PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken, RequestTokenError, Scope,
+    SignatureVerificationError, SubjectIdentifier, TokenResponse as _,
 };
 use url::Url;
 
@@ -370,38 +370,73 @@ impl Provider {
         }
     }
 
-    /// RFC 7009 revocation. `Ok(false)` when the IdP has no revocation endpoint.
-    pub async fn revoke(
-        &self,
-        token: &SecretString,
-        kind: TokenKind,
-        redirect_uri: &str,
-    ) -> Result<bool, OidcError> {
+    /// RFC 7009 revocation. `Ok(false)` when the IdP has no revocation
+    /// endpoint. The endpoint must be https, except on a loopback address
+    /// (a development IdP on this machine).
+    pub async fn revoke(&self, token: &SecretString, kind: TokenKind) -> Result<bool, OidcError> {
         let Some(endpoint) = self.revocation_endpoint() else {
             return Ok(false);
         };
-        let url = RevocationUrl::new(endpoint)
+        let url = Url::parse(&endpoint)
             .map_err(|e| OidcError::Discovery(format!("bad revocation_endpoint: {e}")))?;
-        let client = self.client(redirect_uri)?.set_revocation_url(url);
-        let secret = token.expose_secret().to_string();
-        let token = match kind {
-            TokenKind::Refresh => CoreRevocableToken::RefreshToken(RefreshToken::new(secret)),
-            TokenKind::Access => CoreRevocableToken::AccessToken(AccessToken::new(secret)),
+        if url.scheme() != "https"
+            && !(url.scheme() == "http" && crate::domain::origin_is_loopback(&url))
+        {
+            return Err(OidcError::Discovery(
+                "the revocation endpoint is not https".into(),
+            ));
+        }
+        let hint = match kind {
+            TokenKind::Refresh => "refresh_token",
+            TokenKind::Access => "access_token",
         };
-        client
-            .revoke_token(token)
-            .map_err(|e| OidcError::Discovery(e.to_string()))?
-            .request_async(&self.http)
+        let mut form = vec![
+            ("token", token.expose_secret().to_string()),
+            ("token_type_hint", hint.to_string()),
+        ];
+        let mut request = self.http.client().post(url);
+        let secret = self
+            .config
+            .client_secret
+            .as_ref()
+            .map(|s| s.expose_secret().to_string());
+        match (self.config.client_auth, secret) {
+            (ClientAuth::ClientSecretBasic, Some(secret)) => {
+                // RFC 6749 2.3.1: both parts form-urlencoded before Basic encoding.
+                let enc = |v: &str| {
+                    url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>()
+                };
+                request = request.basic_auth(enc(&self.config.client_id), Some(enc(&secret)));
+            }
+            (_, secret) => {
+                form.push(("client_id", self.config.client_id.clone()));
+                if let Some(secret) = secret {
+                    form.push(("client_secret", secret));
+                }
+            }
+        }
+        let response = request
+            .form(&form)
+            .send()
             .await
-            .map_err(|e| match e {
-                RequestTokenError::ServerResponse(r) => OidcError::Idp {
-                    code: r.error().as_ref().to_string(),
-                    description: r.error_description().cloned(),
-                },
-                RequestTokenError::Request(e) => OidcError::Unavailable(e.to_string()),
-                other => OidcError::Unavailable(other.to_string()),
-            })?;
-        Ok(true)
+            .map_err(|e| OidcError::Unavailable(e.to_string()))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(true);
+        }
+        if status.is_server_error() {
+            return Err(OidcError::Unavailable(format!(
+                "revocation endpoint answered {status}"
+            )));
+        }
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        Err(OidcError::Idp {
+            code: body["error"]
+                .as_str()
+                .unwrap_or("invalid_request")
+                .to_string(),
+            description: body["error_description"].as_str().map(str::to_string),
+        })
     }
 
     /// Validates an ID token: signature with an asymmetric algorithm the IdP

@@ -39,7 +39,6 @@ pub async fn sign_out(
     if let Some(entry) = &entry {
         match state.providers.get(&entry.provider) {
             Some(provider) => {
-                let redirect = state.config.public_url.join("/v1/callback");
                 // The refresh token first: revoking it ends the grant at most IdPs.
                 let tokens = entry
                     .tokens
@@ -51,7 +50,7 @@ pub async fn sign_out(
                         TokenKind::Access,
                     )));
                 for (token, kind) in tokens {
-                    match provider.revoke(token, kind, &redirect).await {
+                    match provider.revoke(token, kind).await {
                         Ok(done) => revoked_at_idp |= done && kind == TokenKind::Refresh,
                         Err(e) => {
                             tracing::warn!(provider = %entry.provider, ?kind, error = %e, "revocation failed")
