@@ -40,6 +40,10 @@ else
     if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
       npm ci --no-audit --no-fund
     fi
+    # The Python example bot's packages, in a venv of their own.
+    if [ ! -x .venv/bin/python ] || [ requirements.txt -nt .venv/bin/python ]; then
+      python3 -m venv .venv && .venv/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
+    fi
     CHATGATE_BIN="$(pwd)/../../target/debug/chatgate" node --test --test-concurrency=1 --test-timeout=180000 --test-reporter=spec
   )
 fi

@@ -53,6 +53,24 @@ pub enum Command {
         #[command(subcommand)]
         command: BotsCommand,
     },
+    /// Everything on this machine: a development OpenID provider, chatgate, a
+    /// shop page with a support chat, and a sample bot. Prints what to open.
+    Demo {
+        #[command(subcommand)]
+        command: Option<DemoCommand>,
+        /// Where the demo keeps its configuration, keys and database.
+        #[arg(long, default_value = "chatgate-demo")]
+        data_dir: PathBuf,
+        /// Port of the shop page (http://localhost:PORT).
+        #[arg(long, default_value_t = 8400)]
+        host_port: u16,
+        /// Port of chatgate (http://127.0.0.1:PORT).
+        #[arg(long, default_value_t = 8401)]
+        chatgate_port: u16,
+        /// Port of the development OpenID provider (http://127.0.0.1:PORT).
+        #[arg(long, default_value_t = 8402)]
+        idp_port: u16,
+    },
     /// Print audit events, newest first.
     Audit {
         /// Events about this user id.
@@ -64,6 +82,37 @@ pub enum Command {
         /// At most this many events.
         #[arg(long, default_value_t = 100)]
         limit: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DemoCommand {
+    /// Only the development OpenID provider (loopback only), e.g. to try a real
+    /// chatgate configuration against it.
+    Idp {
+        /// Address to listen on (a loopback address).
+        #[arg(long, default_value = "127.0.0.1:8402")]
+        listen: std::net::SocketAddr,
+        /// The issuer URL, as clients reach it.
+        #[arg(long)]
+        issuer: String,
+        #[arg(long, default_value = "chatgate-demo")]
+        client_id: String,
+        /// Environment variable holding the client secret.
+        #[arg(long)]
+        client_secret_env: String,
+        /// A registered redirect URI (repeatable).
+        #[arg(long = "redirect-uri", required = true)]
+        redirect_uris: Vec<String>,
+        /// Lifetime of access tokens.
+        #[arg(long, default_value = "2m")]
+        access_token_ttl: String,
+        /// Serve HTTPS with this certificate (PEM)...
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// ...and this private key (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
 }
 
@@ -135,8 +184,59 @@ pub enum VaultCommand {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // One TLS crypto provider for the whole process (ring, like every client here).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.command {
         Command::Keys { command } => keys(command),
+        Command::Demo {
+            command,
+            data_dir,
+            host_port,
+            chatgate_port,
+            idp_port,
+        } => with_runtime(async move {
+            match command {
+                None => {
+                    let opts = crate::demo::DemoOptions {
+                        data_dir,
+                        host_port,
+                        chatgate_port,
+                        idp_port,
+                    };
+                    crate::demo::run(opts, shutdown_signal())
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                Some(DemoCommand::Idp {
+                    listen,
+                    issuer,
+                    client_id,
+                    client_secret_env,
+                    redirect_uris,
+                    access_token_ttl,
+                    tls_cert,
+                    tls_key,
+                }) => {
+                    let secret = std::env::var(&client_secret_env).map_err(|_| {
+                        format!("environment variable {client_secret_env} is not set")
+                    })?;
+                    let ttl = humantime::parse_duration(&access_token_ttl)
+                        .map_err(|e| format!("--access-token-ttl {access_token_ttl:?}: {e}"))?;
+                    let opts = crate::demo::IdpOnlyOptions {
+                        listen,
+                        issuer,
+                        client_id,
+                        client_secret: crate::secret::SecretString::new(secret),
+                        redirect_uris,
+                        access_token_ttl: ttl,
+                        tls: tls_cert.zip(tls_key),
+                    };
+                    crate::demo::run_idp(opts, shutdown_signal())
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+            }
+        }),
         command => {
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -174,7 +274,23 @@ async fn run(command: Command, config_path: &Path) -> ExitCode {
         } => rekey(config, batch_size).await,
         Command::Bots { command } => bots(config, command).await,
         Command::Audit { user, bot, limit } => audit(config, user, bot, limit).await,
-        Command::CheckConfig | Command::Keys { .. } => unreachable!("handled above"),
+        Command::CheckConfig | Command::Keys { .. } | Command::Demo { .. } => {
+            unreachable!("handled above")
+        }
+    }
+}
+
+/// Runs `work` on a fresh runtime; an `Err` is printed and fails the command.
+fn with_runtime(work: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => match rt.block_on(work) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        },
+        Err(e) => fail(format!("cannot start the async runtime: {e}")),
     }
 }
 

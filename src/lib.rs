@@ -12,6 +12,7 @@ pub mod cache;
 pub mod chat_token;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod domain;
 pub mod host_session;
 pub mod metrics;

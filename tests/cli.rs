@@ -372,3 +372,29 @@ async fn bots_are_created_listed_and_revoked_from_the_cli(db: &TestDb) {
     let by_user = run(&["audit", "--user", "idp:nobody"]);
     assert_eq!(stdout(&by_user).lines().count(), 1, "only the header");
 }
+
+#[test]
+fn the_development_provider_refuses_to_listen_beyond_loopback() {
+    let o = Command::new(env!("CARGO_BIN_EXE_chatgate"))
+        .args([
+            "demo",
+            "idp",
+            "--listen",
+            "0.0.0.0:0",
+            "--issuer",
+            "http://example.com",
+            "--client-secret-env",
+            "DEV_IDP_SECRET",
+            "--redirect-uri",
+            "http://127.0.0.1:1/v1/callback",
+        ])
+        .env("DEV_IDP_SECRET", "x")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("only listens on loopback"),
+        "{}",
+        stderr(&o)
+    );
+}

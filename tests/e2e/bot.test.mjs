@@ -3,7 +3,7 @@
 // rotating refresh tokens.
 import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { startWorld } from "./lib/world.mjs";
+import { startWorld, IDP_KINDS } from "./lib/world.mjs";
 import { launch, openPopup, completeIdpInteraction } from "./lib/browser.mjs";
 import { httpsRequest } from "./lib/chatgate.mjs";
 
@@ -11,15 +11,17 @@ const ACCESS_TOKEN_TTL = 6; // seconds, at the IdP
 
 let world;
 
-before(async () => {
-  world = await startWorld({ accessTokenTtl: ACCESS_TOKEN_TTL, chatgateToml: 'refresh_skew = "2s"' });
-});
 
-after(async () => {
-  await world?.stop();
-});
+for (const kind of IDP_KINDS) describe(`bot token lookup against the real IdP (${kind})`, () => {
+  before(async () => {
+    world = await startWorld({ idp: kind, accessTokenTtl: ACCESS_TOKEN_TTL, chatgateToml: 'refresh_skew = "2s"' });
+  });
 
-describe("bot token lookup against the real IdP", () => {
+  after(async () => {
+    await world?.stop();
+    world = null;
+  });
+
   it("a bot gets the user's token, gets a refreshed one after expiry, and the IdP accepts it at userinfo", async () => {
     const browser = await launch({ thirdPartyCookies: "allow" });
     let userId;
@@ -27,7 +29,7 @@ describe("bot token lookup against the real IdP", () => {
       const page = await browser.context.newPage();
       await page.goto(world.host.url);
       const popup = await openPopup(page);
-      await completeIdpInteraction(popup, {});
+      await completeIdpInteraction(popup, world.idp.user);
       const result = await page.evaluate(() => window.popupResult);
       assert.ok(result.ok, JSON.stringify(result));
       userId = result.ok.user.id;
@@ -51,14 +53,14 @@ describe("bot token lookup against the real IdP", () => {
     const first = await lookup();
     assert.equal(first.status, 200, JSON.stringify(first.body));
     assert.equal((await userinfo(first.body.access_token)).body.sub, "alice");
-    const refreshesBefore = world.idp.stats.refreshRequests;
+    const refreshesBefore = (await world.idp.stats()).refreshRequests;
 
     // Let the access token expire (past the 2 s refresh skew) and look it up again.
     await new Promise((r) => setTimeout(r, (ACCESS_TOKEN_TTL - 1) * 1000));
     const second = await lookup();
     assert.equal(second.status, 200, JSON.stringify(second.body));
     assert.notEqual(second.body.access_token, first.body.access_token);
-    assert.equal(world.idp.stats.refreshRequests, refreshesBefore + 1);
+    assert.equal((await world.idp.stats()).refreshRequests, refreshesBefore + 1);
     const info = await userinfo(second.body.access_token);
     assert.equal(info.status, 200, JSON.stringify(info.body));
     assert.equal(info.body.sub, "alice");
@@ -70,7 +72,7 @@ describe("bot token lookup against the real IdP", () => {
     await new Promise((r) => setTimeout(r, (ACCESS_TOKEN_TTL - 1) * 1000));
     const fourth = await lookup();
     assert.equal(fourth.status, 200, JSON.stringify(fourth.body));
-    assert.equal(world.idp.stats.refreshRequests, refreshesBefore + 2);
+    assert.equal((await world.idp.stats()).refreshRequests, refreshesBefore + 2);
     assert.equal((await userinfo(fourth.body.access_token)).body.sub, "alice");
   });
 });

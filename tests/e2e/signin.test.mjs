@@ -3,18 +3,11 @@
 import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { createLocalJWKSet, jwtVerify } from "jose";
-import { startWorld, CHAT_AUDIENCE } from "./lib/world.mjs";
+import { startWorld, CHAT_AUDIENCE, IDP_KINDS } from "./lib/world.mjs";
 import { launch, openPopup, completeIdpInteraction, sendsThirdPartyCookies } from "./lib/browser.mjs";
 
 let world;
 
-before(async () => {
-  world = await startWorld();
-});
-
-after(async () => {
-  await world?.stop();
-});
 
 async function withBrowser(thirdPartyCookies, fn) {
   const browser = await launch({ thirdPartyCookies });
@@ -32,7 +25,7 @@ function silentSignIn(page, extra = {}) {
 
 async function popupSignIn(page, expect) {
   const popup = await openPopup(page);
-  await completeIdpInteraction(popup, expect);
+  await completeIdpInteraction(popup, { ...world.idp.user, ...expect });
   return page.evaluate(() => window.popupResult);
 }
 
@@ -49,10 +42,19 @@ async function verifyChatToken(result) {
   return { payload, protectedHeader };
 }
 
-describe("sign-in through a real OpenID provider", () => {
+for (const kind of IDP_KINDS) describe(`sign-in through a real OpenID provider (${kind})`, () => {
+  before(async () => {
+    world = await startWorld({ idp: kind });
+  });
+
+  after(async () => {
+    await world?.stop();
+    world = null;
+  });
+
   it("login_required falls back to a popup; then silent sign-in works through the IdP session and through chatgate's session", async () => {
     await withBrowser("allow", async (page) => {
-      assert.equal(await sendsThirdPartyCookies(page, world.idp.issuer, world.host.url), true, "third-party cookies are allowed in this profile");
+      assert.equal(await sendsThirdPartyCookies(page, world.idp.probe, world.host.url), true, "third-party cookies are allowed in this profile");
       await page.goto(world.host.url);
 
       const first = await silentSignIn(page);
@@ -79,17 +81,17 @@ describe("sign-in through a real OpenID provider", () => {
       // Forget chatgate's session: the next silent sign-in must go to the IdP,
       // whose session cookie the iframe can send.
       assert.equal((await signOut(page)).signed_out, true);
-      const before = world.idp.stats.authorizationRequests;
+      const before = (await world.idp.stats()).authorizationRequests;
       const viaIdp = await silentSignIn(page);
       assert.ok(viaIdp.ok, JSON.stringify(viaIdp));
       assert.equal(viaIdp.ok.user.id, "oidc:alice");
-      assert.equal(world.idp.stats.authorizationRequests, before + 1, "one prompt=none round trip to the IdP");
+      assert.equal((await world.idp.stats()).authorizationRequests, before + 1, "one prompt=none round trip to the IdP");
 
       // Silent renewal from chatgate's own session: no IdP round trip.
       const renewed = await silentSignIn(page);
       assert.ok(renewed.ok, JSON.stringify(renewed));
       assert.notEqual(renewed.ok.chat_token, viaIdp.ok.chat_token);
-      assert.equal(world.idp.stats.authorizationRequests, before + 1, "renewal did not touch the IdP");
+      assert.equal((await world.idp.stats()).authorizationRequests, before + 1, "renewal did not touch the IdP");
     });
   });
 
@@ -110,7 +112,7 @@ describe("sign-in through a real OpenID provider", () => {
   it("with third-party cookies blocked, the popup fallback works and chatgate's partitioned session keeps later sign-ins silent", async () => {
     await withBrowser("block", async (page) => {
       // Prove the browser really blocks third-party cookies.
-      assert.equal(await sendsThirdPartyCookies(page, world.idp.issuer, world.host.url), false, "third-party cookies are blocked in this profile");
+      assert.equal(await sendsThirdPartyCookies(page, world.idp.probe, world.host.url), false, "third-party cookies are blocked in this profile");
       await page.goto(world.host.url);
 
       const popup = await popupSignIn(page, { expectLogin: true });
@@ -128,11 +130,11 @@ describe("sign-in through a real OpenID provider", () => {
 
       // After a reload, silent sign-in works from chatgate's partitioned session.
       await page.reload();
-      const before = world.idp.stats.authorizationRequests;
+      const before = (await world.idp.stats()).authorizationRequests;
       const renewed = await silentSignIn(page);
       assert.ok(renewed.ok, JSON.stringify(renewed));
       assert.equal(renewed.ok.user.id, "oidc:alice");
-      assert.equal(world.idp.stats.authorizationRequests, before, "no IdP round trip");
+      assert.equal((await world.idp.stats()).authorizationRequests, before, "no IdP round trip");
       await verifyChatToken(renewed.ok);
     });
   });
@@ -187,10 +189,10 @@ describe("sign-in through a real OpenID provider", () => {
       assert.equal(blocked.err, "popup_blocked");
       await page.reload();
       assert.ok((await popupSignIn(page, {})).ok);
-      const revocations = world.idp.stats.revocations;
+      const revocations = (await world.idp.stats()).revocations;
       const out = await signOut(page, true);
       assert.deepEqual(out, { signed_out: true, revoked: true });
-      assert.equal(world.idp.stats.revocations, revocations + 1);
+      assert.equal((await world.idp.stats()).revocations, revocations + 2, "refresh token, then access token");
     });
   });
 });

@@ -39,11 +39,11 @@ export async function launch({ thirdPartyCookies }) {
 }
 
 /**
- * Whether this browser sends a third-party cookie: sets one on `probeSite`
- * top-level, then frames `probeSite` from `page` (on another site).
+ * Whether this browser sends a third-party cookie: sets one on the probe's
+ * site top-level, then frames the probe from `hostUrl` (another site).
  */
-export async function sendsThirdPartyCookies(page, probeSite, hostUrl) {
-  await page.goto(`${probeSite}/test/cookie/set`);
+export async function sendsThirdPartyCookies(page, probe, hostUrl) {
+  await page.goto(probe.set);
   await page.goto(hostUrl);
   return page.evaluate(
     (src) =>
@@ -55,7 +55,7 @@ export async function sendsThirdPartyCookies(page, probeSite, hostUrl) {
         f.src = src;
         document.body.appendChild(f);
       }),
-    `${probeSite}/test/cookie/read`,
+    probe.read,
   );
 }
 
@@ -67,7 +67,7 @@ export async function openPopup(page) {
 }
 
 /** In the IdP popup: fills the login form if shown, then the consent form if shown. */
-export async function completeIdpInteraction(popup, { user = "alice", password = "alice-pw", expectLogin, expectConsent }) {
+export async function completeIdpInteraction(popup, { username, password, expectLogin, expectConsent }) {
   const seen = { login: false, consent: false };
   for (let step = 0; step < 4 && !popup.isClosed(); step++) {
     const which = await Promise.race([
@@ -79,7 +79,7 @@ export async function completeIdpInteraction(popup, { user = "alice", password =
     if (which === "stuck") throw new Error(`popup stuck at ${popup.url()}: ${await popup.content()}`);
     if (which === "login") {
       seen.login = true;
-      await popup.fill("#username", user);
+      await popup.fill("#username", username);
       await popup.fill("#password", password);
       await Promise.all([popup.waitForNavigation().catch(() => {}), popup.click("#submit")]);
     } else {

@@ -169,8 +169,13 @@ export async function startIdp({ host, port, tls, client, accessTokenTtl = 300 }
   await new Promise((resolve) => server.listen(port, host, resolve));
 
   return {
+    kind: "oidc-provider",
     issuer,
-    stats,
+    user: { username: "alice", password: USERS.alice.password },
+    probe: { set: `${issuer}/test/cookie/set`, read: `${issuer}/test/cookie/read` },
+    async stats() {
+      return { ...stats };
+    },
     provider,
     // Forget every consent, so the next authorization needs the consent prompt.
     async revokeConsents() {

@@ -9,6 +9,7 @@ import { join } from "node:path";
 import { makeCa } from "./certs.mjs";
 import { freePort } from "./ports.mjs";
 import { startIdp } from "./idp.mjs";
+import { startDevIdp } from "./devidp.mjs";
 import { startChatgate } from "./chatgate.mjs";
 import { startHost } from "./host.mjs";
 
@@ -17,7 +18,10 @@ export const CHAT_AUDIENCE = "https://bot.example.com";
 // The host backend's HS256 key for host-signed tokens (test value).
 export const HOST_KEY = { kid: "h1", secret: "e2e-host-secret-that-is-at-least-32-bytes" };
 
-export async function startWorld({ accessTokenTtl, chatgateToml = "" } = {}) {
+/** The IdPs a world can run: npm oidc-provider, or chatgate's development provider. */
+export const IDP_KINDS = ["oidc-provider", "dev"];
+
+export async function startWorld({ idp: idpKind = "oidc-provider", accessTokenTtl, chatgateToml = "" } = {}) {
   const dir = mkdtempSync(join(tmpdir(), "chatgate-e2e-"));
   const ca = makeCa(dir);
   const [hostPort, brokerPort, idpPort, otherPort] = await Promise.all([
@@ -27,13 +31,15 @@ export async function startWorld({ accessTokenTtl, chatgateToml = "" } = {}) {
     freePort("127.0.0.3"),
   ]);
   const brokerUrl = `https://127.0.0.1:${brokerPort}`;
-  const idp = await startIdp({
+  const idpOptions = {
     host: "127.0.0.2",
     port: idpPort,
     tls: ca.leaf("127.0.0.2"),
+    ca: ca.pem,
     client: { ...CLIENT, redirectUri: `${brokerUrl}/v1/callback` },
     accessTokenTtl,
-  });
+  };
+  const idp = idpKind === "dev" ? await startDevIdp(idpOptions) : await startIdp(idpOptions);
   const hostOrigin = `https://localhost:${hostPort}`;
   const chatgate = await startChatgate({
     dir,
