@@ -207,6 +207,29 @@ impl ChatTokenIssuer {
         self.ttl
     }
 
+    /// Mints the chat token of `user_id` signed in to `app`.
+    pub fn mint_for(
+        &self,
+        app: &crate::config::AppConfig,
+        user_id: &UserId,
+        auth_time: i64,
+        name: Option<&str>,
+        email: Option<&str>,
+        now: i64,
+    ) -> Result<(String, ChatClaims), ChatTokenError> {
+        self.mint(
+            &ChatSubject {
+                app: &app.id,
+                audience: &app.chat_audience,
+                user_id,
+                auth_time,
+                name,
+                email,
+            },
+            now,
+        )
+    }
+
     /// Mints a token valid from `now` for the configured lifetime.
     pub fn mint(
         &self,

@@ -11,7 +11,6 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::app::AppState;
-use crate::chat_token::ChatSubject;
 use crate::config::AppConfig;
 use crate::domain::{AppId, Origin, UserId};
 use crate::oidc::{AuthorizationRequest, IdTokenCheck, OidcError};
@@ -338,7 +337,7 @@ pub async fn finish(
     }
     if let Some(code) = params.error.as_deref() {
         let error = FlowError::from_idp(code, params.error_description.as_deref());
-        audit_failure(state, &target, &error, now).await;
+        audit_failure(state, &target, &error).await;
         return Err(fail(error));
     }
     let Some(code) = params.code.as_deref().filter(|c| !c.is_empty()) else {
@@ -414,21 +413,17 @@ pub async fn finish(
         return Err(fail(FlowError::server_error()));
     }
     state.metrics.vault_op("write", "ok");
-    let _ = state
+    state
         .store
-        .record_audit(
-            AuditEvent {
-                actor: "user",
-                app: Some(app.id.as_str()),
-                user_id: Some(user_id.as_str()),
-                action: "signin",
-                outcome: "ok",
-                detail: Some(target.mode.as_str()),
-            },
-            now,
-        )
-        .await
-        .map_err(|e| tracing::warn!(error = %e, "cannot write an audit event"));
+        .audit(AuditEvent {
+            actor: "user",
+            app: Some(app.id.as_str()),
+            user_id: Some(user_id.as_str()),
+            action: "signin",
+            outcome: "ok",
+            detail: Some(target.mode.as_str()),
+        })
+        .await;
     state.metrics.flow("completed", target.mode.as_str());
     Ok(Completed {
         target,
@@ -442,20 +437,17 @@ pub async fn finish(
     })
 }
 
-async fn audit_failure(state: &AppState, target: &FlowTarget, error: &FlowError, now: i64) {
-    let _ = state
+async fn audit_failure(state: &AppState, target: &FlowTarget, error: &FlowError) {
+    state
         .store
-        .record_audit(
-            AuditEvent {
-                actor: "user",
-                app: Some(target.app.as_str()),
-                user_id: None,
-                action: "signin",
-                outcome: "failed",
-                detail: Some(&error.code),
-            },
-            now,
-        )
+        .audit(AuditEvent {
+            actor: "user",
+            app: Some(target.app.as_str()),
+            user_id: None,
+            action: "signin",
+            outcome: "failed",
+            detail: Some(&error.code),
+        })
         .await;
 }
 
@@ -477,15 +469,12 @@ pub fn mint(
     let (chat_token, claims) = state
         .keys
         .issuer()
-        .mint(
-            &ChatSubject {
-                app: &app.id,
-                audience: &app.chat_audience,
-                user_id: &user_id,
-                auth_time: signin.auth_time,
-                name: signin.name.as_deref(),
-                email: signin.email.as_deref(),
-            },
+        .mint_for(
+            app,
+            &user_id,
+            signin.auth_time,
+            signin.name.as_deref(),
+            signin.email.as_deref(),
             now,
         )
         .map_err(|e| {

@@ -91,6 +91,20 @@ impl Setup {
             .unwrap()
     }
 
+    /// `GET /v1/users/{user}` as the bot.
+    async fn status(&self, user: &str) -> Value {
+        self.app
+            .client
+            .get(self.app.url(&format!("/v1/users/{user}")))
+            .bearer_auth(&self.secret)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     async fn stored_refresh_token(&self) -> Option<String> {
         self.app
             .state
@@ -251,17 +265,7 @@ async fn invalid_grant_means_reauth_and_no_further_refresh(db: &TestDb) {
         1,
         "the refused refresh token is not tried again"
     );
-    let status: Value = s
-        .app
-        .client
-        .get(s.app.url(&format!("/v1/users/{USER}")))
-        .bearer_auth(&s.secret)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: Value = s.status(USER).await;
     assert_eq!(status["needs_reauth"], true);
     assert_eq!(status["signed_in"], false);
 }
@@ -495,17 +499,7 @@ async fn delete_revokes_at_the_idp_and_is_idempotent(db: &TestDb) {
 async fn status_and_chat_token_verification(db: &TestDb) {
     let s = setup(db).await;
     s.seed("support", USER, 3600, "rt-a").await;
-    let status: Value = s
-        .app
-        .client
-        .get(s.app.url(&format!("/v1/users/{USER}")))
-        .bearer_auth(&s.secret)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: Value = s.status(USER).await;
     assert_eq!(status["signed_in"], true);
     assert_eq!(status["needs_reauth"], false);
     assert!(status.get("access_token").is_none());
@@ -514,17 +508,7 @@ async fn status_and_chat_token_verification(db: &TestDb) {
         !text.contains("at-seed") && !text.contains("rt-a"),
         "{text}"
     );
-    let unknown: Value = s
-        .app
-        .client
-        .get(s.app.url("/v1/users/idp:nobody"))
-        .bearer_auth(&s.secret)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let unknown: Value = s.status("idp:nobody").await;
     assert_eq!(unknown["signed_in"], false);
 
     // verify: a chat token for this bot's app verifies; one for another app does not.

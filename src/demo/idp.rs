@@ -440,6 +440,21 @@ impl Idp {
         }
     }
 
+    /// `Some(401 invalid_client)` unless the request authenticates this client.
+    fn refuse_unknown_client(
+        &self,
+        headers: &HeaderMap,
+        form: &HashMap<String, String>,
+    ) -> Option<Response> {
+        (!self.client_ok(headers, form)).then(|| {
+            oauth_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "client authentication failed",
+            )
+        })
+    }
+
     fn revoke_family(inner: &mut Inner, family: &str) {
         inner.revoked_families.insert(family.to_string());
         inner
@@ -685,12 +700,8 @@ async fn token(
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    if !idp.client_ok(&headers, &form) {
-        return oauth_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            "client authentication failed",
-        );
+    if let Some(refused) = idp.refuse_unknown_client(&headers, &form) {
+        return refused;
     }
     let mut inner = idp.inner.lock().expect("idp lock");
     inner.stats.token_requests += 1;
@@ -814,12 +825,8 @@ async fn revoke(
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    if !idp.client_ok(&headers, &form) {
-        return oauth_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            "client authentication failed",
-        );
+    if let Some(refused) = idp.refuse_unknown_client(&headers, &form) {
+        return refused;
     }
     let token = form.get("token").cloned().unwrap_or_default();
     let mut inner = idp.inner.lock().expect("idp lock");

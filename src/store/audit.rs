@@ -56,6 +56,14 @@ impl Store {
         Ok(())
     }
 
+    /// Records `event` as happening now. A failure is logged, never fatal to the
+    /// request being audited.
+    pub async fn audit(&self, event: AuditEvent<'_>) {
+        if let Err(e) = self.record_audit(event, crate::time::now()).await {
+            tracing::warn!(error = %e, action = event.action, "cannot write an audit event");
+        }
+    }
+
     /// Writes several events with one multi-row `INSERT`.
     pub async fn record_audit_batch(&self, events: &[(AuditEvent<'_>, i64)]) -> Result<()> {
         // 7 parameters a row; both databases take thousands per statement.

@@ -201,21 +201,17 @@ async fn audit(
     outcome: &str,
     detail: Option<&str>,
 ) {
-    let _ = state
+    state
         .store
-        .record_audit(
-            AuditEvent {
-                actor,
-                app: Some(app.id.as_str()),
-                user_id: Some(user_id.as_str()),
-                action: "token.refresh",
-                outcome,
-                detail,
-            },
-            crate::time::now(),
-        )
-        .await
-        .map_err(|e| tracing::warn!(error = %e, "cannot write an audit event"));
+        .audit(AuditEvent {
+            actor,
+            app: Some(app.id.as_str()),
+            user_id: Some(user_id.as_str()),
+            action: "token.refresh",
+            outcome,
+            detail,
+        })
+        .await;
 }
 
 /// Refreshes while holding the lease of `entry.row_version`.

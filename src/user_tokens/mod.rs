@@ -33,7 +33,6 @@ pub async fn sign_out(
     user_id: &UserId,
     actor: &str,
 ) -> Result<SignOut, VaultError> {
-    let now = crate::time::now();
     let entry = state.vault.load(&app.id, user_id).await?;
     let mut revoked_at_idp = false;
     if let Some(entry) = &entry {
@@ -67,25 +66,21 @@ pub async fn sign_out(
     state
         .metrics
         .vault_op("delete", if deleted { "ok" } else { "absent" });
-    let _ = state
+    state
         .store
-        .record_audit(
-            AuditEvent {
-                actor,
-                app: Some(app.id.as_str()),
-                user_id: Some(user_id.as_str()),
-                action: "signout",
-                outcome: if deleted { "ok" } else { "absent" },
-                detail: Some(if revoked_at_idp {
-                    "revoked at idp"
-                } else {
-                    "not revoked at idp"
-                }),
-            },
-            now,
-        )
-        .await
-        .map_err(|e| tracing::warn!(error = %e, "cannot write an audit event"));
+        .audit(AuditEvent {
+            actor,
+            app: Some(app.id.as_str()),
+            user_id: Some(user_id.as_str()),
+            action: "signout",
+            outcome: if deleted { "ok" } else { "absent" },
+            detail: Some(if revoked_at_idp {
+                "revoked at idp"
+            } else {
+                "not revoked at idp"
+            }),
+        })
+        .await;
     Ok(SignOut {
         deleted,
         revoked_at_idp,

@@ -157,6 +157,25 @@ impl Vault {
             .await?)
     }
 
+    /// The access and refresh token sealed for the row of `(app, user_id)`.
+    fn seal_tokens(
+        &self,
+        app: &AppId,
+        user_id: &UserId,
+        tokens: &TokenSet,
+    ) -> (Vec<u8>, Option<Vec<u8>>) {
+        let row = [app.as_str(), user_id.as_str()];
+        let access = self.keys.seal(
+            &aad(&row, ACCESS),
+            tokens.access_token.expose_secret().as_bytes(),
+        );
+        let refresh = tokens.refresh_token.as_ref().map(|t| {
+            self.keys
+                .seal(&aad(&row, REFRESH), t.expose_secret().as_bytes())
+        });
+        (access, refresh)
+    }
+
     pub fn keys(&self) -> &VaultKeyRing {
         &self.keys
     }
@@ -172,15 +191,7 @@ impl Vault {
         now: i64,
     ) -> Result<()> {
         self.forget(app, user_id);
-        let row = [app.as_str(), user_id.as_str()];
-        let access = self.keys.seal(
-            &aad(&row, ACCESS),
-            tokens.access_token.expose_secret().as_bytes(),
-        );
-        let refresh = tokens.refresh_token.as_ref().map(|t| {
-            self.keys
-                .seal(&aad(&row, REFRESH), t.expose_secret().as_bytes())
-        });
+        let (access, refresh) = self.seal_tokens(app, user_id, tokens);
         self.store
             .upsert_vault_entry(
                 SealedEntry {
@@ -212,15 +223,7 @@ impl Vault {
         now: i64,
     ) -> Result<bool> {
         self.forget(app, user_id);
-        let row = [app.as_str(), user_id.as_str()];
-        let access = self.keys.seal(
-            &aad(&row, ACCESS),
-            tokens.access_token.expose_secret().as_bytes(),
-        );
-        let refresh = tokens.refresh_token.as_ref().map(|t| {
-            self.keys
-                .seal(&aad(&row, REFRESH), t.expose_secret().as_bytes())
-        });
+        let (access, refresh) = self.seal_tokens(app, user_id, tokens);
         Ok(self
             .store
             .write_refreshed(

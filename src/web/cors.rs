@@ -58,15 +58,8 @@ pub fn allow_without_credentials(mut response: Response, origin: &Origin) -> Res
     response
 }
 
-/// `OPTIONS` preflight: allowed when the origin belongs to any app (the app is
-/// in the body, which a preflight does not carry; the real request checks it).
-pub async fn preflight(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let Some(origin) =
-        request_origin(&headers).filter(|o| state.config.apps.iter().any(|a| a.allows_origin(o)))
-    else {
-        return StatusCode::FORBIDDEN.into_response();
-    };
-    let mut response = allow(StatusCode::NO_CONTENT.into_response(), &origin);
+/// The preflight headers of chatgate's `POST` endpoints, added to `response`.
+pub fn with_preflight_headers(mut response: Response) -> Response {
     let h = response.headers_mut();
     h.insert(
         header::ACCESS_CONTROL_ALLOW_METHODS,
@@ -81,4 +74,29 @@ pub async fn preflight(State(state): State<AppState>, headers: HeaderMap) -> Res
         HeaderValue::from_static("600"),
     );
     response
+}
+
+/// The app a host page's request names, and the request's origin, which that
+/// app must allow: `400 invalid_request` / `403 origin_not_allowed` otherwise.
+pub fn app_and_origin<'a>(
+    state: &'a AppState,
+    headers: &HeaderMap,
+    app: &str,
+) -> Result<(&'a AppConfig, Origin), ApiError> {
+    let app = state
+        .config
+        .app(app)
+        .ok_or_else(|| ApiError::bad_request("unknown app"))?;
+    Ok((app, require_origin(headers, app)?))
+}
+
+/// `OPTIONS` preflight: allowed when the origin belongs to any app (the app is
+/// in the body, which a preflight does not carry; the real request checks it).
+pub async fn preflight(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let Some(origin) =
+        request_origin(&headers).filter(|o| state.config.apps.iter().any(|a| a.allows_origin(o)))
+    else {
+        return StatusCode::FORBIDDEN.into_response();
+    };
+    with_preflight_headers(allow(StatusCode::NO_CONTENT.into_response(), &origin))
 }

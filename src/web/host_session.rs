@@ -17,7 +17,6 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::app::AppState;
-use crate::chat_token::ChatSubject;
 use crate::config::AppConfig;
 use crate::domain::{Origin, UserId};
 use crate::host_session::{self, HostTokenError, Limits};
@@ -71,28 +70,10 @@ fn echo_origin(mut response: Response, headers: &HeaderMap) -> Response {
 }
 
 async fn preflight(headers: HeaderMap) -> Response {
-    let mut response = echo_origin(StatusCode::NO_CONTENT.into_response(), &headers);
-    let h = response.headers_mut();
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("POST"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("content-type"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_MAX_AGE,
-        HeaderValue::from_static("600"),
-    );
-    response
-}
-
-fn app_of<'a>(state: &'a AppState, id: &str) -> Result<&'a AppConfig, ApiError> {
-    state
-        .config
-        .app(id)
-        .ok_or_else(|| ApiError::bad_request("unknown app"))
+    cors::with_preflight_headers(echo_origin(
+        StatusCode::NO_CONTENT.into_response(),
+        &headers,
+    ))
 }
 
 fn token_error(e: &HostTokenError) -> ApiError {
@@ -107,21 +88,17 @@ async fn audit(
     outcome: &str,
     detail: Option<&str>,
 ) {
-    let _ = state
+    state
         .store
-        .record_audit(
-            AuditEvent {
-                actor: "user",
-                app: Some(app.id.as_str()),
-                user_id: user.map(UserId::as_str),
-                action,
-                outcome,
-                detail,
-            },
-            crate::time::now(),
-        )
-        .await
-        .map_err(|e| tracing::warn!(error = %e, "cannot write an audit event"));
+        .audit(AuditEvent {
+            actor: "user",
+            app: Some(app.id.as_str()),
+            user_id: user.map(UserId::as_str),
+            action,
+            outcome,
+            detail,
+        })
+        .await;
 }
 
 fn mint(
@@ -137,15 +114,12 @@ fn mint(
     let (chat_token, claims) = state
         .keys
         .issuer()
-        .mint(
-            &ChatSubject {
-                app: &app.id,
-                audience: &app.chat_audience,
-                user_id,
-                auth_time,
-                name: name.as_deref(),
-                email: email.as_deref(),
-            },
+        .mint_for(
+            app,
+            user_id,
+            auth_time,
+            name.as_deref(),
+            email.as_deref(),
             now,
         )
         .map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -173,9 +147,8 @@ async fn host_session(
 ) -> Response {
     let result = async {
         let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
-        let app = app_of(&state, &req.app)?;
-        let origin = cors::require_origin(&headers, app)
-            .inspect_err(|_| state.metrics.host_token("origin_not_allowed"))?;
+        let (app, origin) = cors::app_and_origin(&state, &headers, &req.app)
+            .inspect_err(|e| state.metrics.host_token(e.code()))?;
         let limits = Limits {
             clock_skew: state.config.clock_skew,
             max_ttl: state.config.max_host_token_ttl,
@@ -219,8 +192,7 @@ async fn token_exchange(
 ) -> Response {
     let result = async {
         let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
-        let app = app_of(&state, &req.app)?;
-        let origin = cors::require_origin(&headers, app)?;
+        let (app, origin) = cors::app_and_origin(&state, &headers, &req.app)?;
         let provider_id = app
             .provider
             .as_ref()

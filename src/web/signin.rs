@@ -391,11 +391,7 @@ async fn redeem_ticket(
     let origin = cors::request_origin(&headers);
     let result = async {
         let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
-        let app = state
-            .config
-            .app(&req.app)
-            .ok_or_else(|| ApiError::bad_request("unknown app"))?;
-        let origin = cors::require_origin(&headers, app)?;
+        let (app, origin) = cors::app_and_origin(&state, &headers, &req.app)?;
         let now = crate::time::now();
         let signin = signin::redeem_ticket(&state, &app.id, &origin, &req.ticket, now)
             .await?
@@ -438,11 +434,7 @@ async fn signout(
     let origin = cors::request_origin(&headers);
     let result = async {
         let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
-        let app = state
-            .config
-            .app(&req.app)
-            .ok_or_else(|| ApiError::bad_request("unknown app"))?;
-        let origin = cors::require_origin(&headers, app)?;
+        let (app, origin) = cors::app_and_origin(&state, &headers, &req.app)?;
         let removed = BrowserSession(session)
             .remove(&app.id, &origin)
             .await
