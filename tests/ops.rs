@@ -226,3 +226,59 @@ async fn readyz_fails_when_the_database_goes_away() {
     assert_eq!(body["checks"]["database"], "unreachable");
     assert_eq!(app.get("/healthz").await.status(), 200);
 }
+
+/// SIGTERM / Ctrl-C: new connections are refused, but a request already in
+/// flight (here: its body still arriving) is finished and answered.
+#[tokio::test]
+async fn shutdown_finishes_requests_in_flight() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let db = TestDb::sqlite();
+    let mut app = spawn_app(&TestConfig::new(&db)).await;
+    let body = br#"{"app": "support", "token": "not-a-jwt"}"#;
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", app.port))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v1/host-session HTTP/1.1\r\nhost: 127.0.0.1\r\norigin: https://www.contoso.com\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(&body[..10]).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    app.begin_shutdown();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // A new connection is no longer served...
+    let refused = common::http_client().get(app.url("/healthz")).send().await;
+    assert!(refused.is_err(), "the server still accepts new requests");
+    // ...but the request in flight completes.
+    conn.write_all(&body[10..]).await.unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(answer.contains("invalid_token"), "{answer}");
+    app.stop().await;
+}
+
+/// A request that takes longer than `request_timeout` is answered 503.
+#[tokio::test]
+async fn slow_requests_time_out() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let db = TestDb::sqlite();
+    let app = spawn_app(&TestConfig::new(&db).with_top("request_timeout = \"1s\"")).await;
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", app.port))
+        .await
+        .unwrap();
+    conn.write_all(
+        b"POST /v1/host-session HTTP/1.1\r\nhost: x\r\norigin: https://www.contoso.com\r\n\
+          content-type: application/json\r\ncontent-length: 100\r\nconnection: close\r\n\r\n{\"app\"",
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    app.stop().await;
+}

@@ -341,6 +341,13 @@ impl TestApp {
             .expect("request")
     }
 
+    /// Signals shutdown without waiting for it.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
     /// Signals shutdown and waits for the server to finish.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
