@@ -247,16 +247,14 @@ backend_tests!(
     bots_are_created_listed_and_revoked_from_the_cli,
 );
 
-#[tokio::test]
-async fn serve_stops_cleanly_on_sigterm() {
-    let db = TestDb::sqlite();
-    let cfg = TestConfig::new(&db);
+/// Runs `chatgate serve` until it is ready, sends SIGTERM, returns its output.
+async fn serve_then_sigterm(cfg: &TestConfig) -> Output {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
     let path = cfg.write(port);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chatgate"))
+    let child = Command::new(env!("CARGO_BIN_EXE_chatgate"))
         .args(["serve", "--config", path.to_str().unwrap()])
         .envs(&cfg.env)
         .env("RUST_LOG", "info")
@@ -286,13 +284,17 @@ async fn serve_stops_cleanly_on_sigterm() {
         .status()
         .unwrap();
     assert!(kill.success());
-    let output = tokio::task::spawn_blocking(move || {
-        let _ = &mut child;
-        child.wait_with_output()
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn serve_stops_cleanly_on_sigterm() {
+    let db = TestDb::sqlite();
+    let cfg = TestConfig::new(&db);
+    let output = serve_then_sigterm(&cfg).await;
     assert!(output.status.success(), "exit: {:?}", output.status);
     let log = stderr(&output);
     assert!(log.contains("chatgate is serving"), "{log}");
@@ -302,6 +304,26 @@ async fn serve_stops_cleanly_on_sigterm() {
     let vault_key = std::fs::read_to_string(cfg.path().join("vault.key")).unwrap();
     assert!(!log.contains(vault_key.trim()));
     assert!(!log.contains("PRIVATE KEY"));
+}
+
+#[tokio::test]
+async fn log_format_json_writes_one_json_object_per_line() {
+    let db = TestDb::sqlite();
+    let cfg = TestConfig::new(&db).with_top("log_format = \"json\"");
+    let output = serve_then_sigterm(&cfg).await;
+    assert!(output.status.success());
+    let log = stderr(&output);
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 2, "{log}");
+    for line in lines {
+        let event: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            event["level"].is_string() && event["timestamp"].is_string(),
+            "{line}"
+        );
+    }
+    assert!(log.contains("\"message\":\"chatgate is serving\""), "{log}");
 }
 
 async fn bots_are_created_listed_and_revoked_from_the_cli(db: &TestDb) {
