@@ -388,7 +388,6 @@ async fn redeem_ticket(
     headers: HeaderMap,
     body: Result<Json<TicketRequest>, JsonRejection>,
 ) -> Response {
-    let origin = cors::request_origin(&headers);
     let result = async {
         let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
         let (app, origin) = cors::app_and_origin(&state, &headers, &req.app)?;
@@ -400,18 +399,25 @@ async fn redeem_ticket(
             .put(&app.id, &origin, signin)
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))?;
-        Ok::<_, ApiError>(origin)
+        Ok(StatusCode::NO_CONTENT.into_response())
     }
     .await;
-    match result {
-        Ok(origin) => cors::allow(StatusCode::NO_CONTENT.into_response(), &origin),
-        Err(e) => with_cors_if_allowed(&state, e.into_response(), origin.as_ref()),
-    }
+    answer_host_page(&state, &headers, result)
 }
 
-fn with_cors_if_allowed(state: &AppState, response: Response, origin: Option<&Origin>) -> Response {
-    match origin.filter(|o| state.config.apps.iter().any(|a| a.allows_origin(o))) {
-        Some(o) => cors::allow(response, o),
+/// A host page's `fetch` gets the answer — success or error — with CORS for
+/// its origin when that origin belongs to an app (so the widget can read the
+/// error code), and without CORS otherwise.
+fn answer_host_page(
+    state: &AppState,
+    headers: &HeaderMap,
+    result: Result<Response, ApiError>,
+) -> Response {
+    let response = result.unwrap_or_else(IntoResponse::into_response);
+    match cors::request_origin(headers)
+        .filter(|o| state.config.apps.iter().any(|a| a.allows_origin(o)))
+    {
+        Some(origin) => cors::allow(response, &origin),
         None => response,
     }
 }
@@ -431,7 +437,6 @@ async fn signout(
     headers: HeaderMap,
     body: Result<Json<SignOutRequest>, JsonRejection>,
 ) -> Response {
-    let origin = cors::request_origin(&headers);
     let result = async {
         let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
         let (app, origin) = cors::app_and_origin(&state, &headers, &req.app)?;
@@ -448,14 +453,8 @@ async fn signout(
                 .await?
                 .deleted;
         }
-        Ok::<_, ApiError>((origin, signed_out, revoked))
+        Ok(Json(serde_json::json!({"signed_out": signed_out, "revoked": revoked})).into_response())
     }
     .await;
-    match result {
-        Ok((origin, signed_out, revoked)) => cors::allow(
-            Json(serde_json::json!({"signed_out": signed_out, "revoked": revoked})).into_response(),
-            &origin,
-        ),
-        Err(e) => with_cors_if_allowed(&state, e.into_response(), origin.as_ref()),
-    }
+    answer_host_page(&state, &headers, result)
 }
