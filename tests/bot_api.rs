@@ -106,21 +106,24 @@ impl Setup {
     }
 
     async fn stored_refresh_token(&self) -> Option<String> {
-        self.app
-            .state
-            .vault
-            .load(
-                &AppId::parse("support").unwrap(),
-                &UserId::parse(USER).unwrap(),
-            )
-            .await
-            .unwrap()
-            .and_then(|e| {
-                e.tokens
-                    .refresh_token
-                    .map(|t| t.expose_secret().to_string())
-            })
+        stored_entry(&self.app).await.and_then(|e| {
+            e.tokens
+                .refresh_token
+                .map(|t| t.expose_secret().to_string())
+        })
     }
+}
+
+/// `USER`'s vault entry in app `support`, decrypted.
+async fn stored_entry(app: &TestApp) -> Option<chatgate::vault::VaultEntry> {
+    app.state
+        .vault
+        .load(
+            &AppId::parse("support").unwrap(),
+            &UserId::parse(USER).unwrap(),
+        )
+        .await
+        .unwrap()
 }
 
 async fn error_of(r: reqwest::Response) -> (u16, String) {
@@ -316,16 +319,7 @@ async fn a_lookup_waits_for_another_replicas_refresh_and_uses_its_result(db: &Te
     let other_replica = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
         // ...and stores its refreshed tokens.
-        let entry = app
-            .state
-            .vault
-            .load(
-                &AppId::parse("support").unwrap(),
-                &UserId::parse(USER).unwrap(),
-            )
-            .await
-            .unwrap()
-            .unwrap();
+        let entry = stored_entry(app).await.unwrap();
         let now = chatgate::time::now();
         let written = app
             .state
@@ -392,17 +386,7 @@ async fn a_refreshed_id_token_for_someone_else_is_rejected(db: &TestDb) {
         (401, "reauth_required".into())
     );
     // Mallory's tokens were not stored as this user's.
-    let entry = s
-        .app
-        .state
-        .vault
-        .load(
-            &AppId::parse("support").unwrap(),
-            &UserId::parse(USER).unwrap(),
-        )
-        .await
-        .unwrap()
-        .unwrap();
+    let entry = stored_entry(&s.app).await.unwrap();
     assert_eq!(entry.tokens.access_token.expose_secret(), "at-seed-rt-a");
     assert!(entry.needs_reauth);
 }

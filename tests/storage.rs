@@ -320,6 +320,19 @@ async fn rekey_never_overwrites_a_row_written_meanwhile(db: &TestDb) {
     );
 }
 
+/// Runs `n` copies of a task at once; how many answered `true`.
+async fn successes<F>(n: usize, task: impl Fn() -> F) -> usize
+where
+    F: std::future::Future<Output = bool> + Send + 'static,
+{
+    let handles: Vec<_> = (0..n).map(|_| tokio::spawn(task())).collect();
+    let mut count = 0;
+    for h in handles {
+        count += usize::from(h.await.unwrap());
+    }
+    count
+}
+
 fn flow<'a>(state: &'a str, binding: &'a str, expires_at: i64) -> NewFlow<'a> {
     NewFlow {
         state_hash: state,
@@ -353,16 +366,11 @@ async fn a_pending_flow_is_consumed_once_and_only_by_its_browser(db: &TestDb) {
 async fn concurrent_callbacks_consume_a_flow_exactly_once(db: &TestDb) {
     let store = db.store().await;
     store.insert_flow(flow("race", "b", 700)).await.unwrap();
-    let tasks: Vec<_> = (0..16)
-        .map(|_| {
-            let store = store.clone();
-            tokio::spawn(async move { store.take_flow("race", "b").await.unwrap().is_some() })
-        })
-        .collect();
-    let mut winners = 0;
-    for t in tasks {
-        winners += usize::from(t.await.unwrap());
-    }
+    let winners = successes(16, || {
+        let store = store.clone();
+        async move { store.take_flow("race", "b").await.unwrap().is_some() }
+    })
+    .await;
     assert_eq!(winners, 1);
 }
 
@@ -384,18 +392,11 @@ async fn a_jti_is_accepted_once_even_under_concurrency(db: &TestDb) {
     assert!(!store.remember_jti("support", "j1", 1000).await.unwrap());
     // The same jti for another app is another token.
     assert!(store.remember_jti("sales", "j1", 1000).await.unwrap());
-    let tasks: Vec<_> = (0..16)
-        .map(|_| {
-            let store = store.clone();
-            tokio::spawn(
-                async move { store.remember_jti("support", "j-race", 1000).await.unwrap() },
-            )
-        })
-        .collect();
-    let mut firsts = 0;
-    for t in tasks {
-        firsts += usize::from(t.await.unwrap());
-    }
+    let firsts = successes(16, || {
+        let store = store.clone();
+        async move { store.remember_jti("support", "j-race", 1000).await.unwrap() }
+    })
+    .await;
     assert_eq!(firsts, 1);
 }
 
