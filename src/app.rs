@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::oidc::Providers;
 use crate::oidc::http::IdpHttp;
 use crate::store::{Store, StoreError};
-use crate::user_tokens::KeyedLocks;
+use crate::user_tokens::{RefreshSettings, TokenService};
 use crate::vault::Vault;
 
 /// Everything a request handler can reach.
@@ -31,10 +31,8 @@ pub struct AppState {
     pub keys: Arc<KeyDirectory>,
     pub providers: Arc<Providers>,
     pub metrics: Arc<Metrics>,
-    /// This process's name in refresh leases.
-    pub replica_id: String,
-    /// In-process single flight of refreshes, per `(app, user_id)`.
-    pub refresh_locks: Arc<KeyedLocks<(String, String)>>,
+    /// Fresh tokens for bots: the refresh machinery.
+    pub tokens: TokenService,
     pub bots: Arc<BotDirectory>,
     /// Batched writer of high-volume audit events.
     pub audit: AuditLog,
@@ -102,18 +100,39 @@ impl AppState {
         for (id, e) in providers.load_pending().await {
             tracing::warn!(provider = %id, error = %e, "provider discovery failed; retrying in the background");
         }
+        let metrics = Arc::new(Metrics::new());
+        let tokens = TokenService::new(
+            store.clone(),
+            vault.clone(),
+            providers.clone(),
+            metrics.clone(),
+            refresh_settings(&config),
+        );
         Ok(Self {
             config: Arc::new(config),
             store,
             vault,
             keys,
             providers,
-            metrics: Arc::new(Metrics::new()),
-            replica_id: format!("replica-{}", crate::secret::random_token::<9>()),
-            refresh_locks: Arc::new(KeyedLocks::default()),
+            metrics,
+            tokens,
             bots,
             audit,
         })
+    }
+}
+
+/// The refresh machinery's part of the configuration.
+fn refresh_settings(config: &Config) -> RefreshSettings {
+    RefreshSettings {
+        refresh_skew: config.refresh_skew,
+        read_cache_ttl: config.read_cache_ttl,
+        clock_skew: config.clock_skew,
+        lease: config.refresh_lease,
+        redirect_uri: config.public_url.join("/v1/callback"),
+        // Answer a waiting bot before the request timeout would (503 either
+        // way, but this one says why and when to retry).
+        wait: config.request_timeout.mul_f64(0.8),
     }
 }
 
@@ -174,9 +193,11 @@ impl App {
         let handle: Handle<SocketAddr> = Handle::new();
         let grace = config.shutdown_timeout;
         let signal_handle = handle.clone();
+        let (deadline_tx, deadline) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
             shutdown.await;
-            tracing::info!(grace = ?grace, "shutting down: finishing in-flight requests");
+            tracing::info!(grace = ?grace, "shutting down: finishing in-flight requests and refreshes");
+            let _ = deadline_tx.send(tokio::time::Instant::now() + grace);
             signal_handle.graceful_shutdown(Some(grace));
         });
 
@@ -210,6 +231,13 @@ impl App {
                     .await
             }
         };
+        // Refreshes run in tasks of their own: the ones still in flight get
+        // what is left of the grace period to store what the IdP answered.
+        let left = deadline
+            .await
+            .map(|at| at.saturating_duration_since(tokio::time::Instant::now()))
+            .unwrap_or(Duration::ZERO);
+        state.tokens.drain(left).await;
         for task in background {
             task.abort();
         }

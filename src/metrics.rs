@@ -12,6 +12,7 @@ use axum::response::Response;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
@@ -41,6 +42,59 @@ struct OpLabels {
     outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    phase: &'static str,
+}
+
+/// How a refresh at the IdP ended (`chatgate_refresh_total{outcome}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RefreshOutcome {
+    /// Stored at the first attempt.
+    Ok,
+    /// Stored after the database failed at least once.
+    StoredAfterRetry,
+    /// The IdP answered but the answer could not be stored: the rotated
+    /// refresh token is gone. Should stay 0.
+    Lost,
+    /// The IdP refused the refresh token.
+    InvalidGrant,
+    /// The refreshed ID token names another user.
+    IdentityChanged,
+    /// The refreshed ID token is invalid (kept; the user must sign in again).
+    IdTokenInvalid,
+    /// Stored, but the refreshed ID token waits to be verified (JWKS unreachable).
+    IdTokenUnverified,
+    /// The IdP was unreachable or failed; the stored refresh token is unused.
+    IdpUnavailable,
+    /// A newer sign-in replaced the tokens while the refresh ran.
+    Superseded,
+    /// The user signed out while the refresh ran.
+    SignedOut,
+}
+
+impl RefreshOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::StoredAfterRetry => "stored_after_retry",
+            Self::Lost => "lost",
+            Self::InvalidGrant => "invalid_grant",
+            Self::IdentityChanged => "identity_changed",
+            Self::IdTokenInvalid => "id_token_invalid",
+            Self::IdTokenUnverified => "id_token_unverified",
+            Self::IdpUnavailable => "idp_unavailable",
+            Self::Superseded => "superseded",
+            Self::SignedOut => "signed_out",
+        }
+    }
+}
+
 fn latency_histogram() -> Histogram {
     // 1 ms .. ~33 s
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
@@ -52,7 +106,10 @@ pub struct Metrics {
     http_requests: Family<HttpLabels, Counter>,
     http_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     flows: Family<EventLabels, Counter>,
-    refreshes: Family<OpLabels, Counter>,
+    refreshes: Family<OutcomeLabels, Counter>,
+    refreshes_in_flight: Gauge,
+    refreshes_unsaved: Gauge,
+    refresh_seconds: Family<PhaseLabels, Histogram, fn() -> Histogram>,
     vault_ops: Family<OpLabels, Counter>,
     host_tokens: Family<OpLabels, Counter>,
 }
@@ -93,11 +150,33 @@ impl Metrics {
             "Sign-in flows started, completed and failed, by reason",
             flows.clone(),
         );
-        let refreshes = Family::<OpLabels, Counter>::default();
+        let refreshes = Family::<OutcomeLabels, Counter>::default();
         registry.register(
-            "token_refreshes",
-            "Access-token refreshes at IdPs, by outcome",
+            "refresh",
+            "Access-token refreshes at IdPs, by outcome (lost should stay 0)",
             refreshes.clone(),
+        );
+        let refreshes_in_flight = Gauge::default();
+        registry.register(
+            "refreshes_in_flight",
+            "Refreshes running now (their own tasks, whatever happens to the requests)",
+            refreshes_in_flight.clone(),
+        );
+        let refreshes_unsaved = Gauge::default();
+        registry.register(
+            "refreshes_unsaved",
+            "Refreshed token sets the IdP has issued that wait in memory for the database",
+            refreshes_unsaved.clone(),
+        );
+        let refresh_seconds =
+            Family::<PhaseLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram as fn() -> Histogram,
+            );
+        registry.register(
+            "refresh_duration_seconds",
+            "Refresh phases: idp = the token request, store = from the IdP's answer until it \
+             is stored (the window in which a crash loses a rotation)",
+            refresh_seconds.clone(),
         );
         let vault_ops = Family::<OpLabels, Counter>::default();
         registry.register(
@@ -117,6 +196,9 @@ impl Metrics {
             http_duration,
             flows,
             refreshes,
+            refreshes_in_flight,
+            refreshes_unsaved,
+            refresh_seconds,
             vault_ops,
             host_tokens,
         }
@@ -156,13 +238,29 @@ impl Metrics {
             .inc();
     }
 
-    pub fn refresh(&self, outcome: &str) {
+    pub fn refresh(&self, outcome: RefreshOutcome) {
         self.refreshes
-            .get_or_create(&OpLabels {
-                op: "refresh".into(),
-                outcome: outcome.into(),
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.as_str(),
             })
             .inc();
+    }
+
+    /// Counts a refresh task for as long as the returned guard lives.
+    pub fn refresh_in_flight(self: &Arc<Self>) -> GaugeGuard {
+        GaugeGuard::new(self.refreshes_in_flight.clone())
+    }
+
+    /// Counts a token set waiting for the database while the guard lives.
+    pub fn refresh_unsaved(self: &Arc<Self>) -> GaugeGuard {
+        GaugeGuard::new(self.refreshes_unsaved.clone())
+    }
+
+    /// `phase`: `idp` or `store`.
+    pub fn refresh_phase(&self, phase: &'static str, seconds: f64) {
+        self.refresh_seconds
+            .get_or_create(&PhaseLabels { phase })
+            .observe(seconds);
     }
 
     pub fn vault_op(&self, op: &str, outcome: &str) {
@@ -181,6 +279,23 @@ impl Metrics {
                 outcome: outcome.into(),
             })
             .inc();
+    }
+}
+
+/// Decrements its gauge when dropped.
+#[derive(Debug)]
+pub struct GaugeGuard(Gauge);
+
+impl GaugeGuard {
+    fn new(gauge: Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -116,6 +116,7 @@ impl From<OidcError> for FlowError {
             OidcError::Idp { code, description } => Self::from_idp(&code, description.as_deref()),
             OidcError::Discovery(_)
             | OidcError::InvalidIdToken(_)
+            | OidcError::UnknownKey
             | OidcError::ExpiredIdToken(_) => Self::server_error(),
         }
     }

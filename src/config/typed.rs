@@ -29,6 +29,9 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub chat_token_ttl: Duration,
     pub refresh_skew: Duration,
+    /// How long a refresh lease lasts without its holder's heartbeat: a
+    /// replica that died holding one is replaced after 1.5 times this.
+    pub refresh_lease: Duration,
     pub session_idle: Duration,
     pub session_max: Duration,
     pub max_host_token_ttl: Duration,
@@ -475,6 +478,13 @@ pub(super) fn build(
         Duration::ZERO,
         HOUR,
     );
+    let refresh_lease = c.duration(
+        "refresh_lease",
+        &raw.refresh_lease,
+        "30s",
+        Duration::from_secs(2),
+        10 * MINUTE,
+    );
     let session_idle = c.duration(
         "session_idle",
         &raw.session_idle,
@@ -613,6 +623,7 @@ pub(super) fn build(
         database: database?,
         chat_token_ttl,
         refresh_skew,
+        refresh_lease,
         session_idle,
         session_max,
         max_host_token_ttl,

@@ -27,6 +27,9 @@ use crate::secret::SecretString;
 /// Refetches of the JWKS triggered by an unknown `kid` happen at most this often,
 /// so a flood of tokens with random `kid`s cannot make chatgate hammer the IdP.
 pub const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(60);
+/// After a refetch that failed (IdP unreachable), the next may come this soon:
+/// a refreshed ID token waiting to be verified should not wait a minute.
+pub const JWKS_RETRY_AFTER_FAILURE: Duration = Duration::from_secs(2);
 /// An ID token's `iat` may be at most this old (plus clock skew).
 const ID_TOKEN_MAX_AGE: Duration = Duration::from_secs(600);
 const TENANT_PLACEHOLDER: &str = "{tenantid}";
@@ -48,6 +51,11 @@ pub enum OidcError {
     /// The ID token failed validation.
     #[error("invalid ID token: {0}")]
     InvalidIdToken(String),
+    /// The ID token names a signing key the provider's JWKS does not hold,
+    /// even after a refetch (or a refetch was not allowed yet): it may be
+    /// verifiable later, once the IdP publishes the key.
+    #[error("invalid ID token: signed with a key the provider does not publish")]
+    UnknownKey,
     /// The ID token expired, or was issued longer ago than accepted.
     #[error("expired ID token: {0}")]
     ExpiredIdToken(String),
@@ -157,8 +165,8 @@ pub struct Provider {
     config: ProviderConfig,
     http: IdpHttp,
     metadata: RwLock<Arc<ProviderMetadata>>,
-    /// When the last unknown-`kid` refetch ran; held across the fetch so that
-    /// concurrent requests wait for one fetch instead of each starting one.
+    /// When the next unknown-`kid` refetch may run; held across the fetch so
+    /// that concurrent requests wait for one fetch instead of each starting one.
     jwks_refetch: tokio::sync::Mutex<Option<Instant>>,
 }
 
@@ -549,13 +557,19 @@ impl Provider {
     /// Fetches the JWKS again unless that happened within
     /// [`JWKS_REFETCH_INTERVAL`]. Returns whether the keys were refreshed.
     async fn refetch_jwks(&self) -> Result<bool, OidcError> {
-        let mut last = self.jwks_refetch.lock().await;
-        if last.is_some_and(|t| t.elapsed() < JWKS_REFETCH_INTERVAL) {
+        let mut next = self.jwks_refetch.lock().await;
+        if next.is_some_and(|t| Instant::now() < t) {
             return Ok(false);
         }
-        *last = Some(Instant::now());
         let metadata = self.metadata();
-        let jwks = fetch_jwks(&self.http, &metadata).await?;
+        let jwks = match fetch_jwks(&self.http, &metadata).await {
+            Ok(jwks) => jwks,
+            Err(e) => {
+                *next = Some(Instant::now() + JWKS_RETRY_AFTER_FAILURE);
+                return Err(e);
+            }
+        };
+        *next = Some(Instant::now() + JWKS_REFETCH_INTERVAL);
         let updated = (*metadata).clone().set_jwks(jwks);
         *self.metadata.write().expect("metadata lock poisoned") = Arc::new(updated);
         tracing::info!(provider = %self.config.id, "reloaded the provider's JWKS after an unknown key id");
@@ -575,9 +589,7 @@ enum VerifyError {
 impl VerifyError {
     fn into_oidc(self) -> OidcError {
         match self {
-            Self::UnknownKey => {
-                OidcError::InvalidIdToken("signed with a key the provider does not publish".into())
-            }
+            Self::UnknownKey => OidcError::UnknownKey,
             Self::Expired(m) => OidcError::ExpiredIdToken(m),
             Self::Invalid(m) | Self::Other(m) => OidcError::InvalidIdToken(m),
         }

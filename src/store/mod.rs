@@ -26,7 +26,7 @@ pub use audit::{AuditEvent, AuditFilter, AuditRow};
 pub use bots::BotRow;
 pub use flows::{NewFlow, PendingFlowRow};
 pub use signing_keys::SigningKeyRow;
-pub use vault::{LeaseState, RefreshedEntry, Resealed, SealedEntry, VaultRow};
+pub use vault::{LeaseTake, RefreshedEntry, Resealed, SealedEntry, VaultRow};
 
 use crate::config::{DatabaseConfig, DatabaseKind};
 
@@ -40,8 +40,51 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
+impl StoreError {
+    /// The database is unreachable or too busy right now (connection lost or
+    /// refused, pool exhausted, SQLite locked by another writer, PostgreSQL
+    /// shutting down or out of connections): worth a `503` and a retry, not a
+    /// `500`.
+    pub fn is_transient(&self) -> bool {
+        let Self::Sqlx(e) = self else { return false };
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => {
+                let code = db.code().unwrap_or_default();
+                if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                    // SQLITE_BUSY (5), SQLITE_LOCKED (6) and their extended codes.
+                    code.parse::<i64>().is_ok_and(|n| matches!(n & 0xff, 5 | 6))
+                } else {
+                    // Class 08 connection exception, 53 insufficient resources,
+                    // 57P0x operator intervention, 40001/40P01 retryable conflicts.
+                    code.starts_with("08")
+                        || code.starts_with("53")
+                        || code.starts_with("57P0")
+                        || code == "40001"
+                        || code == "40P01"
+                }
+            }
+            _ => false,
+        }
+    }
+}
+
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// How long a query waits for a pooled connection (or a new one) before it
+/// fails as unavailable: short, so an outage answers `503` quickly instead of
+/// holding requests.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// `/readyz` says "unreachable" when a round trip takes longer.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a SQLite writer waits for another writer's lock.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connection pool to one of the two supported databases.
 #[derive(Debug, Clone)]
@@ -95,11 +138,11 @@ impl Store {
                     .create_if_missing(true)
                     .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Normal)
-                    .busy_timeout(Duration::from_secs(10))
+                    .busy_timeout(SQLITE_BUSY_TIMEOUT)
                     .foreign_keys(true);
                 let pool = SqlitePoolOptions::new()
                     .max_connections(config.max_connections)
-                    .acquire_timeout(Duration::from_secs(15))
+                    .acquire_timeout(ACQUIRE_TIMEOUT)
                     .connect_with(options)
                     .await?;
                 Ok(Self::Sqlite(pool))
@@ -107,7 +150,7 @@ impl Store {
             DatabaseKind::Postgres(options) => {
                 let pool = PgPoolOptions::new()
                     .max_connections(config.max_connections)
-                    .acquire_timeout(Duration::from_secs(15))
+                    .acquire_timeout(ACQUIRE_TIMEOUT)
                     .connect_with(options.clone())
                     .await?;
                 Ok(Self::Postgres(pool))
@@ -125,12 +168,17 @@ impl Store {
         Ok(())
     }
 
-    /// A cheap round trip, for `/readyz`.
+    /// A cheap round trip, for `/readyz`; gives up after `PING_TIMEOUT`.
     pub async fn ping(&self) -> Result<()> {
-        with_pool!(self, pool => {
-            sqlx::query("SELECT 1").execute(pool).await?;
-        });
-        Ok(())
+        let ping = async {
+            with_pool!(self, pool => {
+                sqlx::query("SELECT 1").execute(pool).await?;
+            });
+            Ok(())
+        };
+        tokio::time::timeout(PING_TIMEOUT, ping)
+            .await
+            .unwrap_or(Err(StoreError::Sqlx(sqlx::Error::PoolTimedOut)))
     }
 
     pub fn backend(&self) -> &'static str {

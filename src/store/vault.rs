@@ -19,6 +19,13 @@ pub struct VaultRow {
     pub row_version: i64,
     pub created_at: i64,
     pub updated_at: i64,
+    /// The refresh lease: live while `refresh_lease_until` is set.
+    pub refresh_lease_owner: Option<String>,
+    pub refresh_lease_id: Option<String>,
+    pub refresh_lease_until: Option<i64>,
+    /// Sealed ID token of a refresh that could not be verified yet.
+    pub pending_id_token: Option<Vec<u8>>,
+    pub pending_id_token_at: Option<i64>,
 }
 
 impl fmt::Debug for VaultRow {
@@ -33,6 +40,9 @@ impl fmt::Debug for VaultRow {
             .field("access_expires_at", &self.access_expires_at)
             .field("needs_reauth", &self.needs_reauth)
             .field("row_version", &self.row_version)
+            .field("refresh_lease_owner", &self.refresh_lease_owner)
+            .field("refresh_lease_until", &self.refresh_lease_until)
+            .field("has_pending_id_token", &self.pending_id_token.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -60,18 +70,27 @@ pub struct Resealed {
     pub row_version: i64,
     pub access_token: Vec<u8>,
     pub refresh_token: Option<Vec<u8>>,
+    pub pending_id_token: Option<Vec<u8>>,
 }
 
 /// The columns of [`VaultRow`], for `concat!`.
 macro_rules! vault_columns {
     () => {
         "app, user_id, provider, access_token, refresh_token, token_type, scope, \
-         access_expires_at, needs_reauth, row_version, created_at, updated_at"
+         access_expires_at, needs_reauth, row_version, created_at, updated_at, \
+         refresh_lease_owner, refresh_lease_id, refresh_lease_until, pending_id_token, \
+         pending_id_token_at"
     };
 }
 
 impl Store {
     /// Inserts or replaces the tokens of `(app, user_id)` in one statement.
+    ///
+    /// A sign-in that brings a refresh token starts a newer grant: it ends any
+    /// refresh in flight (the lease is cleared, so that refresher's write does
+    /// not land and nothing of the older grant is used again). A sign-in without
+    /// one keeps the stored refresh token and leaves a refresh in flight alone,
+    /// so a rotated refresh token is still stored when it arrives.
     pub async fn upsert_vault_entry(&self, entry: SealedEntry<'_>, now: i64) -> Result<()> {
         const SQL: &str = "INSERT INTO vault_entries (app, user_id, provider, access_token, \
                refresh_token, token_type, scope, access_expires_at, needs_reauth, row_version, \
@@ -89,7 +108,17 @@ impl Store {
                access_expires_at = excluded.access_expires_at, \
                needs_reauth = FALSE, \
                row_version = vault_entries.row_version + 1, \
-               updated_at = excluded.updated_at";
+               updated_at = excluded.updated_at, \
+               pending_id_token = NULL, pending_id_token_at = NULL, \
+               refresh_lease_owner = CASE WHEN excluded.refresh_token IS NOT NULL \
+                   OR vault_entries.provider <> excluded.provider THEN NULL \
+                 ELSE vault_entries.refresh_lease_owner END, \
+               refresh_lease_id = CASE WHEN excluded.refresh_token IS NOT NULL \
+                   OR vault_entries.provider <> excluded.provider THEN NULL \
+                 ELSE vault_entries.refresh_lease_id END, \
+               refresh_lease_until = CASE WHEN excluded.refresh_token IS NOT NULL \
+                   OR vault_entries.provider <> excluded.provider THEN NULL \
+                 ELSE vault_entries.refresh_lease_until END";
         with_pool!(self, pool => {
             sqlx::query(SQL)
                 .bind(entry.app)
@@ -156,11 +185,13 @@ impl Store {
 
     /// Writes re-encrypted columns in one transaction. A row that changed since
     /// it was read (its `row_version` moved on) is left alone: the writer that
-    /// changed it sealed it afresh. Returns how many rows were written.
+    /// changed it sealed it afresh. The refresh lease is not touched, so a
+    /// refresh in flight stores its result whether or not rekey came first.
+    /// Returns how many rows were written.
     pub async fn write_resealed(&self, rows: &[Resealed], now: i64) -> Result<u64> {
         const SQL: &str = "UPDATE vault_entries SET access_token = $1, refresh_token = $2, \
-               row_version = row_version + 1, updated_at = $3 \
-             WHERE app = $4 AND user_id = $5 AND row_version = $6";
+               pending_id_token = $3, row_version = row_version + 1, updated_at = $4 \
+             WHERE app = $5 AND user_id = $6 AND row_version = $7";
         let mut written = 0;
         with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
@@ -168,6 +199,7 @@ impl Store {
                 written += sqlx::query(SQL)
                     .bind(&row.access_token)
                     .bind(&row.refresh_token)
+                    .bind(&row.pending_id_token)
                     .bind(now)
                     .bind(&row.app)
                     .bind(&row.user_id)
@@ -187,49 +219,69 @@ impl Store {
 pub struct RefreshedEntry<'a> {
     pub app: &'a str,
     pub user_id: &'a str,
-    /// The `row_version` whose refresh token was used: the write happens only if
-    /// the row is still at that version.
-    pub row_version: i64,
+    /// The lease the refresh was made under: the write lands only while the
+    /// row still carries it.
+    pub lease_id: &'a str,
     pub access_token: Vec<u8>,
     /// `None` keeps the stored refresh token (the IdP did not rotate it).
     pub refresh_token: Option<Vec<u8>>,
     pub token_type: &'a str,
     pub scope: &'a str,
     pub access_expires_at: Option<i64>,
+    /// The refreshed ID token, sealed, when it could not be verified yet.
+    pub pending_id_token: Option<Vec<u8>>,
+    pub pending_id_token_at: Option<i64>,
+    /// The refreshed ID token was invalid: keep the tokens (the only live
+    /// refresh token), but the user must sign in again.
+    pub needs_reauth: bool,
 }
 
-/// Lease columns and version of a vault row, for the refresh protocol.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct LeaseState {
-    pub row_version: i64,
-    pub refresh_lease_owner: Option<String>,
-    pub refresh_lease_until: Option<i64>,
+/// Which lease a refresher may take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseTake {
+    /// A free lease (`refresh_lease_until` is NULL).
+    Free,
+    /// A lapsed lease whose holder was seen to leave it untouched: only if it
+    /// is still exactly this one (`id` is `""` for a lease without an id).
+    Stale { id: String, until: i64 },
 }
 
 impl Store {
-    /// Takes the refresh lease of a row for `owner` until `until`, if the row is
-    /// still at `row_version` and nobody else holds an unexpired lease. At most
-    /// one replica wins; the lease expires by itself if its holder dies.
-    pub async fn try_take_refresh_lease(
+    /// Takes the refresh lease of a row, if the row is still at `row_version`
+    /// (so the refresh token read is the current one), does not need
+    /// re-authentication, and its lease is as `take` says. At most one replica
+    /// wins.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn take_refresh_lease(
         &self,
         app: &str,
         user_id: &str,
         row_version: i64,
+        take: &LeaseTake,
         owner: &str,
+        lease_id: &str,
         until: i64,
-        now: i64,
     ) -> Result<bool> {
-        const SQL: &str = "UPDATE vault_entries SET refresh_lease_owner = $1, refresh_lease_until = $2 \
-             WHERE app = $3 AND user_id = $4 AND row_version = $5 \
-               AND (refresh_lease_until IS NULL OR refresh_lease_until < $6 OR refresh_lease_owner = $1)";
+        const SQL: &str = "UPDATE vault_entries SET refresh_lease_owner = $1, refresh_lease_id = $2, \
+               refresh_lease_until = $3 \
+             WHERE app = $4 AND user_id = $5 AND row_version = $6 AND needs_reauth = FALSE \
+               AND ((refresh_lease_until IS NULL AND $7) \
+                 OR (COALESCE(refresh_lease_id, '') = $8 AND refresh_lease_until = $9))";
+        let (free, stale_id, stale_until) = match take {
+            LeaseTake::Free => (true, "", i64::MIN),
+            LeaseTake::Stale { id, until } => (false, id.as_str(), *until),
+        };
         let n = with_pool!(self, pool => {
             sqlx::query(SQL)
                 .bind(owner)
+                .bind(lease_id)
                 .bind(until)
                 .bind(app)
                 .bind(user_id)
                 .bind(row_version)
-                .bind(now)
+                .bind(free)
+                .bind(stale_id)
+                .bind(stale_until)
                 .execute(pool)
                 .await?
                 .rows_affected()
@@ -237,45 +289,65 @@ impl Store {
         Ok(n == 1)
     }
 
+    /// Extends a live lease; `false` when the row no longer carries it.
+    pub async fn extend_refresh_lease(
+        &self,
+        app: &str,
+        user_id: &str,
+        lease_id: &str,
+        until: i64,
+    ) -> Result<bool> {
+        let n = with_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE vault_entries SET refresh_lease_until = $1 \
+                 WHERE app = $2 AND user_id = $3 AND refresh_lease_id = $4 \
+                   AND refresh_lease_until IS NOT NULL",
+            )
+            .bind(until)
+            .bind(app)
+            .bind(user_id)
+            .bind(lease_id)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        Ok(n == 1)
+    }
+
     /// Gives a lease back without writing tokens (the refresh failed transiently).
-    pub async fn release_refresh_lease(&self, app: &str, user_id: &str, owner: &str) -> Result<()> {
+    pub async fn release_refresh_lease(
+        &self,
+        app: &str,
+        user_id: &str,
+        lease_id: &str,
+    ) -> Result<()> {
         with_pool!(self, pool => {
             sqlx::query(
-                "UPDATE vault_entries SET refresh_lease_owner = NULL, refresh_lease_until = NULL \
-                 WHERE app = $1 AND user_id = $2 AND refresh_lease_owner = $3",
+                "UPDATE vault_entries SET refresh_lease_owner = NULL, refresh_lease_id = NULL, \
+                   refresh_lease_until = NULL \
+                 WHERE app = $1 AND user_id = $2 AND refresh_lease_id = $3",
             )
             .bind(app)
             .bind(user_id)
-            .bind(owner)
+            .bind(lease_id)
             .execute(pool)
             .await?;
         });
         Ok(())
     }
 
-    pub async fn lease_state(&self, app: &str, user_id: &str) -> Result<Option<LeaseState>> {
-        Ok(with_pool!(self, pool => {
-            sqlx::query_as::<_, LeaseState>(
-                "SELECT row_version, refresh_lease_owner, refresh_lease_until FROM vault_entries \
-                 WHERE app = $1 AND user_id = $2",
-            )
-            .bind(app)
-            .bind(user_id)
-            .fetch_optional(pool)
-            .await?
-        }))
-    }
-
     /// Stores refreshed tokens — the new access token and, when the IdP rotated
-    /// it, the new refresh token, in one statement — and releases the lease.
-    /// Only if the row is still at the version whose refresh token was used;
-    /// returns whether it was.
+    /// it, the new refresh token, in one statement — and ends the lease, if the
+    /// row still carries the lease they were made under. The row keeps the
+    /// lease id, so repeating the write after an unclear failure (a connection
+    /// lost before the answer) writes the same again. Returns whether it landed.
     pub async fn write_refreshed(&self, entry: RefreshedEntry<'_>, now: i64) -> Result<bool> {
         const SQL: &str = "UPDATE vault_entries SET access_token = $1, \
                refresh_token = COALESCE($2, refresh_token), token_type = $3, scope = $4, \
-               access_expires_at = $5, needs_reauth = FALSE, row_version = row_version + 1, \
-               updated_at = $6, refresh_lease_owner = NULL, refresh_lease_until = NULL \
-             WHERE app = $7 AND user_id = $8 AND row_version = $9";
+               access_expires_at = $5, needs_reauth = $6, pending_id_token = $7, \
+               pending_id_token_at = $8, row_version = row_version + 1, updated_at = $9, \
+               refresh_lease_owner = NULL, refresh_lease_until = NULL \
+             WHERE app = $10 AND user_id = $11 AND refresh_lease_id = $12";
         let n = with_pool!(self, pool => {
             sqlx::query(SQL)
                 .bind(entry.access_token)
@@ -283,10 +355,13 @@ impl Store {
                 .bind(entry.token_type)
                 .bind(entry.scope)
                 .bind(entry.access_expires_at)
+                .bind(entry.needs_reauth)
+                .bind(entry.pending_id_token)
+                .bind(entry.pending_id_token_at)
                 .bind(now)
                 .bind(entry.app)
                 .bind(entry.user_id)
-                .bind(entry.row_version)
+                .bind(entry.lease_id)
                 .execute(pool)
                 .await?
                 .rows_affected()
@@ -294,21 +369,50 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// Marks the row's refresh token as refused by the IdP (only if it is still
-    /// the one that was refused: same `row_version`) and releases the lease.
+    /// Marks the row's refresh token as refused by the IdP, if the row still
+    /// carries the lease under which it was refused, and ends the lease.
     pub async fn mark_needs_reauth(
         &self,
         app: &str,
         user_id: &str,
-        row_version: i64,
+        lease_id: &str,
         now: i64,
     ) -> Result<bool> {
         let n = with_pool!(self, pool => {
             sqlx::query(
-                "UPDATE vault_entries SET needs_reauth = TRUE, row_version = row_version + 1, updated_at = $1, \
-                   refresh_lease_owner = NULL, refresh_lease_until = NULL \
-                 WHERE app = $2 AND user_id = $3 AND row_version = $4",
+                "UPDATE vault_entries SET needs_reauth = TRUE, row_version = row_version + 1, \
+                   updated_at = $1, refresh_lease_owner = NULL, refresh_lease_until = NULL \
+                 WHERE app = $2 AND user_id = $3 AND refresh_lease_id = $4",
             )
+            .bind(now)
+            .bind(app)
+            .bind(user_id)
+            .bind(lease_id)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        Ok(n == 1)
+    }
+
+    /// Settles a pending ID token that has now been checked: cleared when it
+    /// was about the same user, else the entry needs re-authentication. Only if
+    /// the row is still at `row_version`.
+    pub async fn settle_pending_id_token(
+        &self,
+        app: &str,
+        user_id: &str,
+        row_version: i64,
+        needs_reauth: bool,
+        now: i64,
+    ) -> Result<bool> {
+        let n = with_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE vault_entries SET pending_id_token = NULL, pending_id_token_at = NULL, \
+                   needs_reauth = (needs_reauth OR $1), row_version = row_version + 1, updated_at = $2 \
+                 WHERE app = $3 AND user_id = $4 AND row_version = $5",
+            )
+            .bind(needs_reauth)
             .bind(now)
             .bind(app)
             .bind(user_id)

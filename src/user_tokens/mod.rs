@@ -1,19 +1,108 @@
 //! A user's stored IdP tokens as bots and sign-out see them: fresh access
-//! tokens (with the single-flight refresh), status, and sign-out with
-//! revocation at the IdP.
+//! tokens (with the refresh that never loses a rotated refresh token), status,
+//! and sign-out with revocation at the IdP.
+//!
+//! What is guaranteed (the README's "Refresh safety" says it for operators):
+//!
+//! - **One refresh per user at a time**, across every replica: one task per
+//!   `(app, user)` in a process ([`inflight`]), a fenced lease in the vault row
+//!   across processes ([`lease`]).
+//! - **The refresh belongs to the service, not to the request**: it runs in a
+//!   task of its own, so a bot that disconnects or a request that times out
+//!   does not cut it short; every waiter gets its result. Graceful shutdown
+//!   waits for refreshes in flight.
+//! - **An answer the IdP gave is kept until it is stored**: the new token set
+//!   stays in memory (sealed in the process, never logged) while the write is
+//!   retried with backoff and the lease kept alive, for up to
+//!   [`KEEP_UNSAVED_FOR`]. The write is fenced by the lease id, so harmless
+//!   writers (`vault rekey`) cannot make it fail.
+//! - The one window left: a process killed between the IdP's answer and the
+//!   write. `chatgate_refresh_duration_seconds{phase="store"}` measures it.
 
-mod fresh;
-mod keyed_lock;
+mod inflight;
+mod lease;
+mod refresh;
 
-pub use fresh::{FreshToken, LEASE, LookupError, RETRY_AFTER_SECS, fresh_access_token};
-pub use keyed_lock::KeyedLocks;
+use std::sync::Arc;
+use std::time::Duration;
 
-use crate::app::AppState;
-use crate::config::AppConfig;
-use crate::domain::UserId;
-use crate::oidc::TokenKind;
-use crate::store::AuditEvent;
-use crate::vault::VaultError;
+use tokio_util::task::TaskTracker;
+
+use crate::domain::{AppId, UserId};
+use crate::metrics::Metrics;
+use crate::oidc::{Providers, TokenKind};
+use crate::secret::SecretString;
+use crate::store::{AuditEvent, Store, StoreError};
+use crate::vault::{Vault, VaultEntry, VaultError};
+use inflight::InFlight;
+
+/// `Retry-After` when the IdP or the database is unavailable.
+pub const RETRY_AFTER_SECS: u64 = 5;
+/// How long a refresh keeps an IdP answer it could not store yet, retrying.
+pub const KEEP_UNSAVED_FOR: Duration = Duration::from_secs(600);
+
+/// What the refresh machinery needs to know of the configuration.
+#[derive(Debug, Clone)]
+pub struct RefreshSettings {
+    /// Refresh a stored access token this long before it expires.
+    pub refresh_skew: Duration,
+    /// The bot API may serve a row read this long ago (see `read_cache_ttl`).
+    pub read_cache_ttl: Duration,
+    pub clock_skew: Duration,
+    /// How long a refresh lease lasts without a heartbeat.
+    pub lease: Duration,
+    /// The redirect URI registered at IdPs (sent with refresh requests by
+    /// some clients; harmless for the others).
+    pub redirect_uri: String,
+    /// How long a lookup waits for a refresh before answering
+    /// `temporarily_unavailable` (the refresh goes on).
+    pub wait: Duration,
+}
+
+/// A token a bot may use now.
+#[derive(Debug, Clone)]
+pub struct FreshToken {
+    pub access_token: SecretString,
+    pub token_type: String,
+    pub expires_at: Option<i64>,
+    pub scope: String,
+    /// Whether this lookup's refresh produced it.
+    pub refreshed: bool,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LookupError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    ReauthRequired(String),
+    /// The IdP or the database is unavailable, or a refresh is still running:
+    /// retry after [`RETRY_AFTER_SECS`].
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Failed(Arc<VaultError>),
+}
+
+impl From<VaultError> for LookupError {
+    fn from(e: VaultError) -> Self {
+        if e.is_transient() {
+            tracing::warn!(error = %e, "the database is unavailable");
+            Self::Unavailable("the database is unavailable; retry shortly".into())
+        } else {
+            Self::Failed(Arc::new(e))
+        }
+    }
+}
+
+impl From<StoreError> for LookupError {
+    fn from(e: StoreError) -> Self {
+        VaultError::from(e).into()
+    }
+}
+
+/// The result every waiter of one refresh gets.
+type Outcome = Result<FreshToken, LookupError>;
 
 /// What a sign-out did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,65 +113,226 @@ pub struct SignOut {
     pub revoked_at_idp: bool,
 }
 
-/// Revokes the user's refresh token at the IdP (RFC 7009, when the IdP has a
-/// revocation endpoint) and deletes the vault entry. A failed revocation is
-/// logged and does not keep the entry: the user asked to be signed out.
-pub async fn sign_out(
-    state: &AppState,
-    app: &AppConfig,
-    user_id: &UserId,
-    actor: &str,
-) -> Result<SignOut, VaultError> {
-    let entry = state.vault.load(&app.id, user_id).await?;
-    let mut revoked_at_idp = false;
-    if let Some(entry) = &entry {
-        match state.providers.get(&entry.provider) {
-            Some(provider) => {
-                // The refresh token first: revoking it ends the grant at most IdPs.
-                let tokens = entry
-                    .tokens
-                    .refresh_token
-                    .iter()
-                    .map(|t| (t, TokenKind::Refresh))
-                    .chain(std::iter::once((
-                        &entry.tokens.access_token,
-                        TokenKind::Access,
-                    )));
-                for (token, kind) in tokens {
-                    match provider.revoke(token, kind).await {
-                        Ok(done) => revoked_at_idp |= done && kind == TokenKind::Refresh,
-                        Err(e) => {
-                            tracing::warn!(provider = %entry.provider, ?kind, error = %e, "revocation failed")
-                        }
-                    }
-                }
-            }
-            None => {
-                tracing::warn!(provider = %entry.provider, "provider not loaded; cannot revoke at the IdP")
-            }
+/// Fresh tokens for bots, and sign-out. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct TokenService {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Store,
+    vault: Vault,
+    providers: Arc<Providers>,
+    metrics: Arc<Metrics>,
+    /// This process's name in refresh leases.
+    replica_id: String,
+    settings: RefreshSettings,
+    inflight: InFlight,
+    /// Refresh tasks, for graceful shutdown.
+    tasks: TaskTracker,
+}
+
+impl TokenService {
+    pub fn new(
+        store: Store,
+        vault: Vault,
+        providers: Arc<Providers>,
+        metrics: Arc<Metrics>,
+        settings: RefreshSettings,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                vault,
+                providers,
+                metrics,
+                replica_id: format!("replica-{}", crate::secret::random_token::<9>()),
+                settings,
+                inflight: InFlight::default(),
+                tasks: TaskTracker::new(),
+            }),
         }
     }
-    let deleted = state.vault.delete(&app.id, user_id).await?;
-    state
-        .metrics
-        .vault_op("delete", if deleted { "ok" } else { "absent" });
-    state
-        .store
-        .audit(AuditEvent {
-            actor,
-            app: Some(app.id.as_str()),
-            user_id: Some(user_id.as_str()),
-            action: "signout",
-            outcome: if deleted { "ok" } else { "absent" },
-            detail: Some(if revoked_at_idp {
-                "revoked at idp"
-            } else {
-                "not revoked at idp"
-            }),
+
+    /// This process's name in refresh leases.
+    pub fn replica_id(&self) -> &str {
+        &self.inner.replica_id
+    }
+
+    /// The fresh access token of `user_id` in `app`: the stored one while it is
+    /// valid for longer than `refresh_skew`, else the result of the user's one
+    /// refresh in flight (started here if there is none).
+    pub async fn fresh_access_token(
+        &self,
+        app: &AppId,
+        user_id: &UserId,
+        actor: &str,
+    ) -> Result<FreshToken, LookupError> {
+        if user_id.namespace() == "host" {
+            return Err(LookupError::NotFound(
+                "host-signed users have no identity-provider tokens; only a chat token exists for them"
+                    .into(),
+            ));
+        }
+        let inner = &self.inner;
+        // The hot path may use a row read within `read_cache_ttl`; a token that
+        // is due for refresh is always read again by the refresh task.
+        let cached = inner.vault.load_for_read(app, user_id).await?;
+        inner
+            .metrics
+            .vault_op("read", if cached.is_some() { "ok" } else { "absent" });
+        let entry = cached.ok_or_else(|| not_found(app, user_id))?;
+        if entry.needs_reauth {
+            return Err(reauth());
+        }
+        let margin = inner.settings.read_cache_ttl;
+        if entry.pending_id_token.is_none()
+            && fresh_enough(
+                &entry,
+                crate::time::now(),
+                inner.settings.refresh_skew + margin,
+            )
+        {
+            return Ok(view(&entry, false));
+        }
+        let (mut result, publisher) = inner.inflight.join((app.clone(), user_id.clone()));
+        if let Some(publisher) = publisher {
+            let task = refresh::Task {
+                inner: self.inner.clone(),
+                app: app.clone(),
+                user: user_id.clone(),
+                actor: actor.to_string(),
+            };
+            inner.tasks.spawn(task.run(publisher));
+        }
+        match tokio::time::timeout(inner.settings.wait, result.wait_for(Option::is_some)).await {
+            Ok(Ok(outcome)) => outcome.clone().expect("waited for Some"),
+            Ok(Err(_)) => Err(LookupError::Unavailable(
+                "the refresh stopped unexpectedly; retry".into(),
+            )),
+            Err(_) => Err(LookupError::Unavailable(
+                "the refresh is still running; retry shortly".into(),
+            )),
+        }
+    }
+
+    /// Revokes the user's refresh token at the IdP (RFC 7009, when the IdP has
+    /// a revocation endpoint) and deletes the vault entry. A failed revocation
+    /// is logged and does not keep the entry: the user asked to be signed out.
+    /// A refresh in flight finds the entry gone and revokes what it got.
+    pub async fn sign_out(
+        &self,
+        app: &AppId,
+        user_id: &UserId,
+        actor: &str,
+    ) -> Result<SignOut, VaultError> {
+        let inner = &self.inner;
+        let entry = inner.vault.load(app, user_id).await?;
+        let mut revoked_at_idp = false;
+        if let Some(entry) = &entry {
+            revoked_at_idp = inner.revoke(&entry.provider, &entry.tokens).await;
+        }
+        let deleted = inner.vault.delete(app, user_id).await?;
+        inner
+            .metrics
+            .vault_op("delete", if deleted { "ok" } else { "absent" });
+        inner
+            .store
+            .audit(AuditEvent {
+                actor,
+                app: Some(app.as_str()),
+                user_id: Some(user_id.as_str()),
+                action: "signout",
+                outcome: if deleted { "ok" } else { "absent" },
+                detail: Some(if revoked_at_idp {
+                    "revoked at idp"
+                } else {
+                    "not revoked at idp"
+                }),
+            })
+            .await;
+        Ok(SignOut {
+            deleted,
+            revoked_at_idp,
         })
-        .await;
-    Ok(SignOut {
-        deleted,
-        revoked_at_idp,
-    })
+    }
+
+    /// Waits up to `within` for the refreshes in flight (graceful shutdown).
+    /// Returns how many were still running when it gave up.
+    pub async fn drain(&self, within: Duration) -> usize {
+        let tasks = &self.inner.tasks;
+        tasks.close();
+        if tokio::time::timeout(within, tasks.wait()).await.is_ok() {
+            return 0;
+        }
+        let left = tasks.len();
+        tracing::error!(
+            refreshes = left,
+            "shutdown: refreshes still running are stopped; an IdP answer among them that was \
+             not stored yet is lost"
+        );
+        left
+    }
+}
+
+impl Inner {
+    /// Revokes a token set at its provider, the refresh token first (revoking
+    /// it ends the grant at most IdPs). Whether the refresh token's revocation
+    /// was confirmed.
+    async fn revoke(&self, provider: &str, tokens: &crate::vault::TokenSet) -> bool {
+        let Some(provider) = self.providers.get(provider) else {
+            tracing::warn!(provider, "provider not loaded; cannot revoke at the IdP");
+            return false;
+        };
+        let mut revoked = false;
+        let all = tokens
+            .refresh_token
+            .iter()
+            .map(|t| (t, TokenKind::Refresh))
+            .chain(std::iter::once((&tokens.access_token, TokenKind::Access)));
+        for (token, kind) in all {
+            match provider.revoke(token, kind).await {
+                Ok(done) => revoked |= done && kind == TokenKind::Refresh,
+                Err(e) => {
+                    tracing::warn!(provider = %provider.config().id, ?kind, error = %e, "revocation failed")
+                }
+            }
+        }
+        revoked
+    }
+}
+
+fn view(entry: &VaultEntry, refreshed: bool) -> FreshToken {
+    FreshToken {
+        access_token: entry.tokens.access_token.clone(),
+        token_type: entry.tokens.token_type.clone(),
+        expires_at: entry.tokens.expires_at,
+        scope: entry.tokens.scope.clone(),
+        refreshed,
+    }
+}
+
+/// Valid for longer than `skew` (or of unknown lifetime, which only the IdP
+/// could judge).
+fn fresh_enough(entry: &VaultEntry, now: i64, skew: Duration) -> bool {
+    entry
+        .tokens
+        .expires_at
+        .is_none_or(|exp| exp > now + skew.as_secs() as i64)
+}
+
+fn still_valid(entry: &VaultEntry, now: i64) -> bool {
+    entry.tokens.expires_at.is_some_and(|exp| exp > now)
+}
+
+fn reauth() -> LookupError {
+    LookupError::ReauthRequired(
+        "the identity provider refused the stored refresh token; the user must sign in again"
+            .into(),
+    )
+}
+
+fn not_found(app: &AppId, user_id: &UserId) -> LookupError {
+    LookupError::NotFound(format!("no token for {user_id} in app {app}"))
 }

@@ -37,9 +37,17 @@ pub enum VaultError {
     },
 }
 
+impl VaultError {
+    /// The database is unavailable right now (see [`StoreError::is_transient`]).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Store(e) if e.is_transient())
+    }
+}
+
 const TABLE: &str = "vault_entries";
 const ACCESS: &str = "access_token";
 const REFRESH: &str = "refresh_token";
+const PENDING_ID_TOKEN: &str = "pending_id_token";
 
 /// Tokens as the IdP returned them.
 #[derive(Debug, Clone)]
@@ -63,6 +71,38 @@ pub struct VaultEntry {
     pub row_version: i64,
     pub created_at: i64,
     pub updated_at: i64,
+    /// The refresh lease, when one is live.
+    pub lease: Option<Lease>,
+    /// The ID token of a refresh that could not be verified yet.
+    pub pending_id_token: Option<PendingIdToken>,
+}
+
+/// A live refresh lease of a vault row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub owner: Option<String>,
+    /// The fencing value; `""` for a lease written without one.
+    pub id: String,
+    pub until: i64,
+}
+
+/// A refreshed ID token kept until it can be verified.
+#[derive(Debug, Clone)]
+pub struct PendingIdToken {
+    pub token: SecretString,
+    /// When chatgate received it: it is verified as of that time.
+    pub received_at: i64,
+}
+
+/// What a refresher stores, under the lease it refreshed with.
+#[derive(Debug)]
+pub struct RefreshResult<'a> {
+    pub lease_id: &'a str,
+    pub tokens: &'a TokenSet,
+    /// The refreshed ID token, when it could not be verified yet.
+    pub pending_id_token: Option<&'a PendingIdToken>,
+    /// The refreshed ID token was invalid: keep the tokens, require a sign-in.
+    pub needs_reauth: bool,
 }
 
 /// What `vault rekey` did.
@@ -141,19 +181,42 @@ impl Vault {
         }
     }
 
-    /// Marks the entry's refresh token as refused by the IdP, if the row is
-    /// still at `row_version`.
+    /// Marks the entry's refresh token as refused by the IdP, if the row still
+    /// carries the lease it was refused under.
     pub async fn mark_needs_reauth(
         &self,
         app: &AppId,
         user_id: &UserId,
-        row_version: i64,
+        lease_id: &str,
         now: i64,
     ) -> Result<bool> {
         self.forget(app, user_id);
         Ok(self
             .store
-            .mark_needs_reauth(app.as_str(), user_id.as_str(), row_version, now)
+            .mark_needs_reauth(app.as_str(), user_id.as_str(), lease_id, now)
+            .await?)
+    }
+
+    /// Settles a pending ID token once checked (see
+    /// [`crate::store::Store::settle_pending_id_token`]).
+    pub async fn settle_pending_id_token(
+        &self,
+        app: &AppId,
+        user_id: &UserId,
+        row_version: i64,
+        needs_reauth: bool,
+        now: i64,
+    ) -> Result<bool> {
+        self.forget(app, user_id);
+        Ok(self
+            .store
+            .settle_pending_id_token(
+                app.as_str(),
+                user_id.as_str(),
+                row_version,
+                needs_reauth,
+                now,
+            )
             .await?)
     }
 
@@ -210,32 +273,42 @@ impl Vault {
         Ok(())
     }
 
-    /// Stores the result of a refresh made with the refresh token of
-    /// `row_version`: the new access token and (when rotated) the new refresh
-    /// token together, before anyone is handed the new access token. `false`
-    /// when the row moved on meanwhile (nothing written).
+    /// Stores the result of a refresh: the new access token and (when rotated)
+    /// the new refresh token together, before anyone is handed the new access
+    /// token — only while the row still carries the refresher's lease.
+    /// `false` when it does not (a newer sign-in, a sign-out, or another
+    /// replica took the lapsed lease): nothing was written.
     pub async fn save_refreshed(
         &self,
         app: &AppId,
         user_id: &UserId,
-        row_version: i64,
-        tokens: &TokenSet,
+        result: &RefreshResult<'_>,
         now: i64,
     ) -> Result<bool> {
         self.forget(app, user_id);
-        let (access, refresh) = self.seal_tokens(app, user_id, tokens);
+        let (access, refresh) = self.seal_tokens(app, user_id, result.tokens);
+        let row = [app.as_str(), user_id.as_str()];
+        let pending = result.pending_id_token.map(|p| {
+            self.keys.seal(
+                &aad(&row, PENDING_ID_TOKEN),
+                p.token.expose_secret().as_bytes(),
+            )
+        });
         Ok(self
             .store
             .write_refreshed(
                 RefreshedEntry {
                     app: app.as_str(),
                     user_id: user_id.as_str(),
-                    row_version,
+                    lease_id: result.lease_id,
                     access_token: access,
                     refresh_token: refresh,
-                    token_type: &tokens.token_type,
-                    scope: &tokens.scope,
-                    access_expires_at: tokens.expires_at,
+                    token_type: &result.tokens.token_type,
+                    scope: &result.tokens.scope,
+                    access_expires_at: result.tokens.expires_at,
+                    pending_id_token: pending,
+                    pending_id_token_at: result.pending_id_token.map(|p| p.received_at),
+                    needs_reauth: result.needs_reauth,
                 },
                 now,
             )
@@ -268,6 +341,18 @@ impl Vault {
             Some(sealed) => Some(self.open_column(&row, REFRESH, sealed)?),
             None => None,
         };
+        let pending_id_token = match (&row.pending_id_token, row.pending_id_token_at) {
+            (Some(sealed), Some(received_at)) => Some(PendingIdToken {
+                token: self.open_column(&row, PENDING_ID_TOKEN, sealed)?,
+                received_at,
+            }),
+            _ => None,
+        };
+        let lease = row.refresh_lease_until.map(|until| Lease {
+            owner: row.refresh_lease_owner.clone(),
+            id: row.refresh_lease_id.clone().unwrap_or_default(),
+            until,
+        });
         Ok(VaultEntry {
             tokens: TokenSet {
                 access_token: access,
@@ -283,6 +368,8 @@ impl Vault {
             row_version: row.row_version,
             created_at: row.created_at,
             updated_at: row.updated_at,
+            lease,
+            pending_id_token,
         })
     }
 
@@ -336,7 +423,8 @@ impl Vault {
             for row in &rows {
                 report.scanned += 1;
                 let columns = std::iter::once(row.access_token.as_slice())
-                    .chain(row.refresh_token.as_deref());
+                    .chain(row.refresh_token.as_deref())
+                    .chain(row.pending_id_token.as_deref());
                 let all_current = columns
                     .map(VaultKeyRing::sealed_key_id)
                     .all(|id| id.is_ok_and(|id| id == current));
@@ -384,6 +472,11 @@ impl Vault {
                 .refresh_token
                 .as_deref()
                 .map(|s| reseal(REFRESH, s))
+                .transpose()?,
+            pending_id_token: row
+                .pending_id_token
+                .as_deref()
+                .map(|s| reseal(PENDING_ID_TOKEN, s))
                 .transpose()?,
         })
     }

@@ -23,7 +23,7 @@ use crate::bots::{Bot, Refused};
 use crate::chat_token::ChatClaims;
 use crate::config::AppConfig;
 use crate::domain::UserId;
-use crate::user_tokens::{self, LookupError, RETRY_AFTER_SECS};
+use crate::user_tokens::{LookupError, RETRY_AFTER_SECS};
 use crate::web::ApiError;
 use crate::web::error::ErrorBody;
 
@@ -156,14 +156,17 @@ async fn get_token(
 ) -> Result<Response, ApiError> {
     let app = bot.app(&state)?;
     let user = parse_user(user_id)?;
-    let result = user_tokens::fresh_access_token(&state, app, &user, &bot.0.actor()).await;
+    let result = state
+        .tokens
+        .fresh_access_token(&app.id, &user, &bot.0.actor())
+        .await;
     let outcome = match &result {
         Ok(t) if t.refreshed => "ok_refreshed",
         Ok(_) => "ok",
         Err(LookupError::NotFound(_)) => "not_found",
         Err(LookupError::ReauthRequired(_)) => "reauth_required",
         Err(LookupError::Unavailable(_)) => "unavailable",
-        Err(LookupError::Vault(_)) => "error",
+        Err(LookupError::Failed(_)) => "error",
     };
     audit(&state, &bot.0, &user, "token.read", outcome).await;
     let token = result.map_err(|e| match e {
@@ -173,7 +176,7 @@ async fn get_token(
             description: d,
             retry_after_secs: RETRY_AFTER_SECS,
         },
-        LookupError::Vault(e) => ApiError::Vault(e),
+        LookupError::Failed(e) => ApiError::Internal(e.to_string()),
     })?;
     let mut response = Json(AccessTokenResponse {
         access_token: token.access_token.expose_secret().to_string(),
@@ -213,7 +216,10 @@ async fn delete_token(
 ) -> Result<StatusCode, ApiError> {
     let app = bot.app(&state)?;
     let user = parse_user(user_id)?;
-    user_tokens::sign_out(&state, app, &user, &bot.0.actor()).await?;
+    state
+        .tokens
+        .sign_out(&app.id, &user, &bot.0.actor())
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

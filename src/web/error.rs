@@ -44,9 +44,9 @@ pub enum ApiError {
         retry_after_secs: u64,
     },
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
     #[error(transparent)]
-    Vault(#[from] VaultError),
+    Vault(VaultError),
     /// Anything else that is our fault; the message is logged, not sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -104,6 +104,39 @@ impl ApiError {
             Self::Store(_) | Self::Vault(_) | Self::Internal(_) => {
                 "an internal error occurred; it has been logged".into()
             }
+        }
+    }
+}
+
+/// `Retry-After` of a database outage.
+const DATABASE_RETRY_AFTER_SECS: u64 = 5;
+
+fn database_unavailable(error: &dyn std::fmt::Display) -> ApiError {
+    tracing::warn!(error = %error, "the database is unavailable");
+    ApiError::Unavailable {
+        description: "the database is unavailable; retry shortly".into(),
+        retry_after_secs: DATABASE_RETRY_AFTER_SECS,
+    }
+}
+
+/// A database outage is `503 temporarily_unavailable` with `Retry-After`,
+/// never a `500`.
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        if e.is_transient() {
+            database_unavailable(&e)
+        } else {
+            Self::Store(e)
+        }
+    }
+}
+
+impl From<VaultError> for ApiError {
+    fn from(e: VaultError) -> Self {
+        if e.is_transient() {
+            database_unavailable(&e)
+        } else {
+            Self::Vault(e)
         }
     }
 }

@@ -449,7 +449,9 @@ async fn signout(
         if req.revoke
             && let Some(user_id) = removed.and_then(|s| UserId::parse(s.user_id).ok())
         {
-            revoked = crate::user_tokens::sign_out(&state, app, &user_id, "user")
+            revoked = state
+                .tokens
+                .sign_out(&app.id, &user_id, "user")
                 .await?
                 .deleted;
         }

@@ -1,7 +1,7 @@
 //! The storage layer and the vault on top of it, run against SQLite and
 //! PostgreSQL alike (`backend_tests!`).
 
-mod common;
+use crate::common;
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -305,6 +305,7 @@ async fn rekey_never_overwrites_a_row_written_meanwhile(db: &TestDb) {
     let resealed: Vec<_> = stale
         .iter()
         .map(|row| chatgate::store::Resealed {
+            pending_id_token: None,
             app: row.app.clone(),
             user_id: row.user_id.clone(),
             row_version: row.row_version,

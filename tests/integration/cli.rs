@@ -1,6 +1,6 @@
 //! The `chatgate` binary as an operator uses it.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;

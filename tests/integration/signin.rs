@@ -2,7 +2,7 @@
 //! signs real tokens, on SQLite and PostgreSQL. Every failure case also checks
 //! that nothing was stored.
 
-mod common;
+use crate::common;
 
 use chatgate::store::Store;
 use common::browser::{Browser, location, posted_message};

@@ -4,7 +4,7 @@
 //! userinfo and revocation. (The browser tests run chatgate's sign-in flows
 //! against it too.)
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::Duration;

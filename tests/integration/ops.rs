@@ -1,7 +1,7 @@
 //! The running server: operations endpoints, key publication, error shapes and
 //! limits, on SQLite and PostgreSQL.
 
-mod common;
+use crate::common;
 
 use chatgate::chat_token::{ChatSubject, VerificationKeys};
 use chatgate::domain::{AppId, UserId};

@@ -3,7 +3,7 @@
 //! every algorithm, key rotation, and concurrent replays, on SQLite and
 //! PostgreSQL.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -211,6 +211,8 @@ listen = "127.0.0.1:{{PORT}}"
 database_url = "{url}"
 # Tests change rows behind the server's back: read everything fresh.
 read_cache_ttl = "0s"
+# A replica that died holding a refresh lease is replaced after 1.5 x this.
+refresh_lease = "3s"
 [vault]
 keys = [{{ id = "k1", key_file = "vault.key" }}]
 [signing]

@@ -2,14 +2,14 @@
 //! SQLite and PostgreSQL: single-flight refresh (in one server and across two),
 //! rotation, reauth, outages, leases, app isolation, revocation.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
 use chatgate::domain::{AppId, ProviderId, UserId};
 use chatgate::secret::SecretString;
 use chatgate::store::Store;
-use chatgate::vault::TokenSet;
+use chatgate::vault::{RefreshResult, TokenSet};
 use common::fake_idp::{FakeIdp, TokenBehavior};
 use common::{TestApp, TestConfig, TestDb, spawn_app};
 use serde_json::{Value, json};
@@ -179,7 +179,7 @@ async fn fifty_concurrent_lookups_of_an_expired_token_cause_one_refresh(db: &Tes
     assert_eq!(s.idp.token_calls(), 1, "exactly one refresh at the IdP");
     let metrics = s.app.get("/metrics").await.text().await.unwrap();
     assert!(
-        metrics.contains(r#"chatgate_token_refreshes_total{op="refresh",outcome="ok"} 1"#),
+        metrics.contains(r#"chatgate_refresh_total{outcome="ok"} 1"#),
         "{metrics}"
     );
 }
@@ -298,9 +298,11 @@ async fn an_idp_outage_serves_a_still_valid_token_or_answers_503(db: &TestDb) {
 async fn a_lease_left_by_a_dead_replica_does_not_block(db: &TestDb) {
     let s = setup(db).await;
     s.seed("support", USER, -10, "rt-a").await;
+    // A lease of an older chatgate, without a lease id.
     set_lease(
         &s.app.state.store,
         "replica-that-died",
+        "",
         chatgate::time::now() - 1,
     )
     .await;
@@ -313,13 +315,18 @@ async fn a_lookup_waits_for_another_replicas_refresh_and_uses_its_result(db: &Te
     let s = setup(db).await;
     s.seed("support", USER, -10, "rt-a").await;
     // Another replica holds a live lease...
-    set_lease(&s.app.state.store, "replica-b", chatgate::time::now() + 30).await;
+    set_lease(
+        &s.app.state.store,
+        "replica-b",
+        "lease-b",
+        chatgate::time::now() + 30,
+    )
+    .await;
     let app = &s.app;
     let lookup = s.get_token(app, USER);
     let other_replica = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
         // ...and stores its refreshed tokens.
-        let entry = stored_entry(app).await.unwrap();
         let now = chatgate::time::now();
         let written = app
             .state
@@ -327,13 +334,17 @@ async fn a_lookup_waits_for_another_replicas_refresh_and_uses_its_result(db: &Te
             .save_refreshed(
                 &AppId::parse("support").unwrap(),
                 &UserId::parse(USER).unwrap(),
-                entry.row_version,
-                &TokenSet {
-                    access_token: SecretString::new("at-from-replica-b"),
-                    refresh_token: Some(SecretString::new("rt-b")),
-                    token_type: "Bearer".into(),
-                    scope: "openid".into(),
-                    expires_at: Some(now + 3600),
+                &RefreshResult {
+                    lease_id: "lease-b",
+                    tokens: &TokenSet {
+                        access_token: SecretString::new("at-from-replica-b"),
+                        refresh_token: Some(SecretString::new("rt-b")),
+                        token_type: "Bearer".into(),
+                        scope: "openid".into(),
+                        expires_at: Some(now + 3600),
+                    },
+                    pending_id_token: None,
+                    needs_reauth: false,
                 },
                 now,
             )
@@ -350,11 +361,14 @@ async fn a_lookup_waits_for_another_replicas_refresh_and_uses_its_result(db: &Te
     assert_eq!(s.idp.token_calls(), 0);
 }
 
-async fn set_lease(store: &Store, owner: &str, until: i64) {
-    const SQL: &str = "UPDATE vault_entries SET refresh_lease_owner = $1, refresh_lease_until = $2";
+/// Gives every vault row a lease, as another replica would hold it.
+async fn set_lease(store: &Store, owner: &str, id: &str, until: i64) {
+    const SQL: &str = "UPDATE vault_entries SET refresh_lease_owner = $1, \
+         refresh_lease_id = NULLIF($2, ''), refresh_lease_until = $3";
     match store {
         Store::Sqlite(p) => sqlx::query(SQL)
             .bind(owner)
+            .bind(id)
             .bind(until)
             .execute(p)
             .await
@@ -362,6 +376,7 @@ async fn set_lease(store: &Store, owner: &str, until: i64) {
             .unwrap(),
         Store::Postgres(p) => sqlx::query(SQL)
             .bind(owner)
+            .bind(id)
             .bind(until)
             .execute(p)
             .await

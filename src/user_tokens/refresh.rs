@@ -1,0 +1,568 @@
+//! One refresh task: wait for or take the user's lease, use the refresh token
+//! once, check the refreshed ID token, and store the answer — holding on to it
+//! until the database takes it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::inflight::Publisher;
+use super::lease::{LeaseKeeper, Watch, takeover_window};
+use super::{
+    Inner, KEEP_UNSAVED_FOR, LookupError, Outcome, fresh_enough, not_found, reauth, still_valid,
+    view,
+};
+use crate::domain::{AppId, UserId};
+use crate::metrics::RefreshOutcome;
+use crate::oidc::{IdTokenCheck, IdTokenT, IdpTokens, OidcError, Provider};
+use crate::secret::SecretString;
+use crate::store::{AuditEvent, LeaseTake};
+use crate::vault::{PendingIdToken, RefreshResult, TokenSet, VaultEntry};
+
+/// How often a task waiting for another replica's refresh reads the row.
+const POLL: Duration = Duration::from_millis(100);
+/// Backoff of the store retries: doubling from the first, capped.
+const STORE_RETRY_FIRST: Duration = Duration::from_millis(100);
+const STORE_RETRY_MAX: Duration = Duration::from_secs(1);
+/// While an answer waits for the database, an error is logged this often.
+const REPORT_EVERY: Duration = Duration::from_secs(60);
+
+/// The refresh of one user's tokens, run as a task of its own.
+pub(super) struct Task {
+    pub(super) inner: Arc<Inner>,
+    pub(super) app: AppId,
+    pub(super) user: UserId,
+    /// Who asked first (`bot:<id>`), for the audit log.
+    pub(super) actor: String,
+}
+
+/// What one pass under a lease came to.
+enum Step {
+    Done(Outcome),
+    /// The row changed under us (a newer sign-in): read it again.
+    Again,
+}
+
+/// How the refreshed ID token compares with the user.
+enum Identity {
+    /// The same user, or the IdP sent no ID token.
+    Same,
+    /// Verified, and about somebody else (or another issuer).
+    Other,
+    /// Not verifiable now (JWKS unreachable, key not published yet).
+    Unverifiable(String),
+    /// Verifiably wrong (signature, audience, expiry...).
+    Invalid(String),
+}
+
+impl Task {
+    pub(super) async fn run(self, publisher: Publisher) {
+        let _gauge = self.inner.metrics.refresh_in_flight();
+        let outcome = self.refresh(&publisher).await;
+        publisher.finish(outcome);
+    }
+
+    async fn refresh(&self, publisher: &Publisher) -> Outcome {
+        let settings = &self.inner.settings;
+        let window = takeover_window(settings.lease);
+        // Waiting for another replica ends at the latest here; its lease is
+        // kept alive only while it works, so this is generous.
+        let give_up = Instant::now() + settings.lease * 3 + window;
+        let mut watch = Watch::default();
+        loop {
+            let now = crate::time::now();
+            let entry = self.load().await?;
+            if entry.needs_reauth {
+                return Err(reauth());
+            }
+            if let Some(pending) = &entry.pending_id_token {
+                self.settle_pending(&entry, pending).await?;
+                continue;
+            }
+            if fresh_enough(&entry, now, settings.refresh_skew) {
+                return Ok(view(&entry, false)); // refreshed by someone else meanwhile
+            }
+            let Some(refresh_token) = entry.tokens.refresh_token.clone() else {
+                if still_valid(&entry, now) {
+                    return Ok(view(&entry, false));
+                }
+                return Err(LookupError::ReauthRequired(
+                    "the access token expired and the identity provider issued no refresh token \
+                     (offline_access); the user must sign in again"
+                        .into(),
+                ));
+            };
+            if let Some(take) = watch.take(entry.lease.as_ref(), now, window) {
+                let lease_id = crate::secret::random_token::<16>();
+                let until = now + settings.lease.as_secs() as i64;
+                let taken = self
+                    .inner
+                    .store
+                    .take_refresh_lease(
+                        self.app.as_str(),
+                        self.user.as_str(),
+                        entry.row_version,
+                        &take,
+                        &self.inner.replica_id,
+                        &lease_id,
+                        until,
+                    )
+                    .await?;
+                if taken {
+                    if let (LeaseTake::Stale { .. }, Some(lease)) = (&take, &entry.lease) {
+                        tracing::warn!(
+                            user = %self.user,
+                            holder = lease.owner.as_deref().unwrap_or("unknown"),
+                            "took over a refresh lease its holder left to lapse (a replica that died?)"
+                        );
+                    }
+                    match self
+                        .under_lease(entry, refresh_token, lease_id, publisher)
+                        .await
+                    {
+                        Step::Done(outcome) => return outcome,
+                        Step::Again => continue,
+                    }
+                }
+                // The row moved (rekey, a sign-in) or another replica won: look again.
+                continue;
+            }
+            if Instant::now() > give_up {
+                return Err(LookupError::Unavailable(
+                    "another replica's refresh has not finished; retry".into(),
+                ));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// The row, read from the database (never the read cache).
+    async fn load(&self) -> Result<VaultEntry, LookupError> {
+        let entry = self.inner.vault.load(&self.app, &self.user).await;
+        self.inner.metrics.vault_op(
+            "read",
+            match &entry {
+                Ok(Some(_)) => "ok",
+                Ok(None) => "absent",
+                Err(_) => "error",
+            },
+        );
+        entry?.ok_or_else(|| not_found(&self.app, &self.user))
+    }
+
+    async fn audit(&self, outcome: &str, detail: Option<&str>) {
+        self.inner
+            .store
+            .audit(AuditEvent {
+                actor: &self.actor,
+                app: Some(self.app.as_str()),
+                user_id: Some(self.user.as_str()),
+                action: "token.refresh",
+                outcome,
+                detail,
+            })
+            .await;
+    }
+
+    /// Refreshes while holding the lease `lease_id`.
+    async fn under_lease(
+        &self,
+        entry: VaultEntry,
+        refresh_token: SecretString,
+        lease_id: String,
+        publisher: &Publisher,
+    ) -> Step {
+        let inner = &self.inner;
+        let keeper = LeaseKeeper::start(
+            inner.store.clone(),
+            self.app.clone(),
+            self.user.clone(),
+            lease_id.clone(),
+            inner.settings.lease,
+        );
+        let Some(provider) = inner.providers.get(&entry.provider) else {
+            drop(keeper);
+            self.release(&lease_id).await;
+            inner.metrics.refresh(RefreshOutcome::IdpUnavailable);
+            self.audit("failed", Some("provider not loaded")).await;
+            return Step::Done(self.transient(&entry, "the identity provider is not loaded yet"));
+        };
+        let started = Instant::now();
+        let answer = provider
+            .refresh(&refresh_token, &inner.settings.redirect_uri)
+            .await;
+        inner
+            .metrics
+            .refresh_phase("idp", started.elapsed().as_secs_f64());
+        let tokens = match answer {
+            Ok(tokens) => tokens,
+            Err(OidcError::Idp { code, .. }) if code == "invalid_grant" => {
+                drop(keeper);
+                self.mark_needs_reauth(&lease_id).await;
+                inner.metrics.refresh(RefreshOutcome::InvalidGrant);
+                self.audit("failed", Some("invalid_grant")).await;
+                return Step::Done(Err(reauth()));
+            }
+            Err(e) => {
+                drop(keeper);
+                self.release(&lease_id).await;
+                inner.metrics.refresh(RefreshOutcome::IdpUnavailable);
+                tracing::warn!(provider = %entry.provider, error = %e, "refresh failed");
+                let detail = match &e {
+                    OidcError::Idp { code, .. } if code.len() <= 64 => code.as_str(),
+                    _ => "unavailable",
+                };
+                self.audit("failed", Some(detail)).await;
+                return Step::Done(self.transient(&entry, "the identity provider is unavailable"));
+            }
+        };
+        // From here on the IdP may have rotated the refresh token: its answer is
+        // the only live one, and it is kept until it is stored.
+        let answered = Instant::now();
+        let _unsaved = inner.metrics.refresh_unsaved();
+        let received_at = crate::time::now();
+        let identity = self.check_identity(&provider, &tokens, received_at).await;
+        if let Identity::Other = identity {
+            // Somebody else's tokens are not stored as this user's.
+            drop(keeper);
+            self.mark_needs_reauth(&lease_id).await;
+            inner.metrics.refresh(RefreshOutcome::IdentityChanged);
+            self.audit("failed", Some("refreshed ID token names another user"))
+                .await;
+            return Step::Done(Err(LookupError::ReauthRequired(
+                "the identity provider's refreshed ID token does not match this user; the user must sign in again"
+                    .into(),
+            )));
+        }
+        let pending = match &identity {
+            Identity::Unverifiable(why) => {
+                tracing::warn!(user = %self.user, reason = %why, "the refreshed ID token cannot be verified now; storing the tokens and verifying later");
+                id_token_text(&tokens).map(|token| PendingIdToken { token, received_at })
+            }
+            _ => None,
+        };
+        let needs_reauth = matches!(identity, Identity::Invalid(_));
+        let set = TokenSet {
+            access_token: tokens.access_token,
+            refresh_token: tokens.refresh_token,
+            token_type: tokens.token_type,
+            scope: tokens.scope.unwrap_or_else(|| entry.tokens.scope.clone()),
+            expires_at: tokens.expires_in.map(|d| received_at + d.as_secs() as i64),
+        };
+        let result = RefreshResult {
+            lease_id: &lease_id,
+            tokens: &set,
+            pending_id_token: pending.as_ref(),
+            needs_reauth,
+        };
+        let stored = self.store(&result, publisher, &keeper).await;
+        inner
+            .metrics
+            .refresh_phase("store", answered.elapsed().as_secs_f64());
+        drop(keeper);
+        let retried = match stored {
+            Stored::Landed { retried } => retried,
+            Stored::Refused => return self.refused(&entry, &refresh_token, &set).await,
+            Stored::GaveUp => {
+                self.release(&lease_id).await;
+                inner.metrics.refresh(RefreshOutcome::Lost);
+                self.audit("failed", Some("refreshed tokens could not be stored"))
+                    .await;
+                return Step::Done(Err(LookupError::Unavailable(
+                    "the database is unavailable; retry".into(),
+                )));
+            }
+        };
+        inner.metrics.vault_op("write", "ok");
+        let outcome = match &identity {
+            Identity::Unverifiable(_) => {
+                inner.metrics.refresh(RefreshOutcome::IdTokenUnverified);
+                self.audit("ok", Some("ID token to be verified")).await;
+                Err(LookupError::Unavailable(
+                    "the identity provider's answer is stored but its ID token cannot be verified yet; retry shortly"
+                        .into(),
+                ))
+            }
+            Identity::Invalid(why) => {
+                tracing::warn!(user = %self.user, reason = %why, "refreshed ID token rejected; the user must sign in again");
+                inner.metrics.refresh(RefreshOutcome::IdTokenInvalid);
+                self.audit("failed", Some("refreshed ID token rejected"))
+                    .await;
+                Err(LookupError::ReauthRequired(
+                    "the identity provider's refreshed ID token is invalid; the user must sign in again"
+                        .into(),
+                ))
+            }
+            Identity::Same | Identity::Other => {
+                inner.metrics.refresh(if retried {
+                    RefreshOutcome::StoredAfterRetry
+                } else {
+                    RefreshOutcome::Ok
+                });
+                self.audit("ok", None).await;
+                Ok(super::FreshToken {
+                    access_token: set.access_token.clone(),
+                    token_type: set.token_type.clone(),
+                    expires_at: set.expires_at,
+                    scope: set.scope.clone(),
+                    refreshed: true,
+                })
+            }
+        };
+        Step::Done(outcome)
+    }
+
+    /// Writes the refresh result until it lands, the row refuses it, or
+    /// [`KEEP_UNSAVED_FOR`] has passed. The lease keeper runs meanwhile.
+    async fn store(
+        &self,
+        result: &RefreshResult<'_>,
+        publisher: &Publisher,
+        keeper: &LeaseKeeper,
+    ) -> Stored {
+        let started = Instant::now();
+        let mut next_report = started + REPORT_EVERY;
+        let mut delay = STORE_RETRY_FIRST;
+        let mut attempt = 0u32;
+        loop {
+            let error = match self
+                .inner
+                .vault
+                .save_refreshed(&self.app, &self.user, result, crate::time::now())
+                .await
+            {
+                Ok(true) => {
+                    if attempt > 0 {
+                        tracing::info!(user = %self.user, attempts = attempt + 1, "refreshed tokens stored after the database recovered");
+                    }
+                    return Stored::Landed {
+                        retried: attempt > 0,
+                    };
+                }
+                Ok(false) => return Stored::Refused,
+                Err(e) => e,
+            };
+            attempt += 1;
+            if attempt == 1 {
+                tracing::warn!(user = %self.user, error = %error, "cannot store refreshed tokens; keeping them and retrying");
+                publisher.interim(Err(LookupError::Unavailable(
+                    "the identity provider's answer is being stored; retry shortly".into(),
+                )));
+            }
+            if started.elapsed() >= KEEP_UNSAVED_FOR {
+                tracing::error!(user = %self.user, error = %error, "gave up storing refreshed tokens: the rotated refresh token is lost; the user will have to sign in again");
+                return Stored::GaveUp;
+            }
+            if Instant::now() >= next_report {
+                next_report += REPORT_EVERY;
+                tracing::error!(
+                    user = %self.user,
+                    error = %error,
+                    waiting_secs = started.elapsed().as_secs(),
+                    lease_lost = keeper.lost(),
+                    "refreshed tokens still wait for the database; retrying"
+                );
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(STORE_RETRY_MAX);
+        }
+    }
+
+    /// The row no longer carried our lease when the answer was stored.
+    async fn refused(&self, entry: &VaultEntry, used: &SecretString, got: &TokenSet) -> Step {
+        let inner = &self.inner;
+        let now_row = match self.load().await {
+            Ok(row) => Some(row),
+            Err(LookupError::NotFound(_)) => None,
+            Err(e) => return Step::Done(Err(e)),
+        };
+        match now_row {
+            None => {
+                // Signed out meanwhile: what we got must not outlive the sign-out.
+                tracing::info!(user = %self.user, "the user signed out during a refresh; revoking the refreshed tokens");
+                inner.revoke(&entry.provider, got).await;
+                inner.metrics.refresh(RefreshOutcome::SignedOut);
+                self.audit("failed", Some("signed out during the refresh"))
+                    .await;
+                Step::Done(Err(not_found(&self.app, &self.user)))
+            }
+            Some(row)
+                if row.tokens.refresh_token.as_ref().map(|t| t.expose_secret())
+                    == Some(used.expose_secret()) =>
+            {
+                // Our lease lapsed and another replica took it while we could
+                // not reach the database: it will use the refresh token we
+                // already used.
+                tracing::error!(user = %self.user, "another replica took over this refresh's lapsed lease before its answer was stored; the rotation is lost");
+                inner.metrics.refresh(RefreshOutcome::Lost);
+                self.audit("failed", Some("lease taken over; rotation lost"))
+                    .await;
+                Step::Done(Err(LookupError::Unavailable(
+                    "the refresh raced with another replica; retry".into(),
+                )))
+            }
+            Some(_) => {
+                // A newer sign-in (a newer grant) replaced the tokens: it wins,
+                // and nothing of the older grant is used again.
+                tracing::info!(user = %self.user, "a newer sign-in replaced the tokens during a refresh; its tokens win");
+                inner.metrics.refresh(RefreshOutcome::Superseded);
+                self.audit("ok", Some("superseded by a newer sign-in"))
+                    .await;
+                Step::Again
+            }
+        }
+    }
+
+    /// Compares a refreshed ID token with the user, as of `received_at`.
+    async fn check_identity(
+        &self,
+        provider: &Provider,
+        tokens: &IdpTokens,
+        received_at: i64,
+    ) -> Identity {
+        match &tokens.id_token {
+            Some(id_token) => self.compare(provider, id_token, received_at).await,
+            None => Identity::Same,
+        }
+    }
+
+    async fn compare(&self, provider: &Provider, id_token: &IdTokenT, at: i64) -> Identity {
+        let verified = provider
+            .verify_id_token(
+                id_token,
+                &IdTokenCheck::ours(None),
+                at,
+                self.inner.settings.clock_skew,
+            )
+            .await;
+        match verified {
+            Ok(identity) => {
+                let same = UserId::new(&provider.config().id, &identity.subject)
+                    .is_ok_and(|u| u == self.user);
+                if same {
+                    Identity::Same
+                } else {
+                    Identity::Other
+                }
+            }
+            Err(e @ (OidcError::Unavailable(_) | OidcError::UnknownKey)) => {
+                Identity::Unverifiable(e.to_string())
+            }
+            Err(e) => Identity::Invalid(e.to_string()),
+        }
+    }
+
+    /// Verifies a refreshed ID token kept for later, and settles it.
+    async fn settle_pending(
+        &self,
+        entry: &VaultEntry,
+        pending: &PendingIdToken,
+    ) -> Result<(), LookupError> {
+        let unavailable = || {
+            LookupError::Unavailable(
+                "the identity provider's last refresh answer is not verified yet; retry shortly"
+                    .into(),
+            )
+        };
+        let Some(provider) = self.inner.providers.get(&entry.provider) else {
+            return Err(unavailable());
+        };
+        let identity = match pending.token.expose_secret().parse::<IdTokenT>() {
+            Ok(id_token) => {
+                self.compare(&provider, &id_token, pending.received_at)
+                    .await
+            }
+            Err(e) => Identity::Invalid(format!("unreadable: {e}")),
+        };
+        let needs_reauth = match identity {
+            Identity::Same => false,
+            Identity::Unverifiable(why) => {
+                tracing::debug!(user = %self.user, reason = %why, "the pending ID token still cannot be verified");
+                return Err(unavailable());
+            }
+            Identity::Other | Identity::Invalid(_) => true,
+        };
+        self.inner
+            .vault
+            .settle_pending_id_token(
+                &self.app,
+                &self.user,
+                entry.row_version,
+                needs_reauth,
+                crate::time::now(),
+            )
+            .await?;
+        if needs_reauth {
+            tracing::warn!(user = %self.user, "the refreshed ID token, verified later, does not match this user; the user must sign in again");
+            self.audit(
+                "failed",
+                Some("refreshed ID token rejected on a later check"),
+            )
+            .await;
+            return Err(reauth());
+        }
+        Ok(())
+    }
+
+    /// A failure that does not condemn the refresh token: serve the stored
+    /// access token while it is still valid, else tell the bot to retry.
+    fn transient(&self, entry: &VaultEntry, why: &str) -> Outcome {
+        if still_valid(entry, crate::time::now()) {
+            tracing::warn!(user = %self.user, reason = why, "refresh failed; serving the still-valid access token");
+            Ok(view(entry, false))
+        } else {
+            Err(LookupError::Unavailable(format!("{why}; retry")))
+        }
+    }
+
+    async fn release(&self, lease_id: &str) {
+        if let Err(e) = self
+            .inner
+            .store
+            .release_refresh_lease(self.app.as_str(), self.user.as_str(), lease_id)
+            .await
+        {
+            // It lapses by itself.
+            tracing::warn!(user = %self.user, error = %e, "cannot release the refresh lease");
+        }
+    }
+
+    /// Marks the refused refresh token; a few tries, since a failure means the
+    /// next refresher sends the refused token once more (harmless, but noisy).
+    async fn mark_needs_reauth(&self, lease_id: &str) {
+        for attempt in 1..=5u32 {
+            match self
+                .inner
+                .vault
+                .mark_needs_reauth(&self.app, &self.user, lease_id, crate::time::now())
+                .await
+            {
+                Ok(_) => return,
+                Err(e) if attempt < 5 => {
+                    tracing::warn!(user = %self.user, error = %e, "cannot mark the entry for re-authentication; retrying");
+                    tokio::time::sleep(STORE_RETRY_FIRST * attempt).await;
+                }
+                Err(e) => {
+                    tracing::error!(user = %self.user, error = %e, "cannot mark the entry for re-authentication")
+                }
+            }
+        }
+    }
+}
+
+enum Stored {
+    Landed {
+        retried: bool,
+    },
+    /// The row no longer carries our lease.
+    Refused,
+    GaveUp,
+}
+
+/// The compact serialization of the refreshed ID token, to keep it sealed.
+fn id_token_text(tokens: &IdpTokens) -> Option<SecretString> {
+    let id_token = tokens.id_token.as_ref()?;
+    match serde_json::to_value(id_token) {
+        Ok(serde_json::Value::String(text)) => Some(SecretString::new(text)),
+        _ => None,
+    }
+}

@@ -1,0 +1,17 @@
+//! chatgate's integration tests, one binary (it compiles and links once):
+//! the HTTP API against the real server, the storage layer on SQLite and
+//! PostgreSQL, the CLI, and faults injected with real components.
+//!
+//! `common` holds the harness: `spawn_app`, `TestDb`, `backend_tests!`, the
+//! in-process fake IdP, the scripted browser, the cuttable TCP proxy.
+
+#[macro_use]
+mod common;
+
+mod bot_api;
+mod cli;
+mod dev_idp;
+mod host_session;
+mod ops;
+mod signin;
+mod storage;
