@@ -3,6 +3,12 @@
 //! (when a server is given) PostgreSQL, plus chatgate's resident memory idle and
 //! under load.
 //!
+//! Then the refresh window: lookups of expired tokens, each refreshed at an
+//! in-process IdP on loopback (the tests' fake IdP, HTTPS), and the time from
+//! the IdP's answer until the rotated refresh token is stored — the window in
+//! which a killed process loses a rotation — read from chatgate's own
+//! `chatgate_refresh_duration_seconds` histogram.
+//!
 //!     cargo bench --bench token_lookup
 //!     CHATGATE_BENCH_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/postgres cargo bench --bench token_lookup
 //!
@@ -11,6 +17,13 @@
 //! process and chatgate (the release binary) in a child process, on the same
 //! machine: both share its cores, as with any single-machine load test.
 //! Figures are printed; nothing here passes or fails.
+
+#[path = "../tests/integration/common/fake_idp.rs"]
+#[allow(dead_code)]
+mod fake_idp;
+#[path = "../tests/integration/common/tls.rs"]
+#[allow(dead_code)]
+mod tls;
 
 use std::io::Write as _;
 use std::process::{Child, Command, Stdio};
@@ -121,6 +134,11 @@ impl Drop for Server {
 }
 
 async fn start(database_url: &str) -> Server {
+    start_with(database_url, None).await
+}
+
+/// chatgate on `database_url`; with `idp`, its app signs in through it.
+async fn start_with(database_url: &str, idp: Option<&fake_idp::FakeIdp>) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let vault_key = VaultKeyRing::generate_key();
     std::fs::write(dir.path().join("vault.key"), vault_key.expose_secret()).unwrap();
@@ -156,6 +174,20 @@ chat_audience = "https://bot.contoso.com"
 host_keys = [{{ kid = "h", alg = "HS256", secret_file = "host.secret" }}]
 "#
     );
+    let config = match idp {
+        Some(idp) => {
+            std::fs::write(dir.path().join("idp-ca.pem"), &idp.ca_pem).unwrap();
+            std::fs::write(dir.path().join("idp.secret"), fake_idp::CLIENT_SECRET).unwrap();
+            format!(
+                "idp_ca_file = \"idp-ca.pem\"\n{}\nprovider = \"bench\"\n\n[[providers]]\nid = \"bench\"\n\
+                 issuer = \"{}\"\nclient_id = \"{}\"\nclient_secret_file = \"idp.secret\"\n",
+                config.trim_end(),
+                idp.issuer,
+                fake_idp::CLIENT_ID
+            )
+        }
+        None => config,
+    };
     let path = dir.path().join("chatgate.toml");
     std::fs::write(&path, config).unwrap();
 
@@ -169,22 +201,41 @@ host_keys = [{{ kid = "h", alg = "HS256", secret_file = "host.secret" }}]
     )])
     .unwrap();
     let now = chatgate::time::now();
-    Vault::new(store.clone(), Arc::new(ring))
-        .save(
-            &AppId::parse("support").unwrap(),
-            &UserId::parse(USER).unwrap(),
-            &ProviderId::parse("bench").unwrap(),
-            &TokenSet {
-                access_token: SecretString::new("x".repeat(1200)), // a JWT-sized access token
-                refresh_token: Some(SecretString::new("r".repeat(400))),
-                token_type: "Bearer".into(),
-                scope: "openid profile email offline_access".into(),
-                expires_at: Some(now + 3600),
-            },
-            now,
-        )
-        .await
-        .unwrap();
+    let vault = Vault::new(store.clone(), Arc::new(ring));
+    let seed = |user: String, rt: String, expires_at: i64| {
+        let vault = vault.clone();
+        async move {
+            vault
+                .save(
+                    &AppId::parse("support").unwrap(),
+                    &UserId::parse(user).unwrap(),
+                    &ProviderId::parse("bench").unwrap(),
+                    &TokenSet {
+                        access_token: SecretString::new("x".repeat(1200)), // a JWT-sized access token
+                        refresh_token: Some(SecretString::new(rt)),
+                        token_type: "Bearer".into(),
+                        scope: "openid profile email offline_access".into(),
+                        expires_at: Some(expires_at),
+                    },
+                    now,
+                )
+                .await
+                .unwrap()
+        }
+    };
+    seed(USER.into(), "r".repeat(400), now + 3600).await;
+    // For the refresh window: users whose access token has expired, with
+    // refresh tokens the IdP knows.
+    if let Some(idp) = idp {
+        for i in 0..REFRESH_USERS {
+            let rt = format!("rt-bench-{i}-{}", "r".repeat(380));
+            idp.with(|s| {
+                s.refresh_tokens.insert(rt.clone(), true);
+                s.subjects.insert(rt.clone(), format!("refresh-{i}"));
+            });
+            seed(format!("bench:refresh-{i}"), rt, now - 10).await;
+        }
+    }
     let bot = chatgate::bots::create(&store, &AppId::parse("support").unwrap(), "bench", now)
         .await
         .unwrap();
@@ -301,6 +352,132 @@ async fn bench(label: &str, database_url: &str, connections: usize, seconds: u64
     let _ = std::io::stdout().flush();
 }
 
+/// Users whose expired token the refresh-window run refreshes, one each.
+const REFRESH_USERS: usize = 300;
+/// Refreshes in flight at a time in the refresh-window run.
+const REFRESH_CONCURRENCY: usize = 8;
+
+/// Quantile `q` of a Prometheus histogram, as the upper bound of its bucket,
+/// and the mean, in milliseconds.
+fn histogram_ms(metrics: &str, name: &str, phase: &str) -> (f64, f64, f64, u64) {
+    let label = format!("phase=\"{phase}\"");
+    let mut buckets = Vec::new();
+    let (mut sum, mut count) = (0.0, 0u64);
+    for line in metrics.lines().filter(|l| l.contains(&label)) {
+        let value = line.rsplit(' ').next().unwrap_or("0");
+        if line.starts_with(&format!("{name}_bucket")) {
+            let le = line
+                .split("le=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or("+Inf");
+            let le = le.parse::<f64>().unwrap_or(f64::INFINITY);
+            buckets.push((le, value.parse::<u64>().unwrap_or(0)));
+        } else if line.starts_with(&format!("{name}_sum")) {
+            sum = value.parse().unwrap_or(0.0);
+        } else if line.starts_with(&format!("{name}_count")) {
+            count = value.parse().unwrap_or(0);
+        }
+    }
+    let quantile = |q: f64| {
+        let target = (count as f64 * q).ceil() as u64;
+        buckets
+            .iter()
+            .find(|(_, n)| *n >= target.max(1))
+            .map(|(le, _)| le * 1000.0)
+            .unwrap_or(f64::NAN)
+    };
+    let mean = if count > 0 {
+        sum / count as f64 * 1000.0
+    } else {
+        f64::NAN
+    };
+    (mean, quantile(0.5), quantile(0.99), count)
+}
+
+/// Lookups of expired tokens: each is refreshed once at the IdP.
+async fn bench_refresh(label: &str, database_url: &str) {
+    let idp = fake_idp::FakeIdp::start().await;
+    let server = start_with(database_url, Some(&idp)).await;
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for chunk in (0..REFRESH_USERS)
+        .collect::<Vec<_>>()
+        .chunks(REFRESH_CONCURRENCY)
+    {
+        let lookups = chunk.iter().map(|i| {
+            let req = client
+                .get(format!("{}/v1/users/bench:refresh-{i}/token", server.base))
+                .bearer_auth(&server.secret);
+            async move {
+                let t = Instant::now();
+                let ok = req.send().await.is_ok_and(|r| r.status().is_success());
+                (ok, t.elapsed())
+            }
+        });
+        for (ok, took) in futures_join_all(lookups).await {
+            if ok {
+                latencies.push(took.as_secs_f64() * 1000.0);
+            } else {
+                errors += 1;
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    if latencies.is_empty() {
+        println!("\n{label}: refresh window — every lookup failed ({errors})");
+        return;
+    }
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    let metrics = client
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let name = "chatgate_refresh_duration_seconds";
+    println!(
+        "\n{label}: refresh window — {REFRESH_USERS} expired tokens, {REFRESH_CONCURRENCY} lookups at a time, IdP on loopback"
+    );
+    println!(
+        "  lookups that refreshed: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, errors {errors}",
+        latencies.len() as f64 / elapsed.as_secs_f64(),
+        pct(0.5),
+        pct(0.99)
+    );
+    println!(
+        "  {:<44} {:>9} {:>9} {:>9} {:>6}",
+        "phase (chatgate's histogram)", "mean ms", "p50 ≤ ms", "p99 ≤ ms", "n"
+    );
+    for (phase, what) in [
+        ("idp", "IdP token request (round trip)"),
+        ("store", "IdP answer -> stored (the unsaved window)"),
+    ] {
+        let (mean, p50, p99, n) = histogram_ms(&metrics, name, phase);
+        println!("  {what:<44} {mean:>9.2} {p50:>9.2} {p99:>9.2} {n:>6}");
+    }
+    let _ = std::io::stdout().flush();
+}
+
+/// Awaits every future (a tiny join_all, to need no extra crate).
+async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` would too: run only
     // when benchmarking.
@@ -321,12 +498,20 @@ fn main() {
             dir.path().join("bench.db").display()
         );
         bench("SQLite", &sqlite, connections, seconds).await;
+        let refresh_db = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("refresh.db").display()
+        );
+        bench_refresh("SQLite", &refresh_db).await;
         match std::env::var("CHATGATE_BENCH_POSTGRES_URL")
             .or_else(|_| std::env::var("CHATGATE_TEST_POSTGRES_URL"))
         {
             Ok(admin) => {
                 let (url, name) = fresh_postgres_database(&admin).await;
                 bench("PostgreSQL", &url, connections, seconds).await;
+                drop_postgres_database(&admin, &name).await;
+                let (url, name) = fresh_postgres_database(&admin).await;
+                bench_refresh("PostgreSQL", &url).await;
                 drop_postgres_database(&admin, &name).await;
             }
             Err(_) => {

@@ -95,6 +95,11 @@ impl RefreshOutcome {
     }
 }
 
+/// 0.25 ms .. ~40 s in steps of 1.5x: fine enough to read the unsaved window.
+fn refresh_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.00025, 1.5, 30))
+}
+
 fn latency_histogram() -> Histogram {
     // 1 ms .. ~33 s
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
@@ -156,6 +161,12 @@ impl Metrics {
             "Access-token refreshes at IdPs, by outcome (lost should stay 0)",
             refreshes.clone(),
         );
+        // Present from the start, so an alert on them sees a 0, not nothing.
+        for outcome in [RefreshOutcome::Lost, RefreshOutcome::StoredAfterRetry] {
+            let _ = refreshes.get_or_create(&OutcomeLabels {
+                outcome: outcome.as_str(),
+            });
+        }
         let refreshes_in_flight = Gauge::default();
         registry.register(
             "refreshes_in_flight",
@@ -170,7 +181,7 @@ impl Metrics {
         );
         let refresh_seconds =
             Family::<PhaseLabels, Histogram, fn() -> Histogram>::new_with_constructor(
-                latency_histogram as fn() -> Histogram,
+                refresh_histogram as fn() -> Histogram,
             );
         registry.register(
             "refresh_duration_seconds",

@@ -15,9 +15,13 @@ use crate::config::AppConfig;
 use crate::domain::{AppId, Origin, UserId};
 use crate::oidc::{AuthorizationRequest, IdTokenCheck, OidcError};
 use crate::secret::{random_token, sha256_hex};
-use crate::store::{AuditEvent, NewFlow};
+use crate::store::{AuditEvent, NewFlow, retry_transient};
 use crate::vault::{Aad, TokenSet};
 use crate::web::session::SessionSignIn;
+
+/// How long one sign-in request rides a database blip out before it answers
+/// `temporarily_unavailable` (well within the widget's 10 s timeout).
+const DB_RETRY_BUDGET: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Where the result goes: the hidden iframe's parent, or the popup's opener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +78,16 @@ impl FlowError {
 
     pub fn unavailable(description: impl Into<String>) -> Self {
         Self::new("temporarily_unavailable", description)
+    }
+
+    /// A failed database write: `temporarily_unavailable` when the database is
+    /// down (the widget may retry), else `server_error`.
+    fn database(transient: bool) -> Self {
+        if transient {
+            Self::unavailable("chatgate's database is unavailable; try again shortly")
+        } else {
+            Self::server_error()
+        }
     }
 
     /// An error the IdP sent to the callback. Its code is passed on when it looks
@@ -185,25 +199,28 @@ pub async fn start(
             domain_hint: req.domain_hint,
         })
         .map_err(FlowError::from)?;
-    state
-        .store
-        .insert_flow(NewFlow {
+    let binding_hash = sha256_hex(binding.as_bytes());
+    let sealed_nonce = keys.seal(&flow_aad(&row, "nonce"), nonce.as_bytes());
+    let sealed_verifier = keys.seal(&flow_aad(&row, "pkce_verifier"), verifier.as_bytes());
+    retry_transient(DB_RETRY_BUDGET, || {
+        state.store.insert_flow(NewFlow {
             state_hash: &state_hash,
-            binding_hash: &sha256_hex(binding.as_bytes()),
+            binding_hash: &binding_hash,
             app: req.app.id.as_str(),
             provider: provider_id.as_str(),
             origin: req.origin.as_str(),
             mode: req.mode.as_str(),
-            nonce: keys.seal(&flow_aad(&row, "nonce"), nonce.as_bytes()),
-            pkce_verifier: keys.seal(&flow_aad(&row, "pkce_verifier"), verifier.as_bytes()),
+            nonce: sealed_nonce.clone(),
+            pkce_verifier: sealed_verifier.clone(),
             created_at: now,
             expires_at: now + state.config.flow_ttl.as_secs() as i64,
         })
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "cannot store a pending flow");
-            FlowError::server_error()
-        })?;
+    })
+    .await
+    .map_err(|e| {
+        tracing::error!(error = %e, "cannot store a pending flow");
+        FlowError::database(e.is_transient())
+    })?;
     state.metrics.flow("started", req.mode.as_str());
     Ok(url)
 }
@@ -266,14 +283,18 @@ pub async fn finish(
     let state_hash = sha256_hex(flow_state.as_bytes());
     let mut flow = None;
     for binding in bindings {
-        let taken = state
-            .store
-            .take_flow(&state_hash, &sha256_hex(binding.as_bytes()))
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "cannot read pending flows");
-                CallbackFailure::Untied("chatgate could not look the sign-in up; try again.")
-            })?;
+        let binding_hash = sha256_hex(binding.as_bytes());
+        let taken = retry_transient(DB_RETRY_BUDGET, || {
+            state.store.take_flow(&state_hash, &binding_hash)
+        })
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot read pending flows");
+            CallbackFailure::Untied(
+                "chatgate's database is unavailable, so the sign-in could not be finished; \
+                     close this window and try again.",
+            )
+        })?;
         if taken.is_some() {
             flow = taken;
             break;
@@ -404,14 +425,19 @@ pub async fn finish(
         scope: tokens.scope.unwrap_or_else(|| app.scopes.join(" ")),
         expires_at: tokens.expires_in.map(|d| now + d.as_secs() as i64),
     };
-    if let Err(e) = state
-        .vault
-        .save(&app.id, &user_id, &provider.config().id, &token_set, now)
-        .await
+    // A blip is ridden out; a longer outage fails the sign-in as a whole
+    // (nothing half-written: the vault write is one statement) and the widget
+    // learns it may try again.
+    if let Err(e) = retry_transient(DB_RETRY_BUDGET, || {
+        state
+            .vault
+            .save(&app.id, &user_id, &provider.config().id, &token_set, now)
+    })
+    .await
     {
         state.metrics.vault_op("write", "error");
         tracing::error!(error = %e, "cannot store tokens in the vault");
-        return Err(fail(FlowError::server_error()));
+        return Err(fail(FlowError::database(e.is_transient())));
     }
     state.metrics.vault_op("write", "ok");
     state

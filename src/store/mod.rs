@@ -74,6 +74,40 @@ impl StoreError {
     }
 }
 
+/// Errors that may go away on their own (a database blip).
+pub trait Transient {
+    fn is_transient(&self) -> bool;
+}
+
+impl Transient for StoreError {
+    fn is_transient(&self) -> bool {
+        StoreError::is_transient(self)
+    }
+}
+
+/// Runs `op` again while it fails transiently and `budget` is not spent,
+/// pausing 200 ms, 400 ms, ... in between: for the writes a request should
+/// ride a short database blip out for (a sign-in's flow and tokens). An
+/// attempt itself may take up to the pool's acquire timeout.
+pub async fn retry_transient<T, E, F>(budget: Duration, mut op: impl FnMut() -> F) -> Result<T, E>
+where
+    E: Transient + std::fmt::Display,
+    F: Future<Output = Result<T, E>>,
+{
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(200);
+    loop {
+        match op().await {
+            Err(e) if e.is_transient() && started.elapsed() + pause < budget => {
+                tracing::warn!(error = %e, "the database is unavailable; retrying");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            other => return other,
+        }
+    }
+}
+
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -84,7 +118,7 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// `/readyz` says "unreachable" when a round trip takes longer.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a SQLite writer waits for another writer's lock.
-const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A connection pool to one of the two supported databases.
 #[derive(Debug, Clone)]

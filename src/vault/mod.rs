@@ -44,6 +44,12 @@ impl VaultError {
     }
 }
 
+impl crate::store::Transient for VaultError {
+    fn is_transient(&self) -> bool {
+        VaultError::is_transient(self)
+    }
+}
+
 const TABLE: &str = "vault_entries";
 const ACCESS: &str = "access_token";
 const REFRESH: &str = "refresh_token";

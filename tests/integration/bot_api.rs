@@ -238,7 +238,7 @@ async fn rotated_refresh_tokens_are_used_and_old_ones_never_again(db: &TestDb) {
     assert_eq!(s.stored_refresh_token().await.unwrap(), before);
 }
 
-async fn expire_access_token(store: &Store) {
+pub(crate) async fn expire_access_token(store: &Store) {
     const SQL: &str = "UPDATE vault_entries SET access_expires_at = 0";
     match store {
         Store::Sqlite(p) => sqlx::query(SQL).execute(p).await.map(|_| ()).unwrap(),
@@ -591,7 +591,7 @@ async fn the_openapi_document_describes_the_bot_api(db: &TestDb) {
 }
 
 /// GETs every URL at the same time (one task each) with the bot secret.
-async fn concurrent_lookups(urls: Vec<String>, secret: &str) -> Vec<reqwest::Response> {
+pub(crate) async fn concurrent_lookups(urls: Vec<String>, secret: &str) -> Vec<reqwest::Response> {
     let start = std::sync::Arc::new(tokio::sync::Barrier::new(urls.len()));
     let tasks: Vec<_> = urls
         .into_iter()

@@ -13,5 +13,6 @@ mod cli;
 mod dev_idp;
 mod host_session;
 mod ops;
+mod refresh_faults;
 mod signin;
 mod storage;

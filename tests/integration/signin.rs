@@ -892,7 +892,38 @@ async fn a_provider_whose_discovery_names_another_issuer_is_never_ready(db: &Tes
     assert_error(&posted_message(r).await.unwrap(), "temporarily_unavailable");
 }
 
+async fn a_database_outage_is_posted_as_temporarily_unavailable(db: &TestDb) {
+    let outage = common::outage::DbOutage::new(db).await;
+    let url = outage.url.clone();
+    let mut s = setup_with(db, "", |mut c| {
+        c.toml = c.toml.replace(&db.url, &url);
+        c
+    })
+    .await;
+    // PostgreSQL cut; SQLite's write lock held past its 5 s busy timeout.
+    let length = match db.backend {
+        common::Backend::Postgres => std::time::Duration::from_secs(4),
+        common::Backend::Sqlite => std::time::Duration::from_secs(7),
+    };
+    let during = outage.begin(length).await;
+    let started = std::time::Instant::now();
+    let r = s.browser.get(&s.authorize_url("silent", "")).await;
+    assert_eq!(r.status(), 200);
+    let envelope = posted_message(r).await.expect("the page posts the error");
+    assert_error(&envelope, "temporarily_unavailable");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(7),
+        "answered before the widget's timeout would"
+    );
+    during.await.unwrap();
+    // Back: the same browser signs in, and nothing half-written is in the way.
+    let message = s.flow("silent").await;
+    assert_eq!(message["message"]["type"], "chatgate:success", "{message}");
+    assert!(s.stored().await);
+}
+
 backend_tests!(
+    a_database_outage_is_posted_as_temporarily_unavailable,
     silent_sign_in_stores_tokens_and_posts_a_chat_token,
     the_authorization_request_carries_pkce_state_nonce_and_prompt_none,
     an_origin_that_is_not_allow_listed_gets_a_page_that_posts_nothing,

@@ -2,9 +2,10 @@
 //! demand: it signs real ES256 ID tokens, checks PKCE and client
 //! authentication, counts calls, and can be told to misbehave.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::{Form, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -93,11 +94,32 @@ pub struct IdpState {
     /// Whether the token endpoint expects `client_secret_post` (else Basic).
     pub expect_client_secret_post: bool,
     pub codes: HashMap<String, CodeGrant>,
+    /// Refresh tokens the IdP issued: `true` while unused. Rotation: a refresh
+    /// token works once; presenting a used one again (a replay) revokes its
+    /// whole grant, as oidc-provider, Auth0, Okta and Entra do.
     pub refresh_tokens: HashMap<String, bool>,
+    /// The grant each refresh token belongs to (a token seeded by a test is a
+    /// grant of its own).
+    pub grant_of: HashMap<String, String>,
+    pub revoked_grants: HashSet<String>,
+    /// The `sub` of the ID tokens a grant's refreshes carry, when not the
+    /// signed-in user's (a benchmark refreshing many users).
+    pub subjects: HashMap<String, String>,
+    /// Used refresh tokens presented again.
+    pub replays: usize,
+    /// Refresh grants are processed (the token rotated) at once, but answered
+    /// this much later — a slow IdP or a slow network back.
+    pub refresh_answer_delay: Option<Duration>,
+    /// Refresh grants wait this long before they are processed; a client that
+    /// gives up meanwhile leaves the refresh token unused.
+    pub refresh_arrival_delay: Option<Duration>,
+    /// The JWKS endpoint answers with this HTTP status (an outage), when set.
+    pub jwks_status: Option<u16>,
     pub token_calls: usize,
     pub jwks_calls: usize,
     pub revoked: Vec<String>,
-    /// Every refresh token presented at the token endpoint, in order.
+    /// Every refresh token the token endpoint processed (not those it turned
+    /// away during an outage), in order.
     pub presented_refresh_tokens: Vec<String>,
     /// Answer token requests with this HTTP status (an outage), when set.
     pub token_endpoint_status: Option<u16>,
@@ -176,6 +198,48 @@ impl FakeIdp {
         self.with(|s| s.jwks_calls)
     }
 
+    /// Every refresh token presented so far was presented once: nothing was
+    /// replayed, no grant was revoked for reuse.
+    #[track_caller]
+    pub fn assert_no_refresh_token_replayed(&self) {
+        self.with(|s| {
+            let unique: HashSet<&String> = s.presented_refresh_tokens.iter().collect();
+            assert_eq!(
+                unique.len(),
+                s.presented_refresh_tokens.len(),
+                "a refresh token was presented twice: {:?}",
+                s.presented_refresh_tokens
+            );
+            assert_eq!(s.replays, 0, "the IdP detected a replay");
+            assert!(s.revoked_grants.is_empty(), "a grant was revoked");
+        });
+    }
+
+    /// Refresh requests the IdP processed.
+    pub fn refreshes(&self) -> usize {
+        self.with(|s| s.presented_refresh_tokens.len())
+    }
+
+    /// Whether `rt` is a refresh token the IdP would accept now.
+    pub fn accepts(&self, rt: &str) -> bool {
+        self.with(|s| {
+            s.refresh_tokens.get(rt) == Some(&true) && !s.revoked_grants.contains(&grant(s, rt))
+        })
+    }
+
+    /// Waits until the IdP has processed `n` refresh requests.
+    pub async fn wait_for_refreshes(&self, n: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while self.refreshes() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the IdP saw {} refreshes, not {n}",
+                self.refreshes()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Adds a key, publishes it, and signs with it from now on.
     pub fn rotate_key(&self, kid: &str) {
         self.with(|s| {
@@ -205,11 +269,22 @@ async fn discovery(State(state): State<Arc<Mutex<IdpState>>>) -> Json<Value> {
     }))
 }
 
-async fn jwks(State(state): State<Arc<Mutex<IdpState>>>) -> Json<Value> {
+async fn jwks(State(state): State<Arc<Mutex<IdpState>>>) -> Response {
     let mut s = state.lock().unwrap();
     s.jwks_calls += 1;
+    if let Some(status) = s.jwks_status {
+        return (StatusCode::from_u16(status).unwrap(), "unavailable").into_response();
+    }
     let keys: Vec<&Jwk> = s.published.iter().map(|i| &s.keys[*i].jwk).collect();
-    Json(json!({ "keys": keys }))
+    Json(json!({ "keys": keys })).into_response()
+}
+
+/// The grant a refresh token belongs to.
+fn grant(s: &IdpState, rt: &str) -> String {
+    s.grant_of
+        .get(rt)
+        .cloned()
+        .unwrap_or_else(|| rt.to_string())
 }
 
 async fn authorize(
@@ -321,11 +396,29 @@ async fn token(
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    let mut s = state.lock().unwrap();
-    s.token_calls += 1;
-    if let Some(rt) = form.get("refresh_token") {
-        s.presented_refresh_tokens.push(rt.clone());
+    let refresh = form.get("grant_type").map(String::as_str) == Some("refresh_token");
+    let arrival = refresh
+        .then(|| state.lock().unwrap().refresh_arrival_delay)
+        .flatten();
+    if let Some(delay) = arrival {
+        tokio::time::sleep(delay).await;
     }
+    let (response, answer_delay) = {
+        let mut s = state.lock().unwrap();
+        let response = token_now(&mut s, &headers, &form);
+        (
+            response,
+            refresh.then_some(s.refresh_answer_delay).flatten(),
+        )
+    };
+    if let Some(delay) = answer_delay {
+        tokio::time::sleep(delay).await;
+    }
+    response
+}
+
+fn token_now(s: &mut IdpState, headers: &HeaderMap, form: &HashMap<String, String>) -> Response {
+    s.token_calls += 1;
     if let Some(status) = s.token_endpoint_status {
         return (
             StatusCode::from_u16(status).unwrap(),
@@ -333,18 +426,21 @@ async fn token(
         )
             .into_response();
     }
-    if !client_ok(&s, &headers, &form) {
+    if !client_ok(s, headers, form) {
         return (
             StatusCode::UNAUTHORIZED,
             Json(json!({"error": "invalid_client"})),
         )
             .into_response();
     }
-    let behavior = std::mem::take(&mut s.next_token);
+    if let Some(rt) = form.get("refresh_token") {
+        s.presented_refresh_tokens.push(rt.clone());
+    }
+    let mut behavior = std::mem::take(&mut s.next_token);
     if let Some(error) = &behavior.error {
         return oauth_error(error);
     }
-    let (nonce, scope) = match form.get("grant_type").map(String::as_str) {
+    let (nonce, scope, grant_id) = match form.get("grant_type").map(String::as_str) {
         Some("authorization_code") => {
             let Some(grant) = form.get("code").and_then(|c| s.codes.remove(c)) else {
                 return oauth_error("invalid_grant");
@@ -357,16 +453,30 @@ async fn token(
             {
                 return oauth_error("invalid_grant");
             }
-            (grant.nonce, grant.scope)
+            (
+                grant.nonce,
+                grant.scope,
+                format!("grant-{}", chatgate::secret::random_token::<8>()),
+            )
         }
         Some("refresh_token") => {
             let rt = form.get("refresh_token").cloned().unwrap_or_default();
+            let grant_id = grant(s, &rt);
             match s.refresh_tokens.get(&rt) {
-                Some(true) => {}
+                Some(true) if !s.revoked_grants.contains(&grant_id) => {}
+                Some(false) => {
+                    // Reuse detection: a used refresh token again ends the grant.
+                    s.replays += 1;
+                    s.revoked_grants.insert(grant_id);
+                    return oauth_error("invalid_grant");
+                }
                 _ => return oauth_error("invalid_grant"),
             }
             s.refresh_tokens.insert(rt, false); // rotation: single use
-            (None, "openid offline_access".to_string())
+            if let Some(sub) = s.subjects.get(&grant_id) {
+                behavior.claims.entry("sub").or_insert_with(|| json!(sub));
+            }
+            (None, "openid offline_access".to_string(), grant_id)
         }
         _ => return oauth_error("unsupported_grant_type"),
     };
@@ -379,10 +489,11 @@ async fn token(
     if !behavior.no_refresh_token {
         let rt = format!("rt-{}", chatgate::secret::random_token::<12>());
         s.refresh_tokens.insert(rt.clone(), true);
+        s.grant_of.insert(rt.clone(), grant_id);
         body["refresh_token"] = json!(rt);
     }
     if !behavior.no_id_token {
-        body["id_token"] = json!(id_token(&s, nonce.as_deref(), &behavior));
+        body["id_token"] = json!(id_token(s, nonce.as_deref(), &behavior));
     }
     Json(body).into_response()
 }
@@ -401,6 +512,11 @@ async fn revoke(
             .into_response();
     }
     let token = form.get("token").cloned().unwrap_or_default();
+    if s.refresh_tokens.contains_key(&token) {
+        // Revoking a refresh token ends its grant.
+        let grant_id = grant(&s, &token);
+        s.revoked_grants.insert(grant_id);
+    }
     s.refresh_tokens.insert(token.clone(), false);
     s.revoked.push(token);
     StatusCode::OK.into_response()

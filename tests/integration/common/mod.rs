@@ -5,6 +5,8 @@
 
 pub mod browser;
 pub mod fake_idp;
+pub mod outage;
+pub mod proxy;
 pub mod tls;
 
 use std::collections::HashMap;
