@@ -222,14 +222,14 @@ pub struct RefreshedEntry<'a> {
     /// The lease the refresh was made under: the write lands only while the
     /// row still carries it.
     pub lease_id: &'a str,
-    pub access_token: Vec<u8>,
+    pub access_token: &'a [u8],
     /// `None` keeps the stored refresh token (the IdP did not rotate it).
-    pub refresh_token: Option<Vec<u8>>,
+    pub refresh_token: Option<&'a [u8]>,
     pub token_type: &'a str,
     pub scope: &'a str,
     pub access_expires_at: Option<i64>,
     /// The refreshed ID token, sealed, when it could not be verified yet.
-    pub pending_id_token: Option<Vec<u8>>,
+    pub pending_id_token: Option<&'a [u8]>,
     pub pending_id_token_at: Option<i64>,
     /// The refreshed ID token was invalid: keep the tokens (the only live
     /// refresh token), but the user must sign in again.

@@ -16,7 +16,7 @@ use crate::metrics::RefreshOutcome;
 use crate::oidc::{IdTokenCheck, IdTokenT, IdpTokens, OidcError, Provider};
 use crate::secret::SecretString;
 use crate::store::{AuditEvent, LeaseTake};
-use crate::vault::{PendingIdToken, RefreshResult, TokenSet, VaultEntry};
+use crate::vault::{PendingIdToken, RefreshResult, SealedRefresh, TokenSet, VaultEntry};
 
 /// How often a task waiting for another replica's refresh reads the row.
 const POLL: Duration = Duration::from_millis(100);
@@ -248,20 +248,42 @@ impl Task {
             scope: tokens.scope.unwrap_or_else(|| entry.tokens.scope.clone()),
             expires_at: tokens.expires_in.map(|d| received_at + d.as_secs() as i64),
         };
-        let result = RefreshResult {
-            lease_id: &lease_id,
-            tokens: &set,
-            pending_id_token: pending.as_ref(),
-            needs_reauth,
-        };
-        let stored = self.store(&result, publisher, &keeper).await;
+        // Sealed once; only the access token stays in the clear, for the answer.
+        let sealed = inner.vault.seal_refreshed(
+            &self.app,
+            &self.user,
+            &RefreshResult {
+                lease_id: &lease_id,
+                tokens: &set,
+                pending_id_token: pending.as_ref(),
+                needs_reauth,
+            },
+        );
+        let TokenSet {
+            access_token,
+            refresh_token: rotated,
+            token_type,
+            scope,
+            expires_at,
+        } = set;
+        drop(pending);
+        let stored = self.store(&sealed, publisher, &keeper).await;
         inner
             .metrics
             .refresh_phase("store", answered.elapsed().as_secs_f64());
         drop(keeper);
         let retried = match stored {
             Stored::Landed { retried } => retried,
-            Stored::Refused => return self.refused(&entry, &refresh_token, &set).await,
+            Stored::Refused => {
+                let got = TokenSet {
+                    access_token,
+                    refresh_token: rotated,
+                    token_type,
+                    scope,
+                    expires_at,
+                };
+                return self.refused(&entry, &refresh_token, &got).await;
+            }
             Stored::GaveUp => {
                 self.release(&lease_id).await;
                 inner.metrics.refresh(RefreshOutcome::Lost);
@@ -300,10 +322,10 @@ impl Task {
                 });
                 self.audit("ok", None).await;
                 Ok(super::FreshToken {
-                    access_token: set.access_token.clone(),
-                    token_type: set.token_type.clone(),
-                    expires_at: set.expires_at,
-                    scope: set.scope.clone(),
+                    access_token,
+                    token_type,
+                    expires_at,
+                    scope,
                     refreshed: true,
                 })
             }
@@ -315,7 +337,7 @@ impl Task {
     /// [`KEEP_UNSAVED_FOR`] has passed. The lease keeper runs meanwhile.
     async fn store(
         &self,
-        result: &RefreshResult<'_>,
+        sealed: &SealedRefresh,
         publisher: &Publisher,
         keeper: &LeaseKeeper,
     ) -> Stored {
@@ -327,7 +349,7 @@ impl Task {
             let error = match self
                 .inner
                 .vault
-                .save_refreshed(&self.app, &self.user, result, crate::time::now())
+                .write_refreshed(sealed, crate::time::now())
                 .await
             {
                 Ok(true) => {

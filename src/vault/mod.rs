@@ -111,6 +111,32 @@ pub struct RefreshResult<'a> {
     pub needs_reauth: bool,
 }
 
+/// A refresh result, sealed for its row: what a refresher holds in memory
+/// until the database takes it.
+pub struct SealedRefresh {
+    app: AppId,
+    user_id: UserId,
+    lease_id: String,
+    access_token: Vec<u8>,
+    refresh_token: Option<Vec<u8>>,
+    token_type: String,
+    scope: String,
+    access_expires_at: Option<i64>,
+    pending_id_token: Option<Vec<u8>>,
+    pending_id_token_at: Option<i64>,
+    needs_reauth: bool,
+}
+
+impl std::fmt::Debug for SealedRefresh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedRefresh")
+            .field("app", &self.app)
+            .field("user_id", &self.user_id)
+            .field("rotated", &self.refresh_token.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 /// What `vault rekey` did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RekeyReport {
@@ -291,7 +317,18 @@ impl Vault {
         result: &RefreshResult<'_>,
         now: i64,
     ) -> Result<bool> {
-        self.forget(app, user_id);
+        let sealed = self.seal_refreshed(app, user_id, result);
+        self.write_refreshed(&sealed, now).await
+    }
+
+    /// A refresh result sealed once, to be written (again and again, while
+    /// the database is away) by [`Vault::write_refreshed`].
+    pub fn seal_refreshed(
+        &self,
+        app: &AppId,
+        user_id: &UserId,
+        result: &RefreshResult<'_>,
+    ) -> SealedRefresh {
         let (access, refresh) = self.seal_tokens(app, user_id, result.tokens);
         let row = [app.as_str(), user_id.as_str()];
         let pending = result.pending_id_token.map(|p| {
@@ -300,21 +337,39 @@ impl Vault {
                 p.token.expose_secret().as_bytes(),
             )
         });
+        SealedRefresh {
+            app: app.clone(),
+            user_id: user_id.clone(),
+            lease_id: result.lease_id.to_string(),
+            access_token: access,
+            refresh_token: refresh,
+            token_type: result.tokens.token_type.clone(),
+            scope: result.tokens.scope.clone(),
+            access_expires_at: result.tokens.expires_at,
+            pending_id_token: pending,
+            pending_id_token_at: result.pending_id_token.map(|p| p.received_at),
+            needs_reauth: result.needs_reauth,
+        }
+    }
+
+    /// Writes a sealed refresh result; see [`Vault::save_refreshed`].
+    pub async fn write_refreshed(&self, sealed: &SealedRefresh, now: i64) -> Result<bool> {
+        self.forget(&sealed.app, &sealed.user_id);
         Ok(self
             .store
             .write_refreshed(
                 RefreshedEntry {
-                    app: app.as_str(),
-                    user_id: user_id.as_str(),
-                    lease_id: result.lease_id,
-                    access_token: access,
-                    refresh_token: refresh,
-                    token_type: &result.tokens.token_type,
-                    scope: &result.tokens.scope,
-                    access_expires_at: result.tokens.expires_at,
-                    pending_id_token: pending,
-                    pending_id_token_at: result.pending_id_token.map(|p| p.received_at),
-                    needs_reauth: result.needs_reauth,
+                    app: sealed.app.as_str(),
+                    user_id: sealed.user_id.as_str(),
+                    lease_id: &sealed.lease_id,
+                    access_token: &sealed.access_token,
+                    refresh_token: sealed.refresh_token.as_deref(),
+                    token_type: &sealed.token_type,
+                    scope: &sealed.scope,
+                    access_expires_at: sealed.access_expires_at,
+                    pending_id_token: sealed.pending_id_token.as_deref(),
+                    pending_id_token_at: sealed.pending_id_token_at,
+                    needs_reauth: sealed.needs_reauth,
                 },
                 now,
             )
