@@ -201,7 +201,8 @@ host_keys = [{{ kid = "h", alg = "HS256", secret_file = "host.secret" }}]
     )])
     .unwrap();
     let now = chatgate::time::now();
-    let vault = Vault::new(store.clone(), Arc::new(ring));
+    let ring = Arc::new(ring);
+    let vault = Vault::new(store.clone(), ring.clone());
     let seed = |user: String, rt: String, expires_at: i64| {
         let vault = vault.clone();
         async move {
@@ -236,7 +237,8 @@ host_keys = [{{ kid = "h", alg = "HS256", secret_file = "host.secret" }}]
             seed(format!("bench:refresh-{i}"), rt, now - 10).await;
         }
     }
-    let bot = chatgate::bots::create(&store, &AppId::parse("support").unwrap(), "bench", now)
+    let bot = chatgate::bots::BotDirectory::new(store.clone(), &ring, Duration::ZERO)
+        .create(&AppId::parse("support").unwrap(), "bench", now)
         .await
         .unwrap();
     store.close().await;

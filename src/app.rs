@@ -20,7 +20,7 @@ use crate::oidc::Providers;
 use crate::oidc::http::IdpHttp;
 use crate::store::{Store, StoreError};
 use crate::user_tokens::{RefreshSettings, TokenService};
-use crate::vault::Vault;
+use crate::vault::{Vault, VaultKeyRing};
 
 /// Everything a request handler can reach.
 #[derive(Debug, Clone)]
@@ -78,20 +78,28 @@ impl AppState {
                     url: config.database.display.clone(),
                     source,
                 })?;
-        store.migrate().await?;
+        migrate(&store, &config.vault_keys).await?;
         let issuer = Arc::new(ChatTokenIssuer::new(
             config.public_url.issuer(),
             config.signing_key.clone(),
             config.chat_token_ttl,
         ));
-        let keys = Arc::new(KeyDirectory::new(issuer, config.clock_skew));
+        let keys = Arc::new(KeyDirectory::new(
+            issuer,
+            config.clock_skew,
+            &config.vault_keys,
+        ));
         keys.refresh(&store, crate::time::now()).await?;
         let vault = Vault::with_read_cache(
             store.clone(),
             config.vault_keys.clone(),
             config.read_cache_ttl,
         );
-        let bots = Arc::new(BotDirectory::new(store.clone(), config.read_cache_ttl));
+        let bots = Arc::new(BotDirectory::new(
+            store.clone(),
+            &config.vault_keys,
+            config.read_cache_ttl,
+        ));
         let (audit, _writer) = AuditLog::start(store.clone());
         let providers = Arc::new(Providers::new(
             &config.providers,
@@ -121,6 +129,27 @@ impl AppState {
         })
     }
 }
+
+/// Applies pending migrations, and the one-time steps that go with them: when
+/// migration 4 (row MACs) is applied, the bot credentials and signing keys
+/// already in the database are tagged, so they stay valid (rows added later
+/// without the vault key are refused).
+pub async fn migrate(store: &Store, vault: &VaultKeyRing) -> Result<(), StoreError> {
+    let applied = store.migrate().await?;
+    if applied.contains(&ROW_MACS_MIGRATION) {
+        let bots = BotDirectory::adopt_rows_from_before_keyed_hashes(store, vault).await?;
+        let keys = KeyDirectory::adopt_rows_from_before_tags(store, vault).await?;
+        tracing::info!(
+            bots,
+            signing_keys = keys,
+            "tagged the bot credentials and signing keys from before row MACs"
+        );
+    }
+    Ok(())
+}
+
+/// The migration that added row MACs (`migrations/*/0004_row_macs.sql`).
+const ROW_MACS_MIGRATION: i64 = 4;
 
 /// The refresh machinery's part of the configuration.
 fn refresh_settings(config: &Config) -> RefreshSettings {

@@ -23,6 +23,7 @@ pub struct QueuedEvent {
     pub user_id: Option<String>,
     pub action: &'static str,
     pub outcome: &'static str,
+    pub detail: Option<&'static str>,
 }
 
 enum Msg {
@@ -84,7 +85,7 @@ async fn write_batches(store: Store, mut rx: mpsc::Receiver<Msg>) {
                             user_id: e.user_id.as_deref(),
                             action: e.action,
                             outcome: e.outcome,
-                            detail: None,
+                            detail: e.detail,
                         },
                         e.at,
                     )

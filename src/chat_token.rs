@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 use crate::domain::{AppId, UserId};
 use crate::secret::{SecretString, random_bytes, random_token};
 use crate::store::{Store, StoreError};
+use crate::vault::VaultKeyRing;
+use crate::vault::mac::MacKeys;
 
 /// The algorithm of a chat-token signing key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,6 +155,19 @@ fn ed25519_pkcs8_v1(key: &ed25519_dalek::SigningKey) -> ed25519_dalek::pkcs8::Ke
     }
 }
 
+/// How the user came in (the `via` claim), so a bot can refuse the weaker ways.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Via {
+    /// chatgate's own sign-in at the IdP (authorization code flow), or a
+    /// renewal from the session it started.
+    Oidc,
+    /// A host-signed userinfo token (`POST /v1/host-session`).
+    Host,
+    /// An ID token the host page exchanged (`POST /v1/token-exchange`).
+    IdToken,
+}
+
 /// The claims of a chat token (DESIGN.md, "Chat tokens").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChatClaims {
@@ -164,10 +179,16 @@ pub struct ChatClaims {
     pub exp: i64,
     pub jti: String,
     pub auth_time: i64,
+    /// How the user came in.
+    pub via: Via,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
+    /// With `email`: exactly as the IdP (or host) stated it, `false` when it
+    /// did not. Key users on `sub`, never on the email.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email_verified: Option<bool>,
 }
 
 /// Who a new chat token is for.
@@ -175,11 +196,20 @@ pub struct ChatClaims {
 pub struct ChatSubject<'a> {
     pub app: &'a AppId,
     pub audience: &'a str,
+    pub user: &'a ChatUser<'a>,
+}
+
+/// The user a chat token is about.
+#[derive(Debug, Clone)]
+pub struct ChatUser<'a> {
     pub user_id: &'a UserId,
+    pub via: Via,
     /// When the user last authenticated (Unix seconds).
     pub auth_time: i64,
     pub name: Option<&'a str>,
     pub email: Option<&'a str>,
+    /// Whether the IdP said the email is verified (absent = `false`).
+    pub email_verified: bool,
 }
 
 /// Signs chat tokens with the current key.
@@ -211,20 +241,14 @@ impl ChatTokenIssuer {
     pub fn mint_for(
         &self,
         app: &crate::config::AppConfig,
-        user_id: &UserId,
-        auth_time: i64,
-        name: Option<&str>,
-        email: Option<&str>,
+        user: &ChatUser<'_>,
         now: i64,
     ) -> Result<(String, ChatClaims), ChatTokenError> {
         self.mint(
             &ChatSubject {
                 app: &app.id,
                 audience: &app.chat_audience,
-                user_id,
-                auth_time,
-                name,
-                email,
+                user,
             },
             now,
         )
@@ -239,14 +263,16 @@ impl ChatTokenIssuer {
         let claims = ChatClaims {
             iss: self.issuer.clone(),
             aud: subject.audience.to_string(),
-            sub: subject.user_id.to_string(),
+            sub: subject.user.user_id.to_string(),
             app: subject.app.to_string(),
             iat: now,
             exp: now + self.ttl.as_secs() as i64,
             jti: random_token::<16>(),
-            auth_time: subject.auth_time,
-            name: subject.name.map(str::to_string),
-            email: subject.email.map(str::to_string),
+            auth_time: subject.user.auth_time,
+            via: subject.user.via,
+            name: subject.user.name.map(str::to_string),
+            email: subject.user.email.map(str::to_string),
+            email_verified: subject.user.email.map(|_| subject.user.email_verified),
         };
         let mut header = Header::new(self.key.alg);
         header.kid = Some(self.key.kid.clone());
@@ -387,6 +413,14 @@ pub struct KeyDirectory {
     issuer: Arc<ChatTokenIssuer>,
     retention: Duration,
     current: RwLock<Arc<VerificationKeys>>,
+    /// Tags the rows of `signing_keys`: one planted by someone with database
+    /// access but no vault key is not published.
+    macs: MacKeys,
+}
+
+/// The parts of a `signing_keys` row its tag covers.
+fn signing_key_parts<'a>(kid: &'a str, alg: &'a str, jwk: &'a str) -> [&'a [u8]; 3] {
+    [kid.as_bytes(), alg.as_bytes(), jwk.as_bytes()]
 }
 
 impl fmt::Debug for KeyDirectory {
@@ -402,14 +436,33 @@ impl KeyDirectory {
     /// A key stays published for `retention` after the last heartbeat that used
     /// it: the longest a token it signed can live, plus clock skew and a
     /// heartbeat period of slack.
-    pub fn new(issuer: Arc<ChatTokenIssuer>, clock_skew: Duration) -> Self {
+    pub fn new(issuer: Arc<ChatTokenIssuer>, clock_skew: Duration, vault: &VaultKeyRing) -> Self {
         let retention = issuer.ttl() + clock_skew + 2 * KEY_HEARTBEAT;
         let only_current = VerificationKeys::new([issuer.key().public_jwk().clone()]);
         Self {
             issuer,
             retention,
             current: RwLock::new(Arc::new(only_current)),
+            macs: Self::mac_keys(vault),
         }
+    }
+
+    fn mac_keys(vault: &VaultKeyRing) -> MacKeys {
+        vault.mac_keys("signing-keys")
+    }
+
+    /// Tags the rows present when migration 0004 ran. Called exactly once,
+    /// right after it.
+    pub async fn adopt_rows_from_before_tags(
+        store: &Store,
+        vault: &VaultKeyRing,
+    ) -> Result<u64, StoreError> {
+        let macs = Self::mac_keys(vault);
+        store
+            .tag_untagged_signing_keys(macs.current().as_str(), |row| {
+                macs.tag(&signing_key_parts(&row.kid, &row.alg, &row.public_jwk))
+            })
+            .await
     }
 
     pub fn issuer(&self) -> &ChatTokenIssuer {
@@ -424,17 +477,50 @@ impl KeyDirectory {
             .clone()
     }
 
+    /// Records (tagged) that `key` signs chat tokens at `now`: the heartbeat
+    /// of a replica's key.
+    pub async fn record_key(
+        &self,
+        store: &Store,
+        key: &SigningKey,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let jwk = serde_json::to_string(key.public_jwk()).expect("a JWK serializes");
+        let mac = self
+            .macs
+            .tag(&signing_key_parts(key.kid(), key.alg_name(), &jwk));
+        store
+            .touch_signing_key(
+                key.kid(),
+                key.alg_name(),
+                &jwk,
+                self.macs.current().as_str(),
+                &mac,
+                now,
+            )
+            .await
+    }
+
     /// Records the heartbeat of the current key and reloads the published set.
     pub async fn refresh(&self, store: &Store, now: i64) -> Result<(), StoreError> {
         let key = self.issuer.key();
-        let jwk = serde_json::to_string(key.public_jwk()).expect("a JWK serializes");
-        store
-            .touch_signing_key(key.kid(), key.alg_name(), &jwk, now)
-            .await?;
+        self.record_key(store, key, now).await?;
         let since = now - self.retention.as_secs() as i64;
         let rows = store.signing_keys_used_since(since).await?;
         let mut jwks = vec![key.public_jwk().clone()];
         for row in rows {
+            let authentic = match (&row.key_id, &row.mac) {
+                (Some(key_id), Some(mac)) => self.macs.verify(
+                    key_id,
+                    &signing_key_parts(&row.kid, &row.alg, &row.public_jwk),
+                    mac,
+                ),
+                _ => false,
+            };
+            if !authentic {
+                tracing::warn!(kid = %row.kid, "a stored signing key does not authenticate (written without the vault key?); not published");
+                continue;
+            }
             match serde_json::from_str::<Jwk>(&row.public_jwk) {
                 Ok(jwk) => jwks.push(jwk),
                 Err(e) => {
@@ -472,14 +558,57 @@ mod tests {
             &ChatSubject {
                 app: &app,
                 audience: "https://bot.contoso.com",
-                user_id: &user,
-                auth_time: now - 5,
-                name: Some("Alice"),
-                email: None,
+                user: &ChatUser {
+                    user_id: &user,
+                    via: Via::Oidc,
+                    auth_time: now - 5,
+                    name: Some("Alice"),
+                    email: None,
+                    email_verified: false,
+                },
             },
             now,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn via_and_email_verified_are_in_the_claims() {
+        use base64::Engine as _;
+        let i = issuer(SigningAlg::EdDsa);
+        let (app, user) = (
+            AppId::parse("support").unwrap(),
+            UserId::parse("host:support:42").unwrap(),
+        );
+        let mint = |email: Option<&str>, verified: bool| {
+            let (token, _) = i
+                .mint(
+                    &ChatSubject {
+                        app: &app,
+                        audience: "https://bot.contoso.com",
+                        user: &ChatUser {
+                            user_id: &user,
+                            via: Via::Host,
+                            auth_time: now(),
+                            name: None,
+                            email,
+                            email_verified: verified,
+                        },
+                    },
+                    now(),
+                )
+                .unwrap();
+            let payload = token.split('.').nth(1).unwrap();
+            let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .unwrap();
+            serde_json::from_slice::<serde_json::Value>(&json).unwrap()
+        };
+        let claims = mint(Some("bob@example.com"), false);
+        assert_eq!(claims["via"], "host");
+        assert_eq!(claims["email_verified"], false, "stated, not omitted");
+        assert_eq!(mint(Some("bob@example.com"), true)["email_verified"], true);
+        assert!(mint(None, true).get("email_verified").is_none());
     }
 
     fn now() -> i64 {

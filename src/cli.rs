@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -369,7 +370,9 @@ async fn connect(config: &Config) -> Result<Store, ExitCode> {
             config.database.display
         ))
     })?;
-    store.migrate().await.map_err(fail)?;
+    crate::app::migrate(&store, &config.vault_keys)
+        .await
+        .map_err(fail)?;
     Ok(store)
 }
 
@@ -456,6 +459,8 @@ async fn bots(config: Config, command: BotsCommand) -> ExitCode {
         Err(code) => return code,
     };
     let now = crate::time::now();
+    let directory =
+        crate::bots::BotDirectory::new(store.clone(), &config.vault_keys, Duration::ZERO);
     let code = match command {
         BotsCommand::Create { app, name } => {
             let Some(app) = config.app(&app) else {
@@ -470,7 +475,7 @@ async fn bots(config: Config, command: BotsCommand) -> ExitCode {
             } else {
                 name
             };
-            match crate::bots::create(&store, &app.id, &name, now).await {
+            match directory.create(&app.id, &name, now).await {
                 Ok(bot) => {
                     eprintln!(
                         "created bot {} for app {}; its secret follows and is not shown again",
@@ -505,7 +510,7 @@ async fn bots(config: Config, command: BotsCommand) -> ExitCode {
             }
             Err(e) => fail(e),
         },
-        BotsCommand::Revoke { id } => match crate::bots::revoke(&store, &id, now).await {
+        BotsCommand::Revoke { id } => match directory.revoke(&id, now).await {
             Ok(true) => {
                 println!("revoked bot {id}");
                 ExitCode::SUCCESS

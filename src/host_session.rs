@@ -53,6 +53,8 @@ pub struct HostUser {
     pub user_id: UserId,
     pub name: Option<String>,
     pub email: Option<String>,
+    /// The host's `email_verified`, absent = `false`.
+    pub email_verified: bool,
     /// `iat`: when the host vouched for the user.
     pub issued_at: i64,
 }
@@ -65,6 +67,7 @@ struct Claims {
     jti: Option<String>,
     name: Option<String>,
     email: Option<String>,
+    email_verified: Option<bool>,
 }
 
 /// Limits that come from the configuration.
@@ -109,12 +112,10 @@ pub fn check(
         .ok_or_else(|| HostTokenError::invalid("unknown kid for this app"))?;
     let alg = key.alg.jwt_alg();
     if header.alg != alg {
-        return Err(HostTokenError::invalid(format!(
-            "key {} is for {}, not {:?}",
-            key.kid,
-            key.alg.as_str(),
-            header.alg
-        )));
+        // Which algorithm the key is for is not told to an anonymous caller.
+        return Err(HostTokenError::invalid(
+            "the token's alg is not the one configured for its kid",
+        ));
     }
     let decoding = match &key.key {
         HostKeyMaterial::Secret(secret) => DecodingKey::from_secret(secret.expose_secret()),
@@ -186,6 +187,7 @@ pub fn check(
             user_id,
             name: short(claims.name),
             email: short(claims.email),
+            email_verified: claims.email_verified.unwrap_or(false),
             issued_at: iat,
         },
         jti,

@@ -19,21 +19,69 @@ use std::sync::Arc;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HttpLabels {
-    method: String,
+    method: &'static str,
     route: String,
     status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
-    method: String,
+    method: &'static str,
     route: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EventLabels {
-    event: String,
-    reason: String,
+    event: &'static str,
+    reason: &'static str,
+}
+
+/// Every label value comes from a fixed set: a client must not be able to grow
+/// the registry (and `/metrics`) with made-up methods or error codes.
+const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
+
+/// The reasons a flow is counted under: how it started or completed, the
+/// OAuth / OpenID Connect error codes (RFC 6749 4.1.2.1, 5.2; OIDC Core 3.1.2.6)
+/// and chatgate's own; anything else is `other`.
+pub const FLOW_REASONS: &[&str] = &[
+    // started / completed
+    "silent",
+    "popup",
+    "session",
+    "token_exchange",
+    // OAuth 2.0 and OpenID Connect errors
+    "invalid_request",
+    "unauthorized_client",
+    "access_denied",
+    "unsupported_response_type",
+    "invalid_scope",
+    "server_error",
+    "temporarily_unavailable",
+    "interaction_required",
+    "login_required",
+    "account_selection_required",
+    "consent_required",
+    "invalid_request_uri",
+    "invalid_request_object",
+    "request_not_supported",
+    "request_uri_not_supported",
+    "registration_not_supported",
+    "invalid_grant",
+    "invalid_client",
+    "unsupported_grant_type",
+    // chatgate's own
+    "unknown_state",
+];
+
+fn fixed(set: &[&'static str], value: &str) -> &'static str {
+    set.iter()
+        .find(|v| **v == value)
+        .copied()
+        .unwrap_or("other")
+}
+
+fn flow_reason(reason: &str) -> &'static str {
+    fixed(FLOW_REASONS, reason)
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -223,28 +271,33 @@ impl Metrics {
         out
     }
 
+    /// `route` is a route template (or `unmatched`); a method outside the
+    /// usual ones is counted as `other`.
     pub fn record_http(&self, method: &str, route: &str, status: u16, seconds: f64) {
+        let method = fixed(METHODS, method);
         self.http_requests
             .get_or_create(&HttpLabels {
-                method: method.into(),
+                method,
                 route: route.into(),
                 status,
             })
             .inc();
         self.http_duration
             .get_or_create(&RouteLabels {
-                method: method.into(),
+                method,
                 route: route.into(),
             })
             .observe(seconds);
     }
 
-    /// `event` is `started`, `completed` or `failed`; `reason` says which way or why.
-    pub fn flow(&self, event: &str, reason: &str) {
+    /// `event` is `started`, `completed` or `failed`; `reason` says which way or
+    /// why. A reason outside [`FLOW_REASONS`] (an IdP error code anyone can put
+    /// in a callback URL) is counted as `other`, so the label set stays fixed.
+    pub fn flow(&self, event: &'static str, reason: &str) {
         self.flows
             .get_or_create(&EventLabels {
-                event: event.into(),
-                reason: reason.into(),
+                event,
+                reason: flow_reason(reason),
             })
             .inc();
     }
@@ -353,6 +406,26 @@ mod tests {
         assert!(
             text.contains("chatgate_http_request_duration_seconds_bucket"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn made_up_methods_and_error_codes_do_not_grow_the_label_set() {
+        let m = Metrics::new();
+        m.record_http("GET", "/healthz", 200, 0.001);
+        m.flow("failed", "login_required");
+        let before = m.encode().len();
+        for i in 0..500 {
+            m.record_http(&format!("BREW{i}"), "/healthz", 200, 0.001);
+            m.flow("failed", &format!("made_up_{i}"));
+        }
+        let text = m.encode();
+        assert!(text.contains(r#"method="other""#), "{text}");
+        assert!(text.contains(r#"reason="other"} 500"#), "{text}");
+        assert!(
+            text.len() < before + 4096,
+            "grew by {}",
+            text.len() - before
         );
     }
 }

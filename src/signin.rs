@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::app::AppState;
+use crate::audit::QueuedEvent;
+use crate::chat_token::{ChatUser, Via};
 use crate::config::AppConfig;
 use crate::domain::{AppId, Origin, UserId};
 use crate::oidc::{AuthorizationRequest, IdTokenCheck, OidcError};
@@ -458,22 +460,31 @@ pub async fn finish(
             user_id: user_id.to_string(),
             name: identity.name.or(identity.preferred_username),
             email: identity.email,
+            email_verified: identity.email_verified,
             auth_time: identity.auth_time.unwrap_or(now),
             signed_in_at: now,
         },
     })
 }
 
+/// A failed sign-in goes through the batched writer: anyone can cause one.
 async fn audit_failure(state: &AppState, target: &FlowTarget, error: &FlowError) {
     state
-        .store
-        .audit(AuditEvent {
-            actor: "user",
-            app: Some(target.app.as_str()),
+        .audit
+        .record(QueuedEvent {
+            at: crate::time::now(),
+            actor: "user".into(),
+            app: Some(target.app.to_string()),
             user_id: None,
             action: "signin",
             outcome: "failed",
-            detail: Some(&error.code),
+            detail: Some(
+                crate::metrics::FLOW_REASONS
+                    .iter()
+                    .find(|r| **r == error.code)
+                    .copied()
+                    .unwrap_or("other"),
+            ),
         })
         .await;
 }
@@ -498,10 +509,14 @@ pub fn mint(
         .issuer()
         .mint_for(
             app,
-            &user_id,
-            signin.auth_time,
-            signin.name.as_deref(),
-            signin.email.as_deref(),
+            &ChatUser {
+                user_id: &user_id,
+                via: Via::Oidc,
+                auth_time: signin.auth_time,
+                name: signin.name.as_deref(),
+                email: signin.email.as_deref(),
+                email_verified: signin.email_verified,
+            },
             now,
         )
         .map_err(|e| {
@@ -512,33 +527,6 @@ pub fn mint(
         chat_token,
         expires_at: claims.exp,
     })
-}
-
-/// Whether chatgate's session may stand in for the IdP: the vault still holds a
-/// usable entry for the user (not refused by the IdP, and refreshable or not
-/// yet expired).
-pub async fn can_renew(
-    state: &AppState,
-    app: &AppConfig,
-    signin: &SessionSignIn,
-    now: i64,
-) -> bool {
-    let Ok(user_id) = UserId::parse(signin.user_id.clone()) else {
-        return false;
-    };
-    match state.vault.load(&app.id, &user_id).await {
-        Ok(Some(entry)) => {
-            let skew = state.config.refresh_skew.as_secs() as i64;
-            !entry.needs_reauth
-                && (entry.tokens.refresh_token.is_some()
-                    || entry.tokens.expires_at.is_some_and(|t| t > now + skew))
-        }
-        Ok(None) => false,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the vault for a silent renewal");
-            false
-        }
-    }
 }
 
 /// How long a session ticket may wait to be redeemed.

@@ -87,6 +87,7 @@ pub struct RawApp {
     pub provider: Option<String>,
     pub scopes: Option<Vec<String>>,
     pub chat_audience: Option<String>,
+    pub token_exchange: Option<bool>,
     #[serde(default)]
     pub host_keys: Vec<RawHostKey>,
 }
@@ -156,6 +157,7 @@ pub const APP_KEYS: &[(&str, Kind)] = &[
     ("provider", Str),
     ("scopes", StrList),
     ("chat_audience", Str),
+    ("token_exchange", Bool),
 ];
 pub const HOST_KEY_KEYS: &[(&str, Kind)] = &[
     ("alg", Str),

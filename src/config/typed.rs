@@ -257,6 +257,8 @@ pub struct AppConfig {
     pub provider: Option<ProviderId>,
     pub scopes: Vec<String>,
     pub chat_audience: String,
+    /// `POST /v1/token-exchange` is allowed for this app (opt-in).
+    pub token_exchange: bool,
     pub host_keys: Vec<HostKeyConfig>,
 }
 
@@ -512,7 +514,7 @@ pub(super) fn build(
     let max_id_token_age = c.duration(
         "max_id_token_age",
         &raw.max_id_token_age,
-        "1h",
+        "5m",
         MINUTE,
         24 * HOUR,
     );
@@ -972,6 +974,13 @@ fn build_apps(
             .required(&k("chat_audience"), &a.chat_audience)
             .map(str::to_string);
         let host_keys = build_host_keys(c, &base, &a.host_keys, src);
+        let token_exchange = a.token_exchange.unwrap_or(false);
+        if token_exchange && a.provider.is_none() {
+            c.error(
+                &k("token_exchange"),
+                "needs the app's provider: exchanged ID tokens are checked against it",
+            );
+        }
         if a.provider.is_none() && a.host_keys.is_empty() {
             c.error(&base, "needs a provider (sign-in through an IdP) or host_keys (host-signed tokens), or both");
         }
@@ -982,6 +991,7 @@ fn build_apps(
                 provider,
                 scopes,
                 chat_audience,
+                token_exchange,
                 host_keys,
             });
         }

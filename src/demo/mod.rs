@@ -215,14 +215,19 @@ pub async fn run(
 /// The demo bot's secret: reused while the database knows it, else a new bot.
 async fn ensure_bot(state: &crate::app::AppState, path: &Path) -> Result<SecretString, DemoError> {
     if let Ok(secret) = read_secret(path)
-        && crate::bots::authenticate(&state.store, secret.expose_secret())
+        && state
+            .bots
+            .authenticate(secret.expose_secret())
             .await?
             .is_ok()
     {
         return Ok(secret);
     }
     let app = AppId::parse(APP_ID).expect("a valid app id");
-    let bot = crate::bots::create(&state.store, &app, "demo bot", crate::time::now()).await?;
+    let bot = state
+        .bots
+        .create(&app, "demo bot", crate::time::now())
+        .await?;
     let _ = std::fs::remove_file(path);
     ensure_secret_file(path, || bot.secret.clone())?;
     Ok(bot.secret)

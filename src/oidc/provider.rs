@@ -129,12 +129,15 @@ pub struct Identity {
     pub issuer: String,
     pub name: Option<String>,
     pub email: Option<String>,
+    /// `email_verified` exactly as stated, absent = `false`.
+    pub email_verified: bool,
     pub preferred_username: Option<String>,
     pub auth_time: Option<i64>,
+    /// The ID token's `exp` (Unix seconds).
+    pub expires_at: i64,
 }
 
-/// Tokens from a code exchange or a refresh.
-#[derive(Debug)]
+/// Tokens from a code exchange or a refresh. `Debug` shows no token.
 pub struct IdpTokens {
     pub access_token: SecretString,
     pub refresh_token: Option<SecretString>,
@@ -142,6 +145,19 @@ pub struct IdpTokens {
     pub scope: Option<String>,
     pub expires_in: Option<Duration>,
     pub id_token: Option<IdTokenT>,
+}
+
+impl std::fmt::Debug for IdpTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdpTokens")
+            .field("access_token", &self.access_token)
+            .field("refresh_token", &self.refresh_token)
+            .field("token_type", &self.token_type)
+            .field("scope", &self.scope)
+            .field("expires_in", &self.expires_in)
+            .field("id_token", &self.id_token.as_ref().map(|_| "[redacted]"))
+            .finish()
+    }
 }
 
 impl From<TokenResponse> for IdpTokens {
@@ -366,6 +382,7 @@ impl Provider {
                 }
                 if identity.email.is_none() {
                     identity.email = claims.email().map(|e| e.as_str().to_string());
+                    identity.email_verified = claims.email_verified().unwrap_or(false);
                 }
                 if identity.preferred_username.is_none() {
                     identity.preferred_username =
@@ -669,8 +686,10 @@ fn identity(config: &ProviderConfig, claims: &IdTokenClaimsT) -> Result<Identity
             .and_then(|n| n.get(None))
             .map(|n| n.as_str().to_string()),
         email: claims.email().map(|e| e.as_str().to_string()),
+        email_verified: claims.email_verified().unwrap_or(false),
         preferred_username: claims.preferred_username().map(|u| u.as_str().to_string()),
         auth_time: claims.auth_time().map(|t| t.timestamp()),
+        expires_at: claims.expiration().timestamp(),
     })
 }
 
@@ -717,6 +736,42 @@ async fn fetch_jwks(
     let body = get_json(http, &url).await?;
     serde_json::from_slice(&body)
         .map_err(|e| OidcError::Discovery(format!("{url} is not a JWK set: {e}")))
+}
+
+#[cfg(test)]
+mod debug_tests {
+    use super::*;
+
+    #[test]
+    fn the_debug_output_of_idp_tokens_holds_no_token() {
+        use base64::Engine as _;
+        let b64 = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        let raw = format!(
+            "{}.{}.{}",
+            b64(r#"{"alg":"ES256","kid":"k"}"#),
+            b64(r#"{"iss":"https://idp.example","aud":"c","sub":"alice","iat":1,"exp":2}"#),
+            b64("signature-secret")
+        );
+        let id_token: IdTokenT = raw.parse().unwrap();
+        let tokens = IdpTokens {
+            access_token: SecretString::new("at-very-secret"),
+            refresh_token: Some(SecretString::new("rt-very-secret")),
+            token_type: "Bearer".into(),
+            scope: None,
+            expires_in: None,
+            id_token: Some(id_token),
+        };
+        let debug = format!("{tokens:?}");
+        for secret in [
+            "at-very-secret",
+            "rt-very-secret",
+            "eyJ",
+            "alice",
+            "c2lnbmF0dXJl",
+        ] {
+            assert!(!debug.contains(secret), "{debug}");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use sqlx::{
 };
 
 pub use audit::{AuditEvent, AuditFilter, AuditRow};
-pub use bots::BotRow;
+pub use bots::{BotCredential, BotRow};
 pub use flows::{NewFlow, PendingFlowRow};
 pub use signing_keys::SigningKeyRow;
 pub use vault::{LeaseTake, RefreshedEntry, Resealed, SealedEntry, VaultRow};
@@ -194,12 +194,26 @@ impl Store {
 
     /// Applies the embedded migrations that have not run yet. Safe to call from
     /// several replicas at once (sqlx takes a lock).
-    pub async fn migrate(&self) -> Result<()> {
+    /// Returns the versions this call applied (empty when the database was
+    /// up to date), so a step that must follow a migration exactly once (see
+    /// `crate::app::migrate`) knows when to run.
+    pub async fn migrate(&self) -> Result<Vec<i64>> {
+        let before = self.applied_migrations().await;
         match self {
             Self::Sqlite(pool) => SQLITE_MIGRATIONS.run(pool).await?,
             Self::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await?,
         }
-        Ok(())
+        let after = self.applied_migrations().await;
+        Ok(after.into_iter().filter(|v| !before.contains(v)).collect())
+    }
+
+    /// Versions recorded by sqlx; none before the first migration.
+    async fn applied_migrations(&self) -> Vec<i64> {
+        const SQL: &str = "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version";
+        let versions = with_pool!(self, pool => {
+            sqlx::query_scalar::<_, i64>(SQL).fetch_all(pool).await
+        });
+        versions.unwrap_or_default()
     }
 
     /// A cheap round trip, for `/readyz`; gives up after `PING_TIMEOUT`.

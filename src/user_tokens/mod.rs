@@ -217,6 +217,19 @@ impl TokenService {
         }
     }
 
+    /// Whether chatgate's session may stand in for the IdP for this user now:
+    /// the vault holds a usable entry, refreshed first when its access token
+    /// has expired (or is about to) — so an account disabled at the IdP is
+    /// noticed within one access-token lifetime. `Err` only when that cannot
+    /// be told now (IdP or database unavailable).
+    pub async fn renewable(&self, app: &AppId, user_id: &UserId) -> Result<bool, LookupError> {
+        match self.fresh_access_token(app, user_id, "user").await {
+            Ok(_) => Ok(true),
+            Err(LookupError::NotFound(_) | LookupError::ReauthRequired(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Revokes the user's refresh token at the IdP (RFC 7009, when the IdP has
     /// a revocation endpoint) and deletes the vault entry. A failed revocation
     /// is logged and does not keep the entry: the user asked to be signed out.

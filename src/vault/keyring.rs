@@ -60,6 +60,8 @@ impl Aad<'_> {
 struct VaultKey {
     id: KeyId,
     cipher: Aes256Gcm,
+    /// The key itself, for deriving the MAC keys of [`super::mac`].
+    material: SecretBytes,
 }
 
 /// All configured vault keys: the first seals, every one opens.
@@ -89,7 +91,11 @@ impl VaultKeyRing {
             }
             let cipher = Aes256Gcm::new_from_slice(key.expose_secret())
                 .map_err(|_| format!("vault key {id:?} must be exactly {KEY_LEN} bytes"))?;
-            ring.push(VaultKey { id, cipher });
+            ring.push(VaultKey {
+                id,
+                cipher,
+                material: key,
+            });
         }
         Ok(Self { keys: ring })
     }
@@ -180,6 +186,18 @@ impl VaultKeyRing {
     pub fn reseal(&self, aad: &Aad<'_>, sealed: &[u8]) -> Result<Vec<u8>, VaultError> {
         let plain = self.open(aad, sealed)?;
         Ok(self.seal(aad, plain.expose_secret()))
+    }
+
+    /// Keys for authenticating database rows for one `purpose`, derived from
+    /// every vault key (the first one tags, every one verifies), so an attacker
+    /// who can write to the database but holds no vault key cannot forge them.
+    pub fn mac_keys(&self, purpose: &str) -> super::mac::MacKeys {
+        super::mac::MacKeys::derive(
+            self.keys
+                .iter()
+                .map(|k| (&k.id, k.material.expose_secret())),
+            purpose,
+        )
     }
 
     /// The key id recorded in a sealed value, without decrypting it.

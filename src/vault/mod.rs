@@ -5,6 +5,7 @@
 //! the AES-GCM associated data, so a ciphertext copied elsewhere does not open.
 
 pub mod keyring;
+pub mod mac;
 
 use std::ops::ControlFlow;
 use std::sync::Arc;

@@ -127,6 +127,7 @@ async fn audit(
             user_id: Some(user.to_string()),
             action,
             outcome,
+            detail: None,
         })
         .await;
 }

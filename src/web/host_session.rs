@@ -17,10 +17,13 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::app::AppState;
+use crate::audit::QueuedEvent;
+use crate::chat_token::{ChatUser, Via};
 use crate::config::AppConfig;
 use crate::domain::{Origin, UserId};
 use crate::host_session::{self, HostTokenError, Limits};
 use crate::oidc::{IdTokenCheck, IdTokenT, OidcError};
+use crate::secret::sha256_hex;
 use crate::store::AuditEvent;
 use crate::web::{ApiError, cors};
 
@@ -57,6 +60,8 @@ struct User {
     id: String,
     name: Option<String>,
     email: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    email_verified: Option<bool>,
 }
 
 /// Echoes the requesting origin (whatever it is) so the widget can read errors.
@@ -80,23 +85,38 @@ fn token_error(e: &HostTokenError) -> ApiError {
     ApiError::unauthorized(e.code(), e.to_string())
 }
 
-async fn audit(
-    state: &AppState,
-    app: &AppConfig,
-    user: Option<&UserId>,
-    action: &str,
-    outcome: &str,
-    detail: Option<&str>,
-) {
+/// A successful way in, written directly.
+async fn audit_ok(state: &AppState, app: &AppConfig, user: &UserId, action: &str) {
     state
         .store
         .audit(AuditEvent {
             actor: "user",
             app: Some(app.id.as_str()),
-            user_id: user.map(UserId::as_str),
+            user_id: Some(user.as_str()),
             action,
-            outcome,
-            detail,
+            outcome: "ok",
+            detail: None,
+        })
+        .await;
+}
+
+/// A failed attempt, which anyone can cause: through the batched writer.
+async fn audit_failed(
+    state: &AppState,
+    app: &AppConfig,
+    action: &'static str,
+    detail: &'static str,
+) {
+    state
+        .audit
+        .record(QueuedEvent {
+            at: crate::time::now(),
+            actor: "user".into(),
+            app: Some(app.id.to_string()),
+            user_id: None,
+            action,
+            outcome: "failed",
+            detail: Some(detail),
         })
         .await;
 }
@@ -104,32 +124,22 @@ async fn audit(
 fn mint(
     state: &AppState,
     app: &AppConfig,
-    user_id: &UserId,
-    auth_time: i64,
-    name: Option<String>,
-    email: Option<String>,
+    user: &ChatUser<'_>,
     origin: &Origin,
 ) -> Result<Response, ApiError> {
-    let now = crate::time::now();
     let (chat_token, claims) = state
         .keys
         .issuer()
-        .mint_for(
-            app,
-            user_id,
-            auth_time,
-            name.as_deref(),
-            email.as_deref(),
-            now,
-        )
+        .mint_for(app, user, crate::time::now())
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let mut response = Json(ChatTokenResponse {
         chat_token,
         expires_at: claims.exp,
         user: User {
-            id: user_id.to_string(),
-            name,
-            email,
+            id: user.user_id.to_string(),
+            name: user.name.map(str::to_string),
+            email: user.email.map(str::to_string),
+            email_verified: claims.email_verified,
         },
     })
     .into_response();
@@ -158,20 +168,24 @@ async fn host_session(
         {
             Ok(user) => {
                 state.metrics.host_token("ok");
-                audit(&state, app, Some(&user.user_id), "host_session", "ok", None).await;
+                audit_ok(&state, app, &user.user_id, "host_session").await;
                 mint(
                     &state,
                     app,
-                    &user.user_id,
-                    user.issued_at,
-                    user.name,
-                    user.email,
+                    &ChatUser {
+                        user_id: &user.user_id,
+                        via: Via::Host,
+                        auth_time: user.issued_at,
+                        name: user.name.as_deref(),
+                        email: user.email.as_deref(),
+                        email_verified: user.email_verified,
+                    },
                     &origin,
                 )
             }
             Err(e) => {
                 state.metrics.host_token(e.code());
-                audit(&state, app, None, "host_session", "failed", Some(e.code())).await;
+                audit_failed(&state, app, "host_session", e.code()).await;
                 Err(token_error(&e))
             }
         }
@@ -184,7 +198,8 @@ async fn host_session(
 }
 
 /// `POST /v1/token-exchange`: an ID token from one of the app's provider's
-/// accepted clients for a chat token. Nothing is stored in the vault.
+/// accepted clients for a chat token — for apps with `token_exchange = true`,
+/// each ID token once. Nothing is stored in the vault.
 async fn token_exchange(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -193,6 +208,12 @@ async fn token_exchange(
     let result = async {
         let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
         let (app, origin) = cors::app_and_origin(&state, &headers, &req.app)?;
+        if !app.token_exchange {
+            return Err(ApiError::Forbidden {
+                code: "access_denied",
+                description: "token exchange is not enabled for this app (token_exchange)".into(),
+            });
+        }
         let provider_id = app
             .provider
             .as_ref()
@@ -226,37 +247,53 @@ async fn token_exchange(
             Ok(identity) => identity,
             Err(e) => {
                 state.metrics.flow("failed", "token_exchange");
-                audit(
-                    &state,
-                    app,
-                    None,
-                    "token_exchange",
-                    "failed",
-                    Some("invalid_token"),
-                )
-                .await;
+                audit_failed(&state, app, "token_exchange", "invalid_token").await;
                 return Err(match e {
                     OidcError::ExpiredIdToken(m) => ApiError::unauthorized("token_expired", m),
-                    OidcError::Unavailable(m) => ApiError::Unavailable {
-                        description: m,
-                        retry_after_secs: 5,
-                    },
+                    OidcError::Unavailable(m) => {
+                        // The IdP's own words stay in the log.
+                        tracing::warn!(provider = %provider_id, error = %m, "token exchange: the IdP is unavailable");
+                        ApiError::Unavailable {
+                            description: "the identity provider is unavailable; retry".into(),
+                            retry_after_secs: 5,
+                        }
+                    }
                     other => invalid(other.to_string()),
                 });
             }
         };
         let user_id = UserId::new(provider_id, &identity.subject)
             .map_err(|e| invalid(format!("subject: {e}")))?;
+        // Each ID token once, across replicas: its hash stays in the replay
+        // cache until it expires.
+        let keep_until = identity.expires_at + state.config.clock_skew.as_secs() as i64;
+        let fingerprint = format!("id_token:{}", sha256_hex(req.id_token.as_bytes()));
+        if !state
+            .store
+            .remember_jti(ID_TOKEN_REPLAY_SCOPE, &fingerprint, keep_until)
+            .await?
+        {
+            state.metrics.flow("failed", "token_exchange");
+            audit_failed(&state, app, "token_exchange", "token_replayed").await;
+            return Err(ApiError::unauthorized(
+                "token_replayed",
+                "this ID token was already exchanged",
+            ));
+        }
         state.metrics.flow("completed", "token_exchange");
-        audit(&state, app, Some(&user_id), "token_exchange", "ok", None).await;
+        audit_ok(&state, app, &user_id, "token_exchange").await;
         let name = identity.name.or(identity.preferred_username);
         mint(
             &state,
             app,
-            &user_id,
-            identity.auth_time.unwrap_or(now),
-            name,
-            identity.email,
+            &ChatUser {
+                user_id: &user_id,
+                via: Via::IdToken,
+                auth_time: identity.auth_time.unwrap_or(now),
+                name: name.as_deref(),
+                email: identity.email.as_deref(),
+                email_verified: identity.email_verified,
+            },
             &origin,
         )
     }
@@ -266,3 +303,7 @@ async fn token_exchange(
         Err(e) => echo_origin(e.into_response(), &headers),
     }
 }
+
+/// The replay-cache scope of exchanged ID tokens: one for all apps, so an ID
+/// token is exchanged once, whatever the app.
+const ID_TOKEN_REPLAY_SCOPE: &str = "*";

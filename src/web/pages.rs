@@ -38,6 +38,9 @@ pub struct MessageUser {
     pub id: String,
     pub name: Option<String>,
     pub email: Option<String>,
+    /// With `email`: as the IdP stated it (`false` when it did not).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email_verified: Option<bool>,
 }
 
 #[derive(Serialize)]

@@ -31,6 +31,9 @@ pub struct SessionSignIn {
     pub user_id: String,
     pub name: Option<String>,
     pub email: Option<String>,
+    /// As the IdP stated it; sessions recorded before it existed say `false`.
+    #[serde(default)]
+    pub email_verified: bool,
     /// When the user authenticated at the IdP (Unix seconds).
     pub auth_time: i64,
     /// When chatgate recorded this sign-in; `session_max` counts from here.
@@ -88,6 +91,15 @@ impl BrowserSession {
             .cycle_id()
             .await
             .map_err(|e| session_store::Error::Backend(e.to_string()))
+    }
+
+    /// Marks the session used now: it is saved again, so `session_idle` counts
+    /// from here (tower-sessions saves only sessions it sees modified).
+    pub fn touch(&self, idle: std::time::Duration) {
+        self.0
+            .set_expiry(Some(Expiry::OnInactivity(time::Duration::seconds(
+                idle.as_secs() as i64,
+            ))));
     }
 
     /// Forgets the sign-in for `(app, origin)` and returns it; ends the session

@@ -96,6 +96,7 @@ fn success_page(
                 id: signin.user_id.clone(),
                 name: signin.name.clone(),
                 email: signin.email.clone(),
+                email_verified: signin.email.as_ref().map(|_| signin.email_verified),
             },
             session_ticket,
         },
@@ -281,9 +282,24 @@ async fn renew(
     {
         return None;
     }
-    if !signin::can_renew(state, app, &signin, now).await {
+    let Ok(user_id) = UserId::parse(signin.user_id.clone()) else {
         return None;
+    };
+    match state.tokens.renewable(&app.id, &user_id).await {
+        Ok(true) => {}
+        // Refused by the IdP, signed out, never stored: the IdP decides.
+        Ok(false) => return None,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot tell whether the session may be renewed");
+            let error = FlowError::unavailable(
+                "chatgate cannot reach the identity provider or its database; try again shortly",
+            );
+            state.metrics.flow("failed", &error.code);
+            return Some(error_page(Mode::Silent, app, origin, &error));
+        }
     }
+    // The session slides: idle time counts from this renewal.
+    BrowserSession(session.clone()).touch(state.config.session_idle);
     match signin::mint(state, app, &signin, now) {
         Ok(minted) => {
             state.metrics.flow("completed", "session");

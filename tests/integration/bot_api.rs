@@ -38,14 +38,12 @@ host_keys = [{ kid = "s1", alg = "HS256", secret_env = "TEST_HOST_SECRET" }]
 "#,
     );
     let app = spawn_app(&cfg).await;
-    let bot = chatgate::bots::create(
-        &app.state.store,
-        &AppId::parse("support").unwrap(),
-        "helpdesk",
-        1,
-    )
-    .await
-    .unwrap();
+    let bot = app
+        .state
+        .bots
+        .create(&AppId::parse("support").unwrap(), "helpdesk", 1)
+        .await
+        .unwrap();
     Setup {
         idp,
         app,
@@ -447,11 +445,7 @@ async fn bot_credentials_are_checked(db: &TestDb) {
             "the secret is echoed: {body}"
         );
     }
-    assert!(
-        chatgate::bots::revoke(&s.app.state.store, &s.bot_id, 2)
-            .await
-            .unwrap()
-    );
+    assert!(s.app.state.bots.revoke(&s.bot_id, 2).await.unwrap());
     let r = s.get_token(&s.app, USER).await;
     assert_eq!(error_of(r).await, (401, "invalid_token".into()));
 }
@@ -520,10 +514,14 @@ async fn status_and_chat_token_verification(db: &TestDb) {
                 &chatgate::chat_token::ChatSubject {
                     app: &AppId::parse(app).unwrap(),
                     audience: aud,
-                    user_id: &UserId::parse(USER).unwrap(),
-                    auth_time: chatgate::time::now(),
-                    name: Some("Alice"),
-                    email: None,
+                    user: &chatgate::chat_token::ChatUser {
+                        user_id: &UserId::parse(USER).unwrap(),
+                        via: chatgate::chat_token::Via::Oidc,
+                        auth_time: chatgate::time::now(),
+                        name: Some("Alice"),
+                        email: None,
+                        email_verified: false,
+                    },
                 },
                 chatgate::time::now(),
             )
@@ -618,7 +616,10 @@ async fn with_a_read_cache_revocations_and_deletions_show_within_the_ttl(db: &Te
         .toml
         .replace("read_cache_ttl = \"0s\"", "read_cache_ttl = \"1s\"");
     let app = spawn_app(&cfg).await;
-    let bot = chatgate::bots::create(&app.state.store, &AppId::parse("support").unwrap(), "b", 1)
+    let bot = app
+        .state
+        .bots
+        .create(&AppId::parse("support").unwrap(), "b", 1)
         .await
         .unwrap();
     let s = Setup {
@@ -643,11 +644,7 @@ async fn with_a_read_cache_revocations_and_deletions_show_within_the_ttl(db: &Te
             .map(|_| ())
             .unwrap(),
     }
-    assert!(
-        chatgate::bots::revoke(&s.app.state.store, &s.bot_id, 2)
-            .await
-            .unwrap()
-    );
+    assert!(s.app.state.bots.revoke(&s.bot_id, 2).await.unwrap());
     // Within the TTL the cached answers may still be used...
     // ...but after it, both changes are seen.
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -656,14 +653,13 @@ async fn with_a_read_cache_revocations_and_deletions_show_within_the_ttl(db: &Te
         (401, "invalid_token".into())
     );
     // A write through this server invalidates its cache at once.
-    let second = chatgate::bots::create(
-        &s.app.state.store,
-        &AppId::parse("support").unwrap(),
-        "c",
-        3,
-    )
-    .await
-    .unwrap();
+    let second = s
+        .app
+        .state
+        .bots
+        .create(&AppId::parse("support").unwrap(), "c", 3)
+        .await
+        .unwrap();
     s.seed("support", USER, 3600, "rt-b").await;
     let lookup = || {
         s.app

@@ -363,20 +363,11 @@ async fn bots_are_created_listed_and_revoked_from_the_cli(db: &TestDb) {
     assert!(!out.contains(&secret[4..]), "list shows no secret");
 
     let store = db.store().await;
-    assert!(
-        chatgate::bots::authenticate(&store, &secret)
-            .await
-            .unwrap()
-            .is_ok()
-    );
+    let bots = chatgate::bots::BotDirectory::new(store, &cfg.load(0).vault_keys, Duration::ZERO);
+    assert!(bots.authenticate(&secret).await.unwrap().is_ok());
     let revoked = run(&["bots", "revoke", &id]);
     assert!(revoked.status.success(), "{}", stderr(&revoked));
-    assert!(
-        chatgate::bots::authenticate(&store, &secret)
-            .await
-            .unwrap()
-            .is_err()
-    );
+    assert!(bots.authenticate(&secret).await.unwrap().is_err());
     assert!(
         !run(&["bots", "revoke", &id]).status.success(),
         "revoking twice is an error"

@@ -103,6 +103,10 @@ async fn setup(db: &TestDb) -> Setup {
         "accepted_audiences = [\"spa-client\", \"chatgate-test\"]",
     );
     let keys = host_keys(&cfg.path());
+    cfg.toml = cfg.toml.replace(
+        "provider = \"idp\"\n",
+        "provider = \"idp\"\ntoken_exchange = true\n",
+    );
     cfg.env
         .insert("TEST_HOST_SECRET_2".into(), HS_SECRET_2.into());
     cfg.toml = cfg.toml.replace(
@@ -208,6 +212,18 @@ impl Setup {
     }
 }
 
+/// The claims of a chat token, decoded without verifying (the tests that
+/// verify do so elsewhere).
+fn chat_claims(token: &str) -> Value {
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
 async fn error_of(r: reqwest::Response) -> (u16, String, String) {
     let status = r.status().as_u16();
     let body: Value = r.json().await.unwrap();
@@ -266,7 +282,18 @@ async fn every_algorithm_signs_in_and_the_chat_token_verifies(db: &TestDb) {
             .unwrap();
         assert_eq!(claims.sub, format!("host:support:{sub}"));
         assert_eq!(claims.email.as_deref(), Some("harriet@contoso.com"));
+        assert_eq!(claims.via, chatgate::chat_token::Via::Host);
+        assert_eq!(claims.email_verified, Some(false), "not stated: false");
     }
+    // A host that states email_verified has it carried exactly.
+    let mut verified = claims("u-verified");
+    verified["email_verified"] = json!(true);
+    let body: Value = s.host(&hs("h1", &verified)).await.json().await.unwrap();
+    assert_eq!(body["user"]["email_verified"], true);
+    assert_eq!(
+        chat_claims(body["chat_token"].as_str().unwrap())["email_verified"],
+        true
+    );
     // No IdP tokens exist for host users.
     assert!(
         s.app
@@ -321,6 +348,8 @@ async fn a_replayed_token_is_refused(db: &TestDb) {
         metrics.contains(r#"chatgate_host_tokens_total{op="verify",outcome="token_replayed"} 1"#),
         "{metrics}"
     );
+    // Failed attempts go through the batched audit writer.
+    s.app.state.audit.flush().await;
     let audit = s
         .app
         .state
@@ -608,13 +637,18 @@ async fn required_claims_and_request_shape(db: &TestDb) {
     assert_eq!(r.headers()["access-control-allow-origin"], ORIGIN);
 }
 
-/// An ID token the host page got from the provider for its own client.
+/// An ID token the host page got from the provider for its own client (each
+/// one different: IdPs put a unique `jti`, `nonce` or `sid` in theirs).
 fn idp_token(s: &Setup, claims: &[(&str, Value)]) -> String {
+    let mut claims: serde_json::Map<String, Value> = claims
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    claims
+        .entry("jti")
+        .or_insert_with(|| json!(chatgate::secret::random_token::<8>()));
     let behavior = TokenBehavior {
-        claims: claims
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect(),
+        claims,
         ..Default::default()
     };
     s.idp
@@ -639,6 +673,18 @@ async fn an_id_token_of_the_provider_is_exchanged(db: &TestDb) {
         .unwrap();
     assert_eq!(body["user"]["id"], "idp:user-123");
     assert_eq!(body["user"]["email"], "alice@example.com");
+    assert_eq!(
+        body["user"]["email_verified"], false,
+        "the IdP did not say it is verified"
+    );
+    let claims = chat_claims(body["chat_token"].as_str().unwrap());
+    assert_eq!(claims["via"], "id_token");
+    assert_eq!(claims["email_verified"], false);
+    // Each ID token once: the same one again is a replay.
+    let once = idp_token(&s, &[("aud", json!("spa-client"))]);
+    assert_eq!(exchange(once.clone(), ORIGIN).await.status(), 200);
+    let (status, error, _) = error_of(exchange(once, ORIGIN).await).await;
+    assert_eq!((status, error.as_str()), (401, "token_replayed"));
     // No vault entry: chatgate holds no IdP tokens in this mode.
     assert!(
         s.app
@@ -689,6 +735,15 @@ async fn an_id_token_of_the_provider_is_exchanged(db: &TestDb) {
             "token_expired",
         ),
         (
+            "older than max_id_token_age (5 min by default)",
+            vec![
+                ("aud", json!("spa-client")),
+                ("iat", json!(now - 400)),
+                ("exp", json!(now + 600)),
+            ],
+            "token_expired",
+        ),
+        (
             "an unaccepted azp",
             vec![("aud", json!("spa-client")), ("azp", json!("evil"))],
             "invalid_token",
@@ -733,10 +788,11 @@ async fn an_id_token_of_the_provider_is_exchanged(db: &TestDb) {
             json!({"app": "sales", "id_token": idp_token(&s, &[])}),
         )
         .await;
+    let (status, error, _) = error_of(r).await;
     assert_eq!(
-        error_of(r).await.1,
-        "invalid_request",
-        "sales has no provider"
+        (status, error.as_str()),
+        (403, "access_denied"),
+        "token exchange is opt-in per app"
     );
 }
 

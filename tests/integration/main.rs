@@ -11,6 +11,7 @@ mod common;
 mod bot_api;
 mod cli;
 mod dev_idp;
+mod hardening;
 mod host_session;
 mod ops;
 mod refresh_faults;

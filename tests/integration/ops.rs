@@ -84,10 +84,14 @@ async fn the_jwks_publishes_the_signing_key_and_verifies_minted_tokens(db: &Test
             &ChatSubject {
                 app: &AppId::parse("support").unwrap(),
                 audience: "https://bot.contoso.com",
-                user_id: &UserId::parse("entra:alice").unwrap(),
-                auth_time: chatgate::time::now(),
-                name: None,
-                email: None,
+                user: &chatgate::chat_token::ChatUser {
+                    user_id: &UserId::parse("entra:alice").unwrap(),
+                    via: chatgate::chat_token::Via::Oidc,
+                    auth_time: chatgate::time::now(),
+                    name: None,
+                    email: None,
+                    email_verified: false,
+                },
             },
             chatgate::time::now(),
         )
@@ -108,8 +112,15 @@ async fn the_jwks_publishes_the_signing_key_and_verifies_minted_tokens(db: &Test
 async fn replicas_with_different_keys_publish_each_other(db: &TestDb) {
     // A rolling key change: two replicas on one database, each signing with its
     // own key. Tokens of either must verify against either's JWKS.
-    let a = spawn_app(&TestConfig::new(db)).await;
-    let b = spawn_app(&TestConfig::new(db)).await;
+    // Replicas share the vault keys (they read one vault), not the signing key.
+    let (cfg_a, cfg_b) = (TestConfig::new(db), TestConfig::new(db));
+    std::fs::copy(
+        cfg_a.path().join("vault.key"),
+        cfg_b.path().join("vault.key"),
+    )
+    .unwrap();
+    let a = spawn_app(&cfg_a).await;
+    let b = spawn_app(&cfg_b).await;
     let kid_a = a.state.keys.issuer().key().kid().to_string();
     let kid_b = b.state.keys.issuer().key().kid().to_string();
     assert_ne!(kid_a, kid_b);
@@ -150,11 +161,10 @@ async fn a_retired_key_leaves_the_jwks_once_its_tokens_expired(db: &TestDb) {
         &chatgate::chat_token::SigningKey::generate_pem(chatgate::chat_token::SigningAlg::Es256),
     )
     .unwrap();
-    let jwk = serde_json::to_string(old.public_jwk()).unwrap();
     // Last used 10 minutes ago: tokens (15 min TTL) it signed are still valid.
     app.state
-        .store
-        .touch_signing_key(old.kid(), "ES256", &jwk, now - 600)
+        .keys
+        .record_key(&app.state.store, &old, now - 600)
         .await
         .unwrap();
     app.state.keys.refresh(&app.state.store, now).await.unwrap();
@@ -164,10 +174,9 @@ async fn a_retired_key_leaves_the_jwks_once_its_tokens_expired(db: &TestDb) {
         &chatgate::chat_token::SigningKey::generate_pem(chatgate::chat_token::SigningAlg::EdDsa),
     )
     .unwrap();
-    let jwk = serde_json::to_string(older.public_jwk()).unwrap();
     app.state
-        .store
-        .touch_signing_key(older.kid(), "EdDSA", &jwk, now - 20 * 60)
+        .keys
+        .record_key(&app.state.store, &older, now - 20 * 60)
         .await
         .unwrap();
     app.state.keys.refresh(&app.state.store, now).await.unwrap();

@@ -52,7 +52,10 @@ async fn world(db: &TestDb, top: &str) -> World {
     let mut cfg = TestConfig::new(db).with_provider(&idp, "").with_top(top);
     cfg.toml = cfg.toml.replace(&db.url, &outage.url);
     let app = spawn_app(&cfg).await;
-    let bot = chatgate::bots::create(&app.state.store, &support(), "helpdesk", 1)
+    let bot = app
+        .state
+        .bots
+        .create(&support(), "helpdesk", 1)
         .await
         .unwrap();
     let direct = Vault::new(db.store().await, app.state.config.vault_keys.clone());

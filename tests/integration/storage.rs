@@ -401,31 +401,40 @@ async fn a_jti_is_accepted_once_even_under_concurrency(db: &TestDb) {
     assert_eq!(firsts, 1);
 }
 
+fn cred(hash: &[u8]) -> chatgate::store::BotCredential<'_> {
+    chatgate::store::BotCredential {
+        secret_hash: hash,
+        hash_format: "hmac",
+        key_id: "k1",
+        mac: &[1; 32],
+    }
+}
+
 async fn bots_are_stored_by_hash_and_revocable(db: &TestDb) {
     let store = db.store().await;
     store
-        .insert_bot("bot-1", "support", "helpdesk", &[9; 32], 10)
+        .insert_bot("bot-1", "support", "helpdesk", cred(&[9; 32]), 10)
         .await
         .unwrap();
     store
-        .insert_bot("bot-2", "sales", "crm", &[8; 32], 11)
+        .insert_bot("bot-2", "sales", "crm", cred(&[8; 32]), 11)
         .await
         .unwrap();
     let found = store
-        .find_bot_by_secret_hash(&[9; 32])
+        .find_bots_by_secret_hash(&[vec![9; 32]])
         .await
         .unwrap()
-        .unwrap();
+        .remove(0);
     assert_eq!(
         (found.id.as_str(), found.app.as_str(), found.revoked_at),
         ("bot-1", "support", None)
     );
     assert!(
         store
-            .find_bot_by_secret_hash(&[7; 32])
+            .find_bots_by_secret_hash(&[vec![7; 32]])
             .await
             .unwrap()
-            .is_none()
+            .is_empty()
     );
     assert_eq!(store.list_bots().await.unwrap().len(), 2);
     assert!(store.revoke_bot("bot-1", 20).await.unwrap());
@@ -433,17 +442,16 @@ async fn bots_are_stored_by_hash_and_revocable(db: &TestDb) {
     assert!(!store.revoke_bot("nope", 21).await.unwrap());
     assert_eq!(
         store
-            .find_bot_by_secret_hash(&[9; 32])
+            .find_bots_by_secret_hash(&[vec![9; 32]])
             .await
-            .unwrap()
-            .unwrap()
+            .unwrap()[0]
             .revoked_at,
         Some(20)
     );
     // A second bot with the same secret hash is refused.
     assert!(
         store
-            .insert_bot("bot-3", "support", "dup", &[8; 32], 12)
+            .insert_bot("bot-3", "support", "dup", cred(&[8; 32]), 12)
             .await
             .is_err()
     );
@@ -533,16 +541,16 @@ async fn audit_batches_are_written_whole(db: &TestDb) {
 async fn signing_key_heartbeats_keep_keys_listed(db: &TestDb) {
     let store = db.store().await;
     store
-        .touch_signing_key("old", "EdDSA", "{}", 100)
+        .touch_signing_key("old", "EdDSA", "{}", "k1", &[1; 32], 100)
         .await
         .unwrap();
     store
-        .touch_signing_key("new", "EdDSA", "{}", 1000)
+        .touch_signing_key("new", "EdDSA", "{}", "k1", &[1; 32], 1000)
         .await
         .unwrap();
     // A late heartbeat never moves last_used_at backwards.
     store
-        .touch_signing_key("new", "EdDSA", "{}", 900)
+        .touch_signing_key("new", "EdDSA", "{}", "k1", &[1; 32], 900)
         .await
         .unwrap();
     let recent: Vec<String> = store

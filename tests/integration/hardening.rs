@@ -1,0 +1,219 @@
+//! What an anonymous client, a replayed token or someone with write access to
+//! the database (but no vault key) can do — and that it no longer works.
+
+use std::time::Duration;
+
+use chatgate::domain::AppId;
+use chatgate::store::Store;
+use serde_json::{Value, json};
+
+use crate::common::{self, Backend, TestConfig, TestDb, spawn_app};
+
+const USER: &str = "idp:user-123";
+
+/// Runs one statement with binds on either backend.
+macro_rules! exec {
+    ($store:expr, $sql:expr $(, $bind:expr)*) => {
+        match $store {
+            Store::Sqlite(p) => { sqlx::query($sql)$(.bind($bind))*.execute(p).await.unwrap(); }
+            Store::Postgres(p) => { sqlx::query($sql)$(.bind($bind))*.execute(p).await.unwrap(); }
+        }
+    };
+}
+
+async fn lookup(app: &common::TestApp, secret: &str) -> reqwest::Response {
+    app.client
+        .get(app.url(&format!("/v1/users/{USER}/token")))
+        .bearer_auth(secret)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn sha256(secret: &str) -> Vec<u8> {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(secret.as_bytes()).to_vec()
+}
+
+async fn a_bot_written_into_the_database_without_the_vault_key_is_refused(db: &TestDb) {
+    let app = spawn_app(&TestConfig::new(db)).await;
+    let store = &app.state.store;
+    let secret = "cgb_attacker-chose-this-secret-000000000000000";
+    // A row as chatgate stored them before keyed hashes: a plain SHA-256.
+    exec!(
+        store,
+        "INSERT INTO bots (id, app, name, secret_hash, created_at) VALUES ('bot_evil', 'support', 'x', $1, 1)",
+        sha256(secret)
+    );
+    assert_eq!(lookup(&app, secret).await.status(), 401);
+    // A keyed-looking row, keyed with a key the attacker made up.
+    let forged = {
+        use hmac::Mac as _;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"guess").unwrap();
+        mac.update(secret.as_bytes());
+        mac.finalize().into_bytes().to_vec()
+    };
+    exec!(
+        store,
+        "INSERT INTO bots (id, app, name, secret_hash, created_at, hash_format, key_id, mac) \
+         VALUES ('bot_evil2', 'support', 'x', $1, 1, 'hmac', 'k1', $2)",
+        forged,
+        vec![0u8; 32]
+    );
+    assert_eq!(lookup(&app, secret).await.status(), 401);
+    // A genuine bot moved to another app stops working.
+    let bot = app
+        .state
+        .bots
+        .create(&AppId::parse("support").unwrap(), "genuine", 1)
+        .await
+        .unwrap();
+    assert_eq!(lookup(&app, bot.secret.expose_secret()).await.status(), 404);
+    exec!(
+        store,
+        "UPDATE bots SET app = 'sales' WHERE id = $1",
+        bot.id.clone()
+    );
+    assert_eq!(lookup(&app, bot.secret.expose_secret()).await.status(), 401);
+    app.stop().await;
+}
+
+/// `migrations/<backend>` up to and including `last`, in a directory of its own.
+fn migrations_up_to(backend: Backend, last: u32) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(match backend {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        });
+    for entry in std::fs::read_dir(src).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        let version: u32 = name[..4].parse().unwrap();
+        if version <= last {
+            std::fs::copy(&path, dir.path().join(name)).unwrap();
+        }
+    }
+    dir
+}
+
+async fn bots_from_before_keyed_hashes_keep_working_and_are_rehashed(db: &TestDb) {
+    // A database as the previous version left it, with a bot in it.
+    let store = {
+        let config =
+            chatgate::config::DatabaseConfig::parse(&db.url, std::path::Path::new("/"), 2).unwrap();
+        Store::connect(&config).await.unwrap()
+    };
+    let old = migrations_up_to(db.backend, 3);
+    let migrator = sqlx::migrate::Migrator::new(old.path()).await.unwrap();
+    match &store {
+        Store::Sqlite(p) => migrator.run(p).await.unwrap(),
+        Store::Postgres(p) => migrator.run(p).await.unwrap(),
+    }
+    let secret = "cgb_from-before-keyed-hashes-000000000000000000";
+    exec!(
+        &store,
+        "INSERT INTO bots (id, app, name, secret_hash, created_at) VALUES ('bot_old', 'support', 'old', $1, 1)",
+        sha256(secret)
+    );
+    store.close().await;
+    // This version starts: migration 4 runs, and the bot is adopted.
+    let cfg = TestConfig::new(db);
+    let app = spawn_app(&cfg).await;
+    assert_eq!(lookup(&app, secret).await.status(), 404, "authenticated");
+    let row = app
+        .state
+        .store
+        .list_bots()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|b| b.id == "bot_old")
+        .unwrap();
+    assert_eq!(row.hash_format, "hmac", "re-hashed on its first use");
+    assert_ne!(row.secret_hash, sha256(secret));
+    assert_eq!(lookup(&app, secret).await.status(), 404, "and still works");
+    // A plain row written after the migration is not adopted.
+    let late = "cgb_written-after-the-migration-0000000000000000";
+    exec!(
+        &app.state.store,
+        "INSERT INTO bots (id, app, name, secret_hash, created_at) VALUES ('bot_late', 'support', 'late', $1, 1)",
+        sha256(late)
+    );
+    let again = spawn_app(&cfg).await; // a restart: no second adoption
+    assert_eq!(lookup(&again, late).await.status(), 401);
+    again.stop().await;
+    app.stop().await;
+}
+
+async fn a_signing_key_written_into_the_database_is_not_trusted(db: &TestDb) {
+    let app = spawn_app(&TestConfig::new(db)).await;
+    let rogue = chatgate::chat_token::SigningKey::from_pem(
+        &chatgate::chat_token::SigningKey::generate_pem(chatgate::chat_token::SigningAlg::EdDsa),
+    )
+    .unwrap();
+    let jwk = serde_json::to_string(rogue.public_jwk()).unwrap();
+    let now = chatgate::time::now();
+    app.state
+        .store
+        .touch_signing_key(rogue.kid(), "EdDSA", &jwk, "k1", &[7; 32], now)
+        .await
+        .unwrap();
+    app.state.keys.refresh(&app.state.store, now).await.unwrap();
+    let jwks: Value = app
+        .get("/.well-known/jwks.json")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let kids: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert!(!kids.contains(&rogue.kid()), "{kids:?}");
+    // A chat token the attacker signs does not verify at chatgate.
+    let issuer = chatgate::chat_token::ChatTokenIssuer::new(
+        app.base_url.clone(),
+        std::sync::Arc::new(rogue),
+        Duration::from_secs(600),
+    );
+    let app_id = AppId::parse("support").unwrap();
+    let user = chatgate::domain::UserId::parse(USER).unwrap();
+    let (forged, _) = issuer
+        .mint(
+            &chatgate::chat_token::ChatSubject {
+                app: &app_id,
+                audience: "https://bot.contoso.com",
+                user: &chatgate::chat_token::ChatUser {
+                    user_id: &user,
+                    via: chatgate::chat_token::Via::Oidc,
+                    auth_time: now,
+                    name: None,
+                    email: None,
+                    email_verified: false,
+                },
+            },
+            now,
+        )
+        .unwrap();
+    let bot = app.state.bots.create(&app_id, "b", 1).await.unwrap();
+    let r = app
+        .client
+        .post(app.url("/v1/chat-tokens/verify"))
+        .bearer_auth(bot.secret.expose_secret())
+        .json(&json!({ "token": forged }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    app.stop().await;
+}
+
+backend_tests!(
+    a_bot_written_into_the_database_without_the_vault_key_is_refused,
+    bots_from_before_keyed_hashes_keep_working_and_are_rehashed,
+    a_signing_key_written_into_the_database_is_not_trusted,
+);
