@@ -15,7 +15,7 @@ use crate::audit::QueuedEvent;
 use crate::chat_token::{ChatUser, Via};
 use crate::config::AppConfig;
 use crate::domain::{AppId, Origin, UserId};
-use crate::oidc::{AuthorizationRequest, IdTokenCheck, OidcError};
+use crate::oidc::{AuthorizationRequest, IdTokenCheck, IssParameter, OidcError};
 use crate::secret::{random_token, sha256_hex};
 use crate::store::{AuditEvent, NewFlow, retry_transient};
 use crate::vault::{Aad, TokenSet};
@@ -346,19 +346,24 @@ pub async fn finish(
     };
 
     // RFC 9207: an authorization response from another issuer is a mix-up attack.
-    match params.iss.as_deref() {
-        Some(iss) if iss != provider.issuer() => {
-            return Err(fail(FlowError::invalid_request(
-                "the authorization response names another issuer",
-            )));
-        }
+    let another_issuer = || {
+        fail(FlowError::invalid_request(
+            "the authorization response names another issuer",
+        ))
+    };
+    let iss_to_match = match params.iss.as_deref() {
+        Some(iss) => match provider.check_iss_parameter(iss) {
+            IssParameter::Matches => None,
+            IssParameter::IfIdTokenIssuer => Some(iss),
+            IssParameter::Mismatch => return Err(another_issuer()),
+        },
         None if provider.sends_iss_parameter() => {
             return Err(fail(FlowError::invalid_request(
                 "the authorization response lacks the iss parameter its issuer promises",
             )));
         }
-        _ => {}
-    }
+        None => None,
+    };
     if let Some(code) = params.error.as_deref() {
         let error = FlowError::from_idp(code, params.error_description.as_deref());
         audit_failure(state, &target, &error).await;
@@ -412,6 +417,11 @@ pub async fn finish(
             tracing::warn!(provider = %flow.provider, error = %e, "ID token rejected");
             fail(e.into())
         })?;
+    if let Some(iss) = iss_to_match
+        && iss != identity.issuer
+    {
+        return Err(another_issuer());
+    }
     provider
         .complete_profile(&mut identity, &tokens.access_token)
         .await;

@@ -10,8 +10,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 pub use provider::{
-    AuthorizationRequest, IdTokenCheck, Identity, IdpTokens, JWKS_REFETCH_INTERVAL, OidcError,
-    Provider, TokenKind,
+    AuthorizationRequest, IdTokenCheck, Identity, IdpTokens, IssParameter, JWKS_REFETCH_INTERVAL,
+    OidcError, Provider, TokenKind,
 };
 pub use types::{ExtraClaims, IdTokenT, ProviderMetadata};
 

@@ -30,6 +30,11 @@ pub const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(60);
 /// After a refetch that failed (IdP unreachable), the next may come this soon:
 /// a refreshed ID token waiting to be verified should not wait a minute.
 pub const JWKS_RETRY_AFTER_FAILURE: Duration = Duration::from_secs(2);
+/// Fetched keys are fetched again after the IdP's `Cache-Control: max-age`,
+/// bounded to this range (1 h when the IdP does not say).
+pub const JWKS_MIN_TTL: Duration = Duration::from_secs(5 * 60);
+pub const JWKS_MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+const JWKS_DEFAULT_TTL: Duration = Duration::from_secs(3600);
 /// An ID token's `iat` may be at most this old (plus clock skew).
 const ID_TOKEN_MAX_AGE: Duration = Duration::from_secs(600);
 const TENANT_PLACEHOLDER: &str = "{tenantid}";
@@ -112,6 +117,16 @@ impl<'a> IdTokenCheck<'a> {
     }
 }
 
+/// How an authorization response's `iss` parameter compares with a provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IssParameter {
+    Matches,
+    /// A tenant's issuer under a multi-tenant template: it must equal the ID
+    /// token's issuer.
+    IfIdTokenIssuer,
+    Mismatch,
+}
+
 /// Which token a revocation is about (RFC 7009 `token_type_hint`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenKind {
@@ -184,6 +199,8 @@ pub struct Provider {
     /// When the next unknown-`kid` refetch may run; held across the fetch so
     /// that concurrent requests wait for one fetch instead of each starting one.
     jwks_refetch: tokio::sync::Mutex<Option<Instant>>,
+    /// Until when the loaded keys are trusted without fetching them again.
+    jwks_fresh_until: std::sync::Mutex<Instant>,
 }
 
 impl std::fmt::Debug for Provider {
@@ -213,13 +230,15 @@ impl Provider {
                 config.issuer
             )));
         }
-        let jwks = fetch_jwks(&http, &metadata).await?;
+        check_endpoints(&config.issuer, &metadata)?;
+        let (jwks, ttl) = fetch_jwks(&http, &metadata).await?;
         metadata = metadata.set_jwks(jwks);
         Ok(Self {
             config,
             http,
             metadata: RwLock::new(Arc::new(metadata)),
             jwks_refetch: tokio::sync::Mutex::new(None),
+            jwks_fresh_until: std::sync::Mutex::new(Instant::now() + ttl),
         })
     }
 
@@ -237,6 +256,31 @@ impl Provider {
     /// The issuer as discovered (may hold `{tenantid}` for Entra multi-tenant).
     pub fn issuer(&self) -> String {
         self.metadata().issuer().as_str().to_string()
+    }
+
+    /// RFC 9207: how an authorization response's `iss` compares with this
+    /// provider. For an Entra ID multi-tenant provider the metadata names the
+    /// `{tenantid}` template, and the response names the user's tenant: it is
+    /// accepted for now and must then equal the ID token's (tenant-checked)
+    /// issuer.
+    pub fn check_iss_parameter(&self, iss: &str) -> IssParameter {
+        let template = self.issuer();
+        if iss == template {
+            return IssParameter::Matches;
+        }
+        if self.config.multi_tenant
+            && let Some((prefix, suffix)) = template.split_once(TENANT_PLACEHOLDER)
+            && let Some(tenant) = iss
+                .strip_prefix(prefix)
+                .and_then(|rest| rest.strip_suffix(suffix))
+            && !tenant.is_empty()
+            && tenant
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        {
+            return IssParameter::IfIdTokenIssuer;
+        }
+        IssParameter::Mismatch
     }
 
     /// RFC 9207: whether authorization responses carry `iss`.
@@ -404,9 +448,7 @@ impl Provider {
         };
         let url = Url::parse(&endpoint)
             .map_err(|e| OidcError::Discovery(format!("bad revocation_endpoint: {e}")))?;
-        if url.scheme() != "https"
-            && !(url.scheme() == "http" && crate::domain::origin_is_loopback(&url))
-        {
+        if !endpoint_allowed(&self.config.issuer, &url) {
             return Err(OidcError::Discovery(
                 "the revocation endpoint is not https".into(),
             ));
@@ -475,6 +517,7 @@ impl Provider {
         now: i64,
         skew: Duration,
     ) -> Result<Identity, OidcError> {
+        self.refetch_stale_jwks().await;
         match self.verify_with_current_keys(token, check, now, skew) {
             Err(VerifyError::UnknownKey) => {
                 if self.refetch_jwks().await? {
@@ -578,19 +621,59 @@ impl Provider {
         if next.is_some_and(|t| Instant::now() < t) {
             return Ok(false);
         }
-        let metadata = self.metadata();
-        let jwks = match fetch_jwks(&self.http, &metadata).await {
-            Ok(jwks) => jwks,
+        match self.load_jwks().await {
+            Ok(()) => {
+                *next = Some(Instant::now() + JWKS_REFETCH_INTERVAL);
+                tracing::info!(provider = %self.config.id, "reloaded the provider's JWKS after an unknown key id");
+                Ok(true)
+            }
             Err(e) => {
                 *next = Some(Instant::now() + JWKS_RETRY_AFTER_FAILURE);
-                return Err(e);
+                Err(e)
             }
-        };
-        *next = Some(Instant::now() + JWKS_REFETCH_INTERVAL);
+        }
+    }
+
+    /// Fetches the keys and trusts them for their TTL.
+    async fn load_jwks(&self) -> Result<(), OidcError> {
+        let metadata = self.metadata();
+        let (jwks, ttl) = fetch_jwks(&self.http, &metadata).await?;
         let updated = (*metadata).clone().set_jwks(jwks);
         *self.metadata.write().expect("metadata lock poisoned") = Arc::new(updated);
-        tracing::info!(provider = %self.config.id, "reloaded the provider's JWKS after an unknown key id");
-        Ok(true)
+        *self.jwks_fresh_until.lock().expect("jwks lock poisoned") = Instant::now() + ttl;
+        Ok(())
+    }
+
+    /// Keys past their TTL are fetched again before they are used, so a key
+    /// the IdP withdrew stops being trusted. If the IdP cannot be reached the
+    /// loaded keys stay in use (and the fetch is tried again shortly).
+    async fn refetch_stale_jwks(&self) {
+        let stale = || *self.jwks_fresh_until.lock().expect("jwks lock poisoned") <= Instant::now();
+        if !stale() {
+            return;
+        }
+        let _one_at_a_time = self.jwks_refetch.lock().await;
+        if !stale() {
+            return; // another request just did it
+        }
+        match self.load_jwks().await {
+            Ok(()) => {
+                tracing::debug!(provider = %self.config.id, "reloaded the provider's JWKS (its cache time ran out)")
+            }
+            Err(e) => {
+                tracing::warn!(provider = %self.config.id, error = %e, "cannot reload the provider's JWKS; using the keys loaded before");
+                *self.jwks_fresh_until.lock().expect("jwks lock poisoned") =
+                    Instant::now() + JWKS_RETRY_AFTER_FAILURE;
+            }
+        }
+    }
+
+    /// Treats the loaded keys as expired: the next verification fetches them
+    /// again (as after their cache time). For tests and for operators who
+    /// know the IdP just withdrew a key.
+    #[doc(hidden)]
+    pub fn expire_jwks(&self) {
+        *self.jwks_fresh_until.lock().expect("jwks lock poisoned") = Instant::now();
     }
 }
 
@@ -693,6 +776,56 @@ fn identity(config: &ProviderConfig, claims: &IdTokenClaimsT) -> Result<Identity
     })
 }
 
+/// An endpoint chatgate sends secrets to (client secret, codes, tokens) must
+/// be https; plain http only on loopback, and only when the issuer itself is
+/// a loopback http one (a development IdP on this machine) — discovery must
+/// not downgrade a real IdP's endpoints.
+fn endpoint_allowed(issuer: &str, endpoint: &Url) -> bool {
+    match endpoint.scheme() {
+        "https" => true,
+        "http" => {
+            crate::domain::origin_is_loopback(endpoint)
+                && Url::parse(issuer)
+                    .is_ok_and(|i| i.scheme() == "http" && crate::domain::origin_is_loopback(&i))
+        }
+        _ => false,
+    }
+}
+
+/// Refuses metadata whose token, userinfo, JWKS or revocation endpoint is not
+/// [`endpoint_allowed`].
+fn check_endpoints(issuer: &str, metadata: &ProviderMetadata) -> Result<(), OidcError> {
+    let endpoints = [
+        (
+            "token_endpoint",
+            metadata.token_endpoint().map(|u| u.url().clone()),
+        ),
+        (
+            "userinfo_endpoint",
+            metadata.userinfo_endpoint().map(|u| u.url().clone()),
+        ),
+        ("jwks_uri", Some(metadata.jwks_uri().url().clone())),
+        (
+            "revocation_endpoint",
+            metadata
+                .additional_metadata()
+                .revocation_endpoint
+                .as_deref()
+                .and_then(|u| Url::parse(u).ok()),
+        ),
+    ];
+    for (name, url) in endpoints {
+        if let Some(url) = url
+            && !endpoint_allowed(issuer, &url)
+        {
+            return Err(OidcError::Discovery(format!(
+                "the provider's {name} {url} is not https; refusing to send credentials there"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Whether a discovered issuer is the configured one. For Entra ID multi-tenant
 /// apps the metadata of `/common`, `/organizations` or `/consumers` names the
 /// template `.../{tenantid}/v2.0`; ID tokens are then checked against it with
@@ -708,7 +841,41 @@ fn issuer_matches(config: &ProviderConfig, discovered: &str) -> bool {
             .any(|t| discovered.replace(TENANT_PLACEHOLDER, t) == config.issuer)
 }
 
+/// `Cache-Control: max-age` of a response (`no-store` / `no-cache` = 0).
+fn max_age(headers: &openidconnect::http::HeaderMap) -> Option<Duration> {
+    let value = headers
+        .get(openidconnect::http::header::CACHE_CONTROL)?
+        .to_str()
+        .ok()?;
+    let mut age = None;
+    for directive in value.split(',').map(str::trim) {
+        let lower = directive.to_ascii_lowercase();
+        if lower == "no-store" || lower == "no-cache" {
+            return Some(Duration::ZERO);
+        }
+        if let Some(secs) = lower.strip_prefix("max-age=") {
+            age = secs.trim_matches('"').parse().ok().map(Duration::from_secs);
+        }
+    }
+    age
+}
+
+/// How long fetched keys are trusted before they are fetched again: the
+/// IdP's `max-age`, bounded, so a key it withdrew is dropped in time.
+pub fn jwks_ttl(max_age: Option<Duration>) -> Duration {
+    max_age
+        .unwrap_or(JWKS_DEFAULT_TTL)
+        .clamp(JWKS_MIN_TTL, JWKS_MAX_TTL)
+}
+
 async fn get_json(http: &IdpHttp, url: &str) -> Result<Vec<u8>, OidcError> {
+    get_json_with_age(http, url).await.map(|(body, _)| body)
+}
+
+async fn get_json_with_age(
+    http: &IdpHttp,
+    url: &str,
+) -> Result<(Vec<u8>, Option<Duration>), OidcError> {
     use openidconnect::AsyncHttpClient as _;
     let request = openidconnect::http::Request::get(url)
         .header("accept", "application/json")
@@ -725,22 +892,70 @@ async fn get_json(http: &IdpHttp, url: &str) -> Result<Vec<u8>, OidcError> {
     if !status.is_success() {
         return Err(OidcError::Discovery(format!("GET {url}: HTTP {status}")));
     }
-    Ok(response.into_body())
+    let age = max_age(response.headers());
+    Ok((response.into_body(), age))
 }
 
+type Jwks = JsonWebKeySet<openidconnect::core::CoreJsonWebKey>;
+
+/// The provider's keys and how long to trust them.
 async fn fetch_jwks(
     http: &IdpHttp,
     metadata: &ProviderMetadata,
-) -> Result<JsonWebKeySet<openidconnect::core::CoreJsonWebKey>, OidcError> {
+) -> Result<(Jwks, Duration), OidcError> {
     let url = metadata.jwks_uri().url().as_str().to_string();
-    let body = get_json(http, &url).await?;
-    serde_json::from_slice(&body)
-        .map_err(|e| OidcError::Discovery(format!("{url} is not a JWK set: {e}")))
+    let (body, age) = get_json_with_age(http, &url).await?;
+    let jwks = serde_json::from_slice(&body)
+        .map_err(|e| OidcError::Discovery(format!("{url} is not a JWK set: {e}")))?;
+    Ok((jwks, jwks_ttl(age)))
 }
 
 #[cfg(test)]
 mod debug_tests {
     use super::*;
+
+    #[test]
+    fn the_jwks_cache_time_follows_max_age_within_bounds() {
+        let h = |v: &str| {
+            let mut m = openidconnect::http::HeaderMap::new();
+            m.insert(
+                openidconnect::http::header::CACHE_CONTROL,
+                v.parse().unwrap(),
+            );
+            jwks_ttl(max_age(&m))
+        };
+        assert_eq!(h("public, max-age=7200"), Duration::from_secs(7200));
+        assert_eq!(h("max-age=10"), JWKS_MIN_TTL, "at least 5 min");
+        assert_eq!(h("max-age=999999"), JWKS_MAX_TTL, "at most 24 h");
+        assert_eq!(h("no-store"), JWKS_MIN_TTL);
+        assert_eq!(jwks_ttl(None), Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn endpoints_must_be_https_unless_issuer_and_endpoint_are_loopback_http() {
+        let url = |u: &str| Url::parse(u).unwrap();
+        let real = "https://login.example.com";
+        assert!(endpoint_allowed(
+            real,
+            &url("https://login.example.com/token")
+        ));
+        assert!(!endpoint_allowed(
+            real,
+            &url("http://login.example.com/token")
+        ));
+        assert!(
+            !endpoint_allowed(real, &url("http://127.0.0.1:8402/token")),
+            "a real IdP's metadata cannot point at plain http, not even on loopback"
+        );
+        let dev = "http://127.0.0.1:8402";
+        assert!(endpoint_allowed(dev, &url("http://127.0.0.1:8402/token")));
+        assert!(endpoint_allowed(dev, &url("http://localhost:8402/token")));
+        assert!(!endpoint_allowed(dev, &url("http://idp.example.com/token")));
+        assert!(!endpoint_allowed(
+            real,
+            &url("ftp://login.example.com/token")
+        ));
+    }
 
     #[test]
     fn the_debug_output_of_idp_tokens_holds_no_token() {

@@ -121,6 +121,8 @@ pub struct IdpState {
     /// Every refresh token the token endpoint processed (not those it turned
     /// away during an outage), in order.
     pub presented_refresh_tokens: Vec<String>,
+    /// Discovery names this token endpoint instead of `{issuer}/token`.
+    pub token_endpoint_override: Option<String>,
     /// Answer token requests with this HTTP status (an outage), when set.
     pub token_endpoint_status: Option<u16>,
     pub last_authorize_query: HashMap<String, String>,
@@ -170,6 +172,11 @@ impl FakeIdp {
         }));
         let router = Router::new()
             .route("/.well-known/openid-configuration", get(discovery))
+            // Entra ID style: {issuer}/organizations/v2.0/.well-known/...
+            .route(
+                "/{tenant}/v2.0/.well-known/openid-configuration",
+                get(discovery),
+            )
             .route("/jwks", get(jwks))
             .route("/authorize", get(authorize))
             .route("/token", post(token))
@@ -257,7 +264,7 @@ async fn discovery(State(state): State<Arc<Mutex<IdpState>>>) -> Json<Value> {
     Json(json!({
         "issuer": s.discovery_issuer.clone().unwrap_or(iss.clone()),
         "authorization_endpoint": format!("{iss}/authorize"),
-        "token_endpoint": format!("{iss}/token"),
+        "token_endpoint": s.token_endpoint_override.clone().unwrap_or(format!("{iss}/token")),
         "jwks_uri": format!("{iss}/jwks"),
         "revocation_endpoint": format!("{iss}/revoke"),
         "response_types_supported": ["code"],
