@@ -55,8 +55,10 @@ pub enum AppError {
     Serve(std::io::Error),
 }
 
-/// How often expired pending flows and used host-token ids are deleted.
-const PRUNE_EVERY: Duration = Duration::from_secs(300);
+/// How often expired rows (flows, tickets, replay cache, sessions) and audit
+/// events past `audit_retention` are deleted, and how many per statement.
+const SWEEP_EVERY: Duration = Duration::from_secs(300);
+const SWEEP_BATCH: u32 = 1000;
 
 /// A built, bound, not yet serving chatgate.
 #[derive(Debug)]
@@ -278,7 +280,7 @@ impl App {
 }
 
 /// Periodic work: the signing-key heartbeat (keeps the JWKS of every replica
-/// current) and pruning of expired rows.
+/// current) and sweeping expired rows.
 fn spawn_background(state: &AppState) -> Vec<JoinHandle<()>> {
     let heartbeat = {
         let (keys, store) = (state.keys.clone(), state.store.clone());
@@ -293,22 +295,34 @@ fn spawn_background(state: &AppState) -> Vec<JoinHandle<()>> {
             }
         })
     };
-    let prune = {
+    let sweep = {
         let store = state.store.clone();
+        let retention = state.config.audit_retention.as_secs() as i64;
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(PRUNE_EVERY);
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
             loop {
                 tick.tick().await;
-                match store.prune_expired(crate::time::now()).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::debug!(rows = n, "pruned expired flows and host-token ids"),
-                    Err(e) => tracing::warn!(error = %e, "pruning expired rows failed; will retry"),
+                let now = crate::time::now();
+                match store.sweep(now, now - retention, SWEEP_BATCH).await {
+                    Ok(swept) if swept.total() == 0 => {}
+                    Ok(swept) => {
+                        let by_table: Vec<String> = swept
+                            .rows
+                            .iter()
+                            .filter(|(_, n)| *n > 0)
+                            .map(|(t, n)| format!("{}={n}", t.name()))
+                            .collect();
+                        tracing::info!(rows = swept.total(), tables = %by_table.join(" "), "swept expired rows");
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "sweeping expired rows failed; will retry")
+                    }
                 }
             }
         })
     };
     let discovery = tokio::spawn(state.providers.clone().load_until_ready());
-    vec![heartbeat, prune, discovery]
+    vec![heartbeat, sweep, discovery]
 }
 
 /// Completes on Ctrl-C or SIGTERM.

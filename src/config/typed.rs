@@ -44,6 +44,8 @@ pub struct Config {
     /// How long the bot API may reuse a bot credential or a vault row it read
     /// (0 = never). Changes made on other replicas show up within this time.
     pub read_cache_ttl: Duration,
+    /// Audit events older than this are deleted.
+    pub audit_retention: Duration,
     pub max_body_bytes: usize,
     pub log: LogConfig,
     /// Extra root CAs for calls to IdPs (`idp_ca_file`).
@@ -547,6 +549,13 @@ pub(super) fn build(
         Duration::ZERO,
         MINUTE,
     );
+    let audit_retention = c.duration(
+        "audit_retention",
+        &raw.audit_retention,
+        "90d",
+        24 * HOUR,
+        3650 * 24 * HOUR,
+    );
     let max_body_bytes = raw.max_body_bytes.unwrap_or(64 * 1024);
     if !(1024..=16 * 1024 * 1024).contains(&max_body_bytes) {
         c.error("max_body_bytes", "must be between 1024 and 16777216");
@@ -635,6 +644,7 @@ pub(super) fn build(
         request_timeout,
         shutdown_timeout,
         read_cache_ttl,
+        audit_retention,
         max_body_bytes: max_body_bytes as usize,
         log: LogConfig { format, level },
         idp_ca_certs,

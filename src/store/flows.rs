@@ -86,14 +86,4 @@ impl Store {
                 .await?
         }))
     }
-
-    pub(super) async fn prune_flows(&self, now: i64) -> Result<u64> {
-        Ok(with_pool!(self, pool => {
-            sqlx::query("DELETE FROM pending_flows WHERE expires_at <= $1")
-                .bind(now)
-                .execute(pool)
-                .await?
-                .rows_affected()
-        }))
-    }
 }

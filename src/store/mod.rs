@@ -12,6 +12,7 @@ mod flows;
 mod replay;
 mod sessions;
 mod signing_keys;
+mod sweep;
 mod vault;
 
 use std::time::Duration;
@@ -26,6 +27,7 @@ pub use audit::{AuditEvent, AuditFilter, AuditRow};
 pub use bots::{BotCredential, BotRow};
 pub use flows::{NewFlow, PendingFlowRow};
 pub use signing_keys::SigningKeyRow;
+pub use sweep::{Swept, Table};
 pub use vault::{LeaseTake, RefreshedEntry, Resealed, SealedEntry, VaultRow};
 
 use crate::config::{DatabaseConfig, DatabaseKind};
@@ -238,13 +240,5 @@ impl Store {
 
     pub async fn close(&self) {
         with_pool!(self, pool => pool.close().await)
-    }
-
-    /// Deletes expired pending flows, used host-token ids, sessions and session
-    /// tickets. Returns how many rows went.
-    pub async fn prune_expired(&self, now: i64) -> Result<u64> {
-        Ok(self.prune_flows(now).await?
-            + self.prune_jtis(now).await?
-            + self.prune_sessions(now).await?)
     }
 }

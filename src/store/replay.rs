@@ -21,14 +21,4 @@ impl Store {
         });
         Ok(n == 1)
     }
-
-    pub(super) async fn prune_jtis(&self, now: i64) -> Result<u64> {
-        Ok(with_pool!(self, pool => {
-            sqlx::query("DELETE FROM host_token_jtis WHERE expires_at <= $1")
-                .bind(now)
-                .execute(pool)
-                .await?
-                .rows_affected()
-        }))
-    }
 }

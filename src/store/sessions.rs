@@ -110,20 +110,4 @@ impl Store {
             .await?
         }))
     }
-
-    pub(super) async fn prune_sessions(&self, now: i64) -> Result<u64> {
-        Ok(with_pool!(self, pool => {
-            let a = sqlx::query("DELETE FROM browser_sessions WHERE expires_at <= $1")
-                .bind(now)
-                .execute(pool)
-                .await?
-                .rows_affected();
-            let b = sqlx::query("DELETE FROM session_tickets WHERE expires_at <= $1")
-                .bind(now)
-                .execute(pool)
-                .await?
-                .rows_affected();
-            a + b
-        }))
-    }
 }

@@ -375,16 +375,97 @@ async fn concurrent_callbacks_consume_a_flow_exactly_once(db: &TestDb) {
     assert_eq!(winners, 1);
 }
 
-async fn expired_rows_are_pruned(db: &TestDb) {
+async fn expired_rows_are_swept_in_bounded_batches(db: &TestDb) {
     let store = db.store().await;
-    store.insert_flow(flow("old", "b", 50)).await.unwrap();
+    // 2 500 expired rows in every table an anonymous client can grow, and
+    // live ones beside them.
+    const OLD: usize = 2500;
+    for i in 0..OLD {
+        let name = format!("old-{i}");
+        store.insert_flow(flow(&name, "b", 50)).await.unwrap();
+        store
+            .insert_session_ticket(&name, "support", "https://o", b"{}", 50)
+            .await
+            .unwrap();
+        store.remember_jti("support", &name, 50).await.unwrap();
+        store.insert_session(&name, b"{}", 50).await.unwrap();
+    }
+    let audit: Vec<(AuditEvent<'_>, i64)> = (0..OLD)
+        .map(|_| {
+            (
+                AuditEvent {
+                    actor: "user",
+                    app: None,
+                    user_id: None,
+                    action: "signin",
+                    outcome: "failed",
+                    detail: None,
+                },
+                10,
+            )
+        })
+        .collect();
+    store.record_audit_batch(&audit).await.unwrap();
     store.insert_flow(flow("fresh", "b", 500)).await.unwrap();
-    assert!(store.remember_jti("support", "j-old", 50).await.unwrap());
-    assert!(store.remember_jti("support", "j-fresh", 500).await.unwrap());
-    assert_eq!(store.prune_expired(100).await.unwrap(), 2);
-    assert!(store.take_flow("old", "b").await.unwrap().is_none());
+    store
+        .insert_session_ticket("fresh", "support", "https://o", b"{}", 500)
+        .await
+        .unwrap();
+    assert!(store.remember_jti("support", "fresh", 500).await.unwrap());
+    store.insert_session("fresh", b"{}", 500).await.unwrap();
+    store
+        .record_audit(
+            AuditEvent {
+                actor: "user",
+                app: None,
+                user_id: None,
+                action: "signin",
+                outcome: "ok",
+                detail: None,
+            },
+            90,
+        )
+        .await
+        .unwrap();
+
+    // One batch deletes at most its size.
+    assert_eq!(
+        store
+            .sweep_batch(chatgate::store::Table::PendingFlows, 100, 1000)
+            .await
+            .unwrap(),
+        1000
+    );
+    let swept = store.sweep(100, 50, 1000).await.unwrap();
+    for (table, n) in &swept.rows {
+        let expected = if *table == chatgate::store::Table::PendingFlows {
+            OLD - 1000
+        } else {
+            OLD
+        };
+        assert_eq!(*n as usize, expected, "{}", table.name());
+    }
+    assert_eq!(store.sweep(100, 50, 1000).await.unwrap().total(), 0);
+    // The live rows are all there.
+    assert!(store.take_flow("old-1", "b").await.unwrap().is_none());
     assert!(store.take_flow("fresh", "b").await.unwrap().is_some());
-    assert!(!store.remember_jti("support", "j-fresh", 500).await.unwrap());
+    assert!(!store.remember_jti("support", "fresh", 500).await.unwrap());
+    assert!(store.load_session("fresh", 100).await.unwrap().is_some());
+    assert!(
+        store
+            .take_session_ticket("fresh", "support", "https://o", 100)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let left = store
+        .list_audit(&AuditFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 1, "only the event younger than the retention");
 }
 
 async fn a_jti_is_accepted_once_even_under_concurrency(db: &TestDb) {
@@ -584,7 +665,7 @@ backend_tests!(
     rekey_never_overwrites_a_row_written_meanwhile,
     a_pending_flow_is_consumed_once_and_only_by_its_browser,
     concurrent_callbacks_consume_a_flow_exactly_once,
-    expired_rows_are_pruned,
+    expired_rows_are_swept_in_bounded_batches,
     a_jti_is_accepted_once_even_under_concurrency,
     bots_are_stored_by_hash_and_revocable,
     audit_events_are_listed_newest_first_and_filtered,

@@ -1,0 +1,116 @@
+//! Deleting what has expired, in bounded batches: pending flows, session
+//! tickets, used token ids, browser sessions, and audit events older than
+//! `audit_retention`. A batch is one short statement, so a sweep never holds
+//! SQLite's write lock (or a PostgreSQL lock) for long, however much an
+//! anonymous client made chatgate store.
+
+use super::{Result, Store, with_pool};
+
+/// A table that only grows unless it is swept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    PendingFlows,
+    SessionTickets,
+    /// Host-token `jti`s and exchanged ID tokens.
+    ReplayCache,
+    BrowserSessions,
+    /// Rows older than the cutoff, not expired ones.
+    AuditEvents,
+}
+
+impl Table {
+    pub const ALL: [Table; 5] = [
+        Table::PendingFlows,
+        Table::SessionTickets,
+        Table::ReplayCache,
+        Table::BrowserSessions,
+        Table::AuditEvents,
+    ];
+
+    /// Deletes up to `$2` rows whose time is at or before `$1`.
+    fn sql(self) -> &'static str {
+        match self {
+            Self::PendingFlows => {
+                "DELETE FROM pending_flows WHERE state_hash IN \
+                 (SELECT state_hash FROM pending_flows WHERE expires_at <= $1 LIMIT $2)"
+            }
+            Self::SessionTickets => {
+                "DELETE FROM session_tickets WHERE ticket_hash IN \
+                 (SELECT ticket_hash FROM session_tickets WHERE expires_at <= $1 LIMIT $2)"
+            }
+            Self::ReplayCache => {
+                "DELETE FROM host_token_jtis WHERE (app, jti) IN \
+                 (SELECT app, jti FROM host_token_jtis WHERE expires_at <= $1 LIMIT $2)"
+            }
+            Self::BrowserSessions => {
+                "DELETE FROM browser_sessions WHERE id_hash IN \
+                 (SELECT id_hash FROM browser_sessions WHERE expires_at <= $1 LIMIT $2)"
+            }
+            // Oldest first by id: the scan stops at the first batch's worth.
+            Self::AuditEvents => {
+                "DELETE FROM audit_events WHERE id IN \
+                 (SELECT id FROM audit_events WHERE at <= $1 ORDER BY id LIMIT $2)"
+            }
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::PendingFlows => "pending_flows",
+            Self::SessionTickets => "session_tickets",
+            Self::ReplayCache => "host_token_jtis",
+            Self::BrowserSessions => "browser_sessions",
+            Self::AuditEvents => "audit_events",
+        }
+    }
+}
+
+/// What one sweep deleted, per table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub rows: Vec<(Table, u64)>,
+}
+
+impl Swept {
+    pub fn total(&self) -> u64 {
+        self.rows.iter().map(|(_, n)| n).sum()
+    }
+}
+
+impl Store {
+    /// One batch: deletes at most `limit` rows of `table` whose expiry (for
+    /// the audit log: whose time) is at or before `cutoff`.
+    pub async fn sweep_batch(&self, table: Table, cutoff: i64, limit: u32) -> Result<u64> {
+        Ok(with_pool!(self, pool => {
+            sqlx::query(table.sql())
+                .bind(cutoff)
+                .bind(i64::from(limit))
+                .execute(pool)
+                .await?
+                .rows_affected()
+        }))
+    }
+
+    /// Sweeps every table in batches of `batch` rows until nothing is left
+    /// to delete, pausing briefly between batches so other writers get in.
+    pub async fn sweep(&self, now: i64, audit_before: i64, batch: u32) -> Result<Swept> {
+        let mut swept = Swept::default();
+        for table in Table::ALL {
+            let cutoff = match table {
+                Table::AuditEvents => audit_before,
+                _ => now,
+            };
+            let mut total = 0;
+            loop {
+                let n = self.sweep_batch(table, cutoff, batch).await?;
+                total += n;
+                if n < u64::from(batch) {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            swept.rows.push((table, total));
+        }
+        Ok(swept)
+    }
+}
