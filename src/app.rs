@@ -21,6 +21,7 @@ use crate::oidc::http::IdpHttp;
 use crate::store::{Store, StoreError};
 use crate::user_tokens::{RefreshSettings, TokenService};
 use crate::vault::{Vault, VaultKeyRing};
+use crate::web::conn::{ConnLimits, LimitAcceptor};
 
 /// Everything a request handler can reach.
 #[derive(Debug, Clone)]
@@ -245,11 +246,18 @@ impl App {
             kid = %state.keys.issuer().key().kid(),
             "chatgate is serving"
         );
+        let limits = ConnLimits {
+            max_connections: config.max_connections,
+            header_read_timeout: config.header_read_timeout,
+            idle_timeout: config.idle_timeout,
+        };
+        let metrics = state.metrics.clone();
         let served = match &config.tls {
             Some(tls) => {
                 let tls = RustlsConfig::from_config(tls.clone());
                 axum_server::from_tcp_rustls(listener, tls)
                     .map_err(AppError::Serve)?
+                    .map(|tls| LimitAcceptor::new(tls, limits, metrics))
                     .handle(handle)
                     .serve(service)
                     .await
@@ -257,6 +265,7 @@ impl App {
             None => {
                 axum_server::from_tcp(listener)
                     .map_err(AppError::Serve)?
+                    .map(|plain| LimitAcceptor::new(plain, limits, metrics))
                     .handle(handle)
                     .serve(service)
                     .await

@@ -96,6 +96,11 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PhaseLabels {
     phase: &'static str,
 }
@@ -163,6 +168,9 @@ pub struct Metrics {
     refreshes_in_flight: Gauge,
     refreshes_unsaved: Gauge,
     refresh_seconds: Family<PhaseLabels, Histogram, fn() -> Histogram>,
+    connections: Gauge,
+    connections_refused: Counter,
+    connections_timed_out: Family<ReasonLabels, Counter>,
     vault_ops: Family<OpLabels, Counter>,
     host_tokens: Family<OpLabels, Counter>,
 }
@@ -237,6 +245,24 @@ impl Metrics {
              is stored (the window in which a crash loses a rotation)",
             refresh_seconds.clone(),
         );
+        let connections = Gauge::default();
+        registry.register(
+            "connections",
+            "Open client connections",
+            connections.clone(),
+        );
+        let connections_refused = Counter::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed at once because max_connections were open",
+            connections_refused.clone(),
+        );
+        let connections_timed_out = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "connections_timed_out",
+            "Connections closed by header_read_timeout or idle_timeout",
+            connections_timed_out.clone(),
+        );
         let vault_ops = Family::<OpLabels, Counter>::default();
         registry.register(
             "vault_operations",
@@ -258,6 +284,9 @@ impl Metrics {
             refreshes_in_flight,
             refreshes_unsaved,
             refresh_seconds,
+            connections,
+            connections_refused,
+            connections_timed_out,
             vault_ops,
             host_tokens,
         }
@@ -318,6 +347,22 @@ impl Metrics {
     /// Counts a token set waiting for the database while the guard lives.
     pub fn refresh_unsaved(self: &Arc<Self>) -> GaugeGuard {
         GaugeGuard::new(self.refreshes_unsaved.clone())
+    }
+
+    /// Counts an open connection while the guard lives.
+    pub fn connection_opened(&self) -> GaugeGuard {
+        GaugeGuard::new(self.connections.clone())
+    }
+
+    pub fn connection_refused(&self) {
+        self.connections_refused.inc();
+    }
+
+    /// `reason`: `header_read` or `idle`.
+    pub fn connection_timed_out(&self, reason: &'static str) {
+        self.connections_timed_out
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     /// `phase`: `idp` or `store`.

@@ -47,6 +47,12 @@ pub struct Config {
     /// Audit events older than this are deleted.
     pub audit_retention: Duration,
     pub max_body_bytes: usize,
+    /// A request head must arrive within this of its first byte.
+    pub header_read_timeout: Duration,
+    /// A connection with nothing in flight is closed after this.
+    pub idle_timeout: Duration,
+    /// Connections beyond this many are closed at once.
+    pub max_connections: usize,
     pub log: LogConfig,
     /// Extra root CAs for calls to IdPs (`idp_ca_file`).
     pub idp_ca_certs: Vec<CertificateDer<'static>>,
@@ -556,6 +562,24 @@ pub(super) fn build(
         24 * HOUR,
         3650 * 24 * HOUR,
     );
+    let header_read_timeout = c.duration(
+        "header_read_timeout",
+        &raw.header_read_timeout,
+        "10s",
+        Duration::from_secs(1),
+        5 * MINUTE,
+    );
+    let idle_timeout = c.duration(
+        "idle_timeout",
+        &raw.idle_timeout,
+        "60s",
+        Duration::from_secs(1),
+        HOUR,
+    );
+    let max_connections = raw.max_connections.unwrap_or(4096);
+    if !(1..=1_000_000).contains(&max_connections) {
+        c.error("max_connections", "must be between 1 and 1000000");
+    }
     let max_body_bytes = raw.max_body_bytes.unwrap_or(64 * 1024);
     if !(1024..=16 * 1024 * 1024).contains(&max_body_bytes) {
         c.error("max_body_bytes", "must be between 1024 and 16777216");
@@ -646,6 +670,9 @@ pub(super) fn build(
         read_cache_ttl,
         audit_retention,
         max_body_bytes: max_body_bytes as usize,
+        header_read_timeout,
+        idle_timeout,
+        max_connections: max_connections as usize,
         log: LogConfig { format, level },
         idp_ca_certs,
         tls,

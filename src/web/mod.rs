@@ -1,6 +1,7 @@
 //! HTTP: one module per area, each with its own `router()`, merged here.
 
 mod bot_api;
+pub mod conn;
 pub mod cors;
 pub mod error;
 mod host_session;

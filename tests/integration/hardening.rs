@@ -212,7 +212,114 @@ async fn a_signing_key_written_into_the_database_is_not_trusted(db: &TestDb) {
     app.stop().await;
 }
 
+/// Whether the server has closed `conn` (EOF or reset) within `within`.
+async fn closed_within(conn: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
+            Err(_) => return false, // still open
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue, // a response; keep reading
+        }
+    }
+}
+
+async fn connect(app: &common::TestApp) -> tokio::net::TcpStream {
+    tokio::net::TcpStream::connect(("127.0.0.1", app.port))
+        .await
+        .unwrap()
+}
+
+async fn slow_and_idle_clients_are_cut_off_and_connections_capped(db: &TestDb) {
+    use tokio::io::AsyncWriteExt as _;
+    let cfg = TestConfig::new(db)
+        .with_top("header_read_timeout = \"1s\"\nidle_timeout = \"2s\"\nmax_connections = 3");
+    let app = spawn_app(&cfg).await;
+    // Half-sent headers: closed after header_read_timeout, long before
+    // request_timeout (30 s).
+    let mut slow = connect(&app).await;
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    assert!(closed_within(&mut slow, Duration::from_millis(2500)).await);
+    // A kept-alive connection doing nothing: closed after idle_timeout...
+    let mut idle = connect(&app).await;
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(
+        !closed_within(&mut idle, Duration::from_millis(1200)).await,
+        "not before idle_timeout (and header_read_timeout does not apply once idle)"
+    );
+    assert!(closed_within(&mut idle, Duration::from_millis(2000)).await);
+    // At most 3 connections: a fourth is closed at once.
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(connect(&app).await);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut fourth = connect(&app).await;
+    assert!(closed_within(&mut fourth, Duration::from_millis(500)).await);
+    drop(open);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(app.get("/healthz").await.status(), 200, "room again");
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    for line in [
+        r#"chatgate_connections_timed_out_total{reason="header_read"} 1"#,
+        r#"chatgate_connections_timed_out_total{reason="idle"} 1"#,
+        "chatgate_connections_refused_total 1",
+    ] {
+        assert!(metrics.contains(line), "{line}\n{metrics}");
+    }
+    app.stop().await;
+}
+
+/// A request that takes longer than idle_timeout (a refresh at a slow IdP) is
+/// not cut: the idle clock runs only while nothing is in flight.
+async fn a_slow_request_is_not_cut_by_the_idle_timeout(db: &TestDb) {
+    let idp = common::fake_idp::FakeIdp::start().await;
+    let cfg = TestConfig::new(db)
+        .with_provider(&idp, "")
+        .with_top("idle_timeout = \"1s\"\nheader_read_timeout = \"1s\"");
+    let app = spawn_app(&cfg).await;
+    let bot = app
+        .state
+        .bots
+        .create(&AppId::parse("support").unwrap(), "b", 1)
+        .await
+        .unwrap();
+    idp.with(|st| {
+        st.refresh_tokens.insert("rt-1".into(), true);
+        st.refresh_answer_delay = Some(Duration::from_millis(2500));
+    });
+    let now = chatgate::time::now();
+    app.state
+        .vault
+        .save(
+            &AppId::parse("support").unwrap(),
+            &chatgate::domain::UserId::parse(USER).unwrap(),
+            &chatgate::domain::ProviderId::parse("idp").unwrap(),
+            &chatgate::vault::TokenSet {
+                access_token: chatgate::secret::SecretString::new("at-old"),
+                refresh_token: Some(chatgate::secret::SecretString::new("rt-1")),
+                token_type: "Bearer".into(),
+                scope: "openid".into(),
+                expires_at: Some(now - 5),
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    let r = lookup(&app, bot.secret.expose_secret()).await;
+    assert_eq!(r.status(), 200);
+    app.stop().await;
+}
+
 backend_tests!(
+    slow_and_idle_clients_are_cut_off_and_connections_capped,
+    a_slow_request_is_not_cut_by_the_idle_timeout,
     a_bot_written_into_the_database_without_the_vault_key_is_refused,
     bots_from_before_keyed_hashes_keep_working_and_are_rehashed,
     a_signing_key_written_into_the_database_is_not_trusted,
