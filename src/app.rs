@@ -22,6 +22,7 @@ use crate::store::{Store, StoreError};
 use crate::user_tokens::{RefreshSettings, TokenService};
 use crate::vault::{Vault, VaultKeyRing};
 use crate::web::conn::{ConnLimits, LimitAcceptor};
+use crate::web::rate_limit::{RateLimitConfig, RateLimits};
 
 /// Everything a request handler can reach.
 #[derive(Debug, Clone)]
@@ -35,6 +36,8 @@ pub struct AppState {
     /// Fresh tokens for bots: the refresh machinery.
     pub tokens: TokenService,
     pub bots: Arc<BotDirectory>,
+    /// Per-client-address limits of the endpoints anyone can call.
+    pub rate_limits: Arc<RateLimits>,
     /// Batched writer of high-volume audit events.
     pub audit: AuditLog,
 }
@@ -119,6 +122,11 @@ impl AppState {
             metrics.clone(),
             refresh_settings(&config),
         );
+        let rate_limits = Arc::new(RateLimits::new(RateLimitConfig {
+            per_second: config.rate_limit_per_second,
+            burst: config.rate_limit_burst,
+            trusted_proxies: config.trusted_proxies.clone(),
+        }));
         Ok(Self {
             config: Arc::new(config),
             store,
@@ -128,6 +136,7 @@ impl AppState {
             metrics,
             tokens,
             bots,
+            rate_limits,
             audit,
         })
     }
@@ -330,8 +339,18 @@ fn spawn_background(state: &AppState) -> Vec<JoinHandle<()>> {
             }
         })
     };
+    let forget = {
+        let limits = state.rate_limits.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                limits.forget_idle();
+            }
+        })
+    };
     let discovery = tokio::spawn(state.providers.clone().load_until_ready());
-    vec![heartbeat, sweep, discovery]
+    vec![heartbeat, sweep, forget, discovery]
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -171,6 +171,7 @@ pub struct Metrics {
     connections: Gauge,
     connections_refused: Counter,
     connections_timed_out: Family<ReasonLabels, Counter>,
+    rate_limited: Family<ReasonLabels, Counter>,
     vault_ops: Family<OpLabels, Counter>,
     host_tokens: Family<OpLabels, Counter>,
 }
@@ -263,6 +264,12 @@ impl Metrics {
             "Connections closed by header_read_timeout or idle_timeout",
             connections_timed_out.clone(),
         );
+        let rate_limited = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Requests answered 429, by what was limited (request, bot_auth)",
+            rate_limited.clone(),
+        );
         let vault_ops = Family::<OpLabels, Counter>::default();
         registry.register(
             "vault_operations",
@@ -287,6 +294,7 @@ impl Metrics {
             connections,
             connections_refused,
             connections_timed_out,
+            rate_limited,
             vault_ops,
             host_tokens,
         }
@@ -362,6 +370,13 @@ impl Metrics {
     pub fn connection_timed_out(&self, reason: &'static str) {
         self.connections_timed_out
             .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// `what`: `request` or `bot_auth`.
+    pub fn rate_limited(&self, what: &'static str) {
+        self.rate_limited
+            .get_or_create(&ReasonLabels { reason: what })
             .inc();
     }
 

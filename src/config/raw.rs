@@ -35,6 +35,9 @@ pub struct RawConfig {
     pub log_format: Option<String>,
     pub log_level: Option<String>,
     pub idp_ca_file: Option<String>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    pub rate_limit: Option<RawRateLimit>,
     pub tls: Option<RawTls>,
     pub vault: Option<RawVault>,
     pub signing: Option<RawSigning>,
@@ -42,6 +45,12 @@ pub struct RawConfig {
     pub providers: Vec<RawProvider>,
     #[serde(default)]
     pub apps: Vec<RawApp>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawRateLimit {
+    pub per_second: Option<u32>,
+    pub burst: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -145,8 +154,10 @@ pub const TOP_KEYS: &[(&str, Kind)] = &[
     ("log_format", Str),
     ("log_level", Str),
     ("idp_ca_file", Str),
+    ("trusted_proxies", StrList),
 ];
 pub const TLS_KEYS: &[(&str, Kind)] = &[("cert_file", Str), ("key_file", Str)];
+pub const RATE_LIMIT_KEYS: &[(&str, Kind)] = &[("per_second", Int), ("burst", Int)];
 pub const SIGNING_KEYS: &[(&str, Kind)] = &[("key_file", Str), ("key_env", Str)];
 pub const VAULT_KEY_KEYS: &[(&str, Kind)] = &[("key_env", Str), ("key_file", Str)];
 pub const PROVIDER_KEYS: &[(&str, Kind)] = &[
@@ -236,7 +247,11 @@ pub fn apply_env_overrides(
     };
 
     set(root, vec![], TOP_KEYS);
-    for (section, keys) in [("tls", TLS_KEYS), ("signing", SIGNING_KEYS)] {
+    for (section, keys) in [
+        ("tls", TLS_KEYS),
+        ("signing", SIGNING_KEYS),
+        ("rate_limit", RATE_LIMIT_KEYS),
+    ] {
         let wanted = keys
             .iter()
             .any(|(k, _)| env(&env_name(&[section, k])).is_some());

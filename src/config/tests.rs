@@ -595,7 +595,11 @@ fn every_overridable_key_is_a_real_key() {
     for (k, kind) in TOP_KEYS {
         toml.push_str(&format!("{k} = {}\n", value(*kind)));
     }
-    for (section, keys) in [("tls", TLS_KEYS), ("signing", SIGNING_KEYS)] {
+    for (section, keys) in [
+        ("tls", TLS_KEYS),
+        ("signing", SIGNING_KEYS),
+        ("rate_limit", RATE_LIMIT_KEYS),
+    ] {
         toml.push_str(&format!("[{section}]\n"));
         for (k, kind) in keys {
             toml.push_str(&format!("{k} = {}\n", value(*kind)));
@@ -681,6 +685,7 @@ fn the_example_config_loads_and_documents_every_key() {
         TOP_KEYS,
         TLS_KEYS,
         SIGNING_KEYS,
+        RATE_LIMIT_KEYS,
         VAULT_KEY_KEYS,
         PROVIDER_KEYS,
         APP_KEYS,

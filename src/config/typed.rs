@@ -53,6 +53,11 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Connections beyond this many are closed at once.
     pub max_connections: usize,
+    /// Whose `X-Forwarded-For` / `Forwarded` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `[rate_limit]`: per client address; `per_second = 0` turns it off.
+    pub rate_limit_per_second: u32,
+    pub rate_limit_burst: u32,
     pub log: LogConfig,
     /// Extra root CAs for calls to IdPs (`idp_ca_file`).
     pub idp_ca_certs: Vec<CertificateDer<'static>>,
@@ -580,6 +585,25 @@ pub(super) fn build(
     if !(1..=1_000_000).contains(&max_connections) {
         c.error("max_connections", "must be between 1 and 1000000");
     }
+    let mut trusted_proxies = Vec::new();
+    for entry in &raw.trusted_proxies {
+        let parsed = entry
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match parsed {
+            Ok(net) => trusted_proxies.push(net),
+            Err(_) => c.error(
+                "trusted_proxies",
+                format!("{entry:?} is not an address or CIDR such as 10.0.0.0/8"),
+            ),
+        }
+    }
+    let rate = raw.rate_limit.as_ref();
+    let rate_limit_per_second = rate.and_then(|r| r.per_second).unwrap_or(10);
+    let rate_limit_burst = rate.and_then(|r| r.burst).unwrap_or(50);
+    if rate_limit_per_second > 0 && rate_limit_burst == 0 {
+        c.error("rate_limit.burst", "must be at least 1");
+    }
     let max_body_bytes = raw.max_body_bytes.unwrap_or(64 * 1024);
     if !(1024..=16 * 1024 * 1024).contains(&max_body_bytes) {
         c.error("max_body_bytes", "must be between 1024 and 16777216");
@@ -673,6 +697,9 @@ pub(super) fn build(
         header_read_timeout,
         idle_timeout,
         max_connections: max_connections as usize,
+        trusted_proxies,
+        rate_limit_per_second,
+        rate_limit_burst,
         log: LogConfig { format, level },
         idp_ca_certs,
         tls,

@@ -3,10 +3,11 @@
 //! `/v1/openapi.json` come from the same annotated handlers, so they cannot
 //! drift apart.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -26,37 +27,67 @@ use crate::domain::UserId;
 use crate::user_tokens::{LookupError, RETRY_AFTER_SECS};
 use crate::web::ApiError;
 use crate::web::error::ErrorBody;
+use crate::web::rate_limit::too_many_requests;
 
 /// The bot behind `Authorization: Bearer <bot secret>`.
 #[derive(Debug, Clone)]
 pub struct BotAuth(pub Bot);
 
 impl FromRequestParts<AppState> for BotAuth {
-    type Rejection = ApiError;
+    type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
-            return Err(ApiError::MissingCredentials);
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        // Failed attempts are limited per client address; a client that used
+        // its budget up is answered 429 before its secret is looked up.
+        let ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(peer)| state.rate_limits.client_ip(peer.ip(), &parts.headers));
+        if let Some(ip) = ip
+            && let Err(wait) = state.rate_limits.auth_allowed(ip)
+        {
+            state.metrics.rate_limited("bot_auth");
+            return Err(too_many_requests(state, &parts.headers, wait));
+        }
+        let refused = |e: ApiError| {
+            if let Some(ip) = ip
+                && let Err(wait) = state.rate_limits.auth_failed(ip)
+            {
+                state.metrics.rate_limited("bot_auth");
+                return too_many_requests(state, &parts.headers, wait);
+            }
+            e.into_response()
         };
-        let secret = value
+        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+            return Err(refused(ApiError::MissingCredentials));
+        };
+        let Some(secret) = value
             .to_str()
             .ok()
             .and_then(|v| v.split_once(' '))
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, secret)| secret.trim())
-            .ok_or_else(|| {
-                ApiError::unauthorized("invalid_token", "use Authorization: Bearer <bot secret>")
-            })?;
-        match state.bots.authenticate(secret).await? {
+        else {
+            return Err(refused(ApiError::unauthorized(
+                "invalid_token",
+                "use Authorization: Bearer <bot secret>",
+            )));
+        };
+        match state
+            .bots
+            .authenticate(secret)
+            .await
+            .map_err(|e| ApiError::from(e).into_response())?
+        {
             Ok(bot) => Ok(Self(bot)),
-            Err(Refused::Unknown) => Err(ApiError::unauthorized(
+            Err(Refused::Unknown) => Err(refused(ApiError::unauthorized(
                 "invalid_token",
                 "unknown bot secret",
-            )),
-            Err(Refused::Revoked) => Err(ApiError::unauthorized(
+            ))),
+            Err(Refused::Revoked) => Err(refused(ApiError::unauthorized(
                 "invalid_token",
                 "this bot secret was revoked",
-            )),
+            ))),
         }
     }
 }

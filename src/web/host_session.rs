@@ -25,15 +25,19 @@ use crate::host_session::{self, HostTokenError, Limits};
 use crate::oidc::{IdTokenCheck, IdTokenT, OidcError};
 use crate::secret::sha256_hex;
 use crate::store::AuditEvent;
-use crate::web::{ApiError, cors};
+use crate::web::{ApiError, cors, rate_limit};
 
-pub fn router() -> Router<AppState> {
+pub fn router(state: &AppState) -> Router<AppState> {
     Router::new()
         .route("/v1/host-session", post(host_session).options(preflight))
         .route(
             "/v1/token-exchange",
             post(token_exchange).options(preflight),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            rate_limit::limit,
+        ))
 }
 
 #[derive(Debug, Deserialize)]

@@ -7,6 +7,7 @@ pub mod error;
 mod host_session;
 mod ops;
 pub mod pages;
+pub mod rate_limit;
 pub mod session;
 mod signin;
 mod well_known;
@@ -33,7 +34,7 @@ pub fn router(state: AppState) -> Router {
         .merge(signin::router(&state))
         .merge(widget::router())
         .merge(bot_api::router())
-        .merge(host_session::router())
+        .merge(host_session::router(&state))
         .fallback(error::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),

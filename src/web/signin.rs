@@ -20,7 +20,7 @@ use crate::signin::{
 };
 use crate::web::pages::{Message, MessageUser, frame_ancestors, message_page, plain_page};
 use crate::web::session::{self, BrowserSession, SessionSignIn};
-use crate::web::{ApiError, cors};
+use crate::web::{ApiError, cors, rate_limit};
 
 /// The browser-binding cookie of pending flows, per mode: partitioned for the
 /// third-party iframe, Lax for the first-party popup.
@@ -39,6 +39,11 @@ pub fn router(state: &AppState) -> axum::Router<AppState> {
             state.config.session_idle,
         ))
         .layer(axum::middleware::from_fn(session::partition_cookies))
+        // Outermost: a limited request costs no session read.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            rate_limit::limit,
+        ))
 }
 
 #[derive(Debug, Default, Deserialize)]

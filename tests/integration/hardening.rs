@@ -317,7 +317,171 @@ async fn a_slow_request_is_not_cut_by_the_idle_timeout(db: &TestDb) {
     app.stop().await;
 }
 
+async fn anonymous_endpoints_are_rate_limited_per_client_address(db: &TestDb) {
+    let mut cfg = TestConfig::new(db);
+    cfg.toml
+        .push_str("\n[rate_limit]\nper_second = 1\nburst = 5\n");
+    let app = spawn_app(&cfg).await;
+    let host = |forwarded: Option<&str>| {
+        let mut req = app
+            .client
+            .post(app.url("/v1/host-session"))
+            .header("origin", "https://www.contoso.com")
+            .json(&json!({"app": "support", "token": "x"}));
+        if let Some(f) = forwarded {
+            req = req.header("x-forwarded-for", f);
+        }
+        req.send()
+    };
+    for _ in 0..5 {
+        assert_eq!(host(None).await.unwrap().status(), 401, "within the burst");
+    }
+    let limited = host(None).await.unwrap();
+    assert_eq!(limited.status(), 429);
+    assert_eq!(limited.headers()["retry-after"], "1");
+    assert_eq!(
+        limited.headers()["access-control-allow-origin"],
+        "https://www.contoso.com",
+        "the widget can read it"
+    );
+    let body: Value = limited.json().await.unwrap();
+    assert_eq!(body["error"], "rate_limited");
+    // A forwarding header from an untrusted peer changes nothing.
+    assert_eq!(host(Some("198.51.100.7")).await.unwrap().status(), 429);
+    // Preflights are free; other endpoints and the bot API's successes too.
+    let preflight = app
+        .client
+        .request(reqwest::Method::OPTIONS, app.url("/v1/host-session"))
+        .header("origin", "https://www.contoso.com")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.status(), 204);
+    assert_eq!(app.get("/healthz").await.status(), 200);
+    // After the refill, requests pass again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(host(None).await.unwrap().status(), 401);
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(r#"chatgate_rate_limited_total{reason="request"} 2"#),
+        "{metrics}"
+    );
+    app.stop().await;
+}
+
+async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_budget(db: &TestDb) {
+    let mut cfg = TestConfig::new(db).with_top("trusted_proxies = [\"127.0.0.1/32\"]");
+    cfg.toml
+        .push_str("\n[rate_limit]\nper_second = 1\nburst = 2\n");
+    let app = spawn_app(&cfg).await;
+    let from = |client: &'static str| {
+        app.client
+            .get(app.url("/v1/authorize?app=nope"))
+            .header("x-forwarded-for", format!("{client}, 127.0.0.1"))
+            .send()
+    };
+    for _ in 0..2 {
+        assert_eq!(from("203.0.113.1").await.unwrap().status(), 400);
+    }
+    assert_eq!(from("203.0.113.1").await.unwrap().status(), 429);
+    assert_eq!(
+        from("203.0.113.2").await.unwrap().status(),
+        400,
+        "another client behind the same proxy"
+    );
+    app.stop().await;
+}
+
+async fn failed_bot_authentications_are_rate_limited(db: &TestDb) {
+    let mut cfg = TestConfig::new(db);
+    cfg.toml
+        .push_str("\n[rate_limit]\nper_second = 1\nburst = 3\n");
+    let app = spawn_app(&cfg).await;
+    let bot = app
+        .state
+        .bots
+        .create(&AppId::parse("support").unwrap(), "b", 1)
+        .await
+        .unwrap();
+    // Successes cost nothing.
+    for _ in 0..10 {
+        assert_eq!(lookup(&app, bot.secret.expose_secret()).await.status(), 404);
+    }
+    for _ in 0..3 {
+        assert_eq!(lookup(&app, "cgb_wrong").await.status(), 401);
+    }
+    let r = lookup(&app, "cgb_wrong").await;
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    // While blocked, nothing is looked up — not even a valid secret.
+    assert_eq!(lookup(&app, bot.secret.expose_secret()).await.status(), 429);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(lookup(&app, bot.secret.expose_secret()).await.status(), 404);
+    app.stop().await;
+}
+
+/// Made-up HTTP methods and made-up IdP error codes in callbacks do not grow
+/// `/metrics` (every label value comes from a fixed set).
+async fn made_up_methods_and_error_codes_do_not_grow_the_metrics(db: &TestDb) {
+    let idp = common::fake_idp::FakeIdp::start().await;
+    let mut cfg = TestConfig::new(db).with_provider(&idp, "");
+    cfg.toml
+        .push_str("\n[rate_limit]\nper_second = 1000\nburst = 1000\n");
+    let app = spawn_app(&cfg).await;
+    let before = app.get("/metrics").await.text().await.unwrap().len();
+    for i in 0..300 {
+        let method = reqwest::Method::from_bytes(format!("BREW{i}").as_bytes()).unwrap();
+        let _ = app
+            .client
+            .request(method, app.url("/healthz"))
+            .send()
+            .await
+            .unwrap();
+    }
+    let origin: String = url::form_urlencoded::byte_serialize(b"https://www.contoso.com").collect();
+    for i in 0..60 {
+        let mut browser = common::browser::Browser::new();
+        let r = browser
+            .get(&app.url(&format!(
+                "/v1/authorize?app=support&origin={origin}&mode=silent"
+            )))
+            .await;
+        let to_idp = common::browser::location(&r);
+        let state = url::Url::parse(&to_idp)
+            .unwrap()
+            .query_pairs()
+            .find(|(k, _)| k == "state")
+            .unwrap()
+            .1
+            .into_owned();
+        let r = browser
+            .get(&app.url(&format!(
+                "/v1/callback?state={state}&iss={}&error=made_up_{i}",
+                url::form_urlencoded::byte_serialize(idp.issuer.as_bytes()).collect::<String>()
+            )))
+            .await;
+        assert_eq!(r.status(), 200);
+    }
+    let text = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        text.len() < before + 8 * 1024,
+        "/metrics grew from {before} to {} bytes",
+        text.len()
+    );
+    assert!(text.contains(r#"method="other""#), "{text}");
+    assert!(
+        text.contains(r#"chatgate_flows_total{event="failed",reason="other"} 60"#),
+        "{text}"
+    );
+    app.stop().await;
+}
+
 backend_tests!(
+    anonymous_endpoints_are_rate_limited_per_client_address,
+    behind_a_trusted_proxy_each_forwarded_client_has_its_own_budget,
+    failed_bot_authentications_are_rate_limited,
+    made_up_methods_and_error_codes_do_not_grow_the_metrics,
     slow_and_idle_clients_are_cut_off_and_connections_capped,
     a_slow_request_is_not_cut_by_the_idle_timeout,
     a_bot_written_into_the_database_without_the_vault_key_is_refused,
