@@ -490,20 +490,27 @@ async fn bots(config: Config, command: BotsCommand) -> ExitCode {
         BotsCommand::List => match store.list_bots().await {
             Ok(rows) => {
                 println!(
-                    "{:<18} {:<16} {:<24} {:<22} status",
-                    "id", "app", "name", "created"
+                    "{:<18} {:<16} {:<24} {:<22} {:<16} status",
+                    "id", "app", "name", "created", "hashed with"
                 );
                 for b in rows {
                     let status = match b.revoked_at {
                         Some(t) => format!("revoked {}", timestamp(t)),
                         None => "active".to_string(),
                     };
+                    // The vault key a bot's secret is hashed under: keep that key
+                    // configured until the bot was used after a rotation.
+                    let hashed = match (b.hash_format.as_str(), &b.key_id) {
+                        ("hmac", Some(key)) => format!("vault key {key}"),
+                        _ => "sha256 (old)".to_string(),
+                    };
                     println!(
-                        "{:<18} {:<16} {:<24} {:<22} {status}",
+                        "{:<18} {:<16} {:<24} {:<22} {:<16} {status}",
                         b.id,
                         b.app,
                         b.name,
-                        timestamp(b.created_at)
+                        timestamp(b.created_at),
+                        hashed
                     );
                 }
                 ExitCode::SUCCESS

@@ -30,6 +30,7 @@ pub fn router(chatgate_url: &str, app: &str, bot: Bot) -> Router {
         .route("/", get(index))
         .route("/bot/messages", post(message))
         .with_state(Arc::new(Site { page, bot }))
+        .layer(axum::middleware::from_fn(super::loopback_host_only))
 }
 
 async fn index(State(site): State<Arc<Site>>) -> Html<String> {

@@ -188,6 +188,7 @@ pub fn router(config: DevIdpConfig) -> Router {
         .route("/dev/cookie-probe/set", get(probe_set))
         .route("/dev/cookie-probe/read", get(probe_read))
         .with_state(idp)
+        .layer(axum::middleware::from_fn(super::loopback_host_only))
 }
 
 fn now() -> i64 {

@@ -181,7 +181,16 @@ pub async fn run(
     });
     let idp_task = tokio::spawn(serve(idp_listener, idp_router, stopped(stop_rx.clone())));
 
-    let config::Loaded { config, .. } = Config::load(&config_path, &config::process_env)?;
+    let ignored = ignored_overrides();
+    if !ignored.is_empty() {
+        eprintln!(
+            "warning: chatgate demo ignores {} (it uses only its own configuration in {})",
+            ignored.join(", "),
+            dir.display()
+        );
+    }
+    let no_environment = |_: &str| None;
+    let config::Loaded { config, .. } = Config::load(&config_path, &no_environment)?;
     crate::telemetry::init(&config.log);
     let app = App::build_on(config, chatgate_listener).await?;
     let state = app.state().clone();
@@ -210,6 +219,59 @@ pub async fn run(
         result?;
     }
     Ok(())
+}
+
+/// Middleware of the demo's own servers (IdP, shop, bot): only requests for a
+/// loopback host name are served. A web page whose domain an attacker points
+/// at 127.0.0.1 (DNS rebinding) sends its own name as `Host` and is refused.
+pub async fn loopback_host_only(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let host = request
+        .headers()
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()));
+    if host.is_some_and(is_loopback_host) {
+        next.run(request).await
+    } else {
+        (
+            axum::http::StatusCode::MISDIRECTED_REQUEST,
+            "this development server only answers requests for localhost or a loopback address",
+        )
+            .into_response()
+    }
+}
+
+/// `localhost`, `127.x.y.z` or `[::1]`, with or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, port)| {
+            if port.chars().all(|c| c.is_ascii_digit()) {
+                name
+            } else {
+                host
+            }
+        }),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Environment variables the demo ignores: it writes and uses its own
+/// configuration, and must not touch a real deployment's database or keys.
+fn ignored_overrides() -> Vec<String> {
+    let mut names: Vec<String> = std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter(|k| k.starts_with("CHATGATE_") && k != "CHATGATE_CONFIG")
+        .collect();
+    names.sort();
+    names
 }
 
 /// The demo bot's secret: reused while the database knows it, else a new bot.
@@ -277,6 +339,31 @@ Works in a stock Chromium or Firefox (loopback http counts as secure). Press Ctr
         dir = dir.display(),
         users = users.join(", "),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_loopback_host_names_are_served() {
+        for ok in [
+            "localhost:8400",
+            "127.0.0.1:8402",
+            "127.0.0.2",
+            "[::1]:8401",
+            "LOCALHOST",
+        ] {
+            assert!(super::is_loopback_host(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example.com",
+            "evil.example.com:8402",
+            "localhost.evil.com",
+            "10.0.0.1:80",
+            "",
+        ] {
+            assert!(!super::is_loopback_host(bad), "{bad}");
+        }
+    }
 }
 
 /// `chatgate demo idp`: the development provider alone, e.g. to run a real

@@ -411,3 +411,52 @@ fn the_development_provider_refuses_to_listen_beyond_loopback() {
         stderr(&o)
     );
 }
+
+/// `chatgate demo` uses only its own configuration: a `CHATGATE_*` variable
+/// left in the shell (a real deployment's database, say) is ignored, loudly.
+#[test]
+fn the_demo_ignores_chatgate_variables_from_the_shell() {
+    use std::io::{BufRead as _, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = dir.path().join("production.db");
+    let data = dir.path().join("demo");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chatgate"))
+        .args(["demo", "--data-dir", data.to_str().unwrap()])
+        .args([
+            "--host-port",
+            "0",
+            "--chatgate-port",
+            "0",
+            "--idp-port",
+            "0",
+        ])
+        .env(
+            "CHATGATE_DATABASE_URL",
+            format!("sqlite://{}?mode=rwc", elsewhere.display()),
+        )
+        .env("CHATGATE_LOG_LEVEL", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("chatgate demo is running") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let started = rx.recv_timeout(Duration::from_secs(60)).is_ok();
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(started, "the demo did not start: {err}");
+    assert!(
+        err.contains("ignores CHATGATE_DATABASE_URL, CHATGATE_LOG_LEVEL"),
+        "{err}"
+    );
+    assert!(!elsewhere.exists(), "the demo used the shell's database");
+    assert!(data.join("chatgate.db").exists());
+}

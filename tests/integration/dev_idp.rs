@@ -57,6 +57,22 @@ fn query(url: &str) -> HashMap<String, String> {
         .collect()
 }
 
+#[tokio::test]
+async fn the_development_provider_answers_only_for_loopback_host_names() {
+    let issuer = start().await;
+    let get = |host: &'static str| {
+        common::http_client()
+            .get(format!("{issuer}/.well-known/openid-configuration"))
+            .header("host", host)
+            .send()
+    };
+    assert_eq!(get("127.0.0.1").await.unwrap().status(), 200);
+    assert_eq!(get("localhost:8402").await.unwrap().status(), 200);
+    // DNS rebinding: an attacker's name pointed at 127.0.0.1.
+    assert_eq!(get("evil.example.com").await.unwrap().status(), 421);
+    assert_eq!(get("evil.example.com:8402").await.unwrap().status(), 421);
+}
+
 /// Logs `user` in and consents; returns the code.
 async fn sign_in(browser: &mut Browser, issuer: &str, user: &str, password: &str) -> String {
     let page = browser

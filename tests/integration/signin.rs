@@ -639,6 +639,91 @@ async fn silent_renewal_uses_the_session_without_the_idp(db: &TestDb) {
     assert_eq!(r.status(), 302);
 }
 
+/// An account disabled at the IdP is noticed within one access-token
+/// lifetime: once the stored access token expired, renewal refreshes first,
+/// and a refused refresh sends the browser to the IdP instead of minting.
+async fn renewal_refreshes_an_expired_access_token_first(db: &TestDb) {
+    let mut s = setup(db).await;
+    s.flow("silent").await;
+    exec(
+        &s.app.state.store,
+        "UPDATE vault_entries SET access_expires_at = 0",
+    )
+    .await;
+    let calls = s.idp.token_calls();
+    // Still enabled: refreshed once, then the chat token.
+    let r = s.browser.get(&s.authorize_url("silent", "")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        posted_message(r).await.unwrap()["message"]["type"],
+        "chatgate:success"
+    );
+    assert_eq!(s.idp.token_calls(), calls + 1, "refreshed first");
+    // Disabled at the IdP: the refresh is refused, the session is not enough.
+    exec(
+        &s.app.state.store,
+        "UPDATE vault_entries SET access_expires_at = 0",
+    )
+    .await;
+    s.idp.with(|st| {
+        for valid in st.refresh_tokens.values_mut() {
+            *valid = false;
+        }
+        st.replays = 0;
+    });
+    let r = s.browser.get(&s.authorize_url("silent", "")).await;
+    assert_eq!(
+        r.status(),
+        302,
+        "to the IdP, which will answer login_required"
+    );
+    assert!(
+        s.app
+            .state
+            .vault
+            .load(
+                &chatgate::domain::AppId::parse("support").unwrap(),
+                &chatgate::domain::UserId::parse(USER).unwrap()
+            )
+            .await
+            .unwrap()
+            .unwrap()
+            .needs_reauth
+    );
+}
+
+/// `session_idle` slides: a renewal saves the session again, so it counts
+/// from the last use, not from the sign-in.
+async fn renewals_extend_the_session(db: &TestDb) {
+    let mut s = setup(db).await;
+    s.flow("silent").await;
+    let expiry = |store: Store| async move {
+        let rows: Vec<(i64,)> = match &store {
+            Store::Sqlite(p) => sqlx::query_as("SELECT expires_at FROM browser_sessions")
+                .fetch_all(p)
+                .await
+                .unwrap(),
+            Store::Postgres(p) => sqlx::query_as("SELECT expires_at FROM browser_sessions")
+                .fetch_all(p)
+                .await
+                .unwrap(),
+        };
+        rows.into_iter().map(|(e,)| e).max().unwrap()
+    };
+    let before = expiry(s.app.state.store.clone()).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let r = s.browser.get(&s.authorize_url("silent", "")).await;
+    assert_eq!(r.status(), 200);
+    let set_cookie = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .any(|v| v.to_str().unwrap().starts_with("__Host-chatgate="));
+    assert!(set_cookie, "the cookie is sent again with a new max-age");
+    let after = expiry(s.app.state.store.clone()).await;
+    assert!(after > before, "idle expiry moved from {before} to {after}");
+}
+
 async fn a_session_older_than_session_max_needs_the_idp(db: &TestDb) {
     let mut s = setup_with(db, "", |c| c.with_top("session_max = \"1h\"")).await;
     s.flow("silent").await;
@@ -1071,6 +1156,8 @@ backend_tests!(
     a_token_endpoint_error_is_reported_and_stores_nothing,
     a_new_sign_in_without_refresh_token_keeps_the_stored_one,
     silent_renewal_uses_the_session_without_the_idp,
+    renewal_refreshes_an_expired_access_token_first,
+    renewals_extend_the_session,
     a_session_older_than_session_max_needs_the_idp,
     sign_out_ends_the_session_and_revoke_deletes_the_vault_entry,
     popup_results_carry_a_ticket_that_moves_the_session_to_the_host_partition,
