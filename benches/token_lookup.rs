@@ -31,9 +31,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chatgate::chat_token::{SigningAlg, SigningKey};
-use chatgate::config::DatabaseConfig;
 use chatgate::domain::{AppId, KeyId, ProviderId, UserId};
 use chatgate::secret::SecretString;
+use chatgate::store::DatabaseOptions;
 use chatgate::store::Store;
 use chatgate::vault::{TokenSet, Vault, VaultKeyRing};
 
@@ -192,7 +192,7 @@ host_keys = [{{ kid = "h", alg = "HS256", secret_file = "host.secret" }}]
     std::fs::write(&path, config).unwrap();
 
     // Seed one user with a token valid for an hour, and a bot.
-    let db = DatabaseConfig::parse(database_url, dir.path(), 5).unwrap();
+    let db = DatabaseOptions::parse(database_url, dir.path(), 5).unwrap();
     let store = Store::connect(&db).await.unwrap();
     store.migrate().await.unwrap();
     let ring = VaultKeyRing::new(vec![(

@@ -12,7 +12,7 @@ use url::Url;
 
 use crate::app::AppState;
 use crate::audit::QueuedEvent;
-use crate::chat_token::{ChatUser, Via};
+use crate::chat_token::{ChatSubject, ChatUser, Via};
 use crate::config::AppConfig;
 use crate::domain::{AppId, Origin, UserId};
 use crate::oidc::{AuthorizationRequest, IdTokenCheck, IssParameter, OidcError};
@@ -517,15 +517,18 @@ pub fn mint(
     let (chat_token, claims) = state
         .keys
         .issuer()
-        .mint_for(
-            app,
-            &ChatUser {
-                user_id: &user_id,
-                via: Via::Oidc,
-                auth_time: signin.auth_time,
-                name: signin.name.as_deref(),
-                email: signin.email.as_deref(),
-                email_verified: signin.email_verified,
+        .mint(
+            &ChatSubject {
+                app: &app.id,
+                audience: &app.chat_audience,
+                user: &ChatUser {
+                    user_id: &user_id,
+                    via: Via::Oidc,
+                    auth_time: signin.auth_time,
+                    name: signin.name.as_deref(),
+                    email: signin.email.as_deref(),
+                    email_verified: signin.email_verified,
+                },
             },
             now,
         )

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 pub use raw::env_name;
 pub use sources::{EnvFn, process_env};
 pub use typed::{
-    AppConfig, ClientAuth, Config, DatabaseConfig, DatabaseKind, HostKeyAlg, HostKeyConfig,
-    HostKeyMaterial, LogConfig, LogFormat, ProviderConfig, PublicUrl,
+    AppConfig, ClientAuth, Config, HostKeyAlg, HostKeyConfig, HostKeyMaterial, LogConfig,
+    LogFormat, ProviderConfig, PublicUrl,
 };
 
 /// The file `--config` points at when it is not given.

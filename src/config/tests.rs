@@ -142,7 +142,10 @@ fn minimal_config_gets_the_documented_defaults() {
         f.path().join("chatgate.db").display()
     );
     assert_eq!(config.database.display, expected);
-    assert!(matches!(config.database.kind, DatabaseKind::Sqlite(_)));
+    assert!(matches!(
+        config.database.kind,
+        crate::store::DatabaseKind::Sqlite(_)
+    ));
     assert_eq!(keys_of(&warnings), ["apps"]);
 }
 
@@ -457,7 +460,10 @@ fn a_database_password_belongs_in_the_environment() {
         "postgres://chatgate:hunter2@db.internal/chatgate",
     );
     let config = f.load(MINIMAL).unwrap().config;
-    assert!(matches!(config.database.kind, DatabaseKind::Postgres(_)));
+    assert!(matches!(
+        config.database.kind,
+        crate::store::DatabaseKind::Postgres(_)
+    ));
     assert!(
         !config.database.display.contains("hunter2"),
         "{}",

@@ -3,14 +3,11 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use jsonwebtoken::DecodingKey;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
-use sqlx::postgres::PgConnectOptions;
-use sqlx::sqlite::SqliteConnectOptions;
 use url::Url;
 
 use super::raw::{Overrides, RawApp, RawConfig, RawHostKey, RawProvider};
@@ -19,6 +16,7 @@ use super::{Problems, key_path};
 use crate::chat_token::SigningKey;
 use crate::domain::{AppId, KeyId, Origin, ProviderId, origin_is_loopback};
 use crate::secret::{SecretBytes, SecretString};
+use crate::store::DatabaseOptions;
 use crate::vault::VaultKeyRing;
 
 /// The validated configuration. Built once at start by [`Config::load`].
@@ -26,7 +24,7 @@ use crate::vault::VaultKeyRing;
 pub struct Config {
     pub public_url: PublicUrl,
     pub listen: SocketAddr,
-    pub database: DatabaseConfig,
+    pub database: DatabaseOptions,
     pub chat_token_ttl: Duration,
     pub refresh_skew: Duration,
     /// How long a refresh lease lasts without its holder's heartbeat: a
@@ -123,98 +121,6 @@ impl PublicUrl {
 
     pub fn is_https(&self) -> bool {
         self.0.scheme() == "https"
-    }
-}
-
-#[derive(Clone)]
-pub enum DatabaseKind {
-    Sqlite(SqliteConnectOptions),
-    Postgres(PgConnectOptions),
-}
-
-/// `database_url` and pool settings. `Debug` never shows a password.
-#[derive(Clone)]
-pub struct DatabaseConfig {
-    pub kind: DatabaseKind,
-    /// The URL without its password, for logs.
-    pub display: String,
-    pub max_connections: u32,
-}
-
-impl fmt::Debug for DatabaseKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // PgConnectOptions' own Debug would print the password.
-        match self {
-            Self::Sqlite(o) => f.debug_tuple("Sqlite").field(&o.get_filename()).finish(),
-            Self::Postgres(_) => f.write_str("Postgres"),
-        }
-    }
-}
-
-impl fmt::Debug for DatabaseConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DatabaseConfig")
-            .field("url", &self.display)
-            .field("max_connections", &self.max_connections)
-            .finish()
-    }
-}
-
-impl DatabaseConfig {
-    /// Parses a database URL; relative SQLite paths are relative to `dir`.
-    pub fn parse(url: &str, dir: &std::path::Path, max_connections: u32) -> Result<Self, String> {
-        if let Some(rest) = url.strip_prefix("sqlite:") {
-            let rest = rest.strip_prefix("//").unwrap_or(rest);
-            let (path, query) = match rest.split_once('?') {
-                Some((p, q)) => (p, Some(q)),
-                None => (rest, None),
-            };
-            if path.is_empty() || path.contains(":memory:") || path.starts_with("file:") {
-                return Err(
-                    "must name a database file (in-memory SQLite would lose everything on restart)"
-                        .into(),
-                );
-            }
-            let abs = {
-                let p = std::path::Path::new(path);
-                if p.is_absolute() {
-                    p.to_path_buf()
-                } else {
-                    dir.join(p)
-                }
-            };
-            let full = match query {
-                Some(q) => format!("sqlite://{}?{q}", abs.display()),
-                None => format!("sqlite://{}", abs.display()),
-            };
-            let options = SqliteConnectOptions::from_str(&full)
-                .map_err(|e| format!("is not a valid SQLite URL: {e}"))?;
-            Ok(Self {
-                kind: DatabaseKind::Sqlite(options),
-                display: full,
-                max_connections,
-            })
-        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let options = PgConnectOptions::from_str(url)
-                .map_err(|e| format!("is not a valid PostgreSQL URL: {e}"))?;
-            let mut shown = Url::parse(url).map_err(|e| format!("is not a URL: {e}"))?;
-            if shown.password().is_some() {
-                let _ = shown.set_password(Some("[redacted]"));
-            }
-            Ok(Self {
-                kind: DatabaseKind::Postgres(options),
-                display: shown.to_string(),
-                max_connections,
-            })
-        } else {
-            Err("must start with sqlite:// or postgres://".into())
-        }
-    }
-
-    pub fn has_password(url: &str) -> bool {
-        Url::parse(url)
-            .map(|u| u.password().is_some())
-            .unwrap_or(false)
     }
 }
 
@@ -467,7 +373,7 @@ pub(super) fn build(
         .database_url
         .as_deref()
         .unwrap_or("sqlite://chatgate.db?mode=rwc");
-    if DatabaseConfig::has_password(db_url) && !overrides.by_key.contains_key("database_url") {
+    if DatabaseOptions::has_password(db_url) && !overrides.by_key.contains_key("database_url") {
         c.error(
             "database_url",
             "contains a password; secrets are never written in the config file: set the whole URL \
@@ -476,7 +382,7 @@ pub(super) fn build(
     }
     let database = c.parse(
         "database_url",
-        DatabaseConfig::parse(db_url, src.dir, max_connections.max(1)),
+        DatabaseOptions::parse(db_url, src.dir, max_connections.max(1)),
     );
 
     let chat_token_ttl = c.duration(

@@ -9,6 +9,7 @@
 mod audit;
 mod bots;
 mod flows;
+mod options;
 mod replay;
 mod sessions;
 mod signing_keys;
@@ -26,11 +27,10 @@ use sqlx::{
 pub use audit::{AuditEvent, AuditFilter, AuditRow};
 pub use bots::{BotCredential, BotRow};
 pub use flows::{NewFlow, PendingFlowRow};
+pub use options::{DatabaseKind, DatabaseOptions};
 pub use signing_keys::SigningKeyRow;
 pub use sweep::{Swept, Table};
 pub use vault::{LeaseTake, RefreshedEntry, Resealed, SealedEntry, VaultRow};
-
-use crate::config::{DatabaseConfig, DatabaseKind};
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -166,7 +166,7 @@ impl BeginWrite for PgPool {
 impl Store {
     /// Opens the pool. SQLite runs in WAL mode with a busy timeout, so readers never
     /// block the writer and concurrent writers wait instead of failing.
-    pub async fn connect(config: &DatabaseConfig) -> Result<Self> {
+    pub async fn connect(config: &DatabaseOptions) -> Result<Self> {
         match &config.kind {
             DatabaseKind::Sqlite(options) => {
                 let options = options

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::app::AppState;
 use crate::audit::QueuedEvent;
-use crate::chat_token::{ChatUser, Via};
+use crate::chat_token::{ChatSubject, ChatUser, Via};
 use crate::config::AppConfig;
 use crate::domain::{Origin, UserId};
 use crate::host_session::{self, HostTokenError, Limits};
@@ -134,7 +134,14 @@ fn mint(
     let (chat_token, claims) = state
         .keys
         .issuer()
-        .mint_for(app, user, crate::time::now())
+        .mint(
+            &ChatSubject {
+                app: &app.id,
+                audience: &app.chat_audience,
+                user,
+            },
+            crate::time::now(),
+        )
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let mut response = Json(ChatTokenResponse {
         chat_token,

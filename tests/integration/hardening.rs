@@ -102,7 +102,7 @@ async fn bots_from_before_keyed_hashes_keep_working_and_are_rehashed(db: &TestDb
     // A database as the previous version left it, with a bot in it.
     let store = {
         let config =
-            chatgate::config::DatabaseConfig::parse(&db.url, std::path::Path::new("/"), 2).unwrap();
+            chatgate::store::DatabaseOptions::parse(&db.url, std::path::Path::new("/"), 2).unwrap();
         Store::connect(&config).await.unwrap()
     };
     let old = migrations_up_to(db.backend, 3);

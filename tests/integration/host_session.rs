@@ -480,6 +480,11 @@ async fn each_key_is_bound_to_its_algorithm(db: &TestDb) {
         &s.keys.rsa_public_pem,
     );
     refused(&s, s.host(&confused).await, "invalid_token").await;
+    // The refusal does not tell which algorithm the kid is for.
+    let (_, _, why) = error_of(s.host(&confused).await).await;
+    for alg in ["RS256", "RSA", "rsa"] {
+        assert!(!why.contains(alg), "{why}");
+    }
     // ES256 token under the EdDSA kid; RS256 under an HS256 kid.
     refused(
         &s,

@@ -114,7 +114,7 @@ impl TestDb {
     /// A connected, migrated store on this database.
     pub async fn store(&self) -> Store {
         let config =
-            chatgate::config::DatabaseConfig::parse(&self.url, Path::new("/"), 5).expect("db url");
+            chatgate::store::DatabaseOptions::parse(&self.url, Path::new("/"), 5).expect("db url");
         let store = Store::connect(&config).await.expect("connect");
         store.migrate().await.expect("migrate");
         store
