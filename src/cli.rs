@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::app::{App, shutdown_signal};
 use crate::chat_token::{SigningAlg, SigningKey};
 use crate::config::{self, Config, Loaded};
+use crate::server::{App, shutdown_signal};
 use crate::store::Store;
 use crate::vault::{Vault, VaultKeyRing};
 
@@ -370,7 +370,7 @@ async fn connect(config: &Config) -> Result<Store, ExitCode> {
             config.database.display
         ))
     })?;
-    crate::app::migrate(&store, &config.vault_keys)
+    crate::state::migrate(&store, &config.vault_keys)
         .await
         .map_err(fail)?;
     Ok(store)

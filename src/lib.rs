@@ -5,7 +5,6 @@
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations)]
 
-pub mod app;
 pub mod audit;
 pub mod bots;
 pub mod cache;
@@ -17,8 +16,11 @@ pub mod domain;
 pub mod host_session;
 pub mod metrics;
 pub mod oidc;
+pub mod rate_limits;
 pub mod secret;
+pub mod server;
 pub mod signin;
+pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod time;

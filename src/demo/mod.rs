@@ -20,11 +20,11 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::app::App;
 use crate::chat_token::{SigningAlg, SigningKey};
 use crate::config::{self, Config};
 use crate::domain::AppId;
 use crate::secret::{SecretString, random_token};
+use crate::server::App;
 use crate::vault::VaultKeyRing;
 
 pub const APP_ID: &str = "support";
@@ -54,7 +54,7 @@ pub enum DemoError {
     #[error(transparent)]
     Config(#[from] config::ConfigError),
     #[error(transparent)]
-    App(#[from] crate::app::AppError),
+    App(#[from] crate::state::AppError),
     #[error("{0}")]
     Store(#[from] crate::store::StoreError),
 }
@@ -275,7 +275,10 @@ fn ignored_overrides() -> Vec<String> {
 }
 
 /// The demo bot's secret: reused while the database knows it, else a new bot.
-async fn ensure_bot(state: &crate::app::AppState, path: &Path) -> Result<SecretString, DemoError> {
+async fn ensure_bot(
+    state: &crate::state::AppState,
+    path: &Path,
+) -> Result<SecretString, DemoError> {
     if let Ok(secret) = read_secret(path)
         && state
             .bots

@@ -198,7 +198,7 @@ impl Store {
     /// several replicas at once (sqlx takes a lock).
     /// Returns the versions this call applied (empty when the database was
     /// up to date), so a step that must follow a migration exactly once (see
-    /// `crate::app::migrate`) knows when to run.
+    /// `crate::state::migrate`) knows when to run.
     pub async fn migrate(&self) -> Result<Vec<i64>> {
         let before = self.applied_migrations().await;
         match self {

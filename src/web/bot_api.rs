@@ -18,12 +18,12 @@ use utoipa::{Modify, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
 use crate::audit::QueuedEvent;
 use crate::bots::{Bot, Refused};
 use crate::chat_token::ChatClaims;
 use crate::config::AppConfig;
 use crate::domain::UserId;
+use crate::state::AppState;
 use crate::user_tokens::{LookupError, RETRY_AFTER_SECS};
 use crate::web::ApiError;
 use crate::web::error::ErrorBody;

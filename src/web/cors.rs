@@ -6,9 +6,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::app::AppState;
 use crate::config::AppConfig;
 use crate::domain::Origin;
+use crate::state::AppState;
 use crate::web::ApiError;
 
 /// The request's `Origin` header, parsed.

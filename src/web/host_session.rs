@@ -16,7 +16,6 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use crate::app::AppState;
 use crate::audit::QueuedEvent;
 use crate::chat_token::{ChatSubject, ChatUser, Via};
 use crate::config::AppConfig;
@@ -24,6 +23,7 @@ use crate::domain::{Origin, UserId};
 use crate::host_session::{self, HostTokenError, Limits};
 use crate::oidc::{IdTokenCheck, IdTokenT, OidcError};
 use crate::secret::sha256_hex;
+use crate::state::AppState;
 use crate::store::AuditEvent;
 use crate::web::{ApiError, cors, rate_limit};
 

@@ -23,7 +23,7 @@ use tower_http::trace::TraceLayer;
 
 pub use error::{ApiError, Result};
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// The whole HTTP surface with its middleware.
 pub fn router(state: AppState) -> Router {

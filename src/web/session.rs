@@ -20,25 +20,11 @@ use tower_sessions::session_store::{self, SessionStore};
 use tower_sessions::{Expiry, Session, SessionManagerLayer};
 
 use crate::domain::{AppId, Origin};
+use crate::signin::SessionSignIn;
 use crate::store::Store;
 
 pub const SESSION_COOKIE: &str = "__Host-chatgate";
 const SIGNINS_KEY: &str = "chatgate.signins";
-
-/// A sign-in remembered by the session.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionSignIn {
-    pub user_id: String,
-    pub name: Option<String>,
-    pub email: Option<String>,
-    /// As the IdP stated it; sessions recorded before it existed say `false`.
-    #[serde(default)]
-    pub email_verified: bool,
-    /// When the user authenticated at the IdP (Unix seconds).
-    pub auth_time: i64,
-    /// When chatgate recorded this sign-in; `session_max` counts from here.
-    pub signed_in_at: i64,
-}
 
 /// Typed access to the session's sign-ins.
 #[derive(Debug, Clone)]

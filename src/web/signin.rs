@@ -11,15 +11,16 @@ use serde::Deserialize;
 use tower_sessions::Session;
 use tower_sessions::cookie::{Cookie, SameSite};
 
-use crate::app::AppState;
 use crate::config::AppConfig;
-use crate::domain::{Origin, UserId};
+use crate::domain::{AppId, Origin};
 use crate::secret::random_token;
 use crate::signin::{
-    self, CallbackFailure, CallbackParams, FlowError, FlowTarget, Mode, StartRequest,
+    CallbackFailure, CallbackParams, FlowError, FlowTarget, Minted, Mode, Renewal, SessionSignIn,
+    StartRequest,
 };
+use crate::state::AppState;
 use crate::web::pages::{Message, MessageUser, frame_ancestors, message_page, plain_page};
-use crate::web::session::{self, BrowserSession, SessionSignIn};
+use crate::web::session::{self, BrowserSession};
 use crate::web::{ApiError, cors, rate_limit};
 
 /// The browser-binding cookie of pending flows, per mode: partitioned for the
@@ -65,13 +66,21 @@ fn bad_request(message: &str, ancestors: &[Origin]) -> Response {
     )
 }
 
-fn error_page(mode: Mode, app: &AppConfig, origin: &Origin, error: &FlowError) -> Response {
+/// `ancestors`: who may frame the page (the app's origins before a flow
+/// exists, the flow's own origin after a callback).
+fn error_page(
+    mode: Mode,
+    app: &AppId,
+    origin: &Origin,
+    ancestors: &[Origin],
+    error: &FlowError,
+) -> Response {
     message_page(
         mode,
         origin,
-        &app.origins,
+        ancestors,
         &Message::Error {
-            app: app.id.to_string(),
+            app: app.to_string(),
             error: error.code.clone(),
             error_description: error.description.clone(),
         },
@@ -82,11 +91,11 @@ fn error_page(mode: Mode, app: &AppConfig, origin: &Origin, error: &FlowError) -
 /// flow's own origin after a callback).
 fn success_page(
     mode: Mode,
-    app: &AppConfig,
+    app: &AppId,
     origin: &Origin,
     ancestors: &[Origin],
     signin: &SessionSignIn,
-    minted: signin::Minted,
+    minted: Minted,
     session_ticket: Option<String>,
 ) -> Response {
     message_page(
@@ -94,11 +103,11 @@ fn success_page(
         origin,
         ancestors,
         &Message::Success {
-            app: app.id.to_string(),
+            app: app.to_string(),
             chat_token: minted.chat_token,
             expires_at: minted.expires_at,
             user: MessageUser {
-                id: signin.user_id.clone(),
+                id: signin.user_id.to_string(),
                 name: signin.name.clone(),
                 email: signin.email.clone(),
                 email_verified: signin.email.as_ref().map(|_| signin.email_verified),
@@ -183,7 +192,7 @@ async fn authorize(
     };
     let fail = |e: FlowError| {
         state.metrics.flow("failed", &e.code);
-        error_page(mode, app, &origin, &e)
+        error_page(mode, &app.id, &origin, &app.origins, &e)
     };
     let prompt = q.prompt.as_deref().filter(|p| !p.is_empty());
     match (mode, prompt) {
@@ -231,7 +240,7 @@ async fn authorize(
         domain_hint: domain_hint.as_deref(),
         prompt,
     };
-    match signin::start(&state, request, &binding, now).await {
+    match state.signin.start(request, &binding, now).await {
         Ok(url) => {
             let mut response = StatusCode::FOUND.into_response();
             flow_headers(&mut response, app);
@@ -267,10 +276,8 @@ async fn renew(
     now: i64,
 ) -> Option<Response> {
     let max_age = state.config.session_max.as_secs() as i64;
-    let signin = match BrowserSession(session.clone())
-        .get(&app.id, origin, now, max_age)
-        .await
-    {
+    let browser = BrowserSession(session.clone());
+    let signin = match browser.get(&app.id, origin, now, max_age).await {
         Ok(Some(s)) => s,
         Ok(None) => return None,
         Err(e) => {
@@ -278,39 +285,21 @@ async fn renew(
             return None;
         }
     };
-    // A hint naming someone else means the host wants that user, not this one.
-    if let Some(hint) = login_hint
-        && !signin
-            .email
-            .as_deref()
-            .is_some_and(|e| e.eq_ignore_ascii_case(hint))
-    {
-        return None;
-    }
-    let Ok(user_id) = UserId::parse(signin.user_id.clone()) else {
-        return None;
-    };
-    match state.tokens.renewable(&app.id, &user_id).await {
-        Ok(true) => {}
-        // Refused by the IdP, signed out, never stored: the IdP decides.
-        Ok(false) => return None,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot tell whether the session may be renewed");
-            let error = FlowError::unavailable(
-                "chatgate cannot reach the identity provider or its database; try again shortly",
-            );
-            state.metrics.flow("failed", &error.code);
-            return Some(error_page(Mode::Silent, app, origin, &error));
-        }
-    }
-    // The session slides: idle time counts from this renewal.
-    BrowserSession(session.clone()).touch(state.config.session_idle);
-    match signin::mint(state, app, &signin, now) {
-        Ok(minted) => {
-            state.metrics.flow("completed", "session");
+    match state.signin.renew(app, &signin, login_hint, now).await {
+        Renewal::AskTheIdp => None,
+        Renewal::Failed(error) => Some(error_page(
+            Mode::Silent,
+            &app.id,
+            origin,
+            &app.origins,
+            &error,
+        )),
+        Renewal::Minted(minted) => {
+            // The session slides: idle time counts from this renewal.
+            browser.touch(state.config.session_idle);
             Some(success_page(
                 Mode::Silent,
-                app,
+                &app.id,
                 origin,
                 &app.origins,
                 &signin,
@@ -318,7 +307,6 @@ async fn renew(
                 None,
             ))
         }
-        Err(e) => Some(error_page(Mode::Silent, app, origin, &e)),
     }
 }
 
@@ -335,64 +323,32 @@ async fn callback(
     let mut bindings = cookie_values(&headers, BINDING_SILENT);
     bindings.extend(cookie_values(&headers, BINDING_POPUP));
     let now = crate::time::now();
-    let completed = match signin::finish(&state, params, &bindings, now).await {
+    let completed = match state.signin.complete_callback(params, &bindings, now).await {
         Ok(c) => c,
         Err(CallbackFailure::Untied(message)) => {
             return plain_page(StatusCode::BAD_REQUEST, "Sign-in failed", message, &[]);
         }
         Err(CallbackFailure::Flow { target, error }) => {
-            return message_page(
-                target.mode,
-                &target.origin,
-                std::slice::from_ref(&target.origin),
-                &Message::Error {
-                    app: target.app.to_string(),
-                    error: error.code,
-                    error_description: error.description,
-                },
-            );
+            let ancestors = std::slice::from_ref(&target.origin);
+            return error_page(target.mode, &target.app, &target.origin, ancestors, &error);
         }
     };
     let FlowTarget { app, origin, mode } = &completed.target;
-    let Some(app) = state.config.app(app.as_str()) else {
-        return plain_page(
-            StatusCode::BAD_REQUEST,
-            "Sign-in failed",
-            "Unknown app.",
-            &[],
-        );
-    };
     if let Err(e) = BrowserSession(session)
-        .put(&app.id, origin, completed.signin.clone())
+        .put(app, origin, completed.signin.clone())
         .await
     {
         // The sign-in itself succeeded; only silent renewal will need the IdP.
         tracing::warn!(error = %e, "cannot record the sign-in in the browser session");
     }
-    let minted = match signin::mint(&state, app, &completed.signin, now) {
-        Ok(m) => m,
-        Err(e) => return error_page(*mode, app, origin, &e),
-    };
-    let ticket = match mode {
-        Mode::Popup => {
-            match signin::issue_ticket(&state, &completed.target, &completed.signin, now).await {
-                Ok(t) => Some(t),
-                Err(e) => {
-                    tracing::warn!(error = %e, "no session ticket for this popup sign-in");
-                    None
-                }
-            }
-        }
-        Mode::Silent => None,
-    };
     success_page(
         *mode,
         app,
         origin,
         std::slice::from_ref(origin),
         &completed.signin,
-        minted,
-        ticket,
+        completed.minted,
+        completed.ticket,
     )
 }
 
@@ -413,7 +369,9 @@ async fn redeem_ticket(
         let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
         let (app, origin) = cors::app_and_origin(&state, &headers, &req.app)?;
         let now = crate::time::now();
-        let signin = signin::redeem_ticket(&state, &app.id, &origin, &req.ticket, now)
+        let signin = state
+            .signin
+            .redeem_ticket(&app.id, &origin, &req.ticket, now)
             .await?
             .ok_or_else(|| ApiError::bad_request("the ticket is unknown, used or expired"))?;
         BrowserSession(session)
@@ -468,8 +426,9 @@ async fn signout(
         let signed_out = removed.is_some();
         let mut revoked = false;
         if req.revoke
-            && let Some(user_id) = removed.and_then(|s| UserId::parse(s.user_id).ok())
+            && let Some(signin) = removed
         {
+            let user_id = signin.user_id;
             revoked = state
                 .tokens
                 .sign_out(&app.id, &user_id, "user")

@@ -4,7 +4,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 const WIDGET_JS: &str = include_str!("../../static/widget.js");
 

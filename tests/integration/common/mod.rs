@@ -14,9 +14,10 @@ use std::io::Write as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 
-use chatgate::app::{App, AppState};
 use chatgate::chat_token::{SigningAlg, SigningKey};
 use chatgate::config::{Config, Loaded};
+use chatgate::server::App;
+use chatgate::state::AppState;
 use chatgate::store::Store;
 use chatgate::vault::VaultKeyRing;
 use tokio::sync::oneshot;
@@ -290,7 +291,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub state: AppState,
     shutdown: Option<oneshot::Sender<()>>,
-    server: Option<JoinHandle<Result<(), chatgate::app::AppError>>>,
+    server: Option<JoinHandle<Result<(), chatgate::state::AppError>>>,
 }
 
 pub fn http_client() -> reqwest::Client {

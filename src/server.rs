@@ -1,63 +1,19 @@
-//! The application builder, shared by `main` and the tests: connect and migrate
-//! the database, load keys, bind the listener (port 0 allowed), serve until told
-//! to stop, then finish in-flight requests.
+//! The server: binds the listener (port 0 allowed), serves the router with
+//! connection limits, runs the periodic work, and on shutdown finishes
+//! in-flight requests and refreshes. Shared by `main` and the tests.
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum_server::Handle;
 use axum_server::tls_rustls::RustlsConfig;
 use tokio::task::JoinHandle;
 
-use crate::audit::AuditLog;
-use crate::bots::BotDirectory;
-use crate::chat_token::{ChatTokenIssuer, KEY_HEARTBEAT, KeyDirectory};
+use crate::chat_token::KEY_HEARTBEAT;
 use crate::config::Config;
-use crate::metrics::Metrics;
-use crate::oidc::Providers;
-use crate::oidc::http::IdpHttp;
-use crate::store::{Store, StoreError};
-use crate::user_tokens::{RefreshSettings, TokenService};
-use crate::vault::{Vault, VaultKeyRing};
+use crate::state::{AppError, AppState};
 use crate::web::conn::{ConnLimits, LimitAcceptor};
-use crate::web::rate_limit::{RateLimitConfig, RateLimits};
-
-/// Everything a request handler can reach.
-#[derive(Debug, Clone)]
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub store: Store,
-    pub vault: Vault,
-    pub keys: Arc<KeyDirectory>,
-    pub providers: Arc<Providers>,
-    pub metrics: Arc<Metrics>,
-    /// Fresh tokens for bots: the refresh machinery.
-    pub tokens: TokenService,
-    pub bots: Arc<BotDirectory>,
-    /// Per-client-address limits of the endpoints anyone can call.
-    pub rate_limits: Arc<RateLimits>,
-    /// Batched writer of high-volume audit events.
-    pub audit: AuditLog,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum AppError {
-    #[error("cannot open the database {url}: {source}")]
-    Database { url: String, source: StoreError },
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("cannot set up calls to identity providers: {0}")]
-    Http(#[from] crate::oidc::http::HttpError),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("server error: {0}")]
-    Serve(std::io::Error),
-}
 
 /// How often expired rows (flows, tickets, replay cache, sessions) and audit
 /// events past `audit_retention` are deleted, and how many per statement.
@@ -70,111 +26,6 @@ pub struct App {
     listener: TcpListener,
     local_addr: SocketAddr,
     state: AppState,
-}
-
-impl AppState {
-    /// Connects to the database, applies migrations, publishes the signing key
-    /// and makes a first attempt at discovering every provider (the server
-    /// keeps retrying in the background; `/readyz` says when all are loaded).
-    pub async fn build(config: Config) -> Result<Self, AppError> {
-        let store =
-            Store::connect(&config.database)
-                .await
-                .map_err(|source| AppError::Database {
-                    url: config.database.display.clone(),
-                    source,
-                })?;
-        migrate(&store, &config.vault_keys).await?;
-        let issuer = Arc::new(ChatTokenIssuer::new(
-            config.public_url.issuer(),
-            config.signing_key.clone(),
-            config.chat_token_ttl,
-        ));
-        let keys = Arc::new(KeyDirectory::new(
-            issuer,
-            config.clock_skew,
-            &config.vault_keys,
-        ));
-        keys.refresh(&store, crate::time::now()).await?;
-        let vault = Vault::with_read_cache(
-            store.clone(),
-            config.vault_keys.clone(),
-            config.read_cache_ttl,
-        );
-        let bots = Arc::new(BotDirectory::new(
-            store.clone(),
-            &config.vault_keys,
-            config.read_cache_ttl,
-        ));
-        let (audit, _writer) = AuditLog::start(store.clone());
-        let providers = Arc::new(Providers::new(
-            &config.providers,
-            IdpHttp::new(&config.idp_ca_certs)?,
-        ));
-        for (id, e) in providers.load_pending().await {
-            tracing::warn!(provider = %id, error = %e, "provider discovery failed; retrying in the background");
-        }
-        let metrics = Arc::new(Metrics::new());
-        let tokens = TokenService::new(
-            store.clone(),
-            vault.clone(),
-            providers.clone(),
-            metrics.clone(),
-            refresh_settings(&config),
-        );
-        let rate_limits = Arc::new(RateLimits::new(RateLimitConfig {
-            per_second: config.rate_limit_per_second,
-            burst: config.rate_limit_burst,
-            trusted_proxies: config.trusted_proxies.clone(),
-        }));
-        Ok(Self {
-            config: Arc::new(config),
-            store,
-            vault,
-            keys,
-            providers,
-            metrics,
-            tokens,
-            bots,
-            rate_limits,
-            audit,
-        })
-    }
-}
-
-/// Applies pending migrations, and the one-time steps that go with them: when
-/// migration 4 (row MACs) is applied, the bot credentials and signing keys
-/// already in the database are tagged, so they stay valid (rows added later
-/// without the vault key are refused).
-pub async fn migrate(store: &Store, vault: &VaultKeyRing) -> Result<(), StoreError> {
-    let applied = store.migrate().await?;
-    if applied.contains(&ROW_MACS_MIGRATION) {
-        let bots = BotDirectory::adopt_rows_from_before_keyed_hashes(store, vault).await?;
-        let keys = KeyDirectory::adopt_rows_from_before_tags(store, vault).await?;
-        tracing::info!(
-            bots,
-            signing_keys = keys,
-            "tagged the bot credentials and signing keys from before row MACs"
-        );
-    }
-    Ok(())
-}
-
-/// The migration that added row MACs (`migrations/*/0004_row_macs.sql`).
-const ROW_MACS_MIGRATION: i64 = 4;
-
-/// The refresh machinery's part of the configuration.
-fn refresh_settings(config: &Config) -> RefreshSettings {
-    RefreshSettings {
-        refresh_skew: config.refresh_skew,
-        read_cache_ttl: config.read_cache_ttl,
-        clock_skew: config.clock_skew,
-        lease: config.refresh_lease,
-        redirect_uri: config.public_url.join("/v1/callback"),
-        // Answer a waiting bot before the request timeout would (503 either
-        // way, but this one says why and when to retry).
-        wait: config.request_timeout.mul_f64(0.8),
-    }
 }
 
 impl App {

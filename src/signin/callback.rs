@@ -1,0 +1,388 @@
+//! Completing a flow at `GET /v1/callback`, step by step: take the flow (once,
+//! only by the browser that started it), check the authorization response
+//! (RFC 9207 `iss`, an IdP error, the code), redeem the code (PKCE, ID-token
+//! validation), store the tokens, mint the chat token. Nothing is stored
+//! unless every check passed.
+
+use std::sync::Arc;
+
+use super::{
+    CallbackParams, DB_RETRY_BUDGET, FlowError, FlowTarget, Minted, Mode, SessionSignIn,
+    SignInService, flow_aad,
+};
+use crate::audit::QueuedEvent;
+use crate::config::AppConfig;
+use crate::domain::{AppId, Origin, UserId};
+use crate::oidc::{IdTokenCheck, Identity, IdpTokens, IssParameter, Provider};
+use crate::secret::sha256_hex;
+use crate::store::{AuditEvent, PendingFlowRow, retry_transient};
+use crate::vault::TokenSet;
+
+/// Why a callback failed.
+#[derive(Debug)]
+pub enum CallbackFailure {
+    /// Not tied to any flow this browser started: nothing may be posted.
+    Untied(&'static str),
+    /// Tied to a flow: the error is posted to the flow's origin.
+    Flow {
+        target: FlowTarget,
+        error: FlowError,
+    },
+}
+
+/// A finished sign-in: everything the result page needs.
+#[derive(Debug)]
+pub struct Completed {
+    pub target: FlowTarget,
+    /// For chatgate's browser session.
+    pub signin: SessionSignIn,
+    pub minted: Minted,
+    /// Popup only: the one-time ticket the widget redeems from the host page.
+    pub ticket: Option<String>,
+}
+
+/// A flow taken at the callback, with where its result goes.
+struct Taken<'a> {
+    flow: PendingFlowRow,
+    state_hash: String,
+    target: FlowTarget,
+    app: &'a AppConfig,
+}
+
+/// What the ID token of the code exchange established.
+struct Redeemed {
+    tokens: IdpTokens,
+    identity: Identity,
+    user_id: UserId,
+}
+
+impl SignInService {
+    /// Completes a flow; see the module documentation for the steps.
+    pub async fn complete_callback(
+        &self,
+        params: CallbackParams,
+        bindings: &[String],
+        now: i64,
+    ) -> Result<Completed, CallbackFailure> {
+        let taken = self.take_flow(&params, bindings, now).await?;
+        let fail = |error: FlowError| self.failed(&taken.target, error);
+        let provider = self
+            .inner
+            .providers
+            .get(&taken.flow.provider)
+            .ok_or_else(|| {
+                fail(FlowError::unavailable(
+                    "the identity provider is not loaded; try again",
+                ))
+            })?;
+        let (code, iss_to_match) = match self.check_response(&params, &provider) {
+            Ok(checked) => checked,
+            Err(error) => {
+                self.audit_failure(&taken.target, &error).await;
+                return Err(fail(error));
+            }
+        };
+        let redeemed = self
+            .redeem_code(&taken, &provider, code, iss_to_match, now)
+            .await
+            .map_err(fail)?;
+        self.store_tokens(taken.app, &provider, &redeemed, now)
+            .await
+            .map_err(fail)?;
+        self.inner
+            .store
+            .audit(AuditEvent {
+                actor: "user",
+                app: Some(taken.app.id.as_str()),
+                user_id: Some(redeemed.user_id.as_str()),
+                action: "signin",
+                outcome: "ok",
+                detail: Some(taken.target.mode.as_str()),
+            })
+            .await;
+        self.inner
+            .metrics
+            .flow("completed", taken.target.mode.as_str());
+        let identity = redeemed.identity;
+        let signin = SessionSignIn {
+            user_id: redeemed.user_id,
+            name: identity.name.or(identity.preferred_username),
+            email: identity.email,
+            email_verified: identity.email_verified,
+            auth_time: identity.auth_time.unwrap_or(now),
+            signed_in_at: now,
+        };
+        let minted = self.mint(taken.app, &signin, now).map_err(fail)?;
+        let ticket = match taken.target.mode {
+            Mode::Popup => match self.issue_ticket(&taken.target, &signin, now).await {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no session ticket for this popup sign-in");
+                    None
+                }
+            },
+            Mode::Silent => None,
+        };
+        Ok(Completed {
+            target: taken.target,
+            signin,
+            minted,
+            ticket,
+        })
+    }
+
+    fn failed(&self, target: &FlowTarget, error: FlowError) -> CallbackFailure {
+        self.inner.metrics.flow("failed", &error.code);
+        CallbackFailure::Flow {
+            target: target.clone(),
+            error,
+        }
+    }
+
+    /// Step 1: the pending flow of `state`, consumed once and only with the
+    /// binding cookie of the browser that started it.
+    async fn take_flow(
+        &self,
+        params: &CallbackParams,
+        bindings: &[String],
+        now: i64,
+    ) -> Result<Taken<'_>, CallbackFailure> {
+        let Some(flow_state) = params
+            .state
+            .as_deref()
+            .filter(|s| !s.is_empty() && s.len() <= 512)
+        else {
+            return Err(CallbackFailure::Untied(
+                "The sign-in response has no state.",
+            ));
+        };
+        let state_hash = sha256_hex(flow_state.as_bytes());
+        let mut flow = None;
+        for binding in bindings {
+            let binding_hash = sha256_hex(binding.as_bytes());
+            let taken = retry_transient(DB_RETRY_BUDGET, || {
+                self.inner.store.take_flow(&state_hash, &binding_hash)
+            })
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot read pending flows");
+                CallbackFailure::Untied(
+                    "chatgate's database is unavailable, so the sign-in could not be finished; \
+                     close this window and try again.",
+                )
+            })?;
+            if taken.is_some() {
+                flow = taken;
+                break;
+            }
+        }
+        let Some(flow) = flow else {
+            self.inner.metrics.flow("failed", "unknown_state");
+            return Err(CallbackFailure::Untied(
+                "This sign-in is unknown, was already used, or was started in another browser.",
+            ));
+        };
+        let target = match (
+            AppId::parse(&flow.app),
+            Origin::parse(&flow.origin),
+            Mode::parse(&flow.mode),
+        ) {
+            (Ok(app), Ok(origin), Some(mode)) => FlowTarget { app, origin, mode },
+            _ => return Err(CallbackFailure::Untied("The stored sign-in is damaged.")),
+        };
+        if flow.expires_at <= now {
+            return Err(self.failed(
+                &target,
+                FlowError::invalid_request("the sign-in took too long; start again"),
+            ));
+        }
+        // The configuration may have changed since the flow started: an origin
+        // no longer allowed cannot be trusted with a message.
+        let Some(app) = self.allowed(&target) else {
+            return Err(CallbackFailure::Untied(
+                "This app or origin is no longer configured.",
+            ));
+        };
+        Ok(Taken {
+            flow,
+            state_hash,
+            target,
+            app,
+        })
+    }
+
+    /// Step 2: the authorization response — its issuer (RFC 9207: another
+    /// issuer is a mix-up attack), an IdP error, or the code. Returns the code
+    /// and, for a multi-tenant provider, the `iss` the ID token must have.
+    fn check_response<'p>(
+        &self,
+        params: &'p CallbackParams,
+        provider: &Provider,
+    ) -> Result<(&'p str, Option<&'p str>), FlowError> {
+        let another_issuer =
+            || FlowError::invalid_request("the authorization response names another issuer");
+        let iss_to_match = match params.iss.as_deref() {
+            Some(iss) => match provider.check_iss_parameter(iss) {
+                IssParameter::Matches => None,
+                IssParameter::IfIdTokenIssuer => Some(iss),
+                IssParameter::Mismatch => return Err(another_issuer()),
+            },
+            None if provider.sends_iss_parameter() => {
+                return Err(FlowError::invalid_request(
+                    "the authorization response lacks the iss parameter its issuer promises",
+                ));
+            }
+            None => None,
+        };
+        if let Some(code) = params.error.as_deref() {
+            return Err(FlowError::from_idp(
+                code,
+                params.error_description.as_deref(),
+            ));
+        }
+        let code = params
+            .code
+            .as_deref()
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| {
+                FlowError::invalid_request("the authorization response has neither code nor error")
+            })?;
+        Ok((code, iss_to_match))
+    }
+
+    /// Step 3: the code, redeemed with the flow's PKCE verifier; the ID token
+    /// validated against the flow's nonce; the user id derived.
+    async fn redeem_code(
+        &self,
+        taken: &Taken<'_>,
+        provider: &Arc<Provider>,
+        code: &str,
+        iss_to_match: Option<&str>,
+        now: i64,
+    ) -> Result<Redeemed, FlowError> {
+        let row = [taken.state_hash.as_str()];
+        let keys = self.inner.vault.keys();
+        let opened = keys
+            .open(&flow_aad(&row, "nonce"), &taken.flow.nonce)
+            .and_then(|n| {
+                keys.open(&flow_aad(&row, "pkce_verifier"), &taken.flow.pkce_verifier)
+                    .map(|v| (n, v))
+            });
+        let (nonce, verifier) = match opened {
+            Ok((n, v)) => (
+                String::from_utf8_lossy(n.expose_secret()).into_owned(),
+                String::from_utf8_lossy(v.expose_secret()).into_owned(),
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open a pending flow's secrets");
+                return Err(FlowError::server_error());
+            }
+        };
+        let provider_id = &taken.flow.provider;
+        let tokens = provider
+            .exchange_code(code, &verifier, &self.redirect_uri())
+            .await
+            .map_err(|e| {
+                tracing::warn!(provider = %provider_id, error = %e, "code exchange failed");
+                FlowError::from(e)
+            })?;
+        let Some(id_token) = &tokens.id_token else {
+            tracing::warn!(provider = %provider_id, "token response without an ID token");
+            return Err(FlowError::server_error());
+        };
+        let mut identity = provider
+            .verify_id_token(
+                id_token,
+                &IdTokenCheck::ours(Some(&nonce)),
+                now,
+                self.inner.config.clock_skew,
+            )
+            .await
+            .map_err(|e| {
+                tracing::warn!(provider = %provider_id, error = %e, "ID token rejected");
+                FlowError::from(e)
+            })?;
+        if let Some(iss) = iss_to_match
+            && iss != identity.issuer
+        {
+            return Err(FlowError::invalid_request(
+                "the authorization response names another issuer",
+            ));
+        }
+        provider
+            .complete_profile(&mut identity, &tokens.access_token)
+            .await;
+        let user_id = UserId::new(&provider.config().id, &identity.subject).map_err(|e| {
+            tracing::warn!(provider = %provider_id, error = %e, "the ID token's subject is not a usable user id");
+            FlowError::server_error()
+        })?;
+        Ok(Redeemed {
+            tokens,
+            identity,
+            user_id,
+        })
+    }
+
+    /// Step 4: the tokens, into the vault. A blip is ridden out; a longer
+    /// outage fails the sign-in as a whole (nothing half-written: the vault
+    /// write is one statement) and the widget learns it may try again.
+    async fn store_tokens(
+        &self,
+        app: &AppConfig,
+        provider: &Provider,
+        redeemed: &Redeemed,
+        now: i64,
+    ) -> Result<(), FlowError> {
+        let tokens = &redeemed.tokens;
+        let token_set = TokenSet {
+            access_token: tokens.access_token.clone(),
+            refresh_token: tokens.refresh_token.clone(),
+            token_type: tokens.token_type.clone(),
+            scope: tokens.scope.clone().unwrap_or_else(|| app.scopes.join(" ")),
+            expires_at: tokens.expires_in.map(|d| now + d.as_secs() as i64),
+        };
+        let saved = retry_transient(DB_RETRY_BUDGET, || {
+            self.inner.vault.save(
+                &app.id,
+                &redeemed.user_id,
+                &provider.config().id,
+                &token_set,
+                now,
+            )
+        })
+        .await;
+        match saved {
+            Ok(()) => {
+                self.inner.metrics.vault_op("write", "ok");
+                Ok(())
+            }
+            Err(e) => {
+                self.inner.metrics.vault_op("write", "error");
+                tracing::error!(error = %e, "cannot store tokens in the vault");
+                Err(FlowError::database(e.is_transient()))
+            }
+        }
+    }
+
+    /// A failed sign-in goes through the batched writer: anyone can cause one.
+    async fn audit_failure(&self, target: &FlowTarget, error: &FlowError) {
+        self.inner
+            .audit
+            .record(QueuedEvent {
+                at: crate::time::now(),
+                actor: "user".into(),
+                app: Some(target.app.to_string()),
+                user_id: None,
+                action: "signin",
+                outcome: "failed",
+                detail: Some(
+                    crate::metrics::FLOW_REASONS
+                        .iter()
+                        .find(|r| **r == error.code)
+                        .copied()
+                        .unwrap_or("other"),
+                ),
+            })
+            .await;
+    }
+}

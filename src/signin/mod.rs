@@ -1,0 +1,186 @@
+//! The server-side authorization-code flow (the main way in): start a flow,
+//! complete it at the callback, renew from chatgate's session, and hand a
+//! popup sign-in over to the embedding page's cookie partition.
+//!
+//! HTTP (query parsing, cookies, pages) lives in `web::signin`; this module
+//! decides what is valid and what is stored. Every handler makes one call:
+//! [`SignInService::start`], [`SignInService::complete_callback`],
+//! [`SignInService::renew`], [`SignInService::redeem_ticket`].
+
+mod callback;
+mod start;
+mod tickets;
+mod types;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use callback::{CallbackFailure, Completed};
+pub use start::StartRequest;
+pub use types::{CallbackParams, FlowError, FlowTarget, Minted, Mode, SessionSignIn};
+
+use crate::audit::AuditLog;
+use crate::chat_token::{ChatSubject, ChatUser, KeyDirectory, Via};
+use crate::config::{AppConfig, Config};
+use crate::metrics::Metrics;
+use crate::oidc::Providers;
+use crate::store::Store;
+use crate::user_tokens::TokenService;
+use crate::vault::{Aad, Vault};
+
+/// How long one sign-in request rides a database blip out before it answers
+/// `temporarily_unavailable` (well within the widget's 10 s timeout).
+const DB_RETRY_BUDGET: Duration = Duration::from_secs(3);
+
+/// The sign-in flow, with what it needs.
+#[derive(Debug, Clone)]
+pub struct SignInService {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: Arc<Config>,
+    store: Store,
+    vault: Vault,
+    providers: Arc<Providers>,
+    keys: Arc<KeyDirectory>,
+    tokens: TokenService,
+    metrics: Arc<Metrics>,
+    audit: AuditLog,
+}
+
+/// What a silent renewal from chatgate's session came to.
+#[derive(Debug)]
+pub enum Renewal {
+    /// The session may stand in for the IdP: here is the chat token.
+    Minted(Minted),
+    /// It may not (refused by the IdP, signed out, a hint for someone else):
+    /// ask the IdP.
+    AskTheIdp,
+    /// It cannot be told now (IdP or database unavailable).
+    Failed(FlowError),
+}
+
+impl SignInService {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: Arc<Config>,
+        store: Store,
+        vault: Vault,
+        providers: Arc<Providers>,
+        keys: Arc<KeyDirectory>,
+        tokens: TokenService,
+        metrics: Arc<Metrics>,
+        audit: AuditLog,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                vault,
+                providers,
+                keys,
+                tokens,
+                metrics,
+                audit,
+            }),
+        }
+    }
+
+    fn redirect_uri(&self) -> String {
+        self.inner.config.public_url.join("/v1/callback")
+    }
+
+    /// Mints the chat token of a signed-in user.
+    pub fn mint(
+        &self,
+        app: &AppConfig,
+        signin: &SessionSignIn,
+        now: i64,
+    ) -> Result<Minted, FlowError> {
+        let (chat_token, claims) = self
+            .inner
+            .keys
+            .issuer()
+            .mint(
+                &ChatSubject {
+                    app: &app.id,
+                    audience: &app.chat_audience,
+                    user: &ChatUser {
+                        user_id: &signin.user_id,
+                        via: Via::Oidc,
+                        auth_time: signin.auth_time,
+                        name: signin.name.as_deref(),
+                        email: signin.email.as_deref(),
+                        email_verified: signin.email_verified,
+                    },
+                },
+                now,
+            )
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot sign a chat token");
+                FlowError::server_error()
+            })?;
+        Ok(Minted {
+            chat_token,
+            expires_at: claims.exp,
+        })
+    }
+
+    /// A silent sign-in answered from chatgate's session: when the vault
+    /// still holds a usable entry for the user — refreshed first once its
+    /// access token has expired, so an account disabled at the IdP is noticed
+    /// — and no `login_hint` names somebody else.
+    pub async fn renew(
+        &self,
+        app: &AppConfig,
+        signin: &SessionSignIn,
+        login_hint: Option<&str>,
+        now: i64,
+    ) -> Renewal {
+        if let Some(hint) = login_hint
+            && !signin
+                .email
+                .as_deref()
+                .is_some_and(|e| e.eq_ignore_ascii_case(hint))
+        {
+            return Renewal::AskTheIdp;
+        }
+        match self.inner.tokens.renewable(&app.id, &signin.user_id).await {
+            Ok(true) => {}
+            Ok(false) => return Renewal::AskTheIdp,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot tell whether the session may be renewed");
+                let error = FlowError::unavailable(
+                    "chatgate cannot reach the identity provider or its database; try again shortly",
+                );
+                self.inner.metrics.flow("failed", &error.code);
+                return Renewal::Failed(error);
+            }
+        }
+        match self.mint(app, signin, now) {
+            Ok(minted) => {
+                self.inner.metrics.flow("completed", "session");
+                Renewal::Minted(minted)
+            }
+            Err(e) => Renewal::Failed(e),
+        }
+    }
+
+    /// The app and origin a flow may post to, if still configured together.
+    fn allowed(&self, target: &FlowTarget) -> Option<&AppConfig> {
+        self.inner
+            .config
+            .app(target.app.as_str())
+            .filter(|a| a.allows_origin(&target.origin))
+    }
+}
+
+fn flow_aad<'a>(row: &'a [&'a str; 1], column: &'a str) -> Aad<'a> {
+    Aad {
+        table: "pending_flows",
+        row,
+        column,
+    }
+}

@@ -1,0 +1,173 @@
+//! The state every request handler can reach, built once at start: the
+//! database, the vault, keys, providers, the refresh service, bots, limits and
+//! metrics. Nothing here knows about HTTP; `crate::server` serves it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::audit::AuditLog;
+use crate::bots::BotDirectory;
+use crate::chat_token::{ChatTokenIssuer, KeyDirectory};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::oidc::Providers;
+use crate::oidc::http::IdpHttp;
+use crate::rate_limits::{RateLimitConfig, RateLimits};
+use crate::signin::SignInService;
+use crate::store::{Store, StoreError};
+use crate::user_tokens::{RefreshSettings, TokenService};
+use crate::vault::{Vault, VaultKeyRing};
+
+/// Everything a request handler can reach.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub vault: Vault,
+    pub keys: Arc<KeyDirectory>,
+    pub providers: Arc<Providers>,
+    pub metrics: Arc<Metrics>,
+    /// Fresh tokens for bots: the refresh machinery.
+    pub tokens: TokenService,
+    /// The authorization-code flow.
+    pub signin: SignInService,
+    pub bots: Arc<BotDirectory>,
+    /// Per-client-address limits of the endpoints anyone can call.
+    pub rate_limits: Arc<RateLimits>,
+    /// Batched writer of high-volume audit events.
+    pub audit: AuditLog,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot open the database {url}: {source}")]
+    Database { url: String, source: StoreError },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot set up calls to identity providers: {0}")]
+    Http(#[from] crate::oidc::http::HttpError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server error: {0}")]
+    Serve(std::io::Error),
+}
+
+impl AppState {
+    /// Connects to the database, applies migrations, publishes the signing key
+    /// and makes a first attempt at discovering every provider (the server
+    /// keeps retrying in the background; `/readyz` says when all are loaded).
+    pub async fn build(config: Config) -> Result<Self, AppError> {
+        let store =
+            Store::connect(&config.database)
+                .await
+                .map_err(|source| AppError::Database {
+                    url: config.database.display.clone(),
+                    source,
+                })?;
+        migrate(&store, &config.vault_keys).await?;
+        let issuer = Arc::new(ChatTokenIssuer::new(
+            config.public_url.issuer(),
+            config.signing_key.clone(),
+            config.chat_token_ttl,
+        ));
+        let keys = Arc::new(KeyDirectory::new(
+            issuer,
+            config.clock_skew,
+            &config.vault_keys,
+        ));
+        keys.refresh(&store, crate::time::now()).await?;
+        let vault = Vault::with_read_cache(
+            store.clone(),
+            config.vault_keys.clone(),
+            config.read_cache_ttl,
+        );
+        let bots = Arc::new(BotDirectory::new(
+            store.clone(),
+            &config.vault_keys,
+            config.read_cache_ttl,
+        ));
+        let (audit, _writer) = AuditLog::start(store.clone());
+        let providers = Arc::new(Providers::new(
+            &config.providers,
+            IdpHttp::new(&config.idp_ca_certs)?,
+        ));
+        for (id, e) in providers.load_pending().await {
+            tracing::warn!(provider = %id, error = %e, "provider discovery failed; retrying in the background");
+        }
+        let metrics = Arc::new(Metrics::new());
+        let tokens = TokenService::new(
+            store.clone(),
+            vault.clone(),
+            providers.clone(),
+            metrics.clone(),
+            refresh_settings(&config),
+        );
+        let rate_limits = Arc::new(RateLimits::new(RateLimitConfig {
+            per_second: config.rate_limit_per_second,
+            burst: config.rate_limit_burst,
+            trusted_proxies: config.trusted_proxies.clone(),
+        }));
+        let config = Arc::new(config);
+        let signin = SignInService::new(
+            config.clone(),
+            store.clone(),
+            vault.clone(),
+            providers.clone(),
+            keys.clone(),
+            tokens.clone(),
+            metrics.clone(),
+            audit.clone(),
+        );
+        Ok(Self {
+            config,
+            store,
+            vault,
+            keys,
+            providers,
+            metrics,
+            tokens,
+            signin,
+            bots,
+            rate_limits,
+            audit,
+        })
+    }
+}
+
+/// Applies pending migrations, and the one-time steps that go with them: when
+/// migration 4 (row MACs) is applied, the bot credentials and signing keys
+/// already in the database are tagged, so they stay valid (rows added later
+/// without the vault key are refused).
+pub async fn migrate(store: &Store, vault: &VaultKeyRing) -> Result<(), StoreError> {
+    let applied = store.migrate().await?;
+    if applied.contains(&ROW_MACS_MIGRATION) {
+        let bots = BotDirectory::adopt_rows_from_before_keyed_hashes(store, vault).await?;
+        let keys = KeyDirectory::adopt_rows_from_before_tags(store, vault).await?;
+        tracing::info!(
+            bots,
+            signing_keys = keys,
+            "tagged the bot credentials and signing keys from before row MACs"
+        );
+    }
+    Ok(())
+}
+
+/// The migration that added row MACs (`migrations/*/0004_row_macs.sql`).
+const ROW_MACS_MIGRATION: i64 = 4;
+
+/// The refresh machinery's part of the configuration.
+fn refresh_settings(config: &Config) -> RefreshSettings {
+    RefreshSettings {
+        refresh_skew: config.refresh_skew,
+        read_cache_ttl: config.read_cache_ttl,
+        clock_skew: config.clock_skew,
+        lease: config.refresh_lease,
+        redirect_uri: config.public_url.join("/v1/callback"),
+        // Answer a waiting bot before the request timeout would (503 either
+        // way, but this one says why and when to retry).
+        wait: config.request_timeout.mul_f64(0.8),
+    }
+}
