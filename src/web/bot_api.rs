@@ -47,14 +47,14 @@ impl FromRequestParts<AppState> for BotAuth {
             && let Err(wait) = state.rate_limits.auth_allowed(ip)
         {
             state.metrics.rate_limited("bot_auth");
-            return Err(too_many_requests(state, &parts.headers, wait));
+            return Err(too_many_requests(wait));
         }
         let refused = |e: ApiError| {
             if let Some(ip) = ip
                 && let Err(wait) = state.rate_limits.auth_failed(ip)
             {
                 state.metrics.rate_limited("bot_auth");
-                return too_many_requests(state, &parts.headers, wait);
+                return too_many_requests(wait);
             }
             e.into_response()
         };

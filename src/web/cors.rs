@@ -1,15 +1,50 @@
-//! CORS for the endpoints a host page calls with `fetch` (`/v1/signout`,
-//! `/v1/session`, `/v1/host-session`, ...): only an allow-listed origin, echoed
-//! exactly, with credentials; never `*`.
+//! CORS for the endpoints a host page calls with `fetch`, from
+//! `tower_http::cors::CorsLayer` (never `*` with credentials):
+//!
+//! - `/v1/session`, `/v1/signout` carry chatgate's cookie: only the origins of
+//!   the configured apps, with credentials ([`with_credentials`]).
+//! - `/v1/host-session`, `/v1/token-exchange` take no cookie: the requesting
+//!   origin is mirrored, so the widget can read `origin_not_allowed` instead
+//!   of an opaque network error ([`any_origin`]); whether the origin may sign
+//!   anyone in is decided per app on the real request ([`app_and_origin`]).
 
-use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use std::time::Duration;
 
-use crate::config::AppConfig;
+use axum::http::{HeaderMap, HeaderValue, Method, header};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::config::{AppConfig, Config};
 use crate::domain::Origin;
 use crate::state::AppState;
 use crate::web::ApiError;
+
+/// How long a browser may cache a preflight answer.
+const PREFLIGHT_MAX_AGE: Duration = Duration::from_secs(600);
+
+fn post_json() -> CorsLayer {
+    CorsLayer::new()
+        .allow_methods([Method::POST])
+        .allow_headers([header::CONTENT_TYPE])
+        .max_age(PREFLIGHT_MAX_AGE)
+}
+
+/// The origins of every configured app, with credentials.
+pub fn with_credentials(config: &Config) -> CorsLayer {
+    let origins: Vec<HeaderValue> = config
+        .apps
+        .iter()
+        .flat_map(|a| a.origins.iter())
+        .filter_map(|o| HeaderValue::from_str(o.as_str()).ok())
+        .collect();
+    post_json()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_credentials(true)
+}
+
+/// Any origin, mirrored, without credentials.
+pub fn any_origin() -> CorsLayer {
+    post_json().allow_origin(AllowOrigin::mirror_request())
+}
 
 /// The request's `Origin` header, parsed.
 pub fn request_origin(headers: &HeaderMap) -> Option<Origin> {
@@ -34,48 +69,6 @@ pub fn require_origin(headers: &HeaderMap, app: &AppConfig) -> Result<Origin, Ap
     }
 }
 
-/// Adds the CORS headers that let `origin` read the response.
-pub fn allow(mut response: Response, origin: &Origin) -> Response {
-    let headers = response.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(origin.as_str()) {
-        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
-        headers.insert(
-            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-            HeaderValue::from_static("true"),
-        );
-    }
-    headers.append(header::VARY, HeaderValue::from_static("Origin"));
-    response
-}
-
-/// CORS headers for an endpoint that takes no cookies.
-pub fn allow_without_credentials(mut response: Response, origin: &Origin) -> Response {
-    let headers = response.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(origin.as_str()) {
-        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
-    }
-    headers.append(header::VARY, HeaderValue::from_static("Origin"));
-    response
-}
-
-/// The preflight headers of chatgate's `POST` endpoints, added to `response`.
-pub fn with_preflight_headers(mut response: Response) -> Response {
-    let h = response.headers_mut();
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("POST"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("content-type"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_MAX_AGE,
-        HeaderValue::from_static("600"),
-    );
-    response
-}
-
 /// The app a host page's request names, and the request's origin, which that
 /// app must allow: `400 invalid_request` / `403 origin_not_allowed` otherwise.
 pub fn app_and_origin<'a>(
@@ -88,15 +81,4 @@ pub fn app_and_origin<'a>(
         .app(app)
         .ok_or_else(|| ApiError::bad_request("unknown app"))?;
     Ok((app, require_origin(headers, app)?))
-}
-
-/// `OPTIONS` preflight: allowed when the origin belongs to any app (the app is
-/// in the body, which a preflight does not carry; the real request checks it).
-pub async fn preflight(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let Some(origin) =
-        request_origin(&headers).filter(|o| state.config.apps.iter().any(|a| a.allows_origin(o)))
-    else {
-        return StatusCode::FORBIDDEN.into_response();
-    };
-    with_preflight_headers(allow(StatusCode::NO_CONTENT.into_response(), &origin))
 }

@@ -10,7 +10,7 @@
 
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::audit::QueuedEvent;
 use crate::chat_token::{ChatSubject, ChatUser, Via};
 use crate::config::AppConfig;
-use crate::domain::{Origin, UserId};
+use crate::domain::UserId;
 use crate::host_session::{self, HostTokenError, Limits};
 use crate::oidc::{IdTokenCheck, IdTokenT, OidcError};
 use crate::secret::sha256_hex;
@@ -29,15 +29,13 @@ use crate::web::{ApiError, cors, rate_limit};
 
 pub fn router(state: &AppState) -> Router<AppState> {
     Router::new()
-        .route("/v1/host-session", post(host_session).options(preflight))
-        .route(
-            "/v1/token-exchange",
-            post(token_exchange).options(preflight),
-        )
+        .route("/v1/host-session", post(host_session))
+        .route("/v1/token-exchange", post(token_exchange))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             rate_limit::limit,
         ))
+        .layer(cors::any_origin())
 }
 
 #[derive(Debug, Deserialize)]
@@ -66,23 +64,6 @@ struct User {
     email: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     email_verified: Option<bool>,
-}
-
-/// Echoes the requesting origin (whatever it is) so the widget can read errors.
-fn echo_origin(mut response: Response, headers: &HeaderMap) -> Response {
-    if let Some(origin) = headers.get(header::ORIGIN).cloned() {
-        let h = response.headers_mut();
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-        h.append(header::VARY, HeaderValue::from_static("Origin"));
-    }
-    response
-}
-
-async fn preflight(headers: HeaderMap) -> Response {
-    cors::with_preflight_headers(echo_origin(
-        StatusCode::NO_CONTENT.into_response(),
-        &headers,
-    ))
 }
 
 fn token_error(e: &HostTokenError) -> ApiError {
@@ -125,12 +106,7 @@ async fn audit_failed(
         .await;
 }
 
-fn mint(
-    state: &AppState,
-    app: &AppConfig,
-    user: &ChatUser<'_>,
-    origin: &Origin,
-) -> Result<Response, ApiError> {
+fn mint(state: &AppState, app: &AppConfig, user: &ChatUser<'_>) -> Result<Response, ApiError> {
     let (chat_token, claims) = state
         .keys
         .issuer()
@@ -157,7 +133,7 @@ fn mint(
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(cors::allow_without_credentials(response, origin))
+    Ok(response)
 }
 
 /// `POST /v1/host-session`: a host-signed userinfo token for a chat token.
@@ -165,46 +141,36 @@ async fn host_session(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Json<HostSessionRequest>, JsonRejection>,
-) -> Response {
-    let result = async {
-        let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
-        let (app, origin) = cors::app_and_origin(&state, &headers, &req.app)
-            .inspect_err(|e| state.metrics.host_token(e.code()))?;
-        let limits = Limits {
-            clock_skew: state.config.clock_skew,
-            max_ttl: state.config.max_host_token_ttl,
-        };
-        match host_session::verify(&state.store, app, &req.token, limits, crate::time::now())
-            .await?
-        {
-            Ok(user) => {
-                state.metrics.host_token("ok");
-                audit_ok(&state, app, &user.user_id, "host_session").await;
-                mint(
-                    &state,
-                    app,
-                    &ChatUser {
-                        user_id: &user.user_id,
-                        via: Via::Host,
-                        auth_time: user.issued_at,
-                        name: user.name.as_deref(),
-                        email: user.email.as_deref(),
-                        email_verified: user.email_verified,
-                    },
-                    &origin,
-                )
-            }
-            Err(e) => {
-                state.metrics.host_token(e.code());
-                audit_failed(&state, app, "host_session", e.code()).await;
-                Err(token_error(&e))
-            }
+) -> Result<Response, ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let (app, _) = cors::app_and_origin(&state, &headers, &req.app)
+        .inspect_err(|e| state.metrics.host_token(e.code()))?;
+    let limits = Limits {
+        clock_skew: state.config.clock_skew,
+        max_ttl: state.config.max_host_token_ttl,
+    };
+    match host_session::verify(&state.store, app, &req.token, limits, crate::time::now()).await? {
+        Ok(user) => {
+            state.metrics.host_token("ok");
+            audit_ok(&state, app, &user.user_id, "host_session").await;
+            mint(
+                &state,
+                app,
+                &ChatUser {
+                    user_id: &user.user_id,
+                    via: Via::Host,
+                    auth_time: user.issued_at,
+                    name: user.name.as_deref(),
+                    email: user.email.as_deref(),
+                    email_verified: user.email_verified,
+                },
+            )
         }
-    }
-    .await;
-    match result {
-        Ok(response) => response,
-        Err(e) => echo_origin(e.into_response(), &headers),
+        Err(e) => {
+            state.metrics.host_token(e.code());
+            audit_failed(&state, app, "host_session", e.code()).await;
+            Err(token_error(&e))
+        }
     }
 }
 
@@ -215,104 +181,96 @@ async fn token_exchange(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Json<ExchangeRequest>, JsonRejection>,
-) -> Response {
-    let result = async {
-        let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
-        let (app, origin) = cors::app_and_origin(&state, &headers, &req.app)?;
-        if !app.token_exchange {
-            return Err(ApiError::Forbidden {
-                code: "access_denied",
-                description: "token exchange is not enabled for this app (token_exchange)".into(),
+) -> Result<Response, ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let (app, _) = cors::app_and_origin(&state, &headers, &req.app)?;
+    if !app.token_exchange {
+        return Err(ApiError::Forbidden {
+            code: "access_denied",
+            description: "token exchange is not enabled for this app (token_exchange)".into(),
+        });
+    }
+    let provider_id = app
+        .provider
+        .as_ref()
+        .ok_or_else(|| ApiError::bad_request("this app has no identity provider"))?;
+    let provider =
+        state
+            .providers
+            .get(provider_id.as_str())
+            .ok_or_else(|| ApiError::Unavailable {
+                description: "the identity provider is still being contacted".into(),
+                retry_after_secs: 5,
+            })?;
+    let invalid = |why: String| ApiError::unauthorized("invalid_token", why);
+    if req.id_token.len() > 16 * 1024 {
+        return Err(invalid("the ID token is too large".into()));
+    }
+    let id_token: IdTokenT = req
+        .id_token
+        .parse()
+        .map_err(|_| invalid("the ID token is not a JWT".into()))?;
+    let check = IdTokenCheck {
+        nonce: None,
+        audiences: Some(&provider.config().accepted_audiences),
+        max_age: state.config.max_id_token_age,
+    };
+    let now = crate::time::now();
+    let identity = match provider
+        .verify_id_token(&id_token, &check, now, state.config.clock_skew)
+        .await
+    {
+        Ok(identity) => identity,
+        Err(e) => {
+            state.metrics.flow("failed", "token_exchange");
+            audit_failed(&state, app, "token_exchange", "invalid_token").await;
+            return Err(match e {
+                OidcError::ExpiredIdToken(m) => ApiError::unauthorized("token_expired", m),
+                OidcError::Unavailable(m) => {
+                    // The IdP's own words stay in the log.
+                    tracing::warn!(provider = %provider_id, error = %m, "token exchange: the IdP is unavailable");
+                    ApiError::Unavailable {
+                        description: "the identity provider is unavailable; retry".into(),
+                        retry_after_secs: 5,
+                    }
+                }
+                other => invalid(other.to_string()),
             });
         }
-        let provider_id = app
-            .provider
-            .as_ref()
-            .ok_or_else(|| ApiError::bad_request("this app has no identity provider"))?;
-        let provider =
-            state
-                .providers
-                .get(provider_id.as_str())
-                .ok_or_else(|| ApiError::Unavailable {
-                    description: "the identity provider is still being contacted".into(),
-                    retry_after_secs: 5,
-                })?;
-        let invalid = |why: String| ApiError::unauthorized("invalid_token", why);
-        if req.id_token.len() > 16 * 1024 {
-            return Err(invalid("the ID token is too large".into()));
-        }
-        let id_token: IdTokenT = req
-            .id_token
-            .parse()
-            .map_err(|_| invalid("the ID token is not a JWT".into()))?;
-        let check = IdTokenCheck {
-            nonce: None,
-            audiences: Some(&provider.config().accepted_audiences),
-            max_age: state.config.max_id_token_age,
-        };
-        let now = crate::time::now();
-        let identity = match provider
-            .verify_id_token(&id_token, &check, now, state.config.clock_skew)
-            .await
-        {
-            Ok(identity) => identity,
-            Err(e) => {
-                state.metrics.flow("failed", "token_exchange");
-                audit_failed(&state, app, "token_exchange", "invalid_token").await;
-                return Err(match e {
-                    OidcError::ExpiredIdToken(m) => ApiError::unauthorized("token_expired", m),
-                    OidcError::Unavailable(m) => {
-                        // The IdP's own words stay in the log.
-                        tracing::warn!(provider = %provider_id, error = %m, "token exchange: the IdP is unavailable");
-                        ApiError::Unavailable {
-                            description: "the identity provider is unavailable; retry".into(),
-                            retry_after_secs: 5,
-                        }
-                    }
-                    other => invalid(other.to_string()),
-                });
-            }
-        };
-        let user_id = UserId::new(provider_id, &identity.subject)
-            .map_err(|e| invalid(format!("subject: {e}")))?;
-        // Each ID token once, across replicas: its hash stays in the replay
-        // cache until it expires.
-        let keep_until = identity.expires_at + state.config.clock_skew.as_secs() as i64;
-        let fingerprint = format!("id_token:{}", sha256_hex(req.id_token.as_bytes()));
-        if !state
-            .store
-            .remember_jti(ID_TOKEN_REPLAY_SCOPE, &fingerprint, keep_until)
-            .await?
-        {
-            state.metrics.flow("failed", "token_exchange");
-            audit_failed(&state, app, "token_exchange", "token_replayed").await;
-            return Err(ApiError::unauthorized(
-                "token_replayed",
-                "this ID token was already exchanged",
-            ));
-        }
-        state.metrics.flow("completed", "token_exchange");
-        audit_ok(&state, app, &user_id, "token_exchange").await;
-        let name = identity.name.or(identity.preferred_username);
-        mint(
-            &state,
-            app,
-            &ChatUser {
-                user_id: &user_id,
-                via: Via::IdToken,
-                auth_time: identity.auth_time.unwrap_or(now),
-                name: name.as_deref(),
-                email: identity.email.as_deref(),
-                email_verified: identity.email_verified,
-            },
-            &origin,
-        )
+    };
+    let user_id = UserId::new(provider_id, &identity.subject)
+        .map_err(|e| invalid(format!("subject: {e}")))?;
+    // Each ID token once, across replicas: its hash stays in the replay
+    // cache until it expires.
+    let keep_until = identity.expires_at + state.config.clock_skew.as_secs() as i64;
+    let fingerprint = format!("id_token:{}", sha256_hex(req.id_token.as_bytes()));
+    if !state
+        .store
+        .remember_jti(ID_TOKEN_REPLAY_SCOPE, &fingerprint, keep_until)
+        .await?
+    {
+        state.metrics.flow("failed", "token_exchange");
+        audit_failed(&state, app, "token_exchange", "token_replayed").await;
+        return Err(ApiError::unauthorized(
+            "token_replayed",
+            "this ID token was already exchanged",
+        ));
     }
-    .await;
-    match result {
-        Ok(response) => response,
-        Err(e) => echo_origin(e.into_response(), &headers),
-    }
+    state.metrics.flow("completed", "token_exchange");
+    audit_ok(&state, app, &user_id, "token_exchange").await;
+    let name = identity.name.or(identity.preferred_username);
+    mint(
+        &state,
+        app,
+        &ChatUser {
+            user_id: &user_id,
+            via: Via::IdToken,
+            auth_time: identity.auth_time.unwrap_or(now),
+            name: name.as_deref(),
+            email: identity.email.as_deref(),
+            email_verified: identity.email_verified,
+        },
+    )
 }
 
 /// The replay-cache scope of exchanged ID tokens: one for all apps, so an ID

@@ -5,16 +5,16 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::state::AppState;
-use crate::web::cors;
 use crate::web::error::ErrorBody;
 
-/// `429 rate_limited` with `Retry-After`, readable by an allow-listed page.
-pub fn too_many_requests(state: &AppState, headers: &HeaderMap, wait: Duration) -> Response {
+/// `429 rate_limited` with `Retry-After` (the CORS layer of the route makes it
+/// readable by a host page).
+pub fn too_many_requests(wait: Duration) -> Response {
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     let body = ErrorBody {
         error: "rate_limited",
@@ -24,12 +24,7 @@ pub fn too_many_requests(state: &AppState, headers: &HeaderMap, wait: Duration) 
     let h = response.headers_mut();
     h.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    match cors::request_origin(headers)
-        .filter(|o| state.config.apps.iter().any(|a| a.allows_origin(o)))
-    {
-        Some(origin) => cors::allow(response, &origin),
-        None => response,
-    }
+    response
 }
 
 /// Middleware for the unauthenticated endpoints: one request from the
@@ -44,7 +39,7 @@ pub async fn limit(
         let ip = state.rate_limits.client_ip(peer.ip(), request.headers());
         if let Err(wait) = state.rate_limits.request(ip) {
             state.metrics.rate_limited("request");
-            return too_many_requests(&state, request.headers(), wait);
+            return too_many_requests(wait);
         }
     }
     next.run(request).await

@@ -33,8 +33,12 @@ pub fn router(state: &AppState) -> axum::Router<AppState> {
     axum::Router::new()
         .route("/v1/authorize", get(authorize))
         .route("/v1/callback", get(callback))
-        .route("/v1/session", post(redeem_ticket).options(cors::preflight))
-        .route("/v1/signout", post(signout).options(cors::preflight))
+        .merge(
+            axum::Router::new()
+                .route("/v1/session", post(redeem_ticket))
+                .route("/v1/signout", post(signout))
+                .layer(cors::with_credentials(&state.config)),
+        )
         .layer(session::layer(
             state.store.clone(),
             state.config.session_idle,
@@ -364,41 +368,20 @@ async fn redeem_ticket(
     session: Session,
     headers: HeaderMap,
     body: Result<Json<TicketRequest>, JsonRejection>,
-) -> Response {
-    let result = async {
-        let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
-        let (app, origin) = cors::app_and_origin(&state, &headers, &req.app)?;
-        let now = crate::time::now();
-        let signin = state
-            .signin
-            .redeem_ticket(&app.id, &origin, &req.ticket, now)
-            .await?
-            .ok_or_else(|| ApiError::bad_request("the ticket is unknown, used or expired"))?;
-        BrowserSession(session)
-            .put(&app.id, &origin, signin)
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        Ok(StatusCode::NO_CONTENT.into_response())
-    }
-    .await;
-    answer_host_page(&state, &headers, result)
-}
-
-/// A host page's `fetch` gets the answer — success or error — with CORS for
-/// its origin when that origin belongs to an app (so the widget can read the
-/// error code), and without CORS otherwise.
-fn answer_host_page(
-    state: &AppState,
-    headers: &HeaderMap,
-    result: Result<Response, ApiError>,
-) -> Response {
-    let response = result.unwrap_or_else(IntoResponse::into_response);
-    match cors::request_origin(headers)
-        .filter(|o| state.config.apps.iter().any(|a| a.allows_origin(o)))
-    {
-        Some(origin) => cors::allow(response, &origin),
-        None => response,
-    }
+) -> Result<StatusCode, ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let (app, origin) = cors::app_and_origin(&state, &headers, &req.app)?;
+    let now = crate::time::now();
+    let signin = state
+        .signin
+        .redeem_ticket(&app.id, &origin, &req.ticket, now)
+        .await?
+        .ok_or_else(|| ApiError::bad_request("the ticket is unknown, used or expired"))?;
+    BrowserSession(session)
+        .put(&app.id, &origin, signin)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Debug, Deserialize)]
@@ -415,28 +398,25 @@ async fn signout(
     session: Session,
     headers: HeaderMap,
     body: Result<Json<SignOutRequest>, JsonRejection>,
-) -> Response {
-    let result = async {
-        let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
-        let (app, origin) = cors::app_and_origin(&state, &headers, &req.app)?;
-        let removed = BrowserSession(session)
-            .remove(&app.id, &origin)
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        let signed_out = removed.is_some();
-        let mut revoked = false;
-        if req.revoke
-            && let Some(signin) = removed
-        {
-            let user_id = signin.user_id;
-            revoked = state
-                .tokens
-                .sign_out(&app.id, &user_id, "user")
-                .await?
-                .deleted;
-        }
-        Ok(Json(serde_json::json!({"signed_out": signed_out, "revoked": revoked})).into_response())
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let (app, origin) = cors::app_and_origin(&state, &headers, &req.app)?;
+    let removed = BrowserSession(session)
+        .remove(&app.id, &origin)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let signed_out = removed.is_some();
+    let mut revoked = false;
+    if req.revoke
+        && let Some(signin) = removed
+    {
+        revoked = state
+            .tokens
+            .sign_out(&app.id, &signin.user_id, "user")
+            .await?
+            .deleted;
     }
-    .await;
-    answer_host_page(&state, &headers, result)
+    Ok(Json(
+        serde_json::json!({"signed_out": signed_out, "revoked": revoked}),
+    ))
 }

@@ -357,7 +357,7 @@ async fn anonymous_endpoints_are_rate_limited_per_client_address(db: &TestDb) {
         .send()
         .await
         .unwrap();
-    assert_eq!(preflight.status(), 204);
+    assert!(preflight.status().is_success());
     assert_eq!(app.get("/healthz").await.status(), 200);
     // After the refill, requests pass again.
     tokio::time::sleep(Duration::from_millis(1100)).await;
