@@ -117,6 +117,28 @@ impl SigningKey {
         SecretString::new(pem.as_str())
     }
 
+    /// A new key in memory (the development IdP's and the tests').
+    pub fn generate(alg: SigningAlg) -> Self {
+        Self::from_pem(&Self::generate_pem(alg)).expect("a generated key reads back")
+    }
+
+    /// The same key under another `kid` (a test IdP naming its keys).
+    pub fn with_kid(mut self, kid: &str) -> Self {
+        self.kid = kid.to_string();
+        self.public_jwk.common.key_id = Some(kid.to_string());
+        self
+    }
+
+    /// Signs `claims` as a compact JWS with this key's `alg`, `typ: JWT`, and
+    /// `kid` (or `header_kid` instead: a test of a lying header).
+    pub fn sign_jwt(&self, claims: &impl serde::Serialize, header_kid: Option<&str>) -> String {
+        let mut header = jsonwebtoken::Header::new(self.alg);
+        header.kid = Some(header_kid.unwrap_or(&self.kid).to_string());
+        header.typ = Some("JWT".into());
+        jsonwebtoken::encode(&header, claims, &self.encoding)
+            .expect("signing in-memory claims with a valid key cannot fail")
+    }
+
     pub fn kid(&self) -> &str {
         &self.kid
     }

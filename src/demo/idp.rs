@@ -19,14 +19,13 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
-use jsonwebtoken::jwk::{Jwk, KeyAlgorithm, PublicKeyUse, ThumbprintHash};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::Digest as _;
 use subtle::ConstantTimeEq as _;
 
-use crate::secret::{SecretString, random_bytes, random_token};
+use crate::chat_token::{SigningAlg, SigningKey};
+use crate::secret::{SecretString, random_token};
 
 /// The demo users; their passwords are shown on the login page.
 pub const USERS: &[DemoUser] = &[
@@ -66,33 +65,6 @@ pub struct DevIdpConfig {
     pub client_secret: SecretString,
     pub redirect_uris: Vec<String>,
     pub access_token_ttl: Duration,
-}
-
-struct SigningKey {
-    kid: String,
-    encoding: EncodingKey,
-    jwk: Jwk,
-}
-
-impl SigningKey {
-    fn generate() -> Self {
-        use p256::pkcs8::EncodePrivateKey as _;
-        let key = loop {
-            if let Ok(k) = p256::SecretKey::from_slice(&random_bytes::<32>()) {
-                break k;
-            }
-        };
-        let der = key.to_pkcs8_der().expect("a P-256 key encodes");
-        let encoding = EncodingKey::from_ec_der(der.as_bytes());
-        let mut jwk = Jwk::from_encoding_key(&encoding, Algorithm::ES256).expect("a P-256 JWK");
-        let kid = jwk
-            .thumbprint(ThumbprintHash::SHA256)
-            .expect("a thumbprint");
-        jwk.common.key_id = Some(kid.clone());
-        jwk.common.public_key_use = Some(PublicKeyUse::Signature);
-        jwk.common.key_algorithm = Some(KeyAlgorithm::ES256);
-        Self { kid, encoding, jwk }
-    }
 }
 
 /// A pending authorization request (between `/authorize` and the code).
@@ -168,7 +140,7 @@ type Shared = Arc<Idp>;
 pub fn router(config: DevIdpConfig) -> Router {
     let idp = Arc::new(Idp {
         config,
-        key: SigningKey::generate(),
+        key: SigningKey::generate(SigningAlg::Es256),
         inner: Mutex::new(Inner::default()),
     });
     Router::new()
@@ -380,9 +352,7 @@ impl Idp {
         if let Some(n) = nonce {
             claims["nonce"] = json!(n);
         }
-        let mut header = Header::new(Algorithm::ES256);
-        header.kid = Some(self.key.kid.clone());
-        jsonwebtoken::encode(&header, &claims, &self.key.encoding).expect("signing an ID token")
+        self.key.sign_jwt(&claims, None)
     }
 
     /// Issues an access token, a rotated refresh token and an ID token.
@@ -500,7 +470,7 @@ async fn discovery(State(idp): State<Shared>) -> Json<Value> {
 }
 
 async fn jwks(State(idp): State<Shared>) -> Json<Value> {
-    Json(json!({ "keys": [idp.key.jwk] }))
+    Json(json!({ "keys": [idp.key.public_jwk()] }))
 }
 
 #[derive(Debug, Deserialize)]

@@ -758,7 +758,7 @@ async fn an_id_token_of_the_provider_is_exchanged(db: &TestDb) {
         assert_eq!(error, code, "{name}: {why}");
     }
     let forged = {
-        let rogue = common::fake_idp::SigningKey::generate("rogue");
+        let rogue = common::fake_idp::signing_key("rogue");
         s.idp.with(|st| {
             st.keys.push(rogue);
             let i = st.keys.len() - 1;

@@ -401,8 +401,7 @@ async fn the_iss_parameter_must_name_the_issuer(db: &TestDb) {
 async fn id_tokens_that_fail_validation_store_nothing(db: &TestDb) {
     let mut s = setup(db).await;
     let unpublished = s.idp.with(|st| {
-        st.keys
-            .push(common::fake_idp::SigningKey::generate("rogue"));
+        st.keys.push(common::fake_idp::signing_key("rogue"));
         st.keys.len() - 1
     });
     let now = chatgate::time::now();

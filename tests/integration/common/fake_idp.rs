@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
-use jsonwebtoken::jwk::{Jwk, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use sha2::Digest as _;
@@ -21,32 +21,13 @@ use sha2::Digest as _;
 pub const CLIENT_ID: &str = "chatgate-test";
 pub const CLIENT_SECRET: &str = "fake-idp-client-secret";
 
-pub struct SigningKey {
-    pub kid: String,
-    encoding: EncodingKey,
-    jwk: Jwk,
-}
+/// A key of the fake IdP: chatgate's own key type under a name of the
+/// test's choosing (`key-1`, `rogue`, ...).
+pub type SigningKey = chatgate::chat_token::SigningKey;
 
-impl SigningKey {
-    pub fn generate(kid: &str) -> Self {
-        use p256::pkcs8::EncodePrivateKey as _;
-        let key = loop {
-            if let Ok(k) = p256::SecretKey::from_slice(&chatgate::secret::random_bytes::<32>()) {
-                break k;
-            }
-        };
-        let der = key.to_pkcs8_der().unwrap();
-        let encoding = EncodingKey::from_ec_der(der.as_bytes());
-        let mut jwk = Jwk::from_encoding_key(&encoding, Algorithm::ES256).unwrap();
-        jwk.common.key_id = Some(kid.to_string());
-        jwk.common.public_key_use = Some(PublicKeyUse::Signature);
-        jwk.common.key_algorithm = Some(KeyAlgorithm::ES256);
-        Self {
-            kid: kid.to_string(),
-            encoding,
-            jwk,
-        }
-    }
+/// A new ES256 key named `kid`.
+pub fn signing_key(kid: &str) -> SigningKey {
+    SigningKey::generate(chatgate::chat_token::SigningAlg::Es256).with_kid(kid)
 }
 
 /// What the next token response should look like.
@@ -163,7 +144,7 @@ impl FakeIdp {
         user.insert("tid".into(), json!("tenant-1"));
         let state = Arc::new(Mutex::new(IdpState {
             issuer: issuer.clone(),
-            keys: vec![SigningKey::generate("key-1")],
+            keys: vec![signing_key("key-1")],
             published: vec![0],
             iss_param: true,
             user,
@@ -250,7 +231,7 @@ impl FakeIdp {
     /// Adds a key, publishes it, and signs with it from now on.
     pub fn rotate_key(&self, kid: &str) {
         self.with(|s| {
-            s.keys.push(SigningKey::generate(kid));
+            s.keys.push(signing_key(kid));
             let i = s.keys.len() - 1;
             s.published.push(i);
             s.current = i;
@@ -282,7 +263,11 @@ async fn jwks(State(state): State<Arc<Mutex<IdpState>>>) -> Response {
     if let Some(status) = s.jwks_status {
         return (StatusCode::from_u16(status).unwrap(), "unavailable").into_response();
     }
-    let keys: Vec<&Jwk> = s.published.iter().map(|i| &s.keys[*i].jwk).collect();
+    let keys: Vec<&Jwk> = s
+        .published
+        .iter()
+        .map(|i| s.keys[*i].public_jwk())
+        .collect();
     Json(json!({ "keys": keys })).into_response()
 }
 
@@ -379,12 +364,12 @@ pub fn id_token(s: &IdpState, nonce: Option<&str>, behavior: &TokenBehavior) -> 
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap())
     };
     if behavior.alg_none {
-        let header = json!({"alg": "none", "typ": "JWT", "kid": s.keys[s.current].kid});
+        let header = json!({"alg": "none", "typ": "JWT", "kid": s.keys[s.current].kid()});
         return format!("{}.{}.", b64(&header), b64(&Value::Object(claims)));
     }
     if behavior.hmac_with_client_secret {
         let mut header = Header::new(Algorithm::HS256);
-        header.kid = Some(s.keys[s.current].kid.clone());
+        header.kid = Some(s.keys[s.current].kid().to_string());
         return jsonwebtoken::encode(
             &header,
             &Value::Object(claims),
@@ -393,9 +378,7 @@ pub fn id_token(s: &IdpState, nonce: Option<&str>, behavior: &TokenBehavior) -> 
         .unwrap();
     }
     let key = &s.keys[behavior.sign_with.unwrap_or(s.current)];
-    let mut header = Header::new(Algorithm::ES256);
-    header.kid = Some(behavior.header_kid.clone().unwrap_or(key.kid.clone()));
-    jsonwebtoken::encode(&header, &Value::Object(claims), &key.encoding).unwrap()
+    key.sign_jwt(&Value::Object(claims), behavior.header_kid.as_deref())
 }
 
 async fn token(
