@@ -13,15 +13,25 @@ step() { printf '\n==> %s\n' "$*"; }
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
-step "cargo clippy (all targets, warnings are errors)"
+step "cargo clippy (all targets, warnings are errors; the production build and the demo build)"
 cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --all-targets --locked --features demo -- -D warnings
 
 if [ -z "${CHATGATE_TEST_POSTGRES_URL:-}" ]; then
   echo "NOTE: CHATGATE_TEST_POSTGRES_URL is not set: the PostgreSQL half of the storage tests will be SKIPPED."
 fi
 
-step "cargo test"
-cargo test --all-targets --locked
+step "cargo test (with the demo, whose development IdP the tests use)"
+cargo test --all-targets --locked --features demo
+
+step "a production build has no demo"
+cargo build --locked --bin chatgate
+if ./target/debug/chatgate demo 2>&1 | grep -q -- "--features demo"; then
+  echo "ok: chatgate built without --features demo refuses 'demo' and says how to get it"
+else
+  echo "FAILED: a build without the demo feature still runs 'chatgate demo'"
+  exit 1
+fi
 
 step "browser end-to-end tests (tests/e2e)"
 if [ "${CHATGATE_SKIP_BROWSER_TESTS:-}" = "1" ]; then
@@ -33,7 +43,7 @@ else
     echo "Install them (sudo apt-get install chromium nodejs npm) or run 'bash .ci/run', which does."
     exit 1
   fi
-  cargo build --locked --bin chatgate
+  cargo build --locked --bin chatgate --features demo
   (
     cd tests/e2e
     # Install the pinned npm packages when missing or when the lock file changed.

@@ -195,49 +195,20 @@ pub fn main() -> ExitCode {
             host_port,
             chatgate_port,
             idp_port,
-        } => with_runtime(async move {
-            match command {
-                None => {
-                    let opts = crate::demo::DemoOptions {
-                        data_dir,
-                        host_port,
-                        chatgate_port,
-                        idp_port,
-                    };
-                    crate::demo::run(opts, shutdown_signal())
-                        .await
-                        .map_err(|e| e.to_string())
-                }
-                Some(DemoCommand::Idp {
-                    listen,
-                    issuer,
-                    client_id,
-                    client_secret_env,
-                    redirect_uris,
-                    access_token_ttl,
-                    tls_cert,
-                    tls_key,
-                }) => {
-                    let secret = std::env::var(&client_secret_env).map_err(|_| {
-                        format!("environment variable {client_secret_env} is not set")
-                    })?;
-                    let ttl = humantime::parse_duration(&access_token_ttl)
-                        .map_err(|e| format!("--access-token-ttl {access_token_ttl:?}: {e}"))?;
-                    let opts = crate::demo::IdpOnlyOptions {
-                        listen,
-                        issuer,
-                        client_id,
-                        client_secret: crate::secret::SecretString::new(secret),
-                        redirect_uris,
-                        access_token_ttl: ttl,
-                        tls: tls_cert.zip(tls_key),
-                    };
-                    crate::demo::run_idp(opts, shutdown_signal())
-                        .await
-                        .map_err(|e| e.to_string())
-                }
+        } => {
+            #[cfg(feature = "demo")]
+            {
+                demo(command, data_dir, host_port, chatgate_port, idp_port)
             }
-        }),
+            #[cfg(not(feature = "demo"))]
+            {
+                let _ = (command, data_dir, host_port, chatgate_port, idp_port);
+                fail(
+                    "this chatgate was built without the demo (a development IdP has no place in \
+                     a production build); from a checkout: cargo run --release --features demo -- demo",
+                )
+            }
+        }
         command => {
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -282,6 +253,7 @@ async fn run(command: Command, config_path: &Path) -> ExitCode {
 }
 
 /// Runs `work` on a fresh runtime; an `Err` is printed and fails the command.
+#[cfg(feature = "demo")]
 fn with_runtime(work: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
     match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -628,4 +600,57 @@ fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut file = options.open(path)?;
     file.write_all(bytes)?;
     file.sync_all()
+}
+
+/// `chatgate demo [idp]` (built with the `demo` feature).
+#[cfg(feature = "demo")]
+fn demo(
+    command: Option<DemoCommand>,
+    data_dir: PathBuf,
+    host_port: u16,
+    chatgate_port: u16,
+    idp_port: u16,
+) -> ExitCode {
+    with_runtime(async move {
+        match command {
+            None => {
+                let opts = crate::demo::DemoOptions {
+                    data_dir,
+                    host_port,
+                    chatgate_port,
+                    idp_port,
+                };
+                crate::demo::run(opts, shutdown_signal())
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Some(DemoCommand::Idp {
+                listen,
+                issuer,
+                client_id,
+                client_secret_env,
+                redirect_uris,
+                access_token_ttl,
+                tls_cert,
+                tls_key,
+            }) => {
+                let secret = std::env::var(&client_secret_env)
+                    .map_err(|_| format!("environment variable {client_secret_env} is not set"))?;
+                let ttl = humantime::parse_duration(&access_token_ttl)
+                    .map_err(|e| format!("--access-token-ttl {access_token_ttl:?}: {e}"))?;
+                let opts = crate::demo::IdpOnlyOptions {
+                    listen,
+                    issuer,
+                    client_id,
+                    client_secret: crate::secret::SecretString::new(secret),
+                    redirect_uris,
+                    access_token_ttl: ttl,
+                    tls: tls_cert.zip(tls_key),
+                };
+                crate::demo::run_idp(opts, shutdown_signal())
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        }
+    })
 }

@@ -11,6 +11,7 @@ pub mod cache;
 pub mod chat_token;
 pub mod cli;
 pub mod config;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod domain;
 pub mod host_session;

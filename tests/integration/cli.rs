@@ -386,6 +386,7 @@ async fn bots_are_created_listed_and_revoked_from_the_cli(db: &TestDb) {
     assert_eq!(stdout(&by_user).lines().count(), 1, "only the header");
 }
 
+#[cfg(feature = "demo")]
 #[test]
 fn the_development_provider_refuses_to_listen_beyond_loopback() {
     let o = Command::new(env!("CARGO_BIN_EXE_chatgate"))
@@ -414,6 +415,7 @@ fn the_development_provider_refuses_to_listen_beyond_loopback() {
 
 /// `chatgate demo` uses only its own configuration: a `CHATGATE_*` variable
 /// left in the shell (a real deployment's database, say) is ignored, loudly.
+#[cfg(feature = "demo")]
 #[test]
 fn the_demo_ignores_chatgate_variables_from_the_shell() {
     use std::io::{BufRead as _, BufReader};

@@ -10,6 +10,7 @@ mod common;
 
 mod bot_api;
 mod cli;
+#[cfg(feature = "demo")]
 mod dev_idp;
 mod hardening;
 mod host_session;
