@@ -2,16 +2,19 @@
 //! overrides, secrets from `*_env` / `*_file`, parsed once at start into typed
 //! values. Every problem is reported with the key it concerns, all at once.
 
+mod build;
+mod check;
+mod entries;
 mod raw;
 mod sources;
-mod typed;
+mod types;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use raw::env_name;
 pub use sources::{EnvFn, process_env};
-pub use typed::{
+pub use types::{
     AppConfig, ClientAuth, Config, HostKeyAlg, HostKeyConfig, HostKeyMaterial, LogConfig,
     LogFormat, ProviderConfig, PublicUrl,
 };
@@ -140,7 +143,7 @@ impl Config {
             let overrides = raw::apply_env_overrides(&mut table, env, &mut problems);
             let raw = raw::deserialize(table, &mut problems)?;
             let sources = sources::Sources { dir, env };
-            typed::build(raw, &overrides, sources, &mut problems)
+            build::build(raw, &overrides, sources, &mut problems)
         })();
         match result {
             Some(config) if problems.errors.is_empty() => Ok(Loaded {

@@ -1,6 +1,6 @@
 //! The configuration file as written: TOML deserialized into plain structs, with
 //! the `CHATGATE_<KEY>` environment overrides applied to the TOML tree first.
-//! Nothing here is validated beyond its TOML type; `super::typed` does that.
+//! Nothing here is validated beyond its TOML type; `super::build` does that.
 
 use std::collections::BTreeMap;
 
