@@ -1,278 +1,21 @@
-//! The `chatgate` command line. Parses arguments, loads the config, and hands
-//! over to the library; each verb is a small function.
-
-use std::io::Write as _;
-use std::ops::ControlFlow;
-use std::path::{Path, PathBuf};
-use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
-
-use clap::{Parser, Subcommand, ValueEnum};
+//! The verbs: check-config, serve, migrate, vault rekey, bots, audit, keys, demo.
 
 use crate::chat_token::{SigningAlg, SigningKey};
 use crate::config::{self, Config, Loaded};
 use crate::server::{App, shutdown_signal};
 use crate::store::Store;
 use crate::vault::{Vault, VaultKeyRing};
+use std::io::Write as _;
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-#[derive(Debug, Parser)]
-#[command(
-    name = "chatgate",
-    version,
-    about = "Auth broker for embedded chat widgets"
-)]
-pub struct Cli {
-    /// The configuration file.
-    #[arg(long, global = true, env = "CHATGATE_CONFIG", default_value = config::DEFAULT_PATH)]
-    pub config: PathBuf,
-    #[command(subcommand)]
-    pub command: Command,
-}
+use super::*;
 
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run the server (applies pending migrations first).
-    Serve,
-    /// Apply pending database migrations and exit.
-    Migrate,
-    /// Check the configuration, print every problem, exit non-zero if any.
-    CheckConfig,
-    /// Generate key material.
-    Keys {
-        #[command(subcommand)]
-        command: KeysCommand,
-    },
-    /// Vault maintenance.
-    Vault {
-        #[command(subcommand)]
-        command: VaultCommand,
-    },
-    /// Bot credentials.
-    Bots {
-        #[command(subcommand)]
-        command: BotsCommand,
-    },
-    /// Everything on this machine: a development OpenID provider, chatgate, a
-    /// shop page with a support chat, and a sample bot. Prints what to open.
-    Demo {
-        #[command(subcommand)]
-        command: Option<DemoCommand>,
-        /// Where the demo keeps its configuration, keys and database.
-        #[arg(long, default_value = "chatgate-demo")]
-        data_dir: PathBuf,
-        /// Port of the shop page (http://localhost:PORT).
-        #[arg(long, default_value_t = 8400)]
-        host_port: u16,
-        /// Port of chatgate (http://127.0.0.1:PORT).
-        #[arg(long, default_value_t = 8401)]
-        chatgate_port: u16,
-        /// Port of the development OpenID provider (http://127.0.0.1:PORT).
-        #[arg(long, default_value_t = 8402)]
-        idp_port: u16,
-    },
-    /// Print audit events, newest first.
-    Audit {
-        /// Events about this user id.
-        #[arg(long)]
-        user: Option<String>,
-        /// Events caused by this bot id.
-        #[arg(long)]
-        bot: Option<String>,
-        /// At most this many events.
-        #[arg(long, default_value_t = 100)]
-        limit: u32,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum DemoCommand {
-    /// Only the development OpenID provider (loopback only), e.g. to try a real
-    /// chatgate configuration against it.
-    Idp {
-        /// Address to listen on (a loopback address).
-        #[arg(long, default_value = "127.0.0.1:8402")]
-        listen: std::net::SocketAddr,
-        /// The issuer URL, as clients reach it.
-        #[arg(long)]
-        issuer: String,
-        #[arg(long, default_value = "chatgate-demo")]
-        client_id: String,
-        /// Environment variable holding the client secret.
-        #[arg(long)]
-        client_secret_env: String,
-        /// A registered redirect URI (repeatable).
-        #[arg(long = "redirect-uri", required = true)]
-        redirect_uris: Vec<String>,
-        /// Lifetime of access tokens.
-        #[arg(long, default_value = "2m")]
-        access_token_ttl: String,
-        /// Serve HTTPS with this certificate (PEM)...
-        #[arg(long, requires = "tls_key")]
-        tls_cert: Option<PathBuf>,
-        /// ...and this private key (PEM).
-        #[arg(long, requires = "tls_cert")]
-        tls_key: Option<PathBuf>,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum BotsCommand {
-    /// Create a bot for an app. The bot id goes to stderr; the secret, shown
-    /// only this once, is the last line of stdout.
-    Create {
-        /// The app whose users the bot may see.
-        #[arg(long)]
-        app: String,
-        /// A name to recognise the bot by.
-        #[arg(long, default_value = "")]
-        name: String,
-    },
-    /// List bots (never their secrets).
-    List,
-    /// Revoke a bot: its secret stops working at once.
-    Revoke {
-        /// The bot id.
-        id: String,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum KeysCommand {
-    /// Generate a key.
-    Generate {
-        #[command(subcommand)]
-        kind: GenerateKind,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum GenerateKind {
-    /// A vault key (AES-256), printed in base64 on stdout.
-    Vault,
-    /// A chat-token signing key (PKCS#8 PEM).
-    Signing {
-        /// Write the key to this file (created with mode 0600, never overwritten)
-        /// instead of stdout.
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// The key type.
-        #[arg(long, value_enum, default_value_t = AlgArg::Eddsa)]
-        alg: AlgArg,
-    },
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum AlgArg {
-    /// Ed25519 (EdDSA)
-    Eddsa,
-    /// P-256 (ES256)
-    Es256,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum VaultCommand {
-    /// Re-encrypt every vault entry under the newest vault key. Resumable: each
-    /// batch is committed, so an interrupted run (Ctrl-C) can simply be run again.
-    Rekey {
-        /// Entries per transaction.
-        #[arg(long, default_value_t = 500)]
-        batch_size: u32,
-    },
-}
-
-/// Entry point of the binary.
-pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    // One TLS crypto provider for the whole process (ring, like every client here).
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    match cli.command {
-        Command::Keys { command } => keys(command),
-        Command::Demo {
-            command,
-            data_dir,
-            host_port,
-            chatgate_port,
-            idp_port,
-        } => {
-            #[cfg(feature = "demo")]
-            {
-                demo(command, data_dir, host_port, chatgate_port, idp_port)
-            }
-            #[cfg(not(feature = "demo"))]
-            {
-                let _ = (command, data_dir, host_port, chatgate_port, idp_port);
-                fail(
-                    "this chatgate was built without the demo (a development IdP has no place in \
-                     a production build); from a checkout: cargo run --release --features demo -- demo",
-                )
-            }
-        }
-        command => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => return fail(format!("cannot start the async runtime: {e}")),
-            };
-            runtime.block_on(run(command, &cli.config))
-        }
-    }
-}
-
-async fn run(command: Command, config_path: &Path) -> ExitCode {
-    if let Command::CheckConfig = command {
-        return check_config(config_path);
-    }
-    let Loaded { config, warnings } = match Config::load(config_path, &config::process_env) {
-        Ok(loaded) => loaded,
-        Err(e) => {
-            eprint!("{e}");
-            eprintln!("chatgate did not start; `chatgate check-config` lists the same problems.");
-            return ExitCode::FAILURE;
-        }
-    };
-    crate::telemetry::init(&config.log);
-    for w in &warnings {
-        tracing::warn!(key = %w.key, "{}", w.message);
-    }
-    match command {
-        Command::Serve => serve(config).await,
-        Command::Migrate => migrate(config).await,
-        Command::Vault {
-            command: VaultCommand::Rekey { batch_size },
-        } => rekey(config, batch_size).await,
-        Command::Bots { command } => bots(config, command).await,
-        Command::Audit { user, bot, limit } => audit(config, user, bot, limit).await,
-        Command::CheckConfig | Command::Keys { .. } | Command::Demo { .. } => {
-            unreachable!("handled above")
-        }
-    }
-}
-
-/// Runs `work` on a fresh runtime; an `Err` is printed and fails the command.
-#[cfg(feature = "demo")]
-fn with_runtime(work: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => match rt.block_on(work) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(e),
-        },
-        Err(e) => fail(format!("cannot start the async runtime: {e}")),
-    }
-}
-
-fn fail(message: impl std::fmt::Display) -> ExitCode {
-    eprintln!("error: {message}");
-    ExitCode::FAILURE
-}
-
-fn check_config(path: &Path) -> ExitCode {
+pub(super) fn check_config(path: &Path) -> ExitCode {
     match Config::load(path, &config::process_env) {
         Ok(Loaded { config, warnings }) => {
             println!("{}: ok", path.display());
@@ -324,7 +67,7 @@ fn check_config(path: &Path) -> ExitCode {
     }
 }
 
-async fn serve(config: Config) -> ExitCode {
+pub(super) async fn serve(config: Config) -> ExitCode {
     let app = match App::build(config).await {
         Ok(app) => app,
         Err(e) => return fail(e),
@@ -335,7 +78,7 @@ async fn serve(config: Config) -> ExitCode {
     }
 }
 
-async fn connect(config: &Config) -> Result<Store, ExitCode> {
+pub(super) async fn connect(config: &Config) -> Result<Store, ExitCode> {
     let store = Store::connect(&config.database).await.map_err(|e| {
         fail(format!(
             "cannot open the database {}: {e}",
@@ -348,7 +91,7 @@ async fn connect(config: &Config) -> Result<Store, ExitCode> {
     Ok(store)
 }
 
-async fn migrate(config: Config) -> ExitCode {
+pub(super) async fn migrate(config: Config) -> ExitCode {
     match connect(&config).await {
         Ok(store) => {
             println!(
@@ -363,7 +106,7 @@ async fn migrate(config: Config) -> ExitCode {
     }
 }
 
-async fn rekey(config: Config, batch_size: u32) -> ExitCode {
+pub(super) async fn rekey(config: Config, batch_size: u32) -> ExitCode {
     let store = match connect(&config).await {
         Ok(store) => store,
         Err(code) => return code,
@@ -425,7 +168,7 @@ async fn rekey(config: Config, batch_size: u32) -> ExitCode {
     }
 }
 
-async fn bots(config: Config, command: BotsCommand) -> ExitCode {
+pub(super) async fn bots(config: Config, command: BotsCommand) -> ExitCode {
     let store = match connect(&config).await {
         Ok(store) => store,
         Err(code) => return code,
@@ -502,7 +245,12 @@ async fn bots(config: Config, command: BotsCommand) -> ExitCode {
     code
 }
 
-async fn audit(config: Config, user: Option<String>, bot: Option<String>, limit: u32) -> ExitCode {
+pub(super) async fn audit(
+    config: Config,
+    user: Option<String>,
+    bot: Option<String>,
+    limit: u32,
+) -> ExitCode {
     let store = match connect(&config).await {
         Ok(store) => store,
         Err(code) => return code,
@@ -545,13 +293,13 @@ async fn audit(config: Config, user: Option<String>, bot: Option<String>, limit:
 }
 
 /// Unix seconds as `2026-11-21T18:30:00Z`.
-fn timestamp(secs: i64) -> String {
+pub(super) fn timestamp(secs: i64) -> String {
     chrono::DateTime::from_timestamp(secs, 0)
         .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
         .unwrap_or_else(|| secs.to_string())
 }
 
-fn keys(command: KeysCommand) -> ExitCode {
+pub(super) fn keys(command: KeysCommand) -> ExitCode {
     let KeysCommand::Generate { kind } = command;
     match kind {
         GenerateKind::Vault => {
@@ -589,7 +337,7 @@ fn keys(command: KeysCommand) -> ExitCode {
 }
 
 /// Creates `path` readable by its owner only; refuses to replace a file.
-fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(super) fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -604,7 +352,7 @@ fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// `chatgate demo [idp]` (built with the `demo` feature).
 #[cfg(feature = "demo")]
-fn demo(
+pub(super) fn demo(
     command: Option<DemoCommand>,
     data_dir: PathBuf,
     host_port: u16,
