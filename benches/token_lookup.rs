@@ -25,6 +25,7 @@ mod fake_idp;
 #[allow(dead_code)]
 mod tls;
 
+use chatgate::secret::ExposeSecret as _;
 use std::io::Write as _;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -212,8 +213,8 @@ host_keys = [{{ kid = "h", alg = "HS256", secret_file = "host.secret" }}]
                     &UserId::parse(user).unwrap(),
                     &ProviderId::parse("bench").unwrap(),
                     &TokenSet {
-                        access_token: SecretString::new("x".repeat(1200)), // a JWT-sized access token
-                        refresh_token: Some(SecretString::new(rt)),
+                        access_token: SecretString::from("x".repeat(1200)), // a JWT-sized access token
+                        refresh_token: Some(SecretString::from(rt)),
                         token_type: "Bearer".into(),
                         scope: "openid profile email offline_access".into(),
                         expires_at: Some(expires_at),

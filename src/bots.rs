@@ -12,6 +12,7 @@
 //! hashes (plain SHA-256) were tagged when migration 0004 ran and are re-hashed
 //! on their next use; a plain row without a valid tag is refused.
 
+use crate::secret::ExposeSecret as _;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
@@ -125,7 +126,7 @@ impl BotDirectory {
     /// Creates a bot for `app` and returns its one-time secret.
     pub async fn create(&self, app: &AppId, name: &str, now: i64) -> Result<NewBot, StoreError> {
         let id = format!("bot_{}", random_token::<9>());
-        let secret = SecretString::new(format!("{SECRET_PREFIX}{}", random_token::<32>()));
+        let secret = SecretString::from(format!("{SECRET_PREFIX}{}", random_token::<32>()));
         let (hash, mac) = self
             .keys
             .credential(&id, app.as_str(), secret.expose_secret());

@@ -8,6 +8,7 @@
 //! `x5c`/`crit` headers are refused outright. Only the single-use `jti` touches
 //! the database, atomically, after the token has passed every other check.
 
+use crate::secret::ExposeSecret as _;
 use std::time::Duration;
 
 use jsonwebtoken::errors::ErrorKind;

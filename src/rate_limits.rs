@@ -175,11 +175,6 @@ impl RateLimits {
             .expect("rate limit lock poisoned")
             .retain(|_, until| *until > now);
     }
-
-    /// Addresses tracked now (for tests and metrics).
-    pub fn tracked(&self) -> usize {
-        self.requests.as_ref().map_or(0, |l| l.len())
-    }
 }
 
 /// The client's address: the peer's, or — when the peer is a trusted proxy —

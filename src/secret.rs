@@ -1,93 +1,20 @@
-//! Values that must never be printed: tokens, keys, client secrets.
+//! Values that must never be printed: tokens, keys, client secrets — and the
+//! randomness and hashing chatgate makes its bearer values with.
 //!
-//! Every secret chatgate holds in memory lives in one of these newtypes. Their
-//! `Debug` and `Display` print `[redacted]`, they have no `Serialize`, and the
-//! inner value is only reachable through an explicit `expose_secret()` call, so a
-//! stray `{:?}` in a log line or a panic message cannot leak it. The bytes are
-//! zeroed when the value is dropped.
+//! Secrets are the `secrecy` crate's types: `Debug` prints `[REDACTED]`, there
+//! is no `Display` or `Serialize`, the value is reachable only through an
+//! explicit `expose_secret()` (trait [`ExposeSecret`]), and the memory is zeroed
+//! on drop. A stray `{:?}` in a log line or a panic message cannot leak one.
 
-use std::fmt;
-
-use zeroize::Zeroize;
-
-const REDACTED: &str = "[redacted]";
-
-/// A secret string (token, client secret, PEM text).
-#[derive(Clone, PartialEq, Eq)]
-pub struct SecretString(String);
-
-impl SecretString {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The secret itself. Call this only where the value is used, never to log it.
-    pub fn expose_secret(&self) -> &str {
-        &self.0
-    }
-}
-
-impl From<String> for SecretString {
-    fn from(value: String) -> Self {
-        Self(value)
-    }
-}
-
-impl fmt::Debug for SecretString {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SecretString({REDACTED})")
-    }
-}
-
-impl fmt::Display for SecretString {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(REDACTED)
-    }
-}
-
-impl Drop for SecretString {
-    fn drop(&mut self) {
-        self.0.zeroize();
-    }
-}
+pub use secrecy::{ExposeSecret, SecretSlice, SecretString};
 
 /// Secret bytes (a symmetric key, a decrypted vault column).
-#[derive(Clone, PartialEq, Eq)]
-pub struct SecretBytes(Vec<u8>);
+pub type SecretBytes = SecretSlice<u8>;
 
-impl SecretBytes {
-    pub fn new(value: Vec<u8>) -> Self {
-        Self(value)
-    }
-
-    /// The secret itself. Call this only where the value is used, never to log it.
-    pub fn expose_secret(&self) -> &[u8] {
-        &self.0
-    }
-
-    /// Interprets the bytes as UTF-8 text, keeping them secret.
-    pub fn into_secret_string(mut self) -> Result<SecretString, std::string::FromUtf8Error> {
-        let bytes = std::mem::take(&mut self.0);
-        String::from_utf8(bytes).map(SecretString)
-    }
-}
-
-impl fmt::Debug for SecretBytes {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SecretBytes({REDACTED})")
-    }
-}
-
-impl fmt::Display for SecretBytes {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(REDACTED)
-    }
-}
-
-impl Drop for SecretBytes {
-    fn drop(&mut self) {
-        self.0.zeroize();
-    }
+/// Secret bytes that are UTF-8 text, as a [`SecretString`] (the bytes are
+/// zeroed when `bytes` is dropped).
+pub fn secret_text(bytes: &SecretBytes) -> Result<SecretString, std::str::Utf8Error> {
+    std::str::from_utf8(bytes.expose_secret()).map(SecretString::from)
 }
 
 /// Fills a fresh buffer from the operating system's CSPRNG.
@@ -121,13 +48,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn debug_and_display_are_redacted() {
-        let s = SecretString::new("hunter2-access-token");
-        assert_eq!(format!("{s:?}"), "SecretString([redacted])");
-        assert_eq!(format!("{s}"), "[redacted]");
-        let b = SecretBytes::new(b"raw-key-material".to_vec());
+    fn debug_is_redacted() {
+        let s = SecretString::from("hunter2-access-token");
+        assert!(!format!("{s:?}").contains("hunter2"));
+        let b = SecretBytes::from(b"raw-key-material".to_vec());
         assert!(!format!("{b:?}").contains("raw-key"));
-        assert!(!format!("{b}").contains("raw-key"));
+        assert_eq!(secret_text(&b).unwrap().expose_secret(), "raw-key-material");
         // inside a derived Debug of a containing struct, too
         #[derive(Debug)]
         #[allow(dead_code)]

@@ -26,14 +26,14 @@ pub struct AppState {
     pub vault: Vault,
     pub keys: Arc<KeyDirectory>,
     pub providers: Arc<Providers>,
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     /// Fresh tokens for bots: the refresh machinery.
-    pub tokens: TokenService,
+    pub(crate) tokens: TokenService,
     /// The authorization-code flow.
-    pub signin: SignInService,
+    pub(crate) signin: SignInService,
     pub bots: Arc<BotDirectory>,
     /// Per-client-address limits of the endpoints anyone can call.
-    pub rate_limits: Arc<RateLimits>,
+    pub(crate) rate_limits: Arc<RateLimits>,
     /// Batched writer of high-volume audit events.
     pub audit: AuditLog,
 }

@@ -1,6 +1,7 @@
 //! Chat-token signing keys: Ed25519 or P-256, PKCS#8 PEM, `kid` = the RFC 7638
 //! thumbprint of the public key.
 
+use crate::secret::ExposeSecret as _;
 use std::fmt;
 
 use jsonwebtoken::jwk::{Jwk, KeyAlgorithm, PublicKeyUse, ThumbprintHash};
@@ -114,7 +115,7 @@ impl SigningKey {
                     .expect("a P-256 key encodes as PKCS#8")
             }
         };
-        SecretString::new(pem.as_str())
+        SecretString::from(pem.as_str())
     }
 
     /// A new key in memory (the development IdP's and the tests').

@@ -1,3 +1,4 @@
+use crate::secret::ExposeSecret as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -283,7 +284,7 @@ fn pem_parsing_and_kid_are_stable() {
     let ec = SigningKey::from_pem(&SigningKey::generate_pem(SigningAlg::Es256)).unwrap();
     assert_eq!(ec.alg_name(), "ES256");
     assert_ne!(ec.kid(), a.kid());
-    assert!(SigningKey::from_pem(&SecretString::new("garbage")).is_err());
+    assert!(SigningKey::from_pem(&SecretString::from("garbage")).is_err());
     // Debug never shows key material
     assert!(!format!("{a:?}").contains("PRIVATE"));
     let jwk = serde_json::to_value(a.public_jwk()).unwrap();

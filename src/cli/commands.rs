@@ -2,6 +2,7 @@
 
 use crate::chat_token::{SigningAlg, SigningKey};
 use crate::config::{self, Config, Loaded};
+use crate::secret::ExposeSecret as _;
 use crate::server::{App, shutdown_signal};
 use crate::store::Store;
 use crate::vault::{Vault, VaultKeyRing};
@@ -390,7 +391,7 @@ pub(super) fn demo(
                     listen,
                     issuer,
                     client_id,
-                    client_secret: crate::secret::SecretString::new(secret),
+                    client_secret: crate::secret::SecretString::from(secret),
                     redirect_uris,
                     access_token_ttl: ttl,
                     tls: tls_cert.zip(tls_key),

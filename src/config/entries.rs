@@ -1,5 +1,6 @@
 //! `[[providers]]` and `[[apps]]` (with their `host_keys`).
 
+use crate::secret::ExposeSecret as _;
 use jsonwebtoken::DecodingKey;
 use url::Url;
 
@@ -307,7 +308,7 @@ fn host_key_material(
                 );
                 None
             }
-            Ok(Some(secret)) => Some(HostKeyMaterial::Secret(SecretBytes::new(
+            Ok(Some(secret)) => Some(HostKeyMaterial::Secret(SecretBytes::from(
                 secret.expose_secret().as_bytes().to_vec(),
             ))),
             Ok(None) => {

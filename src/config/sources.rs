@@ -48,7 +48,7 @@ impl<'a> Sources<'a> {
                 env_key.0, file_key.0
             )),
             (Some(var), None) => match (self.env)(var) {
-                Some(v) if !v.trim().is_empty() => Ok(Some(SecretString::new(v.trim()))),
+                Some(v) if !v.trim().is_empty() => Ok(Some(SecretString::from(v.trim()))),
                 Some(_) => Err(format!(
                     "environment variable {var} (from {}) is empty",
                     env_key.0
@@ -65,7 +65,7 @@ impl<'a> Sources<'a> {
                 if text.trim().is_empty() {
                     return Err(format!("{} ({file}) is empty", file_key.0));
                 }
-                Ok(Some(SecretString::new(text.trim())))
+                Ok(Some(SecretString::from(text.trim())))
             }
             (None, None) => Ok(None),
         }

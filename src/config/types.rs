@@ -115,10 +115,6 @@ impl PublicUrl {
     pub fn origin(&self) -> Origin {
         Origin::parse(&self.issuer()).expect("a validated public_url is an origin")
     }
-
-    pub fn is_https(&self) -> bool {
-        self.0.scheme() == "https"
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

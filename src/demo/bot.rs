@@ -4,6 +4,7 @@
 //! with its own bot secret, and calls the identity provider's userinfo with it.
 //! `examples/bot.py` is the same bot in Python.
 
+use crate::secret::ExposeSecret as _;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

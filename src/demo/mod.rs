@@ -13,6 +13,7 @@ pub mod bot;
 mod host;
 pub mod idp;
 
+use crate::secret::ExposeSecret as _;
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -97,7 +98,7 @@ fn ensure_secret_file(path: &Path, make: impl FnOnce() -> SecretString) -> Resul
 
 fn read_secret(path: &Path) -> Result<SecretString, DemoError> {
     std::fs::read_to_string(path)
-        .map(|s| SecretString::new(s.trim()))
+        .map(|s| SecretString::from(s.trim()))
         .map_err(|e| DemoError::Io(format!("cannot read {}: {e}", path.display())))
 }
 
@@ -146,7 +147,7 @@ pub async fn run(
         SigningKey::generate_pem(SigningAlg::EdDsa)
     })?;
     ensure_secret_file(&dir.join("idp-client.secret"), || {
-        SecretString::new(random_token::<32>())
+        SecretString::from(random_token::<32>())
     })?;
 
     // Bind first, so port 0 works and a taken port fails before anything starts.

@@ -28,16 +28,6 @@ pub enum HttpError {
     Http(#[from] openidconnect::http::Error),
 }
 
-impl HttpError {
-    /// A timeout or connection failure: worth `temporarily_unavailable` and a retry.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            Self::Request(e) => e.is_timeout() || e.is_connect() || e.is_request(),
-            _ => false,
-        }
-    }
-}
-
 /// A cheap-to-clone client for IdP calls.
 #[derive(Debug, Clone)]
 pub struct IdpHttp {

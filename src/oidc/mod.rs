@@ -87,10 +87,6 @@ impl Providers {
             .collect()
     }
 
-    pub fn all_ready(&self) -> bool {
-        self.status().values().all(|s| *s == ProviderStatus::Ready)
-    }
-
     /// Tries to discover every provider not yet loaded, once. Returns the errors.
     pub async fn load_pending(&self) -> Vec<(String, OidcError)> {
         let mut errors = Vec::new();

@@ -75,8 +75,9 @@ pub type TokenResponse = StandardTokenResponse<
 pub type TokenErrorResponse = StandardErrorResponse<CoreErrorResponseType>;
 
 /// The client `Client::from_provider_metadata` returns: authorization endpoint
-/// set, token and userinfo endpoints as discovered, revocation set on demand.
-pub type OidcClient<HasRevocationUrl = EndpointNotSet> = openidconnect::Client<
+/// set, token and userinfo endpoints as discovered (chatgate makes its own RFC
+/// 7009 revocation request, so the client's revocation URL stays unset).
+pub type OidcClient = openidconnect::Client<
     ExtraClaims,
     CoreAuthDisplay,
     CoreGenderClaim,
@@ -91,7 +92,7 @@ pub type OidcClient<HasRevocationUrl = EndpointNotSet> = openidconnect::Client<
     EndpointSet,
     EndpointNotSet,
     EndpointNotSet,
-    HasRevocationUrl,
+    EndpointNotSet,
     EndpointMaybeSet,
     EndpointMaybeSet,
 >;

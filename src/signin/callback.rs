@@ -4,6 +4,7 @@
 //! validation), store the tokens, mint the chat token. Nothing is stored
 //! unless every check passed.
 
+use crate::secret::ExposeSecret as _;
 use std::sync::Arc;
 
 use super::{

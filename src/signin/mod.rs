@@ -15,7 +15,7 @@ mod types;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use callback::{CallbackFailure, Completed};
+pub use callback::CallbackFailure;
 pub use start::StartRequest;
 pub use types::{CallbackParams, FlowError, FlowTarget, Minted, Mode, SessionSignIn};
 

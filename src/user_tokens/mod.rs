@@ -155,11 +155,6 @@ impl TokenService {
         }
     }
 
-    /// This process's name in refresh leases.
-    pub fn replica_id(&self) -> &str {
-        &self.inner.replica_id
-    }
-
     /// The fresh access token of `user_id` in `app`: the stored one while it is
     /// valid for longer than `refresh_skew`, else the result of the user's one
     /// refresh in flight (started here if there is none).

@@ -2,6 +2,7 @@
 //! once, check the refreshed ID token, and store the answer — holding on to it
 //! until the database takes it.
 
+use crate::secret::ExposeSecret as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -584,7 +585,7 @@ enum Stored {
 fn id_token_text(tokens: &IdpTokens) -> Option<SecretString> {
     let id_token = tokens.id_token.as_ref()?;
     match serde_json::to_value(id_token) {
-        Ok(serde_json::Value::String(text)) => Some(SecretString::new(text)),
+        Ok(serde_json::Value::String(text)) => Some(SecretString::from(text)),
         _ => None,
     }
 }

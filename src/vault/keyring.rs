@@ -4,6 +4,7 @@
 //!
 //! Sealed format (bytes): `0x01 | len(key_id) | key_id | nonce[12] | ciphertext+tag[16]`.
 
+use crate::secret::ExposeSecret as _;
 use std::fmt;
 
 use aes_gcm::{
@@ -22,7 +23,7 @@ pub const KEY_LEN: usize = 32;
 
 /// Why a sealed value could not be opened. Never carries the plaintext.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum VaultError {
+pub enum SealError {
     #[error("the sealed value is malformed")]
     Malformed,
     #[error("the sealed value was written with vault key {0:?}, which is not in [vault] keys")]
@@ -110,7 +111,7 @@ impl VaultKeyRing {
             .map_err(|_| {
                 "is not base64 (generate one with `chatgate keys generate vault`)".to_string()
             })?;
-        let bytes = SecretBytes::new(bytes);
+        let bytes = SecretBytes::from(bytes);
         if bytes.expose_secret().len() != KEY_LEN {
             return Err(format!(
                 "must decode to {KEY_LEN} bytes, not {} (generate one with `chatgate keys generate vault`)",
@@ -125,7 +126,7 @@ impl VaultKeyRing {
         let mut raw = random_bytes::<KEY_LEN>();
         let text = base64::engine::general_purpose::STANDARD.encode(raw);
         zeroize::Zeroize::zeroize(&mut raw);
-        SecretString::new(text)
+        SecretString::from(text)
     }
 
     /// The id of the key that seals new values.
@@ -162,14 +163,14 @@ impl VaultKeyRing {
     }
 
     /// Decrypts a sealed value, checking that it was sealed for `aad`.
-    pub fn open(&self, aad: &Aad<'_>, sealed: &[u8]) -> Result<SecretBytes, VaultError> {
+    pub fn open(&self, aad: &Aad<'_>, sealed: &[u8]) -> Result<SecretBytes, SealError> {
         let parts = Parts::parse(sealed)?;
         let key = self
             .keys
             .iter()
             .find(|k| k.id.as_str() == parts.key_id)
-            .ok_or_else(|| VaultError::UnknownKey(parts.key_id.to_string()))?;
-        let nonce: [u8; NONCE_LEN] = parts.nonce.try_into().map_err(|_| VaultError::Malformed)?;
+            .ok_or_else(|| SealError::UnknownKey(parts.key_id.to_string()))?;
+        let nonce: [u8; NONCE_LEN] = parts.nonce.try_into().map_err(|_| SealError::Malformed)?;
         key.cipher
             .decrypt(
                 &nonce.into(),
@@ -178,12 +179,12 @@ impl VaultKeyRing {
                     aad: &aad.encode(),
                 },
             )
-            .map(SecretBytes::new)
-            .map_err(|_| VaultError::Decrypt)
+            .map(SecretBytes::from)
+            .map_err(|_| SealError::Decrypt)
     }
 
     /// Opens a sealed value and seals it again under the current key.
-    pub fn reseal(&self, aad: &Aad<'_>, sealed: &[u8]) -> Result<Vec<u8>, VaultError> {
+    pub fn reseal(&self, aad: &Aad<'_>, sealed: &[u8]) -> Result<Vec<u8>, SealError> {
         let plain = self.open(aad, sealed)?;
         Ok(self.seal(aad, plain.expose_secret()))
     }
@@ -201,7 +202,7 @@ impl VaultKeyRing {
     }
 
     /// The key id recorded in a sealed value, without decrypting it.
-    pub fn sealed_key_id(sealed: &[u8]) -> Result<&str, VaultError> {
+    pub fn sealed_key_id(sealed: &[u8]) -> Result<&str, SealError> {
         Parts::parse(sealed).map(|p| p.key_id)
     }
 }
@@ -213,18 +214,18 @@ struct Parts<'a> {
 }
 
 impl<'a> Parts<'a> {
-    fn parse(sealed: &'a [u8]) -> Result<Self, VaultError> {
-        let (&version, rest) = sealed.split_first().ok_or(VaultError::Malformed)?;
+    fn parse(sealed: &'a [u8]) -> Result<Self, SealError> {
+        let (&version, rest) = sealed.split_first().ok_or(SealError::Malformed)?;
         if version != FORMAT_V1 {
-            return Err(VaultError::Malformed);
+            return Err(SealError::Malformed);
         }
-        let (&id_len, rest) = rest.split_first().ok_or(VaultError::Malformed)?;
+        let (&id_len, rest) = rest.split_first().ok_or(SealError::Malformed)?;
         let id_len = usize::from(id_len);
         if rest.len() < id_len + NONCE_LEN + TAG_LEN {
-            return Err(VaultError::Malformed);
+            return Err(SealError::Malformed);
         }
         let (id, rest) = rest.split_at(id_len);
-        let key_id = std::str::from_utf8(id).map_err(|_| VaultError::Malformed)?;
+        let key_id = std::str::from_utf8(id).map_err(|_| SealError::Malformed)?;
         let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
         Ok(Self {
             key_id,
@@ -291,17 +292,20 @@ mod tests {
             assert!(
                 matches!(
                     err,
-                    VaultError::Decrypt | VaultError::Malformed | VaultError::UnknownKey(_)
+                    SealError::Decrypt | SealError::Malformed | SealError::UnknownKey(_)
                 ),
                 "byte {i}: {err:?}"
             );
         }
         assert_eq!(
-            r.open(&ROW, &sealed[..sealed.len() - 1]),
-            Err(VaultError::Decrypt)
+            r.open(&ROW, &sealed[..sealed.len() - 1]).err(),
+            Some(SealError::Decrypt)
         );
-        assert_eq!(r.open(&ROW, &sealed[..10]), Err(VaultError::Malformed));
-        assert_eq!(r.open(&ROW, &[]), Err(VaultError::Malformed));
+        assert_eq!(
+            r.open(&ROW, &sealed[..10]).err(),
+            Some(SealError::Malformed)
+        );
+        assert_eq!(r.open(&ROW, &[]).err(), Some(SealError::Malformed));
     }
 
     #[test]
@@ -326,7 +330,11 @@ mod tests {
             ..ROW
         };
         for aad in [other_user, other_app, other_column, shifted] {
-            assert_eq!(r.open(&aad, &sealed), Err(VaultError::Decrypt), "{aad:?}");
+            assert_eq!(
+                r.open(&aad, &sealed).err(),
+                Some(SealError::Decrypt),
+                "{aad:?}"
+            );
         }
     }
 
@@ -335,11 +343,11 @@ mod tests {
         let a = ring(&["k1"]);
         let b = ring(&["k1"]);
         let sealed = a.seal(&ROW, b"secret");
-        assert_eq!(b.open(&ROW, &sealed), Err(VaultError::Decrypt));
+        assert_eq!(b.open(&ROW, &sealed).err(), Some(SealError::Decrypt));
         let c = ring(&["k2"]);
         assert_eq!(
-            c.open(&ROW, &sealed),
-            Err(VaultError::UnknownKey("k1".into()))
+            c.open(&ROW, &sealed).err(),
+            Some(SealError::UnknownKey("k1".into()))
         );
     }
 
@@ -367,8 +375,8 @@ mod tests {
 
     #[test]
     fn key_decoding_checks_length_and_encoding() {
-        assert!(VaultKeyRing::decode_key(&SecretString::new("not base64!!")).is_err());
-        assert!(VaultKeyRing::decode_key(&SecretString::new("c2hvcnQ=")).is_err());
+        assert!(VaultKeyRing::decode_key(&SecretString::from("not base64!!")).is_err());
+        assert!(VaultKeyRing::decode_key(&SecretString::from("c2hvcnQ=")).is_err());
         let k = VaultKeyRing::generate_key();
         assert_eq!(
             VaultKeyRing::decode_key(&k).unwrap().expose_secret().len(),

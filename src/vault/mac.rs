@@ -8,6 +8,7 @@
 //! rotation stays valid while the old key is configured, and is re-tagged under
 //! the new one the next time it is written.
 
+use crate::secret::ExposeSecret as _;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -52,7 +53,7 @@ impl MacKeys {
                 mac.update(purpose.as_bytes());
                 (
                     id.clone(),
-                    SecretBytes::new(mac.finalize().into_bytes().to_vec()),
+                    SecretBytes::from(mac.finalize().into_bytes().to_vec()),
                 )
             })
             .collect();

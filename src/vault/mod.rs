@@ -7,6 +7,7 @@
 pub mod keyring;
 pub mod mac;
 
+use crate::secret::ExposeSecret as _;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
@@ -28,7 +29,7 @@ pub enum VaultError {
         app: String,
         user_id: String,
         column: &'static str,
-        source: keyring::VaultError,
+        source: keyring::SealError,
     },
     #[error("vault entry ({app}, {user_id}) holds an invalid value in {column}")]
     Corrupt {
@@ -451,7 +452,7 @@ impl Vault {
                 column,
                 source,
             })?;
-        plain.into_secret_string().map_err(|_| VaultError::Corrupt {
+        crate::secret::secret_text(&plain).map_err(|_| VaultError::Corrupt {
             app: row.app.clone(),
             user_id: row.user_id.clone(),
             column,

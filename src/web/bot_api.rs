@@ -3,6 +3,7 @@
 //! `/v1/openapi.json` come from the same annotated handlers, so they cannot
 //! drift apart.
 
+use crate::secret::ExposeSecret as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 

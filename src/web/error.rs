@@ -10,8 +10,6 @@ use serde::Serialize;
 use crate::store::StoreError;
 use crate::vault::VaultError;
 
-pub type Result<T, E = ApiError> = std::result::Result<T, E>;
-
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// 400 with an OAuth-style code (`invalid_request`, `invalid_token`, ...).

@@ -3,6 +3,7 @@
 //! rotation, reauth, outages, leases, app isolation, revocation.
 
 use crate::common;
+use chatgate::secret::ExposeSecret as _;
 
 use std::time::Duration;
 
@@ -68,8 +69,8 @@ impl Setup {
                 &UserId::parse(user).unwrap(),
                 &ProviderId::parse("idp").unwrap(),
                 &TokenSet {
-                    access_token: SecretString::new(format!("at-seed-{rt}")),
-                    refresh_token: Some(SecretString::new(rt)),
+                    access_token: SecretString::from(format!("at-seed-{rt}")),
+                    refresh_token: Some(SecretString::from(rt)),
                     token_type: "Bearer".into(),
                     scope: "openid offline_access".into(),
                     expires_at: Some(now + expires_in),
@@ -335,8 +336,8 @@ async fn a_lookup_waits_for_another_replicas_refresh_and_uses_its_result(db: &Te
                 &RefreshResult {
                     lease_id: "lease-b",
                     tokens: &TokenSet {
-                        access_token: SecretString::new("at-from-replica-b"),
-                        refresh_token: Some(SecretString::new("rt-b")),
+                        access_token: SecretString::from("at-from-replica-b"),
+                        refresh_token: Some(SecretString::from("rt-b")),
                         token_type: "Bearer".into(),
                         scope: "openid".into(),
                         expires_at: Some(now + 3600),

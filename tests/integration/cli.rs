@@ -1,6 +1,7 @@
 //! The `chatgate` binary as an operator uses it.
 
 use crate::common;
+use chatgate::secret::ExposeSecret as _;
 
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
@@ -56,7 +57,7 @@ fn keys_generate_signing_writes_a_private_file_once() {
     );
     assert!(stderr(&o).contains("wrote signing key"), "{}", stderr(&o));
     let pem = std::fs::read_to_string(&path).unwrap();
-    assert!(chatgate::chat_token::SigningKey::from_pem(&SecretString::new(pem.clone())).is_ok());
+    assert!(chatgate::chat_token::SigningKey::from_pem(&SecretString::from(pem.clone())).is_ok());
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
@@ -70,7 +71,7 @@ fn keys_generate_signing_writes_a_private_file_once() {
 
     let es = chatgate(&["keys", "generate", "signing", "--alg", "es256"]);
     assert!(es.status.success());
-    let key = chatgate::chat_token::SigningKey::from_pem(&SecretString::new(stdout(&es))).unwrap();
+    let key = chatgate::chat_token::SigningKey::from_pem(&SecretString::from(stdout(&es))).unwrap();
     assert_eq!(key.alg_name(), "ES256");
 }
 
@@ -171,7 +172,7 @@ async fn migrate_creates_the_schema(db: &TestDb) {
 async fn vault_rekey_moves_entries_to_the_newest_key(db: &TestDb) {
     let mut cfg = TestConfig::new(db);
     // Entries written under the configured key "k1"...
-    let old_key = SecretString::new(
+    let old_key = SecretString::from(
         std::fs::read_to_string(cfg.path().join("vault.key"))
             .unwrap()
             .trim(),
@@ -191,8 +192,8 @@ async fn vault_rekey_moves_entries_to_the_newest_key(db: &TestDb) {
                 &UserId::parse(format!("entra:u{i}")).unwrap(),
                 &ProviderId::parse("entra").unwrap(),
                 &TokenSet {
-                    access_token: SecretString::new(format!("at{i}")),
-                    refresh_token: Some(SecretString::new("rt")),
+                    access_token: SecretString::from(format!("at{i}")),
+                    refresh_token: Some(SecretString::from("rt")),
                     token_type: "Bearer".into(),
                     scope: "openid".into(),
                     expires_at: None,

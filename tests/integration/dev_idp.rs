@@ -26,7 +26,7 @@ async fn start() -> String {
     let app = router(DevIdpConfig {
         issuer: issuer.clone(),
         client_id: CLIENT.into(),
-        client_secret: SecretString::new(SECRET),
+        client_secret: SecretString::from(SECRET),
         redirect_uris: vec![REDIRECT.into()],
         access_token_ttl: Duration::from_secs(60),
     });

@@ -1,6 +1,7 @@
 //! What an anonymous client, a replayed token or someone with write access to
 //! the database (but no vault key) can do — and that it no longer works.
 
+use chatgate::secret::ExposeSecret as _;
 use std::time::Duration;
 
 use chatgate::domain::AppId;
@@ -302,8 +303,8 @@ async fn a_slow_request_is_not_cut_by_the_idle_timeout(db: &TestDb) {
             &chatgate::domain::UserId::parse(USER).unwrap(),
             &chatgate::domain::ProviderId::parse("idp").unwrap(),
             &chatgate::vault::TokenSet {
-                access_token: chatgate::secret::SecretString::new("at-old"),
-                refresh_token: Some(chatgate::secret::SecretString::new("rt-1")),
+                access_token: chatgate::secret::SecretString::from("at-old"),
+                refresh_token: Some(chatgate::secret::SecretString::from("rt-1")),
                 token_type: "Bearer".into(),
                 scope: "openid".into(),
                 expires_at: Some(now - 5),

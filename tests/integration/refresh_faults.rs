@@ -7,6 +7,7 @@
 //! Each test asserts that nothing was lost: the IdP never sees a refresh token
 //! twice, and later lookups answer 200 with the rotated token.
 
+use chatgate::secret::ExposeSecret as _;
 use std::ops::ControlFlow;
 use std::process::{Child, Command};
 use std::sync::Arc;
@@ -85,8 +86,8 @@ impl World {
                 &user(),
                 &ProviderId::parse("idp").unwrap(),
                 &TokenSet {
-                    access_token: SecretString::new(at),
-                    refresh_token: rt.map(SecretString::new),
+                    access_token: SecretString::from(at),
+                    refresh_token: rt.map(SecretString::from),
                     token_type: "Bearer".into(),
                     scope: "openid offline_access".into(),
                     expires_at: Some(now + expires_in),
@@ -210,7 +211,7 @@ async fn vault_rekey_during_a_refresh_loses_nothing(db: &TestDb) {
     let lookup = tokio::spawn(w.lookup_on(&w.app).send());
     w.idp.wait_for_refreshes(1).await;
     // `chatgate vault rekey` in another process, with a new key first.
-    let k1 = SecretString::new(std::fs::read_to_string(w.cfg.path().join("vault.key")).unwrap());
+    let k1 = SecretString::from(std::fs::read_to_string(w.cfg.path().join("vault.key")).unwrap());
     let decode = |k: &SecretString| VaultKeyRing::decode_key(k).unwrap();
     let ring = Arc::new(
         VaultKeyRing::new(vec![

@@ -3,6 +3,7 @@
 //! that nothing was stored.
 
 use crate::common;
+use chatgate::secret::ExposeSecret as _;
 
 use chatgate::store::Store;
 use common::browser::{Browser, location, posted_message};

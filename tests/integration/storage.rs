@@ -2,6 +2,7 @@
 //! PostgreSQL alike (`backend_tests!`).
 
 use crate::common;
+use chatgate::secret::ExposeSecret as _;
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -33,8 +34,8 @@ fn ring_from(keys: &[(KeyId, SecretString)]) -> Arc<VaultKeyRing> {
 
 fn tokens(access: &str, refresh: Option<&str>) -> TokenSet {
     TokenSet {
-        access_token: SecretString::new(access),
-        refresh_token: refresh.map(SecretString::new),
+        access_token: SecretString::from(access),
+        refresh_token: refresh.map(SecretString::from),
         token_type: "Bearer".into(),
         scope: "openid offline_access".into(),
         expires_at: Some(2_000_000_000),

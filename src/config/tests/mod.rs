@@ -3,6 +3,7 @@
 
 mod rules;
 
+use crate::secret::ExposeSecret as _;
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;

@@ -12,6 +12,7 @@
 
 mod endpoints;
 
+use crate::secret::ExposeSecret as _;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -4,6 +4,7 @@
 //!
 //! The calls are in `calls`, ID-token validation in `verify`, keys in `jwks`.
 
+use crate::secret::ExposeSecret as _;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -178,10 +179,10 @@ impl std::fmt::Debug for IdpTokens {
 impl From<TokenResponse> for IdpTokens {
     fn from(r: TokenResponse) -> Self {
         Self {
-            access_token: SecretString::new(r.access_token().secret().as_str()),
+            access_token: SecretString::from(r.access_token().secret().as_str()),
             refresh_token: r
                 .refresh_token()
-                .map(|t| SecretString::new(t.secret().as_str())),
+                .map(|t| SecretString::from(t.secret().as_str())),
             token_type: r.token_type().as_ref().to_string(),
             scope: r
                 .scopes()

@@ -57,8 +57,8 @@ fn the_debug_output_of_idp_tokens_holds_no_token() {
     );
     let id_token: IdTokenT = raw.parse().unwrap();
     let tokens = IdpTokens {
-        access_token: SecretString::new("at-very-secret"),
-        refresh_token: Some(SecretString::new("rt-very-secret")),
+        access_token: SecretString::from("at-very-secret"),
+        refresh_token: Some(SecretString::from("rt-very-secret")),
         token_type: "Bearer".into(),
         scope: None,
         expires_in: None,

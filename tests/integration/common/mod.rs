@@ -9,6 +9,7 @@ pub mod outage;
 pub mod proxy;
 pub mod tls;
 
+use chatgate::secret::ExposeSecret as _;
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::net::TcpListener;
