@@ -9,6 +9,7 @@
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::domain::{AppId, AuditAction, AuditOutcome, UserId};
 use crate::store::{AuditEvent, Store};
 
 const QUEUE: usize = 10_000;
@@ -19,10 +20,10 @@ const MAX_BATCH: usize = 500;
 pub struct QueuedEvent {
     pub at: i64,
     pub actor: String,
-    pub app: Option<String>,
-    pub user_id: Option<String>,
-    pub action: &'static str,
-    pub outcome: &'static str,
+    pub app: Option<AppId>,
+    pub user_id: Option<UserId>,
+    pub action: AuditAction,
+    pub outcome: AuditOutcome,
     pub detail: Option<&'static str>,
 }
 
@@ -81,8 +82,8 @@ async fn write_batches(store: Store, mut rx: mpsc::Receiver<Msg>) {
                     (
                         AuditEvent {
                             actor: &e.actor,
-                            app: e.app.as_deref(),
-                            user_id: e.user_id.as_deref(),
+                            app: e.app.as_ref(),
+                            user_id: e.user_id.as_ref(),
                             action: e.action,
                             outcome: e.outcome,
                             detail: e.detail,

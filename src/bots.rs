@@ -17,7 +17,7 @@ use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
 use crate::cache::TtlCache;
-use crate::domain::AppId;
+use crate::domain::{AppId, AuditAction, AuditOutcome};
 use crate::secret::{SecretString, random_token};
 use crate::store::{AuditEvent, BotCredential, BotRow, Store, StoreError};
 use crate::vault::VaultKeyRing;
@@ -148,10 +148,10 @@ impl BotDirectory {
             .record_audit(
                 AuditEvent {
                     actor: "cli",
-                    app: Some(app.as_str()),
+                    app: Some(app),
                     user_id: None,
-                    action: "bot.create",
-                    outcome: "ok",
+                    action: AuditAction::BotCreate,
+                    outcome: AuditOutcome::Ok,
                     detail: Some(&id),
                 },
                 now,
@@ -169,8 +169,12 @@ impl BotDirectory {
                     actor: "cli",
                     app: None,
                     user_id: None,
-                    action: "bot.revoke",
-                    outcome: if done { "ok" } else { "absent" },
+                    action: AuditAction::BotRevoke,
+                    outcome: if done {
+                        AuditOutcome::Ok
+                    } else {
+                        AuditOutcome::Absent
+                    },
                     detail: Some(id),
                 },
                 now,

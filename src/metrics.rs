@@ -86,8 +86,8 @@ fn flow_reason(reason: &str) -> &'static str {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabels {
-    op: String,
-    outcome: String,
+    op: &'static str,
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -103,6 +103,40 @@ struct ReasonLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PhaseLabels {
     phase: &'static str,
+}
+
+/// What happened to a sign-in flow (`chatgate_flows_total{event}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FlowEvent {
+    Started,
+    Completed,
+    Failed,
+}
+
+impl FlowEvent {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Started => "started",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// A vault operation (`chatgate_vault_operations_total{op}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VaultOp {
+    Read,
+    Write,
+    Delete,
+}
+
+/// How it went (`chatgate_vault_operations_total{outcome}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VaultOutcome {
+    Ok,
+    Absent,
+    Error,
 }
 
 /// How a refresh at the IdP ended (`chatgate_refresh_total{outcome}`).
@@ -330,10 +364,10 @@ impl Metrics {
     /// `event` is `started`, `completed` or `failed`; `reason` says which way or
     /// why. A reason outside [`FLOW_REASONS`] (an IdP error code anyone can put
     /// in a callback URL) is counted as `other`, so the label set stays fixed.
-    pub fn flow(&self, event: &'static str, reason: &str) {
+    pub fn flow(&self, event: FlowEvent, reason: &str) {
         self.flows
             .get_or_create(&EventLabels {
-                event,
+                event: event.as_str(),
                 reason: flow_reason(reason),
             })
             .inc();
@@ -387,20 +421,29 @@ impl Metrics {
             .observe(seconds);
     }
 
-    pub fn vault_op(&self, op: &str, outcome: &str) {
+    pub fn vault_op(&self, op: VaultOp, outcome: VaultOutcome) {
         self.vault_ops
             .get_or_create(&OpLabels {
-                op: op.into(),
-                outcome: outcome.into(),
+                op: match op {
+                    VaultOp::Read => "read",
+                    VaultOp::Write => "write",
+                    VaultOp::Delete => "delete",
+                },
+                outcome: match outcome {
+                    VaultOutcome::Ok => "ok",
+                    VaultOutcome::Absent => "absent",
+                    VaultOutcome::Error => "error",
+                },
             })
             .inc();
     }
 
-    pub fn host_token(&self, outcome: &str) {
+    /// `outcome`: `ok` or one of chatgate's own error codes (a fixed set).
+    pub fn host_token(&self, outcome: &'static str) {
         self.host_tokens
             .get_or_create(&OpLabels {
-                op: "verify".into(),
-                outcome: outcome.into(),
+                op: "verify",
+                outcome,
             })
             .inc();
     }
@@ -451,7 +494,7 @@ mod tests {
     fn counters_show_up_in_the_text() {
         let m = Metrics::new();
         m.record_http("GET", "/healthz", 200, 0.002);
-        m.flow("failed", "login_required");
+        m.flow(FlowEvent::Failed, "login_required");
         let text = m.encode();
         assert!(
             text.contains(
@@ -473,11 +516,11 @@ mod tests {
     fn made_up_methods_and_error_codes_do_not_grow_the_label_set() {
         let m = Metrics::new();
         m.record_http("GET", "/healthz", 200, 0.001);
-        m.flow("failed", "login_required");
+        m.flow(FlowEvent::Failed, "login_required");
         let before = m.encode().len();
         for i in 0..500 {
             m.record_http(&format!("BREW{i}"), "/healthz", 200, 0.001);
-            m.flow("failed", &format!("made_up_{i}"));
+            m.flow(FlowEvent::Failed, &format!("made_up_{i}"));
         }
         let text = m.encode();
         assert!(text.contains(r#"method="other""#), "{text}");

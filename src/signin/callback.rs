@@ -4,6 +4,7 @@
 //! validation), store the tokens, mint the chat token. Nothing is stored
 //! unless every check passed.
 
+use crate::metrics::{FlowEvent, VaultOp, VaultOutcome};
 use crate::secret::ExposeSecret as _;
 use std::sync::Arc;
 
@@ -13,7 +14,7 @@ use super::{
 };
 use crate::audit::QueuedEvent;
 use crate::config::AppConfig;
-use crate::domain::{AppId, Origin, UserId};
+use crate::domain::{AppId, AuditAction, AuditOutcome, Origin, UserId};
 use crate::oidc::{IdTokenCheck, Identity, IdpTokens, IssParameter, Provider};
 use crate::secret::sha256_hex;
 use crate::store::{AuditEvent, PendingFlowRow, retry_transient};
@@ -94,16 +95,16 @@ impl SignInService {
             .store
             .audit(AuditEvent {
                 actor: "user",
-                app: Some(taken.app.id.as_str()),
-                user_id: Some(redeemed.user_id.as_str()),
-                action: "signin",
-                outcome: "ok",
+                app: Some(&taken.app.id),
+                user_id: Some(&redeemed.user_id),
+                action: AuditAction::SignIn,
+                outcome: AuditOutcome::Ok,
                 detail: Some(taken.target.mode.as_str()),
             })
             .await;
         self.inner
             .metrics
-            .flow("completed", taken.target.mode.as_str());
+            .flow(FlowEvent::Completed, taken.target.mode.as_str());
         let identity = redeemed.identity;
         let signin = SessionSignIn {
             user_id: redeemed.user_id,
@@ -133,7 +134,7 @@ impl SignInService {
     }
 
     fn failed(&self, target: &FlowTarget, error: FlowError) -> CallbackFailure {
-        self.inner.metrics.flow("failed", &error.code);
+        self.inner.metrics.flow(FlowEvent::Failed, &error.code);
         CallbackFailure::Flow {
             target: target.clone(),
             error,
@@ -178,7 +179,7 @@ impl SignInService {
             }
         }
         let Some(flow) = flow else {
-            self.inner.metrics.flow("failed", "unknown_state");
+            self.inner.metrics.flow(FlowEvent::Failed, "unknown_state");
             return Err(CallbackFailure::Untied(
                 "This sign-in is unknown, was already used, or was started in another browser.",
             ));
@@ -354,11 +355,15 @@ impl SignInService {
         .await;
         match saved {
             Ok(()) => {
-                self.inner.metrics.vault_op("write", "ok");
+                self.inner
+                    .metrics
+                    .vault_op(VaultOp::Write, VaultOutcome::Ok);
                 Ok(())
             }
             Err(e) => {
-                self.inner.metrics.vault_op("write", "error");
+                self.inner
+                    .metrics
+                    .vault_op(VaultOp::Write, VaultOutcome::Error);
                 tracing::error!(error = %e, "cannot store tokens in the vault");
                 Err(FlowError::database(e.is_transient()))
             }
@@ -372,10 +377,10 @@ impl SignInService {
             .record(QueuedEvent {
                 at: crate::time::now(),
                 actor: "user".into(),
-                app: Some(target.app.to_string()),
+                app: Some(target.app.clone()),
                 user_id: None,
-                action: "signin",
-                outcome: "failed",
+                action: AuditAction::SignIn,
+                outcome: AuditOutcome::Failed,
                 detail: Some(
                     crate::metrics::FLOW_REASONS
                         .iter()

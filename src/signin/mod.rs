@@ -22,7 +22,7 @@ pub use types::{CallbackParams, FlowError, FlowTarget, Minted, Mode, SessionSign
 use crate::audit::AuditLog;
 use crate::chat_token::{ChatSubject, ChatUser, KeyDirectory, Via};
 use crate::config::{AppConfig, Config};
-use crate::metrics::Metrics;
+use crate::metrics::{FlowEvent, Metrics};
 use crate::oidc::Providers;
 use crate::store::Store;
 use crate::user_tokens::TokenService;
@@ -155,13 +155,13 @@ impl SignInService {
                 let error = FlowError::unavailable(
                     "chatgate cannot reach the identity provider or its database; try again shortly",
                 );
-                self.inner.metrics.flow("failed", &error.code);
+                self.inner.metrics.flow(FlowEvent::Failed, &error.code);
                 return Renewal::Failed(error);
             }
         }
         match self.mint(app, signin, now) {
             Ok(minted) => {
-                self.inner.metrics.flow("completed", "session");
+                self.inner.metrics.flow(FlowEvent::Completed, "session");
                 Renewal::Minted(minted)
             }
             Err(e) => Renewal::Failed(e),

@@ -6,6 +6,7 @@ use url::Url;
 use super::{DB_RETRY_BUDGET, FlowError, Mode, SignInService, flow_aad};
 use crate::config::AppConfig;
 use crate::domain::Origin;
+use crate::metrics::FlowEvent;
 use crate::oidc::AuthorizationRequest;
 use crate::secret::{random_token, sha256_hex};
 use crate::store::{NewFlow, retry_transient};
@@ -87,7 +88,7 @@ impl SignInService {
             tracing::error!(error = %e, "cannot store a pending flow");
             FlowError::database(e.is_transient())
         })?;
-        inner.metrics.flow("started", req.mode.as_str());
+        inner.metrics.flow(FlowEvent::Started, req.mode.as_str());
         Ok(url)
     }
 }

@@ -3,16 +3,17 @@
 use serde::Serialize;
 
 use super::{Result, Store, with_pool};
+use crate::domain::{AppId, AuditAction, AuditOutcome, UserId};
 
 /// One thing that happened to a user's tokens or to a credential. Never a token.
 #[derive(Debug, Clone, Copy)]
 pub struct AuditEvent<'a> {
     /// `bot:<id>`, `user`, `cli` or `system`.
     pub actor: &'a str,
-    pub app: Option<&'a str>,
-    pub user_id: Option<&'a str>,
-    pub action: &'a str,
-    pub outcome: &'a str,
+    pub app: Option<&'a AppId>,
+    pub user_id: Option<&'a UserId>,
+    pub action: AuditAction,
+    pub outcome: AuditOutcome,
     pub detail: Option<&'a str>,
 }
 
@@ -45,10 +46,10 @@ impl Store {
             )
             .bind(now)
             .bind(event.actor)
-            .bind(event.app)
-            .bind(event.user_id)
-            .bind(event.action)
-            .bind(event.outcome)
+            .bind(event.app.map(AppId::as_str))
+            .bind(event.user_id.map(UserId::as_str))
+            .bind(event.action.as_str())
+            .bind(event.outcome.as_str())
             .bind(event.detail)
             .execute(pool)
             .await?;
@@ -60,7 +61,7 @@ impl Store {
     /// request being audited.
     pub async fn audit(&self, event: AuditEvent<'_>) {
         if let Err(e) = self.record_audit(event, crate::time::now()).await {
-            tracing::warn!(error = %e, action = event.action, "cannot write an audit event");
+            tracing::warn!(error = %e, action = event.action.as_str(), "cannot write an audit event");
         }
     }
 
@@ -75,10 +76,10 @@ impl Store {
                 query.push_values(chunk, |mut row, (event, at)| {
                     row.push_bind(*at)
                         .push_bind(event.actor)
-                        .push_bind(event.app)
-                        .push_bind(event.user_id)
-                        .push_bind(event.action)
-                        .push_bind(event.outcome)
+                        .push_bind(event.app.map(AppId::as_str))
+                        .push_bind(event.user_id.map(UserId::as_str))
+                        .push_bind(event.action.as_str())
+                        .push_bind(event.outcome.as_str())
                         .push_bind(event.detail);
                 });
                 // Not kept in the statement cache: every batch size is another statement.

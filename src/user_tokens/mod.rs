@@ -28,8 +28,8 @@ use std::time::Duration;
 
 use tokio_util::task::TaskTracker;
 
-use crate::domain::{AppId, UserId};
-use crate::metrics::Metrics;
+use crate::domain::{AppId, AuditAction, AuditOutcome, UserId};
+use crate::metrics::{Metrics, VaultOp, VaultOutcome};
 use crate::oidc::{Providers, TokenKind};
 use crate::secret::SecretString;
 use crate::store::{AuditEvent, Store, StoreError};
@@ -174,9 +174,14 @@ impl TokenService {
         // The hot path may use a row read within `read_cache_ttl`; a token that
         // is due for refresh is always read again by the refresh task.
         let cached = inner.vault.load_for_read(app, user_id).await?;
-        inner
-            .metrics
-            .vault_op("read", if cached.is_some() { "ok" } else { "absent" });
+        inner.metrics.vault_op(
+            VaultOp::Read,
+            if cached.is_some() {
+                VaultOutcome::Ok
+            } else {
+                VaultOutcome::Absent
+            },
+        );
         let entry = cached.ok_or_else(|| not_found(app, user_id))?;
         if entry.needs_reauth {
             return Err(reauth());
@@ -239,20 +244,29 @@ impl TokenService {
         let entry = inner.vault.load(app, user_id).await?;
         let mut revoked_at_idp = false;
         if let Some(entry) = &entry {
-            revoked_at_idp = inner.revoke(&entry.provider, &entry.tokens).await;
+            revoked_at_idp = inner.revoke(entry.provider.as_str(), &entry.tokens).await;
         }
         let deleted = inner.vault.delete(app, user_id).await?;
-        inner
-            .metrics
-            .vault_op("delete", if deleted { "ok" } else { "absent" });
+        inner.metrics.vault_op(
+            VaultOp::Delete,
+            if deleted {
+                VaultOutcome::Ok
+            } else {
+                VaultOutcome::Absent
+            },
+        );
         inner
             .store
             .audit(AuditEvent {
                 actor,
-                app: Some(app.as_str()),
-                user_id: Some(user_id.as_str()),
-                action: "signout",
-                outcome: if deleted { "ok" } else { "absent" },
+                app: Some(app),
+                user_id: Some(user_id),
+                action: AuditAction::SignOut,
+                outcome: if deleted {
+                    AuditOutcome::Ok
+                } else {
+                    AuditOutcome::Absent
+                },
                 detail: Some(if revoked_at_idp {
                     "revoked at idp"
                 } else {

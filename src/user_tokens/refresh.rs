@@ -12,8 +12,8 @@ use super::{
     Inner, KEEP_UNSAVED_FOR, LookupError, Outcome, fresh_enough, not_found, reauth, still_valid,
     view,
 };
-use crate::domain::{AppId, UserId};
-use crate::metrics::RefreshOutcome;
+use crate::domain::{AppId, AuditAction, AuditOutcome, UserId};
+use crate::metrics::{RefreshOutcome, VaultOp, VaultOutcome};
 use crate::oidc::{IdTokenCheck, IdTokenT, IdpTokens, OidcError, Provider};
 use crate::secret::SecretString;
 use crate::store::{AuditEvent, LeaseTake};
@@ -140,24 +140,24 @@ impl Task {
     async fn load(&self) -> Result<VaultEntry, LookupError> {
         let entry = self.inner.vault.load(&self.app, &self.user).await;
         self.inner.metrics.vault_op(
-            "read",
+            VaultOp::Read,
             match &entry {
-                Ok(Some(_)) => "ok",
-                Ok(None) => "absent",
-                Err(_) => "error",
+                Ok(Some(_)) => VaultOutcome::Ok,
+                Ok(None) => VaultOutcome::Absent,
+                Err(_) => VaultOutcome::Error,
             },
         );
         entry?.ok_or_else(|| not_found(&self.app, &self.user))
     }
 
-    async fn audit(&self, outcome: &str, detail: Option<&str>) {
+    async fn audit(&self, outcome: AuditOutcome, detail: Option<&str>) {
         self.inner
             .store
             .audit(AuditEvent {
                 actor: &self.actor,
-                app: Some(self.app.as_str()),
-                user_id: Some(self.user.as_str()),
-                action: "token.refresh",
+                app: Some(&self.app),
+                user_id: Some(&self.user),
+                action: AuditAction::TokenRefresh,
                 outcome,
                 detail,
             })
@@ -180,11 +180,12 @@ impl Task {
             lease_id.clone(),
             inner.settings.lease,
         );
-        let Some(provider) = inner.providers.get(&entry.provider) else {
+        let Some(provider) = inner.providers.get(entry.provider.as_str()) else {
             drop(keeper);
             self.release(&lease_id).await;
             inner.metrics.refresh(RefreshOutcome::IdpUnavailable);
-            self.audit("failed", Some("provider not loaded")).await;
+            self.audit(AuditOutcome::Failed, Some("provider not loaded"))
+                .await;
             return Step::Done(self.transient(&entry, "the identity provider is not loaded yet"));
         };
         let started = Instant::now();
@@ -200,7 +201,8 @@ impl Task {
                 drop(keeper);
                 self.mark_needs_reauth(&lease_id).await;
                 inner.metrics.refresh(RefreshOutcome::InvalidGrant);
-                self.audit("failed", Some("invalid_grant")).await;
+                self.audit(AuditOutcome::Failed, Some("invalid_grant"))
+                    .await;
                 return Step::Done(Err(reauth()));
             }
             Err(e) => {
@@ -212,7 +214,7 @@ impl Task {
                     OidcError::Idp { code, .. } if code.len() <= 64 => code.as_str(),
                     _ => "unavailable",
                 };
-                self.audit("failed", Some(detail)).await;
+                self.audit(AuditOutcome::Failed, Some(detail)).await;
                 return Step::Done(self.transient(&entry, "the identity provider is unavailable"));
             }
         };
@@ -227,8 +229,11 @@ impl Task {
             drop(keeper);
             self.mark_needs_reauth(&lease_id).await;
             inner.metrics.refresh(RefreshOutcome::IdentityChanged);
-            self.audit("failed", Some("refreshed ID token names another user"))
-                .await;
+            self.audit(
+                AuditOutcome::Failed,
+                Some("refreshed ID token names another user"),
+            )
+            .await;
             return Step::Done(Err(LookupError::ReauthRequired(
                 "the identity provider's refreshed ID token does not match this user; the user must sign in again"
                     .into(),
@@ -288,18 +293,22 @@ impl Task {
             Stored::GaveUp => {
                 self.release(&lease_id).await;
                 inner.metrics.refresh(RefreshOutcome::Lost);
-                self.audit("failed", Some("refreshed tokens could not be stored"))
-                    .await;
+                self.audit(
+                    AuditOutcome::Failed,
+                    Some("refreshed tokens could not be stored"),
+                )
+                .await;
                 return Step::Done(Err(LookupError::Unavailable(
                     "the database is unavailable; retry".into(),
                 )));
             }
         };
-        inner.metrics.vault_op("write", "ok");
+        inner.metrics.vault_op(VaultOp::Write, VaultOutcome::Ok);
         let outcome = match &identity {
             Identity::Unverifiable(_) => {
                 inner.metrics.refresh(RefreshOutcome::IdTokenUnverified);
-                self.audit("ok", Some("ID token to be verified")).await;
+                self.audit(AuditOutcome::Ok, Some("ID token to be verified"))
+                    .await;
                 Err(LookupError::Unavailable(
                     "the identity provider's answer is stored but its ID token cannot be verified yet; retry shortly"
                         .into(),
@@ -308,7 +317,7 @@ impl Task {
             Identity::Invalid(why) => {
                 tracing::warn!(user = %self.user, reason = %why, "refreshed ID token rejected; the user must sign in again");
                 inner.metrics.refresh(RefreshOutcome::IdTokenInvalid);
-                self.audit("failed", Some("refreshed ID token rejected"))
+                self.audit(AuditOutcome::Failed, Some("refreshed ID token rejected"))
                     .await;
                 Err(LookupError::ReauthRequired(
                     "the identity provider's refreshed ID token is invalid; the user must sign in again"
@@ -321,7 +330,7 @@ impl Task {
                 } else {
                     RefreshOutcome::Ok
                 });
-                self.audit("ok", None).await;
+                self.audit(AuditOutcome::Ok, None).await;
                 Ok(super::FreshToken {
                     access_token,
                     token_type,
@@ -402,9 +411,9 @@ impl Task {
             None => {
                 // Signed out meanwhile: what we got must not outlive the sign-out.
                 tracing::info!(user = %self.user, "the user signed out during a refresh; revoking the refreshed tokens");
-                inner.revoke(&entry.provider, got).await;
+                inner.revoke(entry.provider.as_str(), got).await;
                 inner.metrics.refresh(RefreshOutcome::SignedOut);
-                self.audit("failed", Some("signed out during the refresh"))
+                self.audit(AuditOutcome::Failed, Some("signed out during the refresh"))
                     .await;
                 Step::Done(Err(not_found(&self.app, &self.user)))
             }
@@ -417,8 +426,11 @@ impl Task {
                 // already used.
                 tracing::error!(user = %self.user, "another replica took over this refresh's lapsed lease before its answer was stored; the rotation is lost");
                 inner.metrics.refresh(RefreshOutcome::Lost);
-                self.audit("failed", Some("lease taken over; rotation lost"))
-                    .await;
+                self.audit(
+                    AuditOutcome::Failed,
+                    Some("lease taken over; rotation lost"),
+                )
+                .await;
                 Step::Done(Err(LookupError::Unavailable(
                     "the refresh raced with another replica; retry".into(),
                 )))
@@ -428,7 +440,7 @@ impl Task {
                 // and nothing of the older grant is used again.
                 tracing::info!(user = %self.user, "a newer sign-in replaced the tokens during a refresh; its tokens win");
                 inner.metrics.refresh(RefreshOutcome::Superseded);
-                self.audit("ok", Some("superseded by a newer sign-in"))
+                self.audit(AuditOutcome::Ok, Some("superseded by a newer sign-in"))
                     .await;
                 Step::Again
             }
@@ -486,7 +498,7 @@ impl Task {
                     .into(),
             )
         };
-        let Some(provider) = self.inner.providers.get(&entry.provider) else {
+        let Some(provider) = self.inner.providers.get(entry.provider.as_str()) else {
             return Err(unavailable());
         };
         let identity = match pending.token.expose_secret().parse::<IdTokenT>() {
@@ -517,7 +529,7 @@ impl Task {
         if needs_reauth {
             tracing::warn!(user = %self.user, "the refreshed ID token, verified later, does not match this user; the user must sign in again");
             self.audit(
-                "failed",
+                AuditOutcome::Failed,
                 Some("refreshed ID token rejected on a later check"),
             )
             .await;

@@ -71,9 +71,9 @@ pub struct TokenSet {
 /// A decrypted vault entry.
 #[derive(Debug, Clone)]
 pub struct VaultEntry {
-    pub app: String,
-    pub user_id: String,
-    pub provider: String,
+    pub app: AppId,
+    pub user_id: UserId,
+    pub provider: ProviderId,
     pub tokens: TokenSet,
     pub needs_reauth: bool,
     pub row_version: i64,
@@ -416,6 +416,14 @@ impl Vault {
             id: row.refresh_lease_id.clone().unwrap_or_default(),
             until,
         });
+        let corrupt = |column: &'static str| VaultError::Corrupt {
+            app: row.app.clone(),
+            user_id: row.user_id.clone(),
+            column,
+        };
+        let app = AppId::parse(row.app.clone()).map_err(|_| corrupt("app"))?;
+        let user_id = UserId::parse(row.user_id.clone()).map_err(|_| corrupt("user_id"))?;
+        let provider = ProviderId::parse(row.provider.clone()).map_err(|_| corrupt("provider"))?;
         Ok(VaultEntry {
             tokens: TokenSet {
                 access_token: access,
@@ -424,9 +432,9 @@ impl Vault {
                 scope: row.scope,
                 expires_at: row.access_expires_at,
             },
-            app: row.app,
-            user_id: row.user_id,
-            provider: row.provider,
+            app,
+            user_id,
+            provider,
             needs_reauth: row.needs_reauth,
             row_version: row.row_version,
             created_at: row.created_at,

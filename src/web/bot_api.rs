@@ -23,7 +23,7 @@ use crate::audit::QueuedEvent;
 use crate::bots::{Bot, Refused};
 use crate::chat_token::ChatClaims;
 use crate::config::AppConfig;
-use crate::domain::UserId;
+use crate::domain::{AuditAction, AuditOutcome, UserId};
 use crate::state::AppState;
 use crate::user_tokens::{LookupError, RETRY_AFTER_SECS};
 use crate::web::ApiError;
@@ -147,16 +147,16 @@ async fn audit(
     state: &AppState,
     bot: &Bot,
     user: &UserId,
-    action: &'static str,
-    outcome: &'static str,
+    action: AuditAction,
+    outcome: AuditOutcome,
 ) {
     state
         .audit
         .record(QueuedEvent {
             at: crate::time::now(),
             actor: bot.actor(),
-            app: Some(bot.app.to_string()),
-            user_id: Some(user.to_string()),
+            app: Some(bot.app.clone()),
+            user_id: Some(user.clone()),
             action,
             outcome,
             detail: None,
@@ -194,14 +194,14 @@ async fn get_token(
         .fresh_access_token(&app.id, &user, &bot.0.actor())
         .await;
     let outcome = match &result {
-        Ok(t) if t.refreshed => "ok_refreshed",
-        Ok(_) => "ok",
-        Err(LookupError::NotFound(_)) => "not_found",
-        Err(LookupError::ReauthRequired(_)) => "reauth_required",
-        Err(LookupError::Unavailable(_)) => "unavailable",
-        Err(LookupError::Failed(_)) => "error",
+        Ok(t) if t.refreshed => AuditOutcome::OkRefreshed,
+        Ok(_) => AuditOutcome::Ok,
+        Err(LookupError::NotFound(_)) => AuditOutcome::NotFound,
+        Err(LookupError::ReauthRequired(_)) => AuditOutcome::ReauthRequired,
+        Err(LookupError::Unavailable(_)) => AuditOutcome::Unavailable,
+        Err(LookupError::Failed(_)) => AuditOutcome::Error,
     };
-    audit(&state, &bot.0, &user, "token.read", outcome).await;
+    audit(&state, &bot.0, &user, AuditAction::TokenRead, outcome).await;
     let token = result.map_err(|e| match e {
         LookupError::NotFound(d) => ApiError::NotFound(d),
         LookupError::ReauthRequired(d) => ApiError::unauthorized("reauth_required", d),
@@ -283,8 +283,12 @@ async fn user_status(
         &state,
         &bot.0,
         &user,
-        "status.read",
-        if row.is_some() { "ok" } else { "not_found" },
+        AuditAction::StatusRead,
+        if row.is_some() {
+            AuditOutcome::Ok
+        } else {
+            AuditOutcome::NotFound
+        },
     )
     .await;
     Ok(Json(match row {

@@ -19,8 +19,9 @@ use serde::{Deserialize, Serialize};
 use crate::audit::QueuedEvent;
 use crate::chat_token::{ChatSubject, ChatUser, Via};
 use crate::config::AppConfig;
-use crate::domain::UserId;
+use crate::domain::{AuditAction, AuditOutcome, UserId};
 use crate::host_session::{self, HostTokenError, Limits};
+use crate::metrics::FlowEvent;
 use crate::oidc::{IdTokenCheck, IdTokenT, OidcError};
 use crate::secret::sha256_hex;
 use crate::state::AppState;
@@ -71,15 +72,15 @@ fn token_error(e: &HostTokenError) -> ApiError {
 }
 
 /// A successful way in, written directly.
-async fn audit_ok(state: &AppState, app: &AppConfig, user: &UserId, action: &str) {
+async fn audit_ok(state: &AppState, app: &AppConfig, user: &UserId, action: AuditAction) {
     state
         .store
         .audit(AuditEvent {
             actor: "user",
-            app: Some(app.id.as_str()),
-            user_id: Some(user.as_str()),
+            app: Some(&app.id),
+            user_id: Some(user),
             action,
-            outcome: "ok",
+            outcome: AuditOutcome::Ok,
             detail: None,
         })
         .await;
@@ -89,7 +90,7 @@ async fn audit_ok(state: &AppState, app: &AppConfig, user: &UserId, action: &str
 async fn audit_failed(
     state: &AppState,
     app: &AppConfig,
-    action: &'static str,
+    action: AuditAction,
     detail: &'static str,
 ) {
     state
@@ -97,10 +98,10 @@ async fn audit_failed(
         .record(QueuedEvent {
             at: crate::time::now(),
             actor: "user".into(),
-            app: Some(app.id.to_string()),
+            app: Some(app.id.clone()),
             user_id: None,
             action,
-            outcome: "failed",
+            outcome: AuditOutcome::Failed,
             detail: Some(detail),
         })
         .await;
@@ -152,7 +153,7 @@ async fn host_session(
     match host_session::verify(&state.store, app, &req.token, limits, crate::time::now()).await? {
         Ok(user) => {
             state.metrics.host_token("ok");
-            audit_ok(&state, app, &user.user_id, "host_session").await;
+            audit_ok(&state, app, &user.user_id, AuditAction::HostSession).await;
             mint(
                 &state,
                 app,
@@ -168,7 +169,7 @@ async fn host_session(
         }
         Err(e) => {
             state.metrics.host_token(e.code());
-            audit_failed(&state, app, "host_session", e.code()).await;
+            audit_failed(&state, app, AuditAction::HostSession, e.code()).await;
             Err(token_error(&e))
         }
     }
@@ -222,8 +223,8 @@ async fn token_exchange(
     {
         Ok(identity) => identity,
         Err(e) => {
-            state.metrics.flow("failed", "token_exchange");
-            audit_failed(&state, app, "token_exchange", "invalid_token").await;
+            state.metrics.flow(FlowEvent::Failed, "token_exchange");
+            audit_failed(&state, app, AuditAction::TokenExchange, "invalid_token").await;
             return Err(match e {
                 OidcError::ExpiredIdToken(m) => ApiError::unauthorized("token_expired", m),
                 OidcError::Unavailable(m) => {
@@ -249,15 +250,15 @@ async fn token_exchange(
         .remember_jti(ID_TOKEN_REPLAY_SCOPE, &fingerprint, keep_until)
         .await?
     {
-        state.metrics.flow("failed", "token_exchange");
-        audit_failed(&state, app, "token_exchange", "token_replayed").await;
+        state.metrics.flow(FlowEvent::Failed, "token_exchange");
+        audit_failed(&state, app, AuditAction::TokenExchange, "token_replayed").await;
         return Err(ApiError::unauthorized(
             "token_replayed",
             "this ID token was already exchanged",
         ));
     }
-    state.metrics.flow("completed", "token_exchange");
-    audit_ok(&state, app, &user_id, "token_exchange").await;
+    state.metrics.flow(FlowEvent::Completed, "token_exchange");
+    audit_ok(&state, app, &user_id, AuditAction::TokenExchange).await;
     let name = identity.name.or(identity.preferred_username);
     mint(
         &state,

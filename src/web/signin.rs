@@ -13,6 +13,7 @@ use tower_sessions::cookie::{Cookie, SameSite};
 
 use crate::config::AppConfig;
 use crate::domain::{AppId, Origin};
+use crate::metrics::FlowEvent;
 use crate::secret::random_token;
 use crate::signin::{
     CallbackFailure, CallbackParams, FlowError, FlowTarget, Minted, Mode, Renewal, SessionSignIn,
@@ -195,7 +196,7 @@ async fn authorize(
         return bad_request("mode must be silent or popup.", &app.origins);
     };
     let fail = |e: FlowError| {
-        state.metrics.flow("failed", &e.code);
+        state.metrics.flow(FlowEvent::Failed, &e.code);
         error_page(mode, &app.id, &origin, &app.origins, &e)
     };
     let prompt = q.prompt.as_deref().filter(|p| !p.is_empty());

@@ -7,7 +7,7 @@ use chatgate::secret::ExposeSecret as _;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use chatgate::domain::{AppId, KeyId, ProviderId, UserId};
+use chatgate::domain::{AppId, AuditAction, AuditOutcome, KeyId, ProviderId, UserId};
 use chatgate::secret::SecretString;
 use chatgate::store::{AuditEvent, AuditFilter, NewFlow, Store};
 use chatgate::vault::{TokenSet, Vault, VaultError, VaultKeyRing};
@@ -398,8 +398,8 @@ async fn expired_rows_are_swept_in_bounded_batches(db: &TestDb) {
                     actor: "user",
                     app: None,
                     user_id: None,
-                    action: "signin",
-                    outcome: "failed",
+                    action: AuditAction::SignIn,
+                    outcome: AuditOutcome::Failed,
                     detail: None,
                 },
                 10,
@@ -420,8 +420,8 @@ async fn expired_rows_are_swept_in_bounded_batches(db: &TestDb) {
                 actor: "user",
                 app: None,
                 user_id: None,
-                action: "signin",
-                outcome: "ok",
+                action: AuditAction::SignIn,
+                outcome: AuditOutcome::Ok,
                 detail: None,
             },
             90,
@@ -541,22 +541,24 @@ async fn bots_are_stored_by_hash_and_revocable(db: &TestDb) {
 
 async fn audit_events_are_listed_newest_first_and_filtered(db: &TestDb) {
     let store = db.store().await;
+    let support = AppId::parse("support").unwrap();
     for (i, (actor, user, action)) in [
-        ("bot:b1", "entra:alice", "token.read"),
-        ("bot:b1", "entra:bob", "token.read"),
-        ("user", "entra:alice", "signin"),
+        ("bot:b1", "entra:alice", AuditAction::TokenRead),
+        ("bot:b1", "entra:bob", AuditAction::TokenRead),
+        ("user", "entra:alice", AuditAction::SignIn),
     ]
     .into_iter()
     .enumerate()
     {
+        let user = UserId::parse(user).unwrap();
         store
             .record_audit(
                 AuditEvent {
                     actor,
-                    app: Some("support"),
-                    user_id: Some(user),
+                    app: Some(&support),
+                    user_id: Some(&user),
                     action,
-                    outcome: "ok",
+                    outcome: AuditOutcome::Ok,
                     detail: None,
                 },
                 i as i64,
@@ -588,7 +590,10 @@ async fn audit_events_are_listed_newest_first_and_filtered(db: &TestDb) {
 
 async fn audit_batches_are_written_whole(db: &TestDb) {
     let store = db.store().await;
-    let users: Vec<String> = (0..1200).map(|i| format!("entra:u{i}")).collect();
+    let users: Vec<UserId> = (0..1200)
+        .map(|i| UserId::parse(format!("entra:u{i}")).unwrap())
+        .collect();
+    let support = AppId::parse("support").unwrap();
     let events: Vec<_> = users
         .iter()
         .enumerate()
@@ -596,10 +601,10 @@ async fn audit_batches_are_written_whole(db: &TestDb) {
             (
                 AuditEvent {
                     actor: "bot:b",
-                    app: Some("support"),
+                    app: Some(&support),
                     user_id: Some(u),
-                    action: "token.read",
-                    outcome: "ok",
+                    action: AuditAction::TokenRead,
+                    outcome: AuditOutcome::Ok,
                     detail: None,
                 },
                 i as i64,
