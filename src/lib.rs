@@ -25,6 +25,7 @@ pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod time;
+pub(crate) mod token_exchange;
 pub(crate) mod user_tokens;
 pub mod vault;
 pub(crate) mod web;

@@ -22,10 +22,9 @@ use crate::config::AppConfig;
 use crate::domain::{AuditAction, AuditOutcome, UserId};
 use crate::host_session::{self, HostTokenError, Limits};
 use crate::metrics::FlowEvent;
-use crate::oidc::{IdTokenCheck, IdTokenT, OidcError};
-use crate::secret::sha256_hex;
 use crate::state::AppState;
 use crate::store::AuditEvent;
+use crate::token_exchange::{self, ExchangeError};
 use crate::web::{ApiError, cors, rate_limit};
 
 pub fn router(state: &AppState) -> Router<AppState> {
@@ -175,9 +174,7 @@ async fn host_session(
     }
 }
 
-/// `POST /v1/token-exchange`: an ID token from one of the app's provider's
-/// accepted clients for a chat token — for apps with `token_exchange = true`,
-/// each ID token once. Nothing is stored in the vault.
+/// `POST /v1/token-exchange`: see [`crate::token_exchange`].
 async fn token_exchange(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -185,95 +182,53 @@ async fn token_exchange(
 ) -> Result<Response, ApiError> {
     let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let (app, _) = cors::app_and_origin(&state, &headers, &req.app)?;
-    if !app.token_exchange {
-        return Err(ApiError::Forbidden {
-            code: "access_denied",
-            description: "token exchange is not enabled for this app (token_exchange)".into(),
-        });
-    }
-    let provider_id = app
-        .provider
-        .as_ref()
-        .ok_or_else(|| ApiError::bad_request("this app has no identity provider"))?;
-    let provider =
-        state
-            .providers
-            .get(provider_id.as_str())
-            .ok_or_else(|| ApiError::Unavailable {
-                description: "the identity provider is still being contacted".into(),
-                retry_after_secs: 5,
-            })?;
-    let invalid = |why: String| ApiError::unauthorized("invalid_token", why);
-    if req.id_token.len() > 16 * 1024 {
-        return Err(invalid("the ID token is too large".into()));
-    }
-    let id_token: IdTokenT = req
-        .id_token
-        .parse()
-        .map_err(|_| invalid("the ID token is not a JWT".into()))?;
-    let check = IdTokenCheck {
-        nonce: None,
-        audiences: Some(&provider.config().accepted_audiences),
-        max_age: state.config.max_id_token_age,
-    };
     let now = crate::time::now();
-    let identity = match provider
-        .verify_id_token(&id_token, &check, now, state.config.clock_skew)
-        .await
-    {
-        Ok(identity) => identity,
+    let exchanged = token_exchange::exchange(
+        &state.store,
+        &state.providers,
+        app,
+        &req.id_token,
+        state.config.max_id_token_age,
+        state.config.clock_skew,
+        now,
+    )
+    .await;
+    let user = match exchanged {
+        Ok(user) => user,
         Err(e) => {
-            state.metrics.flow(FlowEvent::Failed, "token_exchange");
-            audit_failed(&state, app, AuditAction::TokenExchange, "invalid_token").await;
+            if !matches!(e, ExchangeError::NotEnabled | ExchangeError::NoProvider) {
+                state.metrics.flow(FlowEvent::Failed, "token_exchange");
+                audit_failed(&state, app, AuditAction::TokenExchange, e.audit_detail()).await;
+            }
             return Err(match e {
-                OidcError::ExpiredIdToken(m) => ApiError::unauthorized("token_expired", m),
-                OidcError::Unavailable(m) => {
-                    // The IdP's own words stay in the log.
-                    tracing::warn!(provider = %provider_id, error = %m, "token exchange: the IdP is unavailable");
-                    ApiError::Unavailable {
-                        description: "the identity provider is unavailable; retry".into(),
-                        retry_after_secs: 5,
-                    }
-                }
-                other => invalid(other.to_string()),
+                ExchangeError::NotEnabled => ApiError::Forbidden {
+                    code: "access_denied",
+                    description: e.to_string(),
+                },
+                ExchangeError::NoProvider => ApiError::bad_request(e.to_string()),
+                ExchangeError::Unavailable(why) => ApiError::Unavailable {
+                    description: why.into(),
+                    retry_after_secs: 5,
+                },
+                ExchangeError::Invalid(why) => ApiError::unauthorized("invalid_token", why),
+                ExchangeError::Expired(why) => ApiError::unauthorized("token_expired", why),
+                ExchangeError::Replayed => ApiError::unauthorized("token_replayed", e.to_string()),
+                ExchangeError::Store(e) => e.into(),
             });
         }
     };
-    let user_id = UserId::new(provider_id, &identity.subject)
-        .map_err(|e| invalid(format!("subject: {e}")))?;
-    // Each ID token once, across replicas: its hash stays in the replay
-    // cache until it expires.
-    let keep_until = identity.expires_at + state.config.clock_skew.as_secs() as i64;
-    let fingerprint = format!("id_token:{}", sha256_hex(req.id_token.as_bytes()));
-    if !state
-        .store
-        .remember_jti(ID_TOKEN_REPLAY_SCOPE, &fingerprint, keep_until)
-        .await?
-    {
-        state.metrics.flow(FlowEvent::Failed, "token_exchange");
-        audit_failed(&state, app, AuditAction::TokenExchange, "token_replayed").await;
-        return Err(ApiError::unauthorized(
-            "token_replayed",
-            "this ID token was already exchanged",
-        ));
-    }
     state.metrics.flow(FlowEvent::Completed, "token_exchange");
-    audit_ok(&state, app, &user_id, AuditAction::TokenExchange).await;
-    let name = identity.name.or(identity.preferred_username);
+    audit_ok(&state, app, &user.user_id, AuditAction::TokenExchange).await;
     mint(
         &state,
         app,
         &ChatUser {
-            user_id: &user_id,
+            user_id: &user.user_id,
             via: Via::IdToken,
-            auth_time: identity.auth_time.unwrap_or(now),
-            name: name.as_deref(),
-            email: identity.email.as_deref(),
-            email_verified: identity.email_verified,
+            auth_time: user.auth_time.unwrap_or(now),
+            name: user.name.as_deref(),
+            email: user.email.as_deref(),
+            email_verified: user.email_verified,
         },
     )
 }
-
-/// The replay-cache scope of exchanged ID tokens: one for all apps, so an ID
-/// token is exchanged once, whatever the app.
-const ID_TOKEN_REPLAY_SCOPE: &str = "*";
