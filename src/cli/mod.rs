@@ -266,3 +266,35 @@ pub(crate) fn fail(message: impl std::fmt::Display) -> ExitCode {
 mod commands;
 
 use commands::*;
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    /// Every verb (and sub-verb) of the CLI is in the reference.
+    #[test]
+    fn the_reference_documents_every_verb() {
+        const REFERENCE: &str = include_str!("../../docs/reference.md");
+        fn walk(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
+            for sub in cmd.get_subcommands() {
+                let full = format!("{path} {}", sub.get_name()).trim().to_string();
+                out.push(full.clone());
+                walk(sub, &full, out);
+            }
+        }
+        let mut verbs = Vec::new();
+        walk(&super::Cli::command(), "", &mut verbs);
+        assert!(verbs.len() > 10, "{verbs:?}");
+        for verb in verbs
+            .iter()
+            .filter(|v| *v != "help" && !v.ends_with(" help"))
+        {
+            let last = verb.rsplit(' ').next().unwrap();
+            assert!(
+                REFERENCE.contains(&format!("chatgate {verb}"))
+                    || REFERENCE.contains(&format!("{last} ")),
+                "docs/reference.md does not document `chatgate {verb}`"
+            );
+        }
+    }
+}

@@ -12,6 +12,7 @@ mod bot_api;
 mod cli;
 #[cfg(feature = "demo")]
 mod dev_idp;
+mod docs;
 mod hardening;
 mod host_session;
 mod ops;

@@ -366,3 +366,26 @@ fn the_example_config_loads_and_documents_every_key() {
         );
     }
 }
+
+#[test]
+fn the_reference_documents_every_key() {
+    const REFERENCE: &str = include_str!("../../../docs/reference.md");
+    use super::super::raw::*;
+    for (section, keys) in [
+        ("", TOP_KEYS),
+        ("[tls] ", TLS_KEYS),
+        ("[signing] ", SIGNING_KEYS),
+        ("[rate_limit] ", RATE_LIMIT_KEYS),
+        ("[vault] keys ", VAULT_KEY_KEYS),
+        ("[[providers]] ", PROVIDER_KEYS),
+        ("[[apps]] ", APP_KEYS),
+        ("host_keys ", HOST_KEY_KEYS),
+    ] {
+        for (key, _) in keys {
+            assert!(
+                REFERENCE.contains(&format!("`{key}`")),
+                "docs/reference.md does not document {section}{key}"
+            );
+        }
+    }
+}
