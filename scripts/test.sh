@@ -26,7 +26,8 @@ cargo test --all-targets --locked --features demo
 
 step "a production build has no demo"
 cargo build --locked --bin chatgate
-if ./target/debug/chatgate demo 2>&1 | grep -q -- "--features demo"; then
+demo_output="$(./target/debug/chatgate demo 2>&1 || true)"
+if grep -q -- "--features demo" <<<"$demo_output"; then
   echo "ok: chatgate built without --features demo refuses 'demo' and says how to get it"
 else
   echo "FAILED: a build without the demo feature still runs 'chatgate demo'"
