@@ -206,6 +206,9 @@ pub struct Metrics {
     connections_refused: Counter,
     connections_timed_out: Family<ReasonLabels, Counter>,
     rate_limited: Family<ReasonLabels, Counter>,
+    events: Family<OutcomeLabels, Counter>,
+    events_pending: Gauge,
+    backchannel_logouts: Family<OutcomeLabels, Counter>,
     vault_ops: Family<OpLabels, Counter>,
     host_tokens: Family<OpLabels, Counter>,
 }
@@ -304,6 +307,24 @@ impl Metrics {
             "Requests answered 429, by what was limited (request, bot_auth)",
             rate_limited.clone(),
         );
+        let events = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "events",
+            "Event deliveries to bots, by outcome (delivered, failed = will retry, dead)",
+            events.clone(),
+        );
+        let events_pending = Gauge::default();
+        registry.register(
+            "events_pending",
+            "Events neither delivered nor given up on",
+            events_pending.clone(),
+        );
+        let backchannel_logouts = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "backchannel_logouts",
+            "Logout tokens received, by outcome (ok, invalid, replayed, unavailable)",
+            backchannel_logouts.clone(),
+        );
         let vault_ops = Family::<OpLabels, Counter>::default();
         registry.register(
             "vault_operations",
@@ -329,6 +350,9 @@ impl Metrics {
             connections_refused,
             connections_timed_out,
             rate_limited,
+            events,
+            events_pending,
+            backchannel_logouts,
             vault_ops,
             host_tokens,
         }
@@ -412,6 +436,22 @@ impl Metrics {
         self.rate_limited
             .get_or_create(&ReasonLabels { reason: what })
             .inc();
+    }
+
+    /// `outcome`: `delivered`, `failed` (will retry) or `dead`.
+    pub fn event(&self, outcome: &'static str) {
+        self.events.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// `outcome`: `ok`, `invalid`, `replayed` or `unavailable`.
+    pub fn backchannel_logout(&self, outcome: &'static str) {
+        self.backchannel_logouts
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    pub fn events_pending(&self, n: i64) {
+        self.events_pending.set(n);
     }
 
     /// `phase`: `idp` or `store`.

@@ -149,7 +149,7 @@ impl App {
 }
 
 /// Periodic work: the signing-key heartbeat (keeps the JWKS of every replica
-/// current) and sweeping expired rows.
+/// current), sweeping expired rows, and delivering events.
 fn spawn_background(state: &AppState) -> Vec<JoinHandle<()>> {
     let heartbeat = {
         let (keys, store) = (state.keys.clone(), state.store.clone());
@@ -201,7 +201,12 @@ fn spawn_background(state: &AppState) -> Vec<JoinHandle<()>> {
         })
     };
     let discovery = tokio::spawn(state.providers.clone().load_until_ready());
-    vec![heartbeat, sweep, forget, discovery]
+    let mut tasks = vec![heartbeat, sweep, forget, discovery];
+    // Every replica delivers its share of the event outbox.
+    if let Some(deliverer) = state.deliverer.clone() {
+        tasks.push(tokio::spawn(deliverer.run()));
+    }
+    tasks
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -9,6 +9,8 @@ use crate::audit::AuditLog;
 use crate::bots::BotDirectory;
 use crate::chat_token::{ChatTokenIssuer, KeyDirectory};
 use crate::config::Config;
+use crate::events::Events;
+use crate::events::deliver::Deliverer;
 use crate::metrics::Metrics;
 use crate::oidc::Providers;
 use crate::oidc::http::IdpHttp;
@@ -36,6 +38,8 @@ pub struct AppState {
     pub(crate) rate_limits: Arc<RateLimits>,
     /// Batched writer of high-volume audit events.
     pub audit: AuditLog,
+    /// Sends the event outbox; `None` when no app takes events.
+    pub(crate) deliverer: Option<Deliverer>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,20 +94,35 @@ impl AppState {
             config.read_cache_ttl,
         ));
         let (audit, _writer) = AuditLog::start(store.clone());
-        let providers = Arc::new(Providers::new(
-            &config.providers,
-            IdpHttp::new(&config.idp_ca_certs)?,
-        ));
+        let http = IdpHttp::new(&config.idp_ca_certs)?;
+        let providers = Arc::new(Providers::new(&config.providers, http.clone()));
         for (id, e) in providers.load_pending().await {
             tracing::warn!(provider = %id, error = %e, "provider discovery failed; retrying in the background");
         }
         let metrics = Arc::new(Metrics::new());
+        let events = Events::new(
+            config
+                .apps
+                .iter()
+                .filter_map(|app| Some((app.id.clone(), app.events.clone()?))),
+        );
+        // Replicas without apps that take events do not poll the outbox.
+        let deliverer = (!events.is_empty()).then(|| {
+            Deliverer::new(
+                store.clone(),
+                events.clone(),
+                http.client().clone(),
+                metrics.clone(),
+            )
+        });
         let tokens = TokenService::new(
             store.clone(),
             vault.clone(),
             providers.clone(),
             metrics.clone(),
             refresh_settings(&config),
+            events.clone(),
+            deliverer.clone(),
         );
         let rate_limits = Arc::new(RateLimits::new(RateLimitConfig {
             per_second: config.rate_limit_per_second,
@@ -133,6 +152,7 @@ impl AppState {
             bots,
             rate_limits,
             audit,
+            deliverer,
         })
     }
 }

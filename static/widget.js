@@ -26,9 +26,15 @@
  *   ChatGate.signInWithPopup({ broker, app, loginHint, domainHint, prompt, timeoutMs = 300000 })
  *       Interactive sign-in in a popup; call it from a click. Rejects with
  *       .code "popup_blocked", "popup_closed", "timeout" or the IdP's error.
- *   ChatGate.signOut({ broker, app, revoke = false })
+ *   ChatGate.signOut({ broker, app, revoke = false, idp = false })
  *       Ends chatgate's session for this page's origin; with revoke, also revokes
  *       the user's tokens at the IdP and deletes them from chatgate's vault.
+ *       With idp (call it from a click: it opens a popup), then also signs out
+ *       at the IdP (its end_session_endpoint); resolves once the IdP sent the
+ *       popup back ({ signed_out, revoked, idp_signed_out: true }). Rejects with
+ *       .code idp_signout_unsupported when the IdP has no sign-out endpoint
+ *       (the local sign-out is done; err.result holds its answer),
+ *       popup_blocked, popup_closed.
  *   ChatGate.signInWithHostToken({ broker, app, token })
  *       The host's backend already knows the user and signed a short-lived JWT
  *       about them (see the README); resolves with the same success message.
@@ -102,7 +108,7 @@
         if (!source || event.source !== source) return;
         var data = event.data;
         if (!data || typeof data !== "object" || data.app !== opts.app) return;
-        if (data.type === "chatgate:success") {
+        if (data.type === "chatgate:success" || data.type === "chatgate:signed_out") {
           finish(resolve, data);
         } else if (data.type === "chatgate:error") {
           finish(reject, chatgateError(data.error || "server_error", data.error_description));
@@ -173,6 +179,35 @@
       .catch(function () {});
   }
 
+  // Opens a centred popup (synchronously: call from a click handler).
+  function openPopup(url, name) {
+    var width = 520;
+    var height = 680;
+    var left = Math.max(0, (global.screenX || 0) + ((global.outerWidth || width) - width) / 2);
+    var top = Math.max(0, (global.screenY || 0) + ((global.outerHeight || height) - height) / 2);
+    var popup = global.open(
+      url,
+      name,
+      "popup=yes,width=" + width + ",height=" + height + ",left=" + left + ",top=" + top
+    );
+    if (popup) {
+      try {
+        popup.focus();
+      } catch (e) {
+        /* ignore */
+      }
+    }
+    return popup;
+  }
+
+  function closePopup(popup) {
+    try {
+      if (popup && !popup.closed) popup.close();
+    } catch (e) {
+      /* ignore */
+    }
+  }
+
   function signInWithPopup(opts) {
     opts = opts || {};
     var url;
@@ -181,22 +216,9 @@
     } catch (e) {
       return Promise.reject(e);
     }
-    var width = 520;
-    var height = 680;
-    var left = Math.max(0, (global.screenX || 0) + ((global.outerWidth || width) - width) / 2);
-    var top = Math.max(0, (global.screenY || 0) + ((global.outerHeight || height) - height) / 2);
-    var popup = global.open(
-      url,
-      "chatgate_signin",
-      "popup=yes,width=" + width + ",height=" + height + ",left=" + left + ",top=" + top
-    );
+    var popup = openPopup(url, "chatgate_signin");
     if (!popup) {
       return Promise.reject(chatgateError("popup_blocked", "the browser blocked the sign-in popup; call signInWithPopup from a click"));
-    }
-    try {
-      popup.focus();
-    } catch (e) {
-      /* ignore */
     }
     return waitForResult(
       opts,
@@ -214,11 +236,7 @@
         return ticket ? redeemTicket(opts, ticket).then(function () { return data; }) : data;
       },
       function (err) {
-        try {
-          if (!popup.closed) popup.close();
-        } catch (e) {
-          /* ignore */
-        }
+        closePopup(popup);
         throw err;
       }
     );
@@ -273,19 +291,64 @@
     } catch (e) {
       return Promise.reject(e);
     }
+    // The IdP sign-out popup opens now, within the click; it is sent on once
+    // chatgate answers.
+    var popup = null;
+    if (opts.idp) {
+      popup = openPopup("about:blank", "chatgate_signout");
+      if (!popup) {
+        return Promise.reject(chatgateError("popup_blocked", "the browser blocked the sign-out popup; call signOut({ idp: true }) from a click"));
+      }
+    }
     return global
       .fetch(url, {
         method: "POST",
         credentials: "include",
         headers: { "content-type": "application/json" },
-        body: JSON.stringify({ app: opts.app, revoke: !!opts.revoke }),
+        body: JSON.stringify({ app: opts.app, revoke: !!opts.revoke, idp: !!opts.idp }),
       })
       .then(function (response) {
         return response.json().then(function (body) {
           if (!response.ok) throw chatgateError(body.error || "server_error", body.error_description);
           return body;
         });
-      });
+      })
+      .then(
+        function (body) {
+          if (!popup) return body;
+          if (!body.idp_signout_url) {
+            closePopup(popup);
+            var err = chatgateError(body.idp_signout_error || "idp_signout_unsupported", body.idp_signout_error_description);
+            err.result = body;
+            throw err;
+          }
+          popup.location.href = body.idp_signout_url;
+          return waitForResult(
+            opts,
+            function () {
+              return popup;
+            },
+            opts.timeoutMs || POPUP_TIMEOUT_MS,
+            function () {
+              return popup.closed ? chatgateError("popup_closed", "the sign-out window was closed") : null;
+            }
+          ).then(
+            function () {
+              delete body.idp_signout_url;
+              body.idp_signed_out = true;
+              return body;
+            },
+            function (err) {
+              closePopup(popup);
+              throw err;
+            }
+          );
+        },
+        function (err) {
+          closePopup(popup);
+          throw err;
+        }
+      );
   }
 
   function keepSignedIn(opts) {

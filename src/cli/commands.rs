@@ -1,10 +1,14 @@
-//! The verbs: check-config, serve, migrate, vault rekey, bots, audit, keys, demo.
+//! The verbs: check-config, serve, migrate, vault rekey, bots, events, users,
+//! audit, keys, demo.
 
 use crate::chat_token::{SigningAlg, SigningKey};
 use crate::config::{self, Config, Loaded};
+use crate::domain::UserId;
+use crate::events::{SignOutReason, WebhookSecret};
 use crate::secret::ExposeSecret as _;
 use crate::server::{App, shutdown_signal};
-use crate::store::Store;
+use crate::state::AppState;
+use crate::store::{EventFilter, Store};
 use crate::vault::{Vault, VaultKeyRing};
 use std::io::Write as _;
 use std::ops::ControlFlow;
@@ -293,6 +297,119 @@ pub(super) async fn audit(
     code
 }
 
+pub(super) async fn events(config: Config, command: EventsCommand) -> ExitCode {
+    let store = match connect(&config).await {
+        Ok(store) => store,
+        Err(code) => return code,
+    };
+    let code = match command {
+        EventsCommand::List { failed, limit } => {
+            let filter = EventFilter {
+                undelivered: failed,
+                limit,
+            };
+            match store.list_events(filter).await {
+                Ok(rows) => {
+                    println!(
+                        "{:<30} {:<22} {:<22} {:<12} {:<36} {:<8} state",
+                        "id", "time", "type", "app", "user", "attempts"
+                    );
+                    for e in rows {
+                        let state = match (e.delivered_at, e.dead_at) {
+                            (Some(t), _) => format!("delivered {}", timestamp(t)),
+                            (None, Some(t)) => format!(
+                                "dead {} ({})",
+                                timestamp(t),
+                                e.last_error.unwrap_or_default()
+                            ),
+                            (None, None) => match e.last_error {
+                                Some(error) => format!(
+                                    "retrying at {} ({error})",
+                                    timestamp(e.next_attempt_at)
+                                ),
+                                None => "pending".to_string(),
+                            },
+                        };
+                        println!(
+                            "{:<30} {:<22} {:<22} {:<12} {:<36} {:<8} {state}",
+                            e.id,
+                            timestamp(e.created_at),
+                            e.kind,
+                            e.app,
+                            e.user_id,
+                            e.attempts
+                        );
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        EventsCommand::Redeliver { id } => {
+            match store.redeliver_event(&id, crate::time::now()).await {
+                Ok(true) => {
+                    println!(
+                        "queued {id} for delivery; a running chatgate sends it within seconds"
+                    );
+                    ExitCode::SUCCESS
+                }
+                Ok(false) => fail(format!("no event {id}")),
+                Err(e) => fail(e),
+            }
+        }
+    };
+    store.close().await;
+    code
+}
+
+pub(super) async fn sign_out_user(config: Config, app: String, user: String) -> ExitCode {
+    let Some(app_id) = config.app(&app).map(|a| a.id.clone()) else {
+        return fail(format!("no app {app:?} in the configuration"));
+    };
+    let user_id = match UserId::parse(user) {
+        Ok(u) => u,
+        Err(e) => return fail(e),
+    };
+    let state = match AppState::build(config).await {
+        Ok(state) => state,
+        Err(e) => return fail(e),
+    };
+    let code = match state
+        .tokens
+        .sign_out(&app_id, &user_id, "admin", SignOutReason::Admin)
+        .await
+    {
+        Ok(done) => {
+            let sessions = state
+                .store
+                .end_user_sessions(app_id.as_str(), user_id.as_str())
+                .await
+                .unwrap_or_else(|e| {
+                    eprintln!("warning: cannot end the user's browser sessions: {e}");
+                    0
+                });
+            println!(
+                "{user_id} in {app_id}: tokens {}, {} at the IdP, {sessions} browser session(s) ended",
+                if done.deleted {
+                    "deleted"
+                } else {
+                    "not stored"
+                },
+                if done.revoked_at_idp {
+                    "revoked"
+                } else {
+                    "not revoked"
+                },
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    };
+    state.audit.flush().await;
+    state.store.close().await;
+    code
+}
+
 /// Unix seconds as `2026-11-21T18:30:00Z`.
 pub(super) fn timestamp(secs: i64) -> String {
     chrono::DateTime::from_timestamp(secs, 0)
@@ -306,6 +423,10 @@ pub(super) fn keys(command: KeysCommand) -> ExitCode {
         GenerateKind::Vault => {
             let key = VaultKeyRing::generate_key();
             println!("{}", key.expose_secret());
+            ExitCode::SUCCESS
+        }
+        GenerateKind::Events => {
+            println!("{}", WebhookSecret::generate().expose_secret());
             ExitCode::SUCCESS
         }
         GenerateKind::Signing { out, alg } => {

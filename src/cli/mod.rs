@@ -63,6 +63,16 @@ pub enum Command {
         #[arg(long, default_value_t = 8402)]
         idp_port: u16,
     },
+    /// Events for bots (the outbox): list, redeliver.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+    /// Users' stored tokens.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
     /// Print audit events, newest first.
     Audit {
         /// Events about this user id.
@@ -130,6 +140,39 @@ pub enum BotsCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Print events, newest first, with their delivery state.
+    List {
+        /// Only events not delivered (pending or given up on).
+        #[arg(long)]
+        failed: bool,
+        /// At most this many events.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Queue an event for delivery again (with the same id, so a receiver that
+    /// has it already can tell), for 24 more hours of retries.
+    Redeliver {
+        /// The event id (`evt_...`).
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Sign a user out of an app: revoke the refresh token at the IdP, delete
+    /// the vault entry, end the user's chatgate browser sessions, and send
+    /// `user.signed_out` (reason `admin`).
+    SignOut {
+        #[arg(long)]
+        app: String,
+        /// The user id (`provider:subject`).
+        #[arg(long)]
+        user: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum KeysCommand {
     /// Generate a key.
     Generate {
@@ -142,6 +185,9 @@ pub enum KeysCommand {
 pub enum GenerateKind {
     /// A vault key (AES-256), printed in base64 on stdout.
     Vault,
+    /// An events secret (`whsec_...`, Standard Webhooks), printed on stdout:
+    /// the app's `events_secret_*` and the bot's verification key.
+    Events,
     /// A chat-token signing key (PKCS#8 PEM).
     Signing {
         /// Write the key to this file (created with mode 0600, never overwritten)
@@ -237,6 +283,10 @@ async fn run(command: Command, config_path: &Path) -> ExitCode {
         } => rekey(config, batch_size).await,
         Command::Bots { command } => bots(config, command).await,
         Command::Audit { user, bot, limit } => audit(config, user, bot, limit).await,
+        Command::Events { command } => events(config, command).await,
+        Command::Users {
+            command: UsersCommand::SignOut { app, user },
+        } => sign_out_user(config, app, user).await,
         Command::CheckConfig | Command::Keys { .. } | Command::Demo { .. } => {
             unreachable!("handled above")
         }

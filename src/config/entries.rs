@@ -212,6 +212,7 @@ pub(super) fn build_apps(
             .map(str::to_string);
         let host_keys = build_host_keys(c, &base, &a.host_keys, src);
         let token_exchange = a.token_exchange.unwrap_or(false);
+        let events = build_events(c, &base, a, src);
         if token_exchange && a.provider.is_none() {
             c.error(
                 &k("token_exchange"),
@@ -229,6 +230,7 @@ pub(super) fn build_apps(
                 scopes,
                 chat_audience,
                 token_exchange,
+                events,
                 host_keys,
             });
         }
@@ -372,4 +374,58 @@ fn host_key_material(
             None
         }
     }
+}
+
+/// `events_url` with its `events_secret_env` / `events_secret_file`.
+fn build_events(
+    c: &mut Check<'_>,
+    base: &str,
+    a: &RawApp,
+    src: Sources<'_>,
+) -> Option<crate::events::EventTarget> {
+    let k = |name: &str| format!("{base}.{name}");
+    let secret = src
+        .secret(
+            (&k("events_secret_env"), a.events_secret_env.as_ref()),
+            (&k("events_secret_file"), a.events_secret_file.as_ref()),
+        )
+        .map_err(|e| c.error(base, e))
+        .ok()
+        .flatten();
+    let Some(url) = &a.events_url else {
+        if secret.is_some() {
+            c.error(
+                &k("events_url"),
+                "is required when an events secret is given",
+            );
+        }
+        return None;
+    };
+    let url = match Url::parse(url) {
+        Ok(u) if u.scheme() == "https" => Some(u),
+        Ok(u) if u.scheme() == "http" && origin_is_loopback(&u) => Some(u),
+        Ok(_) => {
+            c.error(
+                &k("events_url"),
+                "must be an https URL (http only on loopback)",
+            );
+            None
+        }
+        Err(e) => {
+            c.error(&k("events_url"), format!("is not a URL: {e}"));
+            None
+        }
+    };
+    let Some(secret) = secret else {
+        c.error(
+            &k("events_url"),
+            "needs events_secret_env or events_secret_file (a whsec_ secret from \
+             `chatgate keys generate events`)",
+        );
+        return None;
+    };
+    let secret = crate::events::WebhookSecret::parse(&secret)
+        .map_err(|e| c.error(&k("events_secret_env"), format!("the secret {e}")))
+        .ok()?;
+    Some(crate::events::EventTarget { url: url?, secret })
 }

@@ -101,6 +101,9 @@ pub struct RawApp {
     pub scopes: Option<Vec<String>>,
     pub chat_audience: Option<String>,
     pub token_exchange: Option<bool>,
+    pub events_url: Option<String>,
+    pub events_secret_env: Option<String>,
+    pub events_secret_file: Option<String>,
     #[serde(default)]
     pub host_keys: Vec<RawHostKey>,
 }
@@ -177,6 +180,9 @@ pub const APP_KEYS: &[(&str, Kind)] = &[
     ("scopes", StrList),
     ("chat_audience", Str),
     ("token_exchange", Bool),
+    ("events_url", Str),
+    ("events_secret_env", Str),
+    ("events_secret_file", Str),
 ];
 pub const HOST_KEY_KEYS: &[(&str, Kind)] = &[
     ("alg", Str),

@@ -171,6 +171,8 @@ pub struct AppConfig {
     pub chat_audience: String,
     /// `POST /v1/token-exchange` is allowed for this app (opt-in).
     pub token_exchange: bool,
+    /// Where this app's events go (`events_url`, `events_secret_*`).
+    pub events: Option<crate::events::EventTarget>,
     pub host_keys: Vec<HostKeyConfig>,
 }
 

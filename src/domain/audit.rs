@@ -18,6 +18,9 @@ pub enum AuditAction {
     TokenRefresh,
     /// A sign-out (tokens revoked and deleted).
     SignOut,
+    /// The IdP ended the user's session (back-channel logout): tokens
+    /// deleted, browser sessions ended.
+    IdpLogout,
     BotCreate,
     BotRevoke,
 }
@@ -32,6 +35,7 @@ impl AuditAction {
             Self::StatusRead => "status.read",
             Self::TokenRefresh => "token.refresh",
             Self::SignOut => "signout",
+            Self::IdpLogout => "idp_logout",
             Self::BotCreate => "bot.create",
             Self::BotRevoke => "bot.revoke",
         }

@@ -10,8 +10,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 pub use provider::{
-    AuthorizationRequest, IdTokenCheck, Identity, IdpTokens, IssParameter, JWKS_REFETCH_INTERVAL,
-    OidcError, Provider, TokenKind,
+    AuthorizationRequest, BACKCHANNEL_LOGOUT_EVENT, IdTokenCheck, Identity, IdpTokens,
+    IssParameter, JWKS_REFETCH_INTERVAL, LOGOUT_TOKEN_MAX_AGE, LogoutToken, LogoutTokenError,
+    OidcError, Provider, TokenKind, unverified_issuer,
 };
 pub use types::{ExtraClaims, IdTokenT, ProviderMetadata};
 
@@ -71,6 +72,21 @@ impl Providers {
             .and_then(|s| s.loaded.read().expect("provider lock poisoned").clone())
     }
 
+    /// Whether discovery has completed for every provider.
+    pub fn all_loaded(&self) -> bool {
+        self.slots
+            .values()
+            .all(|s| s.loaded.read().expect("provider lock poisoned").is_some())
+    }
+
+    /// The loaded provider whose issuer is `issuer` (exactly).
+    pub fn by_issuer(&self, issuer: &str) -> Option<Arc<Provider>> {
+        self.slots
+            .keys()
+            .filter_map(|id| self.get(id))
+            .find(|p| p.issuer() == issuer)
+    }
+
     pub fn status(&self) -> BTreeMap<String, ProviderStatus> {
         self.slots
             .iter()
@@ -101,7 +117,13 @@ impl Providers {
             }
             match Provider::discover(slot.config.clone(), self.http.clone()).await {
                 Ok(p) => {
-                    tracing::info!(provider = %id, issuer = %slot.config.issuer, "provider discovered");
+                    tracing::info!(
+                        provider = %id,
+                        issuer = %slot.config.issuer,
+                        backchannel_logout = p.backchannel_logout_supported(),
+                        end_session = p.end_session_supported(),
+                        "provider discovered"
+                    );
                     *slot.loaded.write().expect("provider lock poisoned") = Some(Arc::new(p));
                     *slot.last_error.write().expect("provider lock poisoned") = None;
                 }

@@ -25,6 +25,14 @@ pub struct ExtraMetadata {
     /// RFC 7009 token revocation.
     #[serde(default)]
     pub revocation_endpoint: Option<String>,
+    /// RP-Initiated Logout: where a browser is sent to end the IdP session.
+    #[serde(default)]
+    pub end_session_endpoint: Option<String>,
+    /// Back-Channel Logout: the IdP sends logout tokens.
+    #[serde(default)]
+    pub backchannel_logout_supported: Option<bool>,
+    #[serde(default)]
+    pub backchannel_logout_session_supported: Option<bool>,
 }
 
 impl AdditionalProviderMetadata for ExtraMetadata {}

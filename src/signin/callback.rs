@@ -15,10 +15,11 @@ use super::{
 use crate::audit::QueuedEvent;
 use crate::config::AppConfig;
 use crate::domain::{AppId, AuditAction, AuditOutcome, Origin, UserId};
+use crate::events::EventType;
 use crate::oidc::{IdTokenCheck, Identity, IdpTokens, IssParameter, Provider};
 use crate::secret::sha256_hex;
 use crate::store::{AuditEvent, PendingFlowRow, retry_transient};
-use crate::vault::TokenSet;
+use crate::vault::{SignInIdentity, TokenSet};
 
 /// Why a callback failed.
 #[derive(Debug)]
@@ -113,6 +114,8 @@ impl SignInService {
             email_verified: identity.email_verified,
             auth_time: identity.auth_time.unwrap_or(now),
             signed_in_at: now,
+            idp_sub: Some(identity.sub),
+            idp_sid: identity.sid,
         };
         let minted = self.mint(taken.app, &signin, now).map_err(fail)?;
         let ticket = match taken.target.mode {
@@ -343,21 +346,41 @@ impl SignInService {
             scope: tokens.scope.clone().unwrap_or_else(|| app.scopes.join(" ")),
             expires_at: tokens.expires_in.map(|d| now + d.as_secs() as i64),
         };
+        // Kept for back-channel logout (`sub`, `sid`) and as the IdP sign-out's
+        // `id_token_hint`.
+        let id_token = tokens.id_token_text();
+        let identity = SignInIdentity {
+            sub: Some(&redeemed.identity.sub),
+            sid: redeemed.identity.sid.as_deref(),
+            id_token: id_token.as_ref(),
+        };
+        let signed_in = self.inner.tokens.events().row(
+            &app.id,
+            &redeemed.user_id,
+            EventType::SignedIn,
+            serde_json::json!({ "via": "oidc" }),
+            now,
+        );
         let saved = retry_transient(DB_RETRY_BUDGET, || {
-            self.inner.vault.save(
+            self.inner.vault.save_signin(
                 &app.id,
                 &redeemed.user_id,
                 &provider.config().id,
                 &token_set,
+                &identity,
                 now,
+                signed_in.as_ref(),
             )
         })
         .await;
         match saved {
-            Ok(()) => {
+            Ok(new) => {
                 self.inner
                     .metrics
                     .vault_op(VaultOp::Write, VaultOutcome::Ok);
+                if new && signed_in.is_some() {
+                    self.inner.tokens.wake_deliverer();
+                }
                 Ok(())
             }
             Err(e) => {

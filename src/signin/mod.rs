@@ -8,6 +8,7 @@
 //! [`SignInService::renew`], [`SignInService::redeem_ticket`].
 
 mod callback;
+mod signout;
 mod start;
 mod tickets;
 mod types;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use callback::CallbackFailure;
+pub use signout::IdpSignoutError;
 pub use start::StartRequest;
 pub use types::{CallbackParams, FlowError, FlowTarget, Minted, Mode, SessionSignIn};
 

@@ -134,6 +134,11 @@ pub struct SessionSignIn {
     pub auth_time: i64,
     /// When chatgate recorded this sign-in; `session_max` counts from here.
     pub signed_in_at: i64,
+    /// The IdP's `sub` and session id, which a back-channel logout names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idp_sub: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idp_sid: Option<String>,
 }
 
 /// The flow a callback belongs to: where its result goes.

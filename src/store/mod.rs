@@ -9,7 +9,10 @@
 mod audit;
 mod bots;
 mod flows;
+mod idp_signouts;
+mod logout;
 mod options;
+mod outbox;
 mod replay;
 mod sessions;
 mod signing_keys;
@@ -27,7 +30,11 @@ use sqlx::{
 pub use audit::{AuditEvent, AuditFilter, AuditRow};
 pub use bots::{BotCredential, BotRow};
 pub use flows::{NewFlow, PendingFlowRow};
+pub use idp_signouts::IdpSignoutRow;
+pub use logout::{Jti, LoggedOut, LogoutScope};
 pub use options::{DatabaseKind, DatabaseOptions};
+pub use outbox::{EventFilter, EventSettlement, OutboxRow, StoredEvent};
+pub use sessions::SessionUser;
 pub use signing_keys::SigningKeyRow;
 pub use sweep::{Swept, Table};
 pub use vault::{LeaseTake, RefreshedEntry, Resealed, SealedEntry, VaultRow};

@@ -1,6 +1,36 @@
 //! SQL for `browser_sessions` and `session_tickets`.
 
-use super::{Result, Store, with_pool};
+use super::{BeginWrite as _, Result, Store, with_pool};
+
+/// Who a browser session is signed in as, for back-channel logout.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct SessionUser {
+    pub app: String,
+    pub user_id: String,
+    pub provider: String,
+    pub idp_sub: Option<String>,
+    pub idp_sid: Option<String>,
+}
+
+/// Inserts a session's users (in the caller's transaction).
+macro_rules! insert_users {
+    ($tx:expr, $id_hash:expr, $users:expr) => {{
+        for user in $users {
+            sqlx::query(
+                "INSERT INTO browser_session_users (id_hash, app, user_id, provider, idp_sub, idp_sid) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id_hash, app, user_id) DO NOTHING",
+            )
+            .bind($id_hash)
+            .bind(&user.app)
+            .bind(&user.user_id)
+            .bind(&user.provider)
+            .bind(&user.idp_sub)
+            .bind(&user.idp_sid)
+            .execute(&mut *$tx)
+            .await?;
+        }
+    }};
+}
 
 impl Store {
     /// Inserts a session; `false` if the id is taken (the caller picks another).
@@ -9,24 +39,39 @@ impl Store {
         id_hash: &str,
         data: &[u8],
         expires_at: i64,
+        users: &[SessionUser],
     ) -> Result<bool> {
         let n = with_pool!(self, pool => {
-            sqlx::query(
+            let mut tx = pool.begin_write().await?;
+            let n = sqlx::query(
                 "INSERT INTO browser_sessions (id_hash, data, expires_at) VALUES ($1, $2, $3) \
                  ON CONFLICT (id_hash) DO NOTHING",
             )
             .bind(id_hash)
             .bind(data)
             .bind(expires_at)
-            .execute(pool)
+            .execute(&mut *tx)
             .await?
-            .rows_affected()
+            .rows_affected();
+            if n == 1 {
+                insert_users!(tx, id_hash, users);
+            }
+            tx.commit().await?;
+            n
         });
         Ok(n == 1)
     }
 
-    pub async fn save_session(&self, id_hash: &str, data: &[u8], expires_at: i64) -> Result<()> {
+    /// Writes a session and who it is signed in as, in one transaction.
+    pub async fn save_session(
+        &self,
+        id_hash: &str,
+        data: &[u8],
+        expires_at: i64,
+        users: &[SessionUser],
+    ) -> Result<()> {
         with_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
             sqlx::query(
                 "INSERT INTO browser_sessions (id_hash, data, expires_at) VALUES ($1, $2, $3) \
                  ON CONFLICT (id_hash) DO UPDATE SET data = excluded.data, expires_at = excluded.expires_at",
@@ -34,10 +79,29 @@ impl Store {
             .bind(id_hash)
             .bind(data)
             .bind(expires_at)
-            .execute(pool)
+            .execute(&mut *tx)
             .await?;
+            sqlx::query("DELETE FROM browser_session_users WHERE id_hash = $1")
+                .bind(id_hash)
+                .execute(&mut *tx)
+                .await?;
+            insert_users!(tx, id_hash, users);
+            tx.commit().await?;
         });
         Ok(())
+    }
+
+    /// Who the session is signed in as (tests and diagnostics).
+    pub async fn session_users(&self, id_hash: &str) -> Result<Vec<SessionUser>> {
+        Ok(with_pool!(self, pool => {
+            sqlx::query_as::<_, SessionUser>(
+                "SELECT app, user_id, provider, idp_sub, idp_sid FROM browser_session_users \
+                 WHERE id_hash = $1 ORDER BY app, user_id",
+            )
+            .bind(id_hash)
+            .fetch_all(pool)
+            .await?
+        }))
     }
 
     /// The session's data if it exists and has not expired at `now`.

@@ -6,6 +6,10 @@
 
 use super::{Result, Store, with_pool};
 
+/// Delivered and dead events stay this long (`chatgate events list`,
+/// `chatgate events redeliver`).
+pub const EVENTS_KEPT_FOR: i64 = 7 * 24 * 3600;
+
 /// A table that only grows unless it is swept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Table {
@@ -14,16 +18,22 @@ pub enum Table {
     /// Host-token `jti`s and exchanged ID tokens.
     ReplayCache,
     BrowserSessions,
+    /// IdP sign-outs whose user never came back from the IdP.
+    IdpSignouts,
+    /// Events delivered or given up on, a week later.
+    EventOutbox,
     /// Rows older than the cutoff, not expired ones.
     AuditEvents,
 }
 
 impl Table {
-    pub const ALL: [Table; 5] = [
+    pub const ALL: [Table; 7] = [
         Table::PendingFlows,
         Table::SessionTickets,
         Table::ReplayCache,
         Table::BrowserSessions,
+        Table::IdpSignouts,
+        Table::EventOutbox,
         Table::AuditEvents,
     ];
 
@@ -46,6 +56,14 @@ impl Table {
                 "DELETE FROM browser_sessions WHERE id_hash IN \
                  (SELECT id_hash FROM browser_sessions WHERE expires_at <= $1 LIMIT $2)"
             }
+            Self::IdpSignouts => {
+                "DELETE FROM idp_signouts WHERE ticket_hash IN \
+                 (SELECT ticket_hash FROM idp_signouts WHERE expires_at <= $1 LIMIT $2)"
+            }
+            Self::EventOutbox => {
+                "DELETE FROM event_outbox WHERE id IN \
+                 (SELECT id FROM event_outbox WHERE delivered_at <= $1 OR dead_at <= $1 LIMIT $2)"
+            }
             // Oldest first by id: the scan stops at the first batch's worth.
             Self::AuditEvents => {
                 "DELETE FROM audit_events WHERE id IN \
@@ -60,6 +78,8 @@ impl Table {
             Self::SessionTickets => "session_tickets",
             Self::ReplayCache => "host_token_jtis",
             Self::BrowserSessions => "browser_sessions",
+            Self::IdpSignouts => "idp_signouts",
+            Self::EventOutbox => "event_outbox",
             Self::AuditEvents => "audit_events",
         }
     }
@@ -98,6 +118,7 @@ impl Store {
         for table in Table::ALL {
             let cutoff = match table {
                 Table::AuditEvents => audit_before,
+                Table::EventOutbox => now - EVENTS_KEPT_FOR,
                 _ => now,
             };
             let mut total = 0;

@@ -2,7 +2,8 @@
 
 use std::fmt;
 
-use super::{BeginWrite as _, Result, Store, with_pool};
+use super::outbox::insert_event;
+use super::{BeginWrite as _, OutboxRow, Result, Store, with_pool};
 
 /// A vault row as stored: secret columns are sealed blobs.
 #[derive(Clone, sqlx::FromRow)]
@@ -26,6 +27,11 @@ pub struct VaultRow {
     /// Sealed ID token of a refresh that could not be verified yet.
     pub pending_id_token: Option<Vec<u8>>,
     pub pending_id_token_at: Option<i64>,
+    /// The IdP's `sub` and session of the sign-in (back-channel logout).
+    pub idp_sub: Option<String>,
+    pub idp_sid: Option<String>,
+    /// Sealed: the last ID token (the `id_token_hint` of an IdP sign-out).
+    pub id_token: Option<Vec<u8>>,
 }
 
 impl fmt::Debug for VaultRow {
@@ -60,6 +66,10 @@ pub struct SealedEntry<'a> {
     pub token_type: &'a str,
     pub scope: &'a str,
     pub access_expires_at: Option<i64>,
+    pub idp_sub: Option<&'a str>,
+    pub idp_sid: Option<&'a str>,
+    /// Sealed.
+    pub id_token: Option<Vec<u8>>,
 }
 
 /// A re-encrypted row for `vault rekey`, written only if the row is unchanged.
@@ -71,6 +81,7 @@ pub struct Resealed {
     pub access_token: Vec<u8>,
     pub refresh_token: Option<Vec<u8>>,
     pub pending_id_token: Option<Vec<u8>>,
+    pub id_token: Option<Vec<u8>>,
 }
 
 /// The columns of [`VaultRow`], for `concat!`.
@@ -79,7 +90,7 @@ macro_rules! vault_columns {
         "app, user_id, provider, access_token, refresh_token, token_type, scope, \
          access_expires_at, needs_reauth, row_version, created_at, updated_at, \
          refresh_lease_owner, refresh_lease_id, refresh_lease_until, pending_id_token, \
-         pending_id_token_at"
+         pending_id_token_at, idp_sub, idp_sid, id_token"
     };
 }
 
@@ -91,12 +102,26 @@ impl Store {
     /// not land and nothing of the older grant is used again). A sign-in without
     /// one keeps the stored refresh token and leaves a refresh in flight alone,
     /// so a rotated refresh token is still stored when it arrives.
-    pub async fn upsert_vault_entry(&self, entry: SealedEntry<'_>, now: i64) -> Result<()> {
+    ///
+    /// `signed_in`, the event of a sign-in, is recorded in the same transaction
+    /// when the user had no usable entry (new, or refused by the IdP).
+    /// Returns whether that was so.
+    pub async fn upsert_vault_entry(
+        &self,
+        entry: SealedEntry<'_>,
+        now: i64,
+        signed_in: Option<&OutboxRow>,
+    ) -> Result<bool> {
+        const BEFORE: &str =
+            "SELECT needs_reauth FROM vault_entries WHERE app = $1 AND user_id = $2";
         const SQL: &str = "INSERT INTO vault_entries (app, user_id, provider, access_token, \
                refresh_token, token_type, scope, access_expires_at, needs_reauth, row_version, \
-               created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, FALSE, 1, $9, $9) \
+               created_at, updated_at, idp_sub, idp_sid, id_token) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, FALSE, 1, $9, $9, $10, $11, $12) \
              ON CONFLICT (app, user_id) DO UPDATE SET \
+               idp_sub = excluded.idp_sub, idp_sid = excluded.idp_sid, \
+               id_token = COALESCE(excluded.id_token, vault_entries.id_token), \
+               refresh_failing_since = NULL, refresh_failing_notified = FALSE, \
                access_token = excluded.access_token, \
                refresh_token = CASE \
                  WHEN excluded.refresh_token IS NOT NULL THEN excluded.refresh_token \
@@ -119,21 +144,36 @@ impl Store {
                refresh_lease_until = CASE WHEN excluded.refresh_token IS NOT NULL \
                    OR vault_entries.provider <> excluded.provider THEN NULL \
                  ELSE vault_entries.refresh_lease_until END";
-        with_pool!(self, pool => {
+        let fresh = with_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let before: Option<bool> = sqlx::query_scalar(BEFORE)
+                .bind(entry.app)
+                .bind(entry.user_id)
+                .fetch_optional(&mut *tx)
+                .await?;
             sqlx::query(SQL)
                 .bind(entry.app)
                 .bind(entry.user_id)
                 .bind(entry.provider)
-                .bind(entry.access_token)
-                .bind(entry.refresh_token)
+                .bind(&entry.access_token)
+                .bind(&entry.refresh_token)
                 .bind(entry.token_type)
                 .bind(entry.scope)
                 .bind(entry.access_expires_at)
                 .bind(now)
-                .execute(pool)
+                .bind(entry.idp_sub)
+                .bind(entry.idp_sid)
+                .bind(&entry.id_token)
+                .execute(&mut *tx)
                 .await?;
+            let fresh = before.is_none_or(|needs_reauth| needs_reauth);
+            if fresh && let Some(event) = signed_in {
+                insert_event!(&mut *tx, event);
+            }
+            tx.commit().await?;
+            fresh
         });
-        Ok(())
+        Ok(fresh)
     }
 
     pub async fn get_vault_entry(&self, app: &str, user_id: &str) -> Result<Option<VaultRow>> {
@@ -147,15 +187,27 @@ impl Store {
         }))
     }
 
-    /// Deletes the entry; `true` when there was one.
-    pub async fn delete_vault_entry(&self, app: &str, user_id: &str) -> Result<bool> {
+    /// Deletes the entry; `true` when there was one. `signed_out` is recorded
+    /// in the same transaction when there was.
+    pub async fn delete_vault_entry(
+        &self,
+        app: &str,
+        user_id: &str,
+        signed_out: Option<&OutboxRow>,
+    ) -> Result<bool> {
         let n = with_pool!(self, pool => {
-            sqlx::query("DELETE FROM vault_entries WHERE app = $1 AND user_id = $2")
+            let mut tx = pool.begin_write().await?;
+            let n = sqlx::query("DELETE FROM vault_entries WHERE app = $1 AND user_id = $2")
                 .bind(app)
                 .bind(user_id)
-                .execute(pool)
+                .execute(&mut *tx)
                 .await?
-                .rows_affected()
+                .rows_affected();
+            if n > 0 && let Some(event) = signed_out {
+                insert_event!(&mut *tx, event);
+            }
+            tx.commit().await?;
+            n
         });
         Ok(n > 0)
     }
@@ -190,8 +242,8 @@ impl Store {
     /// Returns how many rows were written.
     pub async fn write_resealed(&self, rows: &[Resealed], now: i64) -> Result<u64> {
         const SQL: &str = "UPDATE vault_entries SET access_token = $1, refresh_token = $2, \
-               pending_id_token = $3, row_version = row_version + 1, updated_at = $4 \
-             WHERE app = $5 AND user_id = $6 AND row_version = $7";
+               pending_id_token = $3, id_token = $4, row_version = row_version + 1, updated_at = $5 \
+             WHERE app = $6 AND user_id = $7 AND row_version = $8";
         let mut written = 0;
         with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
@@ -200,6 +252,7 @@ impl Store {
                     .bind(&row.access_token)
                     .bind(&row.refresh_token)
                     .bind(&row.pending_id_token)
+                    .bind(&row.id_token)
                     .bind(now)
                     .bind(&row.app)
                     .bind(&row.user_id)
@@ -234,6 +287,10 @@ pub struct RefreshedEntry<'a> {
     /// The refreshed ID token was invalid: keep the tokens (the only live
     /// refresh token), but the user must sign in again.
     pub needs_reauth: bool,
+    /// The refreshed ID token, sealed, once verified (a later `id_token_hint`).
+    pub id_token: Option<&'a [u8]>,
+    /// Recorded with the write (`user.reauth_required` when `needs_reauth`).
+    pub event: Option<&'a OutboxRow>,
 }
 
 /// Which lease a refresher may take.
@@ -346,10 +403,13 @@ impl Store {
                refresh_token = COALESCE($2, refresh_token), token_type = $3, scope = $4, \
                access_expires_at = $5, needs_reauth = $6, pending_id_token = $7, \
                pending_id_token_at = $8, row_version = row_version + 1, updated_at = $9, \
+               id_token = COALESCE($10, id_token), \
+               refresh_failing_since = NULL, refresh_failing_notified = FALSE, \
                refresh_lease_owner = NULL, refresh_lease_until = NULL \
-             WHERE app = $10 AND user_id = $11 AND refresh_lease_id = $12";
+             WHERE app = $11 AND user_id = $12 AND refresh_lease_id = $13";
         let n = with_pool!(self, pool => {
-            sqlx::query(SQL)
+            let mut tx = pool.begin_write().await?;
+            let n = sqlx::query(SQL)
                 .bind(entry.access_token)
                 .bind(entry.refresh_token)
                 .bind(entry.token_type)
@@ -359,14 +419,63 @@ impl Store {
                 .bind(entry.pending_id_token)
                 .bind(entry.pending_id_token_at)
                 .bind(now)
+                .bind(entry.id_token)
                 .bind(entry.app)
                 .bind(entry.user_id)
                 .bind(entry.lease_id)
-                .execute(pool)
+                .execute(&mut *tx)
                 .await?
-                .rows_affected()
+                .rows_affected();
+            if n == 1 && let Some(event) = entry.event {
+                insert_event!(&mut *tx, event);
+            }
+            tx.commit().await?;
+            n
         });
         Ok(n == 1)
+    }
+
+    /// Notes a refresh that failed for a passing reason (IdP unreachable).
+    /// When the failures have lasted `after` and `failing` was not recorded
+    /// for this stretch yet, records it (in the same transaction). Returns
+    /// whether it did.
+    pub async fn note_refresh_failure(
+        &self,
+        app: &str,
+        user_id: &str,
+        now: i64,
+        after: i64,
+        failing: Option<&OutboxRow>,
+    ) -> Result<bool> {
+        let notified = with_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            sqlx::query(
+                "UPDATE vault_entries SET refresh_failing_since = COALESCE(refresh_failing_since, $1) \
+                 WHERE app = $2 AND user_id = $3",
+            )
+            .bind(now)
+            .bind(app)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+            let n = sqlx::query(
+                "UPDATE vault_entries SET refresh_failing_notified = TRUE \
+                 WHERE app = $1 AND user_id = $2 AND refresh_failing_since <= $3 \
+                   AND refresh_failing_notified = FALSE",
+            )
+            .bind(app)
+            .bind(user_id)
+            .bind(now - after)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n == 1 && let Some(event) = failing {
+                insert_event!(&mut *tx, event);
+            }
+            tx.commit().await?;
+            n == 1
+        });
+        Ok(notified)
     }
 
     /// Marks the row's refresh token as refused by the IdP, if the row still
@@ -377,9 +486,11 @@ impl Store {
         user_id: &str,
         lease_id: &str,
         now: i64,
+        reauth_required: Option<&OutboxRow>,
     ) -> Result<bool> {
         let n = with_pool!(self, pool => {
-            sqlx::query(
+            let mut tx = pool.begin_write().await?;
+            let n = sqlx::query(
                 "UPDATE vault_entries SET needs_reauth = TRUE, row_version = row_version + 1, \
                    updated_at = $1, refresh_lease_owner = NULL, refresh_lease_until = NULL \
                  WHERE app = $2 AND user_id = $3 AND refresh_lease_id = $4",
@@ -388,9 +499,14 @@ impl Store {
             .bind(app)
             .bind(user_id)
             .bind(lease_id)
-            .execute(pool)
+            .execute(&mut *tx)
             .await?
-            .rows_affected()
+            .rows_affected();
+            if n == 1 && let Some(event) = reauth_required {
+                insert_event!(&mut *tx, event);
+            }
+            tx.commit().await?;
+            n
         });
         Ok(n == 1)
     }
@@ -405,9 +521,11 @@ impl Store {
         row_version: i64,
         needs_reauth: bool,
         now: i64,
+        reauth_required: Option<&OutboxRow>,
     ) -> Result<bool> {
         let n = with_pool!(self, pool => {
-            sqlx::query(
+            let mut tx = pool.begin_write().await?;
+            let n = sqlx::query(
                 "UPDATE vault_entries SET pending_id_token = NULL, pending_id_token_at = NULL, \
                    needs_reauth = (needs_reauth OR $1), row_version = row_version + 1, updated_at = $2 \
                  WHERE app = $3 AND user_id = $4 AND row_version = $5",
@@ -417,9 +535,14 @@ impl Store {
             .bind(app)
             .bind(user_id)
             .bind(row_version)
-            .execute(pool)
+            .execute(&mut *tx)
             .await?
-            .rows_affected()
+            .rows_affected();
+            if n == 1 && needs_reauth && let Some(event) = reauth_required {
+                insert_event!(&mut *tx, event);
+            }
+            tx.commit().await?;
+            n
         });
         Ok(n == 1)
     }

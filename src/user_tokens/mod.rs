@@ -21,6 +21,7 @@
 
 mod inflight;
 mod lease;
+mod logout;
 mod refresh;
 
 use std::sync::Arc;
@@ -29,12 +30,15 @@ use std::time::Duration;
 use tokio_util::task::TaskTracker;
 
 use crate::domain::{AppId, AuditAction, AuditOutcome, UserId};
+use crate::events::deliver::Deliverer;
+use crate::events::{Events, SignOutReason};
 use crate::metrics::{Metrics, VaultOp, VaultOutcome};
 use crate::oidc::{Providers, TokenKind};
 use crate::secret::SecretString;
 use crate::store::{AuditEvent, Store, StoreError};
 use crate::vault::{Vault, VaultEntry, VaultError};
 use inflight::InFlight;
+pub use logout::LogoutError;
 
 /// `Retry-After` when the IdP or the database is unavailable.
 pub const RETRY_AFTER_SECS: u64 = 5;
@@ -131,6 +135,10 @@ struct Inner {
     inflight: InFlight,
     /// Refresh tasks, for graceful shutdown.
     tasks: TaskTracker,
+    /// Makes the events (sign-out, re-authentication, failing refreshes).
+    events: Events,
+    /// Woken when an event was recorded.
+    deliverer: Option<Deliverer>,
 }
 
 impl TokenService {
@@ -140,6 +148,8 @@ impl TokenService {
         providers: Arc<Providers>,
         metrics: Arc<Metrics>,
         settings: RefreshSettings,
+        events: Events,
+        deliverer: Option<Deliverer>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -151,6 +161,8 @@ impl TokenService {
                 settings,
                 inflight: InFlight::default(),
                 tasks: TaskTracker::new(),
+                events,
+                deliverer,
             }),
         }
     }
@@ -239,6 +251,7 @@ impl TokenService {
         app: &AppId,
         user_id: &UserId,
         actor: &str,
+        reason: SignOutReason,
     ) -> Result<SignOut, VaultError> {
         let inner = &self.inner;
         let entry = inner.vault.load(app, user_id).await?;
@@ -246,7 +259,12 @@ impl TokenService {
         if let Some(entry) = &entry {
             revoked_at_idp = inner.revoke(entry.provider.as_str(), &entry.tokens).await;
         }
-        let deleted = inner.vault.delete(app, user_id).await?;
+        let now = crate::time::now();
+        let event = inner.events.signed_out(app, user_id, reason, now);
+        let deleted = inner.vault.delete(app, user_id, event.as_ref()).await?;
+        if deleted && event.is_some() {
+            inner.wake_deliverer();
+        }
         inner.metrics.vault_op(
             VaultOp::Delete,
             if deleted {
@@ -280,6 +298,16 @@ impl TokenService {
         })
     }
 
+    /// Which apps take events, and their outbox rows.
+    pub fn events(&self) -> &Events {
+        &self.inner.events
+    }
+
+    /// An event was recorded: deliver it now rather than at the next poll.
+    pub fn wake_deliverer(&self) {
+        self.inner.wake_deliverer();
+    }
+
     /// Waits up to `within` for the refreshes in flight (graceful shutdown).
     /// Returns how many were still running when it gave up.
     pub async fn drain(&self, within: Duration) -> usize {
@@ -299,6 +327,13 @@ impl TokenService {
 }
 
 impl Inner {
+    /// An event was recorded: deliver it now rather than at the next poll.
+    fn wake_deliverer(&self) {
+        if let Some(d) = &self.deliverer {
+            d.wake();
+        }
+    }
+
     /// Revokes a token set at its provider, the refresh token first (revoking
     /// it ends the grant at most IdPs). Whether the refresh token's revocation
     /// was confirmed.

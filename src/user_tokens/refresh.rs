@@ -13,10 +13,11 @@ use super::{
     view,
 };
 use crate::domain::{AppId, AuditAction, AuditOutcome, UserId};
+use crate::events::{EventType, REFRESH_FAILING_AFTER};
 use crate::metrics::{RefreshOutcome, VaultOp, VaultOutcome};
 use crate::oidc::{IdTokenCheck, IdTokenT, IdpTokens, OidcError, Provider};
 use crate::secret::SecretString;
-use crate::store::{AuditEvent, LeaseTake};
+use crate::store::{AuditEvent, LeaseTake, OutboxRow};
 use crate::vault::{PendingIdToken, RefreshResult, SealedRefresh, TokenSet, VaultEntry};
 
 /// How often a task waiting for another replica's refresh reads the row.
@@ -199,7 +200,7 @@ impl Task {
             Ok(tokens) => tokens,
             Err(OidcError::Idp { code, .. }) if code == "invalid_grant" => {
                 drop(keeper);
-                self.mark_needs_reauth(&lease_id).await;
+                self.mark_needs_reauth(&lease_id, "invalid_grant").await;
                 inner.metrics.refresh(RefreshOutcome::InvalidGrant);
                 self.audit(AuditOutcome::Failed, Some("invalid_grant"))
                     .await;
@@ -215,6 +216,7 @@ impl Task {
                     _ => "unavailable",
                 };
                 self.audit(AuditOutcome::Failed, Some(detail)).await;
+                self.note_failure().await;
                 return Step::Done(self.transient(&entry, "the identity provider is unavailable"));
             }
         };
@@ -227,7 +229,7 @@ impl Task {
         if let Identity::Other = identity {
             // Somebody else's tokens are not stored as this user's.
             drop(keeper);
-            self.mark_needs_reauth(&lease_id).await;
+            self.mark_needs_reauth(&lease_id, "identity_changed").await;
             inner.metrics.refresh(RefreshOutcome::IdentityChanged);
             self.audit(
                 AuditOutcome::Failed,
@@ -242,11 +244,21 @@ impl Task {
         let pending = match &identity {
             Identity::Unverifiable(why) => {
                 tracing::warn!(user = %self.user, reason = %why, "the refreshed ID token cannot be verified now; storing the tokens and verifying later");
-                id_token_text(&tokens).map(|token| PendingIdToken { token, received_at })
+                tokens
+                    .id_token_text()
+                    .map(|token| PendingIdToken { token, received_at })
             }
             _ => None,
         };
         let needs_reauth = matches!(identity, Identity::Invalid(_));
+        let reauth_event = needs_reauth
+            .then(|| self.reauth_event("id_token_invalid"))
+            .flatten();
+        // A verified refreshed ID token is the next sign-out's id_token_hint.
+        let verified_id_token = match identity {
+            Identity::Same => tokens.id_token_text(),
+            _ => None,
+        };
         let set = TokenSet {
             access_token: tokens.access_token,
             refresh_token: tokens.refresh_token,
@@ -263,8 +275,11 @@ impl Task {
                 tokens: &set,
                 pending_id_token: pending.as_ref(),
                 needs_reauth,
+                id_token: verified_id_token.as_ref(),
+                event: reauth_event.as_ref(),
             },
         );
+        drop(verified_id_token);
         let TokenSet {
             access_token,
             refresh_token: rotated,
@@ -304,6 +319,9 @@ impl Task {
             }
         };
         inner.metrics.vault_op(VaultOp::Write, VaultOutcome::Ok);
+        if reauth_event.is_some() {
+            inner.wake_deliverer();
+        }
         let outcome = match &identity {
             Identity::Unverifiable(_) => {
                 inner.metrics.refresh(RefreshOutcome::IdTokenUnverified);
@@ -516,6 +534,9 @@ impl Task {
             }
             Identity::Other | Identity::Invalid(_) => true,
         };
+        let reauth_event = needs_reauth
+            .then(|| self.reauth_event("id_token_invalid"))
+            .flatten();
         self.inner
             .vault
             .settle_pending_id_token(
@@ -524,9 +545,13 @@ impl Task {
                 entry.row_version,
                 needs_reauth,
                 crate::time::now(),
+                reauth_event.as_ref(),
             )
             .await?;
         if needs_reauth {
+            if reauth_event.is_some() {
+                self.inner.wake_deliverer();
+            }
             tracing::warn!(user = %self.user, "the refreshed ID token, verified later, does not match this user; the user must sign in again");
             self.audit(
                 AuditOutcome::Failed,
@@ -561,17 +586,72 @@ impl Task {
         }
     }
 
+    /// The `user.reauth_required` event for this user, if the app takes events.
+    fn reauth_event(&self, reason: &str) -> Option<OutboxRow> {
+        self.inner.events.row(
+            &self.app,
+            &self.user,
+            EventType::ReauthRequired,
+            serde_json::json!({ "reason": reason }),
+            crate::time::now(),
+        )
+    }
+
+    /// Notes a refresh that failed for a passing reason; once they have failed
+    /// for [`REFRESH_FAILING_AFTER`], `token.refresh_failing` goes out (once
+    /// per stretch of failures). Best effort: the failure is already reported.
+    async fn note_failure(&self) {
+        let now = crate::time::now();
+        let event = self.inner.events.row(
+            &self.app,
+            &self.user,
+            EventType::RefreshFailing,
+            serde_json::json!({ "failing_for_secs": REFRESH_FAILING_AFTER.as_secs() }),
+            now,
+        );
+        match self
+            .inner
+            .store
+            .note_refresh_failure(
+                self.app.as_str(),
+                self.user.as_str(),
+                now,
+                REFRESH_FAILING_AFTER.as_secs() as i64,
+                event.as_ref(),
+            )
+            .await
+        {
+            Ok(true) if event.is_some() => self.inner.wake_deliverer(),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(user = %self.user, error = %e, "cannot note the failed refresh")
+            }
+        }
+    }
+
     /// Marks the refused refresh token; a few tries, since a failure means the
     /// next refresher sends the refused token once more (harmless, but noisy).
-    async fn mark_needs_reauth(&self, lease_id: &str) {
+    async fn mark_needs_reauth(&self, lease_id: &str, reason: &str) {
+        let event = self.reauth_event(reason);
         for attempt in 1..=5u32 {
             match self
                 .inner
                 .vault
-                .mark_needs_reauth(&self.app, &self.user, lease_id, crate::time::now())
+                .mark_needs_reauth(
+                    &self.app,
+                    &self.user,
+                    lease_id,
+                    crate::time::now(),
+                    event.as_ref(),
+                )
                 .await
             {
-                Ok(_) => return,
+                Ok(marked) => {
+                    if marked && event.is_some() {
+                        self.inner.wake_deliverer();
+                    }
+                    return;
+                }
                 Err(e) if attempt < 5 => {
                     tracing::warn!(user = %self.user, error = %e, "cannot mark the entry for re-authentication; retrying");
                     tokio::time::sleep(STORE_RETRY_FIRST * attempt).await;
@@ -591,13 +671,4 @@ enum Stored {
     /// The row no longer carries our lease.
     Refused,
     GaveUp,
-}
-
-/// The compact serialization of the refreshed ID token, to keep it sealed.
-fn id_token_text(tokens: &IdpTokens) -> Option<SecretString> {
-    let id_token = tokens.id_token.as_ref()?;
-    match serde_json::to_value(id_token) {
-        Ok(serde_json::Value::String(text)) => Some(SecretString::from(text)),
-        _ => None,
-    }
 }

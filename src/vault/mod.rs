@@ -16,7 +16,10 @@ pub use keyring::{Aad, VaultKeyRing};
 use crate::cache::TtlCache;
 use crate::domain::{AppId, ProviderId, UserId};
 use crate::secret::SecretString;
-use crate::store::{RefreshedEntry, Resealed, SealedEntry, Store, StoreError, VaultRow};
+use crate::store::{
+    Jti, LoggedOut, LogoutScope, OutboxRow, RefreshedEntry, Resealed, SealedEntry, Store,
+    StoreError, VaultRow,
+};
 
 pub type Result<T, E = VaultError> = std::result::Result<T, E>;
 
@@ -56,6 +59,7 @@ const TABLE: &str = "vault_entries";
 const ACCESS: &str = "access_token";
 const REFRESH: &str = "refresh_token";
 const PENDING_ID_TOKEN: &str = "pending_id_token";
+const ID_TOKEN: &str = "id_token";
 
 /// Tokens as the IdP returned them.
 #[derive(Debug, Clone)]
@@ -111,6 +115,20 @@ pub struct RefreshResult<'a> {
     pub pending_id_token: Option<&'a PendingIdToken>,
     /// The refreshed ID token was invalid: keep the tokens, require a sign-in.
     pub needs_reauth: bool,
+    /// The refreshed ID token, once verified (the next `id_token_hint`).
+    pub id_token: Option<&'a SecretString>,
+    /// Recorded with the write.
+    pub event: Option<&'a OutboxRow>,
+}
+
+/// What a sign-in's ID token said, kept with the entry.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SignInIdentity<'a> {
+    /// The IdP's `sub` (the user id may come from another claim).
+    pub sub: Option<&'a str>,
+    /// The IdP session, when the ID token names one.
+    pub sid: Option<&'a str>,
+    pub id_token: Option<&'a SecretString>,
 }
 
 /// A refresh result, sealed for its row: what a refresher holds in memory
@@ -127,6 +145,8 @@ pub struct SealedRefresh {
     pending_id_token: Option<Vec<u8>>,
     pending_id_token_at: Option<i64>,
     needs_reauth: bool,
+    id_token: Option<Vec<u8>>,
+    event: Option<OutboxRow>,
 }
 
 impl std::fmt::Debug for SealedRefresh {
@@ -190,6 +210,22 @@ impl Vault {
         }
     }
 
+    /// A back-channel logout: deletes the vault entries and browser sessions
+    /// in `scope` (see [`Store::end_idp_sessions`]) and forgets the deleted
+    /// entries in this process's read cache. `None` when `jti` was used before.
+    pub async fn end_idp_sessions(
+        &self,
+        scope: LogoutScope<'_>,
+        jti: &Jti<'_>,
+        event: impl Fn(&str, &str) -> Option<OutboxRow>,
+    ) -> Result<Option<LoggedOut>> {
+        let done = self.store.end_idp_sessions(scope, jti, event).await?;
+        for (app, user_id) in done.iter().flat_map(|d| &d.entries) {
+            self.read_cache.remove(&(app.clone(), user_id.clone()));
+        }
+        Ok(done)
+    }
+
     fn forget(&self, app: &AppId, user_id: &UserId) {
         self.read_cache
             .remove(&(app.to_string(), user_id.to_string()));
@@ -223,11 +259,18 @@ impl Vault {
         user_id: &UserId,
         lease_id: &str,
         now: i64,
+        reauth_required: Option<&OutboxRow>,
     ) -> Result<bool> {
         self.forget(app, user_id);
         Ok(self
             .store
-            .mark_needs_reauth(app.as_str(), user_id.as_str(), lease_id, now)
+            .mark_needs_reauth(
+                app.as_str(),
+                user_id.as_str(),
+                lease_id,
+                now,
+                reauth_required,
+            )
             .await?)
     }
 
@@ -240,6 +283,7 @@ impl Vault {
         row_version: i64,
         needs_reauth: bool,
         now: i64,
+        reauth_required: Option<&OutboxRow>,
     ) -> Result<bool> {
         self.forget(app, user_id);
         Ok(self
@@ -250,6 +294,7 @@ impl Vault {
                 row_version,
                 needs_reauth,
                 now,
+                reauth_required,
             )
             .await?)
     }
@@ -287,9 +332,42 @@ impl Vault {
         tokens: &TokenSet,
         now: i64,
     ) -> Result<()> {
+        self.save_signin(
+            app,
+            user_id,
+            provider,
+            tokens,
+            &SignInIdentity::default(),
+            now,
+            None,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// [`Vault::save`] with what the sign-in's ID token said (for back-channel
+    /// logout and IdP sign-out), recording `signed_in` when the user had no
+    /// usable entry. Returns whether that was so.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn save_signin(
+        &self,
+        app: &AppId,
+        user_id: &UserId,
+        provider: &ProviderId,
+        tokens: &TokenSet,
+        identity: &SignInIdentity<'_>,
+        now: i64,
+        signed_in: Option<&OutboxRow>,
+    ) -> Result<bool> {
         self.forget(app, user_id);
         let (access, refresh) = self.seal_tokens(app, user_id, tokens);
-        self.store
+        let row = [app.as_str(), user_id.as_str()];
+        let id_token = identity.id_token.map(|t| {
+            self.keys
+                .seal(&aad(&row, ID_TOKEN), t.expose_secret().as_bytes())
+        });
+        Ok(self
+            .store
             .upsert_vault_entry(
                 SealedEntry {
                     app: app.as_str(),
@@ -300,11 +378,33 @@ impl Vault {
                     token_type: &tokens.token_type,
                     scope: &tokens.scope,
                     access_expires_at: tokens.expires_at,
+                    idp_sub: identity.sub,
+                    idp_sid: identity.sid,
+                    id_token,
                 },
                 now,
+                signed_in,
             )
-            .await?;
-        Ok(())
+            .await?)
+    }
+
+    /// The last ID token of the entry, for an IdP sign-out's `id_token_hint`.
+    pub async fn id_token_hint(
+        &self,
+        app: &AppId,
+        user_id: &UserId,
+    ) -> Result<Option<SecretString>> {
+        let Some(row) = self
+            .store
+            .get_vault_entry(app.as_str(), user_id.as_str())
+            .await?
+        else {
+            return Ok(None);
+        };
+        match &row.id_token {
+            Some(sealed) => self.open_column(&row, ID_TOKEN, sealed).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Stores the result of a refresh: the new access token and (when rotated)
@@ -339,6 +439,10 @@ impl Vault {
                 p.token.expose_secret().as_bytes(),
             )
         });
+        let id_token = result.id_token.map(|t| {
+            self.keys
+                .seal(&aad(&row, ID_TOKEN), t.expose_secret().as_bytes())
+        });
         SealedRefresh {
             app: app.clone(),
             user_id: user_id.clone(),
@@ -351,6 +455,8 @@ impl Vault {
             pending_id_token: pending,
             pending_id_token_at: result.pending_id_token.map(|p| p.received_at),
             needs_reauth: result.needs_reauth,
+            id_token,
+            event: result.event.cloned(),
         }
     }
 
@@ -372,6 +478,8 @@ impl Vault {
                     pending_id_token: sealed.pending_id_token.as_deref(),
                     pending_id_token_at: sealed.pending_id_token_at,
                     needs_reauth: sealed.needs_reauth,
+                    id_token: sealed.id_token.as_deref(),
+                    event: sealed.event.as_ref(),
                 },
                 now,
             )
@@ -389,11 +497,17 @@ impl Vault {
         }
     }
 
-    pub async fn delete(&self, app: &AppId, user_id: &UserId) -> Result<bool> {
+    /// Deletes the entry, recording `signed_out` with it when there was one.
+    pub async fn delete(
+        &self,
+        app: &AppId,
+        user_id: &UserId,
+        signed_out: Option<&OutboxRow>,
+    ) -> Result<bool> {
         self.forget(app, user_id);
         Ok(self
             .store
-            .delete_vault_entry(app.as_str(), user_id.as_str())
+            .delete_vault_entry(app.as_str(), user_id.as_str(), signed_out)
             .await?)
     }
 
@@ -495,7 +609,8 @@ impl Vault {
                 report.scanned += 1;
                 let columns = std::iter::once(row.access_token.as_slice())
                     .chain(row.refresh_token.as_deref())
-                    .chain(row.pending_id_token.as_deref());
+                    .chain(row.pending_id_token.as_deref())
+                    .chain(row.id_token.as_deref());
                 let all_current = columns
                     .map(VaultKeyRing::sealed_key_id)
                     .all(|id| id.is_ok_and(|id| id == current));
@@ -548,6 +663,11 @@ impl Vault {
                 .pending_id_token
                 .as_deref()
                 .map(|s| reseal(PENDING_ID_TOKEN, s))
+                .transpose()?,
+            id_token: row
+                .id_token
+                .as_deref()
+                .map(|s| reseal(ID_TOKEN, s))
                 .transpose()?,
         })
     }

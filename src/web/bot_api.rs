@@ -3,6 +3,7 @@
 //! `/v1/openapi.json` come from the same annotated handlers, so they cannot
 //! drift apart.
 
+use crate::events::SignOutReason;
 use crate::secret::ExposeSecret as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -251,7 +252,7 @@ async fn delete_token(
     let user = parse_user(user_id)?;
     state
         .tokens
-        .sign_out(&app.id, &user, &bot.0.actor())
+        .sign_out(&app.id, &user, &bot.0.actor(), SignOutReason::Bot)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -5,6 +5,7 @@ pub mod conn;
 pub mod cors;
 pub mod error;
 mod host_session;
+mod logout;
 mod ops;
 pub mod pages;
 pub mod rate_limit;
@@ -35,6 +36,7 @@ pub fn router(state: AppState) -> Router {
         .merge(widget::router())
         .merge(bot_api::router())
         .merge(host_session::router(&state))
+        .merge(logout::router(&state))
         .fallback(error::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),

@@ -31,6 +31,9 @@ pub enum Message {
         error: String,
         error_description: String,
     },
+    /// The IdP sign-out finished (RP-initiated logout, popup only).
+    #[serde(rename = "chatgate:signed_out")]
+    SignedOut { app: String },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -140,6 +143,7 @@ pub fn message_page(
     let status = match message {
         Message::Success { .. } => "Signed in.",
         Message::Error { .. } => "Sign-in did not complete.",
+        Message::SignedOut { .. } => "Signed out.",
     };
     match (MessageTemplate {
         nonce: &nonce,

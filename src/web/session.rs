@@ -21,7 +21,7 @@ use tower_sessions::{Expiry, Session, SessionManagerLayer};
 
 use crate::domain::{AppId, Origin};
 use crate::signin::SessionSignIn;
-use crate::store::Store;
+use crate::store::{SessionUser, Store};
 
 pub const SESSION_COOKIE: &str = "__Host-chatgate";
 const SIGNINS_KEY: &str = "chatgate.signins";
@@ -181,6 +181,32 @@ fn encode(record: &Record) -> session_store::Result<Vec<u8>> {
     .map_err(|e| session_store::Error::Encode(e.to_string()))
 }
 
+/// Who the record is signed in as at an IdP (host-signed users have no IdP
+/// session to end), for the `browser_session_users` rows.
+fn users(record: &Record) -> Vec<SessionUser> {
+    let Some(value) = record.data.get(SIGNINS_KEY) else {
+        return Vec::new();
+    };
+    let Ok(signins) = serde_json::from_value::<BTreeMap<String, SessionSignIn>>(value.clone())
+    else {
+        return Vec::new();
+    };
+    signins
+        .into_iter()
+        .filter(|(_, s)| s.user_id.namespace() != "host")
+        .filter_map(|(key, s)| {
+            let (app, _origin) = key.split_once(' ')?;
+            Some(SessionUser {
+                app: app.to_string(),
+                provider: s.user_id.namespace().to_string(),
+                user_id: s.user_id.to_string(),
+                idp_sub: s.idp_sub,
+                idp_sid: s.idp_sid,
+            })
+        })
+        .collect()
+}
+
 fn backend(e: impl std::fmt::Display) -> session_store::Error {
     session_store::Error::Backend(e.to_string())
 }
@@ -196,6 +222,7 @@ impl SessionStore for SqlSessionStore {
                     &id_hash(&record.id),
                     &data,
                     record.expiry_date.unix_timestamp(),
+                    &users(record),
                 )
                 .await
                 .map_err(backend)?;
@@ -213,6 +240,7 @@ impl SessionStore for SqlSessionStore {
                 &id_hash(&record.id),
                 &data,
                 record.expiry_date.unix_timestamp(),
+                &users(record),
             )
             .await
             .map_err(backend)

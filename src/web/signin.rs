@@ -13,11 +13,12 @@ use tower_sessions::cookie::{Cookie, SameSite};
 
 use crate::config::AppConfig;
 use crate::domain::{AppId, Origin};
+use crate::events::SignOutReason;
 use crate::metrics::FlowEvent;
 use crate::secret::random_token;
 use crate::signin::{
-    CallbackFailure, CallbackParams, FlowError, FlowTarget, Minted, Mode, Renewal, SessionSignIn,
-    StartRequest,
+    CallbackFailure, CallbackParams, FlowError, FlowTarget, IdpSignoutError, Minted, Mode, Renewal,
+    SessionSignIn, StartRequest,
 };
 use crate::state::AppState;
 use crate::web::pages::{Message, MessageUser, frame_ancestors, message_page, plain_page};
@@ -390,10 +391,15 @@ struct SignOutRequest {
     app: String,
     #[serde(default)]
     revoke: bool,
+    /// Also sign out at the IdP (RP-initiated logout, in a popup).
+    #[serde(default)]
+    idp: bool,
 }
 
 /// `POST /v1/signout`: ends chatgate's session for the calling origin; with
-/// `revoke` also revokes at the IdP and deletes the vault entry.
+/// `revoke` also revokes at the IdP and deletes the vault entry; with `idp`
+/// answers the URL of the popup that signs out at the IdP
+/// (`idp_signout_url`), or why there is none (`idp_signout_error`).
 async fn signout(
     State(state): State<AppState>,
     session: Session,
@@ -407,17 +413,43 @@ async fn signout(
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let signed_out = removed.is_some();
+    // Before the vault entry goes: the IdP sign-out needs its ID token.
+    let idp_signout = if req.idp {
+        let user = removed.as_ref().map(|s| &s.user_id);
+        Some(
+            state
+                .signin
+                .start_idp_signout(app, &origin, user, crate::time::now())
+                .await,
+        )
+    } else {
+        None
+    };
     let mut revoked = false;
     if req.revoke
         && let Some(signin) = removed
     {
         revoked = state
             .tokens
-            .sign_out(&app.id, &signin.user_id, "user")
+            .sign_out(&app.id, &signin.user_id, "user", SignOutReason::Widget)
             .await?
             .deleted;
     }
-    Ok(Json(
-        serde_json::json!({"signed_out": signed_out, "revoked": revoked}),
-    ))
+    let mut answer = serde_json::json!({"signed_out": signed_out, "revoked": revoked});
+    match idp_signout {
+        None => {}
+        Some(Ok(url)) => answer["idp_signout_url"] = url.into(),
+        Some(Err(e)) => {
+            let code = match &e {
+                IdpSignoutError::Unsupported => "idp_signout_unsupported",
+                _ => "temporarily_unavailable",
+            };
+            if let IdpSignoutError::Store(e) = &e {
+                tracing::warn!(error = %e, "cannot start an IdP sign-out");
+            }
+            answer["idp_signout_error"] = code.into();
+            answer["idp_signout_error_description"] = e.to_string().into();
+        }
+    }
+    Ok(Json(answer))
 }

@@ -344,6 +344,8 @@ async fn a_lookup_waits_for_another_replicas_refresh_and_uses_its_result(db: &Te
                     },
                     pending_id_token: None,
                     needs_reauth: false,
+                    id_token: None,
+                    event: None,
                 },
                 now,
             )

@@ -746,7 +746,7 @@ async fn a_session_older_than_session_max_needs_the_idp(db: &TestDb) {
     }
     let bytes = serde_json::to_vec(&data).unwrap();
     store
-        .save_session(&rows[0].0, &bytes, chatgate::time::now() + 3600)
+        .save_session(&rows[0].0, &bytes, chatgate::time::now() + 3600, &[])
         .await
         .unwrap();
     let r = s.browser.get(&s.authorize_url("silent", "")).await;

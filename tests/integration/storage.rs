@@ -83,8 +83,8 @@ async fn vault_round_trip(db: &TestDb) {
     let (other_app, ..) = ids("sales", "entra:alice");
     assert!(vault.load(&other_app, &user).await.unwrap().is_none());
 
-    assert!(vault.delete(&app, &user).await.unwrap());
-    assert!(!vault.delete(&app, &user).await.unwrap());
+    assert!(vault.delete(&app, &user, None).await.unwrap());
+    assert!(!vault.delete(&app, &user, None).await.unwrap());
     assert!(vault.load(&app, &user).await.unwrap().is_none());
 }
 
@@ -307,6 +307,7 @@ async fn rekey_never_overwrites_a_row_written_meanwhile(db: &TestDb) {
         .iter()
         .map(|row| chatgate::store::Resealed {
             pending_id_token: None,
+            id_token: None,
             app: row.app.clone(),
             user_id: row.user_id.clone(),
             row_version: row.row_version,
@@ -389,7 +390,14 @@ async fn expired_rows_are_swept_in_bounded_batches(db: &TestDb) {
             .await
             .unwrap();
         store.remember_jti("support", &name, 50).await.unwrap();
-        store.insert_session(&name, b"{}", 50).await.unwrap();
+        store
+            .insert_session(&name, b"{}", 50, &[session_user(&name)])
+            .await
+            .unwrap();
+        store
+            .insert_idp_signout(&name, &idp_signout(), 50)
+            .await
+            .unwrap();
     }
     let audit: Vec<(AuditEvent<'_>, i64)> = (0..OLD)
         .map(|_| {
@@ -413,7 +421,14 @@ async fn expired_rows_are_swept_in_bounded_batches(db: &TestDb) {
         .await
         .unwrap();
     assert!(store.remember_jti("support", "fresh", 500).await.unwrap());
-    store.insert_session("fresh", b"{}", 500).await.unwrap();
+    store
+        .insert_session("fresh", b"{}", 500, &[session_user("fresh")])
+        .await
+        .unwrap();
+    store
+        .insert_idp_signout("fresh", &idp_signout(), 500)
+        .await
+        .unwrap();
     store
         .record_audit(
             AuditEvent {
@@ -439,13 +454,17 @@ async fn expired_rows_are_swept_in_bounded_batches(db: &TestDb) {
     );
     let swept = store.sweep(100, 50, 1000).await.unwrap();
     for (table, n) in &swept.rows {
-        let expected = if *table == chatgate::store::Table::PendingFlows {
-            OLD - 1000
-        } else {
-            OLD
+        let expected = match table {
+            chatgate::store::Table::PendingFlows => OLD - 1000,
+            // Kept a week after delivery: none is that old here.
+            chatgate::store::Table::EventOutbox => 0,
+            _ => OLD,
         };
         assert_eq!(*n as usize, expected, "{}", table.name());
     }
+    // A swept session takes who it was signed in as along.
+    assert!(store.session_users("old-1").await.unwrap().is_empty());
+    assert_eq!(store.session_users("fresh").await.unwrap().len(), 1);
     assert_eq!(store.sweep(100, 50, 1000).await.unwrap().total(), 0);
     // The live rows are all there.
     assert!(store.take_flow("old-1", "b").await.unwrap().is_none());
@@ -467,6 +486,25 @@ async fn expired_rows_are_swept_in_bounded_batches(db: &TestDb) {
         .await
         .unwrap();
     assert_eq!(left.len(), 1, "only the event younger than the retention");
+}
+
+fn session_user(name: &str) -> chatgate::store::SessionUser {
+    chatgate::store::SessionUser {
+        app: "support".into(),
+        user_id: format!("idp:{name}"),
+        provider: "idp".into(),
+        idp_sub: Some(name.into()),
+        idp_sid: None,
+    }
+}
+
+fn idp_signout() -> chatgate::store::IdpSignoutRow {
+    chatgate::store::IdpSignoutRow {
+        app: "support".into(),
+        origin: "https://o".into(),
+        provider: "idp".into(),
+        id_token: None,
+    }
 }
 
 async fn a_jti_is_accepted_once_even_under_concurrency(db: &TestDb) {

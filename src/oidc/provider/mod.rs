@@ -21,9 +21,14 @@ use crate::secret::SecretString;
 
 mod calls;
 mod jwks;
+mod logout_token;
 mod verify;
 
 use jwks::{fetch_jwks, get_json};
+pub use logout_token::{
+    BACKCHANNEL_LOGOUT_EVENT, LOGOUT_TOKEN_MAX_AGE, LogoutToken, LogoutTokenError,
+    unverified_issuer,
+};
 
 /// Refetches of the JWKS triggered by an unknown `kid` happen at most this often,
 /// so a flood of tokens with random `kid`s cannot make chatgate hammer the IdP.
@@ -151,6 +156,8 @@ pub struct Identity {
     pub auth_time: Option<i64>,
     /// The ID token's `exp` (Unix seconds).
     pub expires_at: i64,
+    /// The IdP's session id (`sid`), which back-channel logout may name.
+    pub sid: Option<String>,
 }
 
 /// Tokens from a code exchange or a refresh. `Debug` shows no token.
@@ -161,6 +168,16 @@ pub struct IdpTokens {
     pub scope: Option<String>,
     pub expires_in: Option<Duration>,
     pub id_token: Option<IdTokenT>,
+}
+
+impl IdpTokens {
+    /// The ID token as the IdP sent it (the compact JWS), if there is one.
+    pub fn id_token_text(&self) -> Option<SecretString> {
+        match serde_json::to_value(self.id_token.as_ref()?) {
+            Ok(serde_json::Value::String(text)) => Some(SecretString::from(text)),
+            _ => None,
+        }
+    }
 }
 
 impl std::fmt::Debug for IdpTokens {
@@ -255,6 +272,51 @@ impl Provider {
     }
 
     /// The issuer as discovered (may hold `{tenantid}` for Entra multi-tenant).
+    /// Where a browser is sent to end the user's session at the IdP
+    /// (RP-Initiated Logout 1.0), with `id_token_hint` when chatgate holds the
+    /// user's ID token, `client_id`, the `post_logout_redirect_uri` and
+    /// `state`. `None` when the IdP has no `end_session_endpoint`.
+    pub fn end_session_url(
+        &self,
+        id_token_hint: Option<&SecretString>,
+        post_logout_redirect_uri: &str,
+        state: &str,
+    ) -> Option<Url> {
+        let metadata = self.metadata();
+        let endpoint = metadata
+            .additional_metadata()
+            .end_session_endpoint
+            .as_deref()?;
+        let mut url = Url::parse(endpoint).ok()?;
+        {
+            let mut query = url.query_pairs_mut();
+            if let Some(hint) = id_token_hint {
+                query.append_pair("id_token_hint", hint.expose_secret());
+            }
+            query
+                .append_pair("client_id", &self.config.client_id)
+                .append_pair("post_logout_redirect_uri", post_logout_redirect_uri)
+                .append_pair("state", state);
+        }
+        Some(url)
+    }
+
+    /// Whether the IdP has an `end_session_endpoint` (RP-Initiated Logout).
+    pub fn end_session_supported(&self) -> bool {
+        self.metadata()
+            .additional_metadata()
+            .end_session_endpoint
+            .is_some()
+    }
+
+    /// Whether the IdP says it sends back-channel logout tokens.
+    pub fn backchannel_logout_supported(&self) -> bool {
+        self.metadata()
+            .additional_metadata()
+            .backchannel_logout_supported
+            .unwrap_or(false)
+    }
+
     pub fn issuer(&self) -> String {
         self.metadata().issuer().as_str().to_string()
     }
@@ -356,6 +418,14 @@ fn check_endpoints(issuer: &str, metadata: &ProviderMetadata) -> Result<(), Oidc
             metadata
                 .additional_metadata()
                 .revocation_endpoint
+                .as_deref()
+                .and_then(|u| Url::parse(u).ok()),
+        ),
+        (
+            "end_session_endpoint",
+            metadata
+                .additional_metadata()
+                .end_session_endpoint
                 .as_deref()
                 .and_then(|u| Url::parse(u).ok()),
         ),

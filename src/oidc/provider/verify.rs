@@ -217,5 +217,6 @@ fn identity(config: &ProviderConfig, claims: &IdTokenClaimsT) -> Result<Identity
         preferred_username: claims.preferred_username().map(|u| u.as_str().to_string()),
         auth_time: claims.auth_time().map(|t| t.timestamp()),
         expires_at: claims.expiration().timestamp(),
+        sid: string_claim(extra, "sid"),
     })
 }

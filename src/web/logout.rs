@@ -1,0 +1,148 @@
+//! Sign-out that reaches everyone: `POST /v1/backchannel-logout` (the IdP
+//! says a session ended), and the IdP sign-out the widget starts with
+//! `POST /v1/signout {"idp": true}`: `GET /v1/idp-signout` (the popup, on to
+//! the IdP) and `GET /v1/signed-out` (back from the IdP, to the host page).
+
+use axum::Form;
+use axum::extract::rejection::FormRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use tower_http::set_header::SetResponseHeaderLayer;
+
+use crate::signin::{IdpSignoutError, Mode};
+use crate::state::AppState;
+use crate::user_tokens::{LogoutError, RETRY_AFTER_SECS};
+use crate::web::pages::{Message, message_page, plain_page};
+use crate::web::{ApiError, rate_limit};
+
+pub fn router(state: &AppState) -> axum::Router<AppState> {
+    axum::Router::new()
+        .merge(
+            axum::Router::new()
+                .route("/v1/backchannel-logout", post(backchannel_logout))
+                // Section 2.8: the answer must not be cached, errors included.
+                .layer(SetResponseHeaderLayer::overriding(
+                    header::CACHE_CONTROL,
+                    HeaderValue::from_static("no-store"),
+                )),
+        )
+        .route("/v1/idp-signout", get(idp_signout))
+        .route("/v1/signed-out", get(signed_out))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            rate_limit::limit,
+        ))
+}
+
+#[derive(Debug, Deserialize)]
+struct LogoutForm {
+    logout_token: Option<String>,
+}
+
+/// `POST /v1/backchannel-logout`: 200 when the sessions the logout token
+/// names are ended (or there were none), 400 `invalid_request` when the token
+/// is not valid or was used before, 503 when it cannot be acted on now.
+async fn backchannel_logout(
+    State(state): State<AppState>,
+    form: Result<Form<LogoutForm>, FormRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Form(form) = form.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let token = form
+        .logout_token
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::bad_request("logout_token is required"))?;
+    match state.tokens.backchannel_logout(&token).await {
+        Ok(_) => Ok(StatusCode::OK),
+        Err(e @ (LogoutError::Invalid(_) | LogoutError::Replayed)) => {
+            tracing::info!(reason = %e, "logout token refused");
+            Err(ApiError::bad_request(e.to_string()))
+        }
+        Err(LogoutError::Unavailable(description)) => Err(ApiError::Unavailable {
+            description,
+            retry_after_secs: RETRY_AFTER_SECS,
+        }),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct TicketQuery {
+    ticket: Option<String>,
+}
+
+/// `GET /v1/idp-signout?ticket=`: on to the IdP's `end_session_endpoint`.
+async fn idp_signout(
+    State(state): State<AppState>,
+    query: Result<Query<TicketQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let ticket = query.ok().and_then(|Query(q)| q.ticket).unwrap_or_default();
+    match state
+        .signin
+        .idp_signout_redirect(&ticket, crate::time::now())
+        .await
+    {
+        Ok(url) => {
+            let mut response = StatusCode::SEE_OTHER.into_response();
+            let headers = response.headers_mut();
+            if let Ok(location) = HeaderValue::from_str(url.as_str()) {
+                headers.insert(header::LOCATION, location);
+            }
+            // The URL carries the id_token_hint: for the IdP only.
+            headers.insert(
+                header::REFERRER_POLICY,
+                HeaderValue::from_static("no-referrer"),
+            );
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+        Err(e) => signout_failed(&e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct StateQuery {
+    state: Option<String>,
+}
+
+/// `GET /v1/signed-out?state=`: posts `chatgate:signed_out` to the exact
+/// origin that asked, and closes the popup.
+async fn signed_out(
+    State(state): State<AppState>,
+    query: Result<Query<StateQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let value = query.ok().and_then(|Query(q)| q.state).unwrap_or_default();
+    match state
+        .signin
+        .finish_idp_signout(&value, crate::time::now())
+        .await
+    {
+        Ok(done) => message_page(
+            Mode::Popup,
+            &done.origin,
+            &[],
+            &Message::SignedOut {
+                app: done.app.to_string(),
+            },
+        ),
+        Err(e) => signout_failed(&e),
+    }
+}
+
+fn signout_failed(e: &IdpSignoutError) -> Response {
+    let status = match e {
+        IdpSignoutError::Unknown | IdpSignoutError::Unsupported => StatusCode::BAD_REQUEST,
+        IdpSignoutError::ProviderNotLoaded | IdpSignoutError::Store(_) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+    };
+    if let IdpSignoutError::Store(e) = e {
+        tracing::warn!(error = %e, "IdP sign-out failed");
+    }
+    let message = match e {
+        IdpSignoutError::Store(_) => "chatgate is unavailable; try again shortly.".to_string(),
+        e => format!("{e}. You can close this window."),
+    };
+    plain_page(status, "Sign-out did not complete", &message, &[])
+}
