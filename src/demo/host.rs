@@ -11,6 +11,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 
 use super::bot::Bot;
+use super::bot_events::EventInbox;
 
 const PAGE: &str = include_str!("host_page.html");
 
@@ -18,10 +19,12 @@ const PAGE: &str = include_str!("host_page.html");
 struct Site {
     page: String,
     bot: Bot,
+    events: EventInbox,
 }
 
-/// The host site's routes: `/` and the bot at `/bot/messages`.
-pub fn router(chatgate_url: &str, app: &str, bot: Bot) -> Router {
+/// The host site's routes: `/`, the bot at `/bot/messages`, and the bot's
+/// event endpoint at `/bot/events` (POST from chatgate, GET the last few).
+pub fn router(chatgate_url: &str, app: &str, bot: Bot, events: EventInbox) -> Router {
     let config = serde_json::json!({ "chatgate": chatgate_url, "app": app });
     let page = PAGE
         .replace("__CHATGATE_URL__", chatgate_url)
@@ -29,7 +32,8 @@ pub fn router(chatgate_url: &str, app: &str, bot: Bot) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/bot/messages", post(message))
-        .with_state(Arc::new(Site { page, bot }))
+        .route("/bot/events", post(event).get(recent_events))
+        .with_state(Arc::new(Site { page, bot, events }))
         .layer(axum::middleware::from_fn(super::loopback_host_only))
 }
 
@@ -62,4 +66,36 @@ async fn message(
         Ok(reply) => Json(reply).into_response(),
         Err(reply) => (StatusCode::UNAUTHORIZED, Json(reply)).into_response(),
     }
+}
+
+/// chatgate's events for the bot (Standard Webhooks): 204 when the signature
+/// verifies, 401 otherwise (chatgate then retries).
+async fn event(
+    State(site): State<Arc<Site>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> StatusCode {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    };
+    match site.events.receive(
+        header("webhook-id"),
+        header("webhook-timestamp"),
+        header("webhook-signature"),
+        &body,
+        crate::time::now(),
+    ) {
+        Ok(_) => StatusCode::NO_CONTENT,
+        Err(why) => {
+            eprintln!("bot: refused an event delivery: {why}");
+            StatusCode::UNAUTHORIZED
+        }
+    }
+}
+
+async fn recent_events(State(site): State<Arc<Site>>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "events": site.events.recent() }))
 }

@@ -10,6 +10,7 @@
 //! Browsers treat loopback http as a secure context, so `Secure` cookies work.
 
 pub mod bot;
+mod bot_events;
 mod host;
 pub mod idp;
 
@@ -129,6 +130,9 @@ id = "{APP_ID}"
 origins = ["{host}"]
 provider = "demo"
 chat_audience = "{host}/bot"
+# The sample bot's event endpoint (user.signed_in, user.signed_out, ...).
+events_url = "{host}/bot/events"
+events_secret_file = "events.secret"
 "#
     )
 }
@@ -149,6 +153,10 @@ pub async fn run(
     ensure_secret_file(&dir.join("idp-client.secret"), || {
         SecretString::from(random_token::<32>())
     })?;
+    ensure_secret_file(
+        &dir.join("events.secret"),
+        crate::events::WebhookSecret::generate,
+    )?;
 
     // Bind first, so port 0 works and a taken port fails before anything starts.
     let idp_listener = bind("idp", "127.0.0.1", opts.idp_port)?;
@@ -204,9 +212,11 @@ pub async fn run(
         bot_secret,
         idp_issuer: idp_url.clone(),
     });
+    let inbox = bot_events::EventInbox::new(&read_secret(&dir.join("events.secret"))?)
+        .map_err(DemoError::Io)?;
     let host_task = tokio::spawn(serve(
         host_listener,
-        host::router(&chatgate_url, APP_ID, bot),
+        host::router(&chatgate_url, APP_ID, bot, inbox),
         stopped(stop_rx.clone()),
     ));
 
@@ -335,8 +345,12 @@ What to try:
   3. Send a message. The bot verifies your chat token against chatgate's JWKS, looks
      your access token up through the bot API, and asks the IdP who you are.
   4. Wait two minutes and send another: the bot says chatgate refreshed the token.
-  5. "Sign out" revokes your tokens at the IdP. The IdP's own page ({idp}) can sign
-     you out there or forget consents, to see login_required and consent_required.
+  5. "Sign out" revokes your tokens at the IdP. "Sign out everywhere" also signs you
+     out at the IdP (in a popup). Signing out on the IdP's own page ({idp}) reaches
+     chatgate on the back channel: the chat's next silent sign-in says
+     login_required. The IdP's page can also forget consents (consent_required).
+  6. Watch this terminal: the bot prints every event chatgate sends it
+     (user.signed_in, user.signed_out with its reason, ...), signature checked.
 
 Works in a stock Chromium or Firefox (loopback http counts as secure). Press Ctrl-C to stop.
 "#,

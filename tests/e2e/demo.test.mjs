@@ -1,6 +1,7 @@
 // `chatgate demo` itself, driven in a browser the way a newcomer would use it:
 // open the shop, sign in through the popup, reload and get signed in silently,
-// chat with the bot (which reads the user's token through chatgate), sign out.
+// chat with the bot (which reads the user's token through chatgate), sign out,
+// sign out everywhere (at the IdP too), and see the bot's events.
 import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
@@ -132,6 +133,26 @@ describe("chatgate demo", () => {
       await status.filter({ hasText: "Sign in to chat" }).waitFor({ timeout: 20000 });
       await page.locator(".msg.system", { hasText: "revoked" }).waitFor();
       assert.equal(await page.isDisabled("#message"), true);
+
+      // Sign in again (the IdP still knows the browser), then "Sign out
+      // everywhere": signed out at the IdP in a popup too.
+      const [again] = await Promise.all([context.waitForEvent("page"), page.click("#signin")]);
+      await again.waitForEvent("close", { timeout: 20000 }).catch(() => {});
+      await status.filter({ hasText: "Signed in as Alice Example" }).waitFor({ timeout: 20000 });
+      const [signOutPopup] = await Promise.all([context.waitForEvent("page"), page.click("#signout-everywhere")]);
+      await signOutPopup.waitForEvent("close", { timeout: 20000 }).catch(() => {});
+      await page.locator(".msg.system", { hasText: "Signed out here and at the identity provider" }).waitFor({ timeout: 20000 });
+      // The IdP session is gone: a reload's silent sign-in needs the user.
+      await page.reload();
+      await status.filter({ hasText: "login_required" }).waitFor({ timeout: 20000 });
+
+      // The sample bot printed the events chatgate sent it, signature checked.
+      const events = await (await fetch(`${demo.shop}/bot/events`)).json();
+      const kinds = events.events.map((e) => `${e.type}${e.data.reason ? `:${e.data.reason}` : ""}`);
+      assert.ok(kinds.includes("user.signed_in"), JSON.stringify(kinds));
+      assert.ok(kinds.includes("user.signed_out:widget"), JSON.stringify(kinds));
+      assert.match(demo.output.join(""), /bot: event evt_\S+ user\.signed_out for demo:alice in app support/);
+      assert.doesNotMatch(demo.output.join(""), /refused an event delivery/);
     } finally {
       await context.close();
       rmSync(profile, { recursive: true, force: true });

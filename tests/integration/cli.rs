@@ -242,11 +242,149 @@ async fn vault_rekey_moves_entries_to_the_newest_key(db: &TestDb) {
     );
 }
 
+/// `users sign-out` deletes the tokens, ends the user's browser sessions and
+/// records `user.signed_out` (reason `admin`); `events list` shows it pending
+/// (the receiver is not running), `events redeliver` queues it again.
+async fn users_sign_out_and_events_from_the_cli(db: &TestDb) {
+    let mut cfg = TestConfig::new(db);
+    cfg.toml = cfg.toml.replace(
+        "chat_audience = \"https://bot.contoso.com\"\n",
+        "chat_audience = \"https://bot.contoso.com\"\nevents_url = \"http://127.0.0.1:9/events\"\nevents_secret_env = \"TEST_EVENTS_SECRET\"\n",
+    );
+    let secret = chatgate::events::WebhookSecret::generate();
+    cfg.env.insert(
+        "TEST_EVENTS_SECRET".into(),
+        secret.expose_secret().to_string(),
+    );
+    let path = cfg.write(8080);
+    let p = path.to_str().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_chatgate"))
+            .args(args)
+            .args(["--config", p])
+            .envs(&cfg.env)
+            .env("RUST_LOG", "error")
+            .output()
+            .unwrap()
+    };
+    assert!(run(&["migrate"]).status.success());
+    let store = db.store().await;
+    let vault = Vault::new(store.clone(), cfg.load(0).vault_keys.clone());
+    let (app, user) = (
+        AppId::parse("support").unwrap(),
+        UserId::parse("idp:alice").unwrap(),
+    );
+    let tokens = TokenSet {
+        access_token: SecretString::from("at-alice-secret"),
+        refresh_token: Some(SecretString::from("rt-alice-secret")),
+        token_type: "Bearer".into(),
+        scope: "openid".into(),
+        expires_at: None,
+    };
+    vault
+        .save(&app, &user, &ProviderId::parse("idp").unwrap(), &tokens, 1)
+        .await
+        .unwrap();
+    let alice = chatgate::store::SessionUser {
+        app: "support".into(),
+        user_id: "idp:alice".into(),
+        provider: "idp".into(),
+        idp_sub: Some("alice".into()),
+        idp_sid: None,
+    };
+    store
+        .insert_session("alices-browser", b"{}", i64::MAX / 2, &[alice])
+        .await
+        .unwrap();
+    store
+        .insert_session("someone-elses", b"{}", i64::MAX / 2, &[])
+        .await
+        .unwrap();
+
+    let out = run(&[
+        "users",
+        "sign-out",
+        "--app",
+        "support",
+        "--user",
+        "idp:alice",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("tokens deleted")
+            && stdout(&out).contains("1 browser session(s) ended"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(vault.load(&app, &user).await.unwrap().is_none());
+    assert!(
+        store
+            .load_session("alices-browser", 0)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .load_session("someone-elses", 0)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let unknown = run(&["users", "sign-out", "--app", "nope", "--user", "idp:alice"]);
+    assert!(!unknown.status.success());
+
+    let list = stdout(&run(&["events", "list", "--failed"]));
+    let line = list
+        .lines()
+        .find(|l| l.contains("user.signed_out"))
+        .unwrap_or_else(|| panic!("{list}"));
+    assert!(
+        line.contains("idp:alice") && line.contains("pending"),
+        "{line}"
+    );
+    let id = line.split_whitespace().next().unwrap().to_string();
+    assert!(id.starts_with("evt_"), "{id}");
+    let event = store
+        .list_events(chatgate::store::EventFilter {
+            undelivered: true,
+            limit: 5,
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.id == id)
+        .unwrap();
+    let payload: serde_json::Value = serde_json::from_str(&event.payload).unwrap();
+    assert_eq!(payload["data"]["reason"], "admin");
+    assert!(
+        !event.payload.contains("alice-secret"),
+        "no token in an event"
+    );
+    let redeliver = run(&["events", "redeliver", &id]);
+    assert!(redeliver.status.success(), "{}", stderr(&redeliver));
+    assert!(!run(&["events", "redeliver", "evt_nope"]).status.success());
+}
+
 backend_tests!(
     migrate_creates_the_schema,
     vault_rekey_moves_entries_to_the_newest_key,
     bots_are_created_listed_and_revoked_from_the_cli,
+    users_sign_out_and_events_from_the_cli,
 );
+
+#[test]
+fn keys_generate_events_prints_a_standard_webhooks_secret() {
+    let out = chatgate(&["keys", "generate", "events"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let secret = stdout(&out).trim().to_string();
+    assert!(secret.starts_with("whsec_"), "{secret}");
+    assert!(chatgate::events::WebhookSecret::parse(&SecretString::from(secret.clone())).is_ok());
+    assert_ne!(
+        stdout(&chatgate(&["keys", "generate", "events"])).trim(),
+        secret
+    );
+}
 
 /// Runs `chatgate serve` until it is ready, sends SIGTERM, returns its output.
 async fn serve_then_sigterm(cfg: &TestConfig) -> Output {

@@ -15,6 +15,7 @@ mod dev_idp;
 mod docs;
 mod hardening;
 mod host_session;
+mod logout;
 mod ops;
 mod refresh_faults;
 mod signin;

@@ -700,7 +700,98 @@ async fn migrations_are_idempotent(db: &TestDb) {
     again.migrate().await.unwrap();
 }
 
+/// `token.refresh_failing` goes out once refreshes have failed for the
+/// threshold, once per stretch of failures; a sign-in ends the stretch. The
+/// `user.signed_in` of a first sign-in (or one after re-authentication) is
+/// written with the tokens; a sign-in over usable tokens writes none.
+async fn refresh_failures_and_sign_ins_record_their_events_once(db: &TestDb) {
+    let store = db.store().await;
+    let (keys, _) = ring(&["k1"]);
+    let vault = Vault::new(store.clone(), keys);
+    let (app, user, provider) = ids("support", "entra:alice");
+    let event = |id: &str, kind: &str| chatgate::store::OutboxRow {
+        id: id.into(),
+        app: "support".into(),
+        kind: kind.into(),
+        user_id: "entra:alice".into(),
+        payload: "{}".into(),
+        created_at: 0,
+    };
+    let identity = chatgate::vault::SignInIdentity::default();
+    let first = event("evt_in_1", "user.signed_in");
+    assert!(
+        vault
+            .save_signin(
+                &app,
+                &user,
+                &provider,
+                &tokens("at-1", Some("rt-1")),
+                &identity,
+                100,
+                Some(&first)
+            )
+            .await
+            .unwrap()
+    );
+    let again = event("evt_in_2", "user.signed_in");
+    assert!(
+        !vault
+            .save_signin(
+                &app,
+                &user,
+                &provider,
+                &tokens("at-2", Some("rt-2")),
+                &identity,
+                110,
+                Some(&again)
+            )
+            .await
+            .unwrap(),
+        "the user had usable tokens: no new sign-in"
+    );
+    let failing = |n: u32| event(&format!("evt_fail_{n}"), "token.refresh_failing");
+    let note = |now: i64, n: u32| {
+        let (store, row) = (store.clone(), failing(n));
+        async move {
+            store
+                .note_refresh_failure("support", "entra:alice", now, 300, Some(&row))
+                .await
+                .unwrap()
+        }
+    };
+    assert!(!note(1000, 1).await);
+    assert!(!note(1200, 2).await);
+    assert!(note(1300, 3).await, "failing for 300 s");
+    assert!(!note(1400, 4).await, "once per stretch");
+    // A sign-in ends the stretch; the next one is counted from its start.
+    vault
+        .save_signin(
+            &app,
+            &user,
+            &provider,
+            &tokens("at-3", Some("rt-3")),
+            &identity,
+            1500,
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(!note(1600, 5).await);
+    assert!(note(1900, 6).await);
+    let events = store
+        .list_events(chatgate::store::EventFilter {
+            undelivered: false,
+            limit: 100,
+        })
+        .await
+        .unwrap();
+    let mut ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, ["evt_fail_3", "evt_fail_6", "evt_in_1"]);
+}
+
 backend_tests!(
+    refresh_failures_and_sign_ins_record_their_events_once,
     vault_round_trip,
     a_new_sign_in_replaces_tokens_but_keeps_an_omitted_refresh_token,
     a_ciphertext_copied_to_another_row_does_not_decrypt,

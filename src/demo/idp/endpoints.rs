@@ -65,6 +65,9 @@ pub(super) async fn discovery(State(idp): State<Shared>) -> Json<Value> {
         "prompt_values_supported": ["none", "login", "consent", "select_account"],
         "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "name", "preferred_username", "email"],
         "authorization_response_iss_parameter_supported": true,
+        "end_session_endpoint": format!("{iss}/end-session"),
+        "backchannel_logout_supported": true,
+        "backchannel_logout_session_supported": true,
     }))
 }
 
@@ -196,6 +199,7 @@ pub(super) async fn login(State(idp): State<Shared>, Form(form): Form<LoginForm>
             BrowserSession {
                 user,
                 auth_time: now(),
+                sid: random_token::<16>(),
             },
         );
         if let Some(tx) = inner.transactions.get_mut(&form.tx) {
@@ -411,10 +415,38 @@ pub(super) async fn revoke(
 }
 
 pub(super) async fn sign_out(State(idp): State<Shared>, headers: HeaderMap) -> Response {
-    if let Some(sid) = session_id(&headers) {
-        idp.inner.lock().expect("idp lock").sessions.remove(&sid);
-    }
+    idp.end_session(&headers).await;
     Redirect::to("/").into_response()
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct EndSessionQuery {
+    post_logout_redirect_uri: Option<String>,
+    state: Option<String>,
+}
+
+/// RP-Initiated Logout: signs the browser out (no confirmation: this is a
+/// development provider) and sends it back to a registered post-logout
+/// redirect URI with `state`, or to the home page.
+pub(super) async fn end_session(
+    State(idp): State<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<EndSessionQuery>,
+) -> Response {
+    idp.end_session(&headers).await;
+    let registered = q.post_logout_redirect_uri.filter(|uri| {
+        idp.chatgates()
+            .any(|c| *uri == format!("{c}/v1/signed-out"))
+    });
+    match registered.and_then(|u| url::Url::parse(&u).ok()) {
+        Some(mut url) => {
+            if let Some(state) = &q.state {
+                url.query_pairs_mut().append_pair("state", state);
+            }
+            Redirect::to(url.as_str()).into_response()
+        }
+        None => Redirect::to("/").into_response(),
+    }
 }
 
 pub(super) async fn forget_consents(State(idp): State<Shared>) -> Response {

@@ -4,7 +4,11 @@
 //! `iss`, a login form with visible demo users, a consent screen, a session
 //! cookie (so `prompt=none` works after the first login), rotating refresh
 //! tokens whose reuse revokes the whole grant (as real IdPs do), userinfo and
-//! RFC 7009 revocation. Everything lives in memory and is gone when the demo
+//! RFC 7009 revocation, and sign-out: RP-initiated logout at `/end-session`
+//! and back-channel logout tokens (with `sid`) to every chatgate among its
+//! redirect URIs — a redirect URI `{chatgate}/v1/callback` makes
+//! `{chatgate}/v1/backchannel-logout` its back-channel logout URI and
+//! `{chatgate}/v1/signed-out` a post-logout redirect URI. Everything lives in memory and is gone when the demo
 //! stops. Its pages say what it is; it is only reachable through `chatgate demo`
 //! and only listens on loopback addresses.
 //!
@@ -90,6 +94,8 @@ struct Transaction {
 struct BrowserSession {
     user: &'static DemoUser,
     auth_time: i64,
+    /// The session id ID tokens and logout tokens name (not the cookie).
+    sid: String,
 }
 
 #[derive(Debug, Clone)]
@@ -100,6 +106,8 @@ struct Grant {
     /// All tokens of one authorization share a family; reuse of a spent
     /// refresh token revokes the family.
     family: String,
+    /// The browser session it was granted in.
+    sid: String,
 }
 
 #[derive(Debug, Clone)]
@@ -136,6 +144,8 @@ struct Idp {
     config: DevIdpConfig,
     key: SigningKey,
     inner: Mutex<Inner>,
+    /// Sends back-channel logout tokens.
+    http: reqwest::Client,
 }
 
 type Shared = Arc<Idp>;
@@ -146,6 +156,11 @@ pub fn router(config: DevIdpConfig) -> Router {
         config,
         key: SigningKey::generate(SigningAlg::Es256),
         inner: Mutex::new(Inner::default()),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("an HTTP client"),
     });
     Router::new()
         .route("/", get(home))
@@ -159,6 +174,7 @@ pub fn router(config: DevIdpConfig) -> Router {
         .route("/userinfo", get(userinfo).post(userinfo))
         .route("/revoke", post(revoke))
         .route("/sign-out", post(sign_out))
+        .route("/end-session", get(end_session))
         .route("/dev/forget-consents", post(forget_consents))
         .route("/dev/stats", get(stats))
         .route("/dev/cookie-probe/set", get(probe_set))
@@ -238,6 +254,57 @@ impl Idp {
             .sessions
             .get(&sid)
             .cloned()
+    }
+
+    /// The chatgates among the redirect URIs (`{chatgate}/v1/callback`).
+    fn chatgates(&self) -> impl Iterator<Item = &str> {
+        self.config
+            .redirect_uris
+            .iter()
+            .filter_map(|u| u.strip_suffix("/v1/callback"))
+    }
+
+    /// Ends the browser's session here and tells every chatgate on the back
+    /// channel (a logout token naming the user and the session).
+    async fn end_session(&self, headers: &HeaderMap) {
+        let Some(cookie) = session_id(headers) else {
+            return;
+        };
+        let Some(session) = self
+            .inner
+            .lock()
+            .expect("idp lock")
+            .sessions
+            .remove(&cookie)
+        else {
+            return;
+        };
+        let now = now();
+        let claims = json!({
+            "iss": self.config.issuer,
+            "aud": self.config.client_id,
+            "iat": now,
+            "exp": now + 120,
+            "jti": random_token::<16>(),
+            "sub": session.user.username,
+            "sid": session.sid,
+            "events": { "http://schemas.openid.net/event/backchannel-logout": {} },
+        });
+        let token = self.key.sign_jwt(&claims, None);
+        for chatgate in self.chatgates() {
+            let url = format!("{chatgate}/v1/backchannel-logout");
+            match self
+                .http
+                .post(&url)
+                .form(&[("logout_token", token.as_str())])
+                .send()
+                .await
+            {
+                Ok(r) if r.status().is_success() => {}
+                Ok(r) => eprintln!("dev IdP: {url} answered {} to a logout token", r.status()),
+                Err(e) => eprintln!("dev IdP: cannot send a logout token to {url}: {e}"),
+            }
+        }
     }
 
     /// A redirect back to the client with `params`, `state` and RFC 9207 `iss`.
@@ -323,6 +390,7 @@ impl Idp {
                         scope: tx.scope.clone(),
                         auth_time: session.auth_time,
                         family: random_token::<12>(),
+                        sid: session.sid.clone(),
                     },
                     redirect_uri: tx.redirect_uri.clone(),
                     nonce: tx.nonce.clone(),
@@ -344,6 +412,7 @@ impl Idp {
             "iat": now,
             "exp": now + 600,
             "auth_time": grant.auth_time,
+            "sid": grant.sid,
         });
         if grant.scope.split(' ').any(|s| s == "profile") {
             claims["name"] = json!(grant.user.name);

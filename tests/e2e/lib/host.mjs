@@ -28,6 +28,7 @@ export function hostPage(broker, app) {
 <body>
 <h1>Contoso support</h1>
 <button id="signin-popup" type="button">Sign in to chat</button>
+<button id="signout-everywhere" type="button">Sign out everywhere</button>
 <div id="status">signed out</div>
 <script>
   window.chatgateOptions = { broker: ${JSON.stringify(broker)}, app: ${JSON.stringify(app)} };
@@ -35,6 +36,10 @@ export function hostPage(broker, app) {
   window.settle = (p) => p.then((ok) => ({ ok }), (err) => ({ err: err.code, message: err.message }));
   document.getElementById("signin-popup").addEventListener("click", () => {
     window.popupResult = window.settle(ChatGate.signInWithPopup(window.chatgateOptions));
+  });
+  // Signs out of chatgate and, in a popup, at the IdP.
+  document.getElementById("signout-everywhere").addEventListener("click", () => {
+    window.signOutResult = window.settle(ChatGate.signOut({ ...window.chatgateOptions, revoke: true, idp: true }));
   });
 </script>
 </body>

@@ -2,7 +2,7 @@
 // HTTPS on its own site, with a minimal login/consent UI and a few test-only
 // controls (counting authorization requests, forgetting consents, a cookie
 // probe that proves whether the browser sends third-party cookies).
-import { createServer } from "node:https";
+import { createServer, request as httpsRequest } from "node:https";
 import { generateKeyPair, exportJWK } from "jose";
 import Provider from "oidc-provider";
 
@@ -12,6 +12,28 @@ export const USERS = {
 
 function html(title, body) {
   return `<!doctype html><html><head><meta charset="utf-8"><title>${title}</title></head><body>${body}</body></html>`;
+}
+
+/** `fetch` over node:https trusting `ca`, returning a WHATWG Response. */
+function trustingFetch(url, options, ca) {
+  return new Promise((resolve, reject) => {
+    const headers = Object.fromEntries(new Headers(options.headers));
+    const req = httpsRequest(url, { method: options.method || "GET", headers, ca, signal: options.signal }, (res) => {
+      const chunks = [];
+      res.on("data", (c) => chunks.push(c));
+      res.on("end", () => {
+        const body = [204, 304].includes(res.statusCode) ? null : Buffer.concat(chunks);
+        const responseHeaders = new Headers();
+        for (const [k, v] of Object.entries(res.headers)) {
+          for (const value of [].concat(v)) responseHeaders.append(k, value);
+        }
+        resolve(new Response(body, { status: res.statusCode, headers: responseHeaders }));
+      });
+    });
+    req.on("error", reject);
+    if (options.body !== undefined && options.body !== null) req.write(String(options.body));
+    req.end();
+  });
 }
 
 function escape(s) {
@@ -28,8 +50,11 @@ async function readForm(req) {
  * Starts the IdP at https://{host}:{port}. `client` = { id, secret, redirectUri }.
  * `accessTokenTtl` (seconds) keeps access tokens short for refresh tests.
  */
-export async function startIdp({ host, port, tls, client, accessTokenTtl = 300 }) {
+export async function startIdp({ host, port, tls, ca, client, accessTokenTtl = 300 }) {
   const issuer = `https://${host}:${port}`;
+  // chatgate's public URL: where back-channel logout tokens go and where the
+  // IdP sends the browser back after signing out.
+  const broker = new URL(client.redirectUri).origin;
   const { privateKey } = await generateKeyPair("RS256", { extractable: true });
   const jwk = { ...(await exportJWK(privateKey)), kid: "e2e-rs256", alg: "RS256", use: "sig" };
   const stats = { authorizationRequests: 0, tokenRequests: 0, refreshRequests: 0, revocations: 0 };
@@ -43,8 +68,15 @@ export async function startIdp({ host, port, tls, client, accessTokenTtl = 300 }
         grant_types: ["authorization_code", "refresh_token"],
         response_types: ["code"],
         token_endpoint_auth_method: "client_secret_basic",
+        backchannel_logout_uri: `${broker}/v1/backchannel-logout`,
+        backchannel_logout_session_required: true,
+        post_logout_redirect_uris: [`${broker}/v1/signed-out`],
       },
     ],
+    // Back-channel logout requests go to chatgate on loopback with the test
+    // CA: oidc-provider's own fetch refuses both (SSRF protection), so this
+    // one trusts the CA and sends what oidc-provider asks.
+    fetch: (url, options) => trustingFetch(url, options, ca),
     jwks: { keys: [jwk] },
     cookies: {
       keys: ["e2e-cookie-key-not-secret"],
@@ -58,6 +90,17 @@ export async function startIdp({ host, port, tls, client, accessTokenTtl = 300 }
       devInteractions: { enabled: false },
       revocation: { enabled: true },
       userinfo: { enabled: true },
+      backchannelLogout: { enabled: true },
+      rpInitiatedLogout: {
+        enabled: true,
+        logoutSource: async (ctx, form) => {
+          ctx.body = html("Sign out", `${form}<h1>Sign out of the test IdP?</h1>
+            <button id="logout-yes" type="submit" form="op.logoutForm" value="yes" name="logout">Yes, sign me out</button>`);
+        },
+        postLogoutSuccessSource: async (ctx) => {
+          ctx.body = html("Signed out", "<p id='signed-out'>Signed out.</p>");
+        },
+      },
     },
     pkce: { required: () => true },
     // Entra ID issues refresh tokens on silent (prompt=none) flows too;
@@ -86,6 +129,13 @@ export async function startIdp({ host, port, tls, client, accessTokenTtl = 300 }
     },
   });
   provider.on("authorization.accepted", () => {});
+  const backchannel = { sent: 0, errors: [] };
+  provider.on("backchannel.success", () => {
+    backchannel.sent += 1;
+  });
+  provider.on("backchannel.error", (_ctx, err) => {
+    backchannel.errors.push(String(err?.message || err));
+  });
   provider.on("grant.success", (ctx) => {
     stats.tokenRequests += 1;
     if (ctx.oidc.params?.grant_type === "refresh_token") stats.refreshRequests += 1;
@@ -176,6 +226,10 @@ export async function startIdp({ host, port, tls, client, accessTokenTtl = 300 }
     async stats() {
       return { ...stats };
     },
+    /** Back-channel logout requests chatgate answered 200, and the failures. */
+    backchannel,
+    /** Where a browser signs out at the IdP directly (RP-initiated logout without a client). */
+    endSessionUrl: `${issuer}/session/end`,
     provider,
     // Forget every consent, so the next authorization needs the consent prompt.
     async revokeConsents() {

@@ -21,7 +21,11 @@ export const HOST_KEY = { kid: "h1", secret: "e2e-host-secret-that-is-at-least-3
 /** The IdPs a world can run: npm oidc-provider, or chatgate's development provider. */
 export const IDP_KINDS = ["oidc-provider", "dev"];
 
-export async function startWorld({ idp: idpKind = "oidc-provider", accessTokenTtl, chatgateToml = "" } = {}) {
+/**
+ * `events`: { url, secret } makes app "support" send its events there
+ * (`events_url`, `events_secret_env`).
+ */
+export async function startWorld({ idp: idpKind = "oidc-provider", accessTokenTtl, chatgateToml = "", events } = {}) {
   const dir = mkdtempSync(join(tmpdir(), "chatgate-e2e-"));
   const ca = makeCa(dir);
   const [hostPort, brokerPort, idpPort, otherPort] = await Promise.all([
@@ -49,7 +53,7 @@ export async function startWorld({ idp: idpKind = "oidc-provider", accessTokenTt
     caFile: ca.certFile,
     provider: { issuer: idp.issuer, clientId: CLIENT.id, clientSecret: CLIENT.secret },
     extraToml: chatgateToml,
-    env: { E2E_HOST_SECRET: HOST_KEY.secret },
+    env: { E2E_HOST_SECRET: HOST_KEY.secret, E2E_EVENTS_SECRET: events?.secret ?? "" },
     apps: `
 [[apps]]
 id = "support"
@@ -57,6 +61,7 @@ origins = ["${hostOrigin}"]
 provider = "oidc"
 chat_audience = "${CHAT_AUDIENCE}"
 host_keys = [{ kid = "${HOST_KEY.kid}", alg = "HS256", secret_env = "E2E_HOST_SECRET" }]
+${events ? `events_url = "${events.url}"\nevents_secret_env = "E2E_EVENTS_SECRET"` : ""}
 `,
   });
   const hostTls = ca.leaf("localhost");

@@ -108,6 +108,12 @@ pub struct IdpState {
     pub token_endpoint_status: Option<u16>,
     pub last_authorize_query: HashMap<String, String>,
     pub access_token_ttl: i64,
+    /// Discovery names no `end_session_endpoint`.
+    pub no_end_session: bool,
+    /// The queries `end_session_endpoint` received.
+    pub end_session_queries: Vec<HashMap<String, String>>,
+    /// ID tokens issued, in order.
+    pub issued_id_tokens: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -142,6 +148,7 @@ impl FakeIdp {
         user.insert("email".into(), json!("alice@example.com"));
         user.insert("oid".into(), json!("00000000-0000-0000-0000-0000000000a1"));
         user.insert("tid".into(), json!("tenant-1"));
+        user.insert("sid".into(), json!("idp-session-1"));
         let state = Arc::new(Mutex::new(IdpState {
             issuer: issuer.clone(),
             keys: vec![signing_key("key-1")],
@@ -162,6 +169,7 @@ impl FakeIdp {
             .route("/authorize", get(authorize))
             .route("/token", post(token))
             .route("/revoke", post(revoke))
+            .route("/end-session", get(end_session))
             .with_state(state.clone());
         let server = axum_server::from_tcp_rustls(listener, tls).unwrap();
         tokio::spawn(async move {
@@ -228,6 +236,16 @@ impl FakeIdp {
         }
     }
 
+    /// A logout token (Back-Channel Logout 1.0) signed with the current key:
+    /// `iss`, `aud`, `iat`, `exp`, `jti` and the logout event, then `claims`
+    /// (a `null` value removes a claim).
+    pub fn logout_token(&self, claims: Value) -> String {
+        self.with(|s| {
+            let key = &s.keys[s.current];
+            key.sign_jwt(&logout_claims(s, claims), None)
+        })
+    }
+
     /// Adds a key, publishes it, and signs with it from now on.
     pub fn rotate_key(&self, kid: &str) {
         self.with(|s| {
@@ -254,7 +272,23 @@ async fn discovery(State(state): State<Arc<Mutex<IdpState>>>) -> Json<Value> {
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "code_challenge_methods_supported": ["S256"],
         "authorization_response_iss_parameter_supported": s.iss_param,
+        "end_session_endpoint": (!s.no_end_session).then(|| format!("{iss}/end-session")),
+        "backchannel_logout_supported": true,
+        "backchannel_logout_session_supported": true,
     }))
+}
+
+/// RP-Initiated Logout: records the request and sends the browser back.
+async fn end_session(
+    State(state): State<Arc<Mutex<IdpState>>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    state.lock().unwrap().end_session_queries.push(q.clone());
+    let mut back = url::Url::parse(&q["post_logout_redirect_uri"]).unwrap();
+    if let Some(st) = q.get("state") {
+        back.query_pairs_mut().append_pair("state", st);
+    }
+    Redirect::to(back.as_str()).into_response()
 }
 
 async fn jwks(State(state): State<Arc<Mutex<IdpState>>>) -> Response {
@@ -340,6 +374,27 @@ fn client_ok(s: &IdpState, headers: &HeaderMap, form: &HashMap<String, String>) 
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         == Some(expected.as_str())
+}
+
+/// The claims of a logout token (see [`FakeIdp::logout_token`]).
+pub fn logout_claims(s: &IdpState, extra: Value) -> Value {
+    let now = chatgate::time::now();
+    let mut claims = json!({
+        "iss": s.issuer,
+        "aud": CLIENT_ID,
+        "iat": now,
+        "exp": now + 120,
+        "jti": chatgate::secret::random_token::<12>(),
+        "events": { "http://schemas.openid.net/event/backchannel-logout": {} },
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        if v.is_null() {
+            claims.as_object_mut().unwrap().remove(k);
+        } else {
+            claims[k] = v.clone();
+        }
+    }
+    claims
 }
 
 /// Signs an ID token for the current user with the given behaviour.
@@ -483,7 +538,9 @@ fn token_now(s: &mut IdpState, headers: &HeaderMap, form: &HashMap<String, Strin
         body["refresh_token"] = json!(rt);
     }
     if !behavior.no_id_token {
-        body["id_token"] = json!(id_token(s, nonce.as_deref(), &behavior));
+        let token = id_token(s, nonce.as_deref(), &behavior);
+        s.issued_id_tokens.push(token.clone());
+        body["id_token"] = json!(token);
     }
     Json(body).into_response()
 }

@@ -7,6 +7,7 @@ pub mod browser;
 pub mod fake_idp;
 pub mod outage;
 pub mod proxy;
+pub mod receiver;
 pub mod tls;
 
 use chatgate::secret::ExposeSecret as _;
