@@ -240,6 +240,66 @@ fn provider_and_app_rules() {
 }
 
 #[test]
+fn events_need_an_https_or_loopback_url_and_a_whsec_secret() {
+    let secret = crate::events::WebhookSecret::generate();
+    let f = Fixture::new()
+        .with_env("EVENTS_SECRET", secret.expose_secret())
+        .with_env("NOT_WHSEC", "plain-secret-without-prefix");
+    write_host_public_key(&f);
+    let with = |lines: &str| {
+        FULL.replace(
+            "chat_audience = \"https://bot.contoso.com\"\n",
+            &format!("chat_audience = \"https://bot.contoso.com\"\n{lines}\n"),
+        )
+    };
+    let cases = [
+        (
+            "events_url = \"http://bot.contoso.com/events\"\nevents_secret_env = \"EVENTS_SECRET\"",
+            "apps.support.events_url",
+            "https",
+        ),
+        (
+            "events_url = \"https://bot.contoso.com/events\"",
+            "apps.support.events_url",
+            "needs events_secret_env or events_secret_file",
+        ),
+        (
+            "events_secret_env = \"EVENTS_SECRET\"",
+            "apps.support.events_url",
+            "required",
+        ),
+        (
+            "events_url = \"https://bot.contoso.com/events\"\nevents_secret_env = \"NOT_WHSEC\"",
+            "apps.support.events_secret_env",
+            "whsec_",
+        ),
+    ];
+    for (lines, key, fragment) in cases {
+        let errors = f.errors(&with(lines));
+        assert!(
+            errors
+                .iter()
+                .any(|p| p.key.starts_with(key) && p.message.contains(fragment)),
+            "{lines}: expected {key} ~ {fragment} in {errors:#?}"
+        );
+    }
+    for url in [
+        "https://bot.contoso.com/events",
+        "http://127.0.0.1:9000/events",
+        "http://localhost:9000/events",
+    ] {
+        let loaded = f
+            .load(&with(&format!(
+                "events_url = \"{url}\"\nevents_secret_env = \"EVENTS_SECRET\""
+            )))
+            .unwrap();
+        let target = loaded.config.apps[0].events.as_ref().unwrap();
+        assert_eq!(target.url.as_str(), url);
+        assert!(!format!("{:?}", loaded.config).contains(secret.expose_secret()));
+    }
+}
+
+#[test]
 fn a_type_error_names_its_key() {
     let f = Fixture::new();
     let errors = f.errors(&format!("listen = 8443\n{MINIMAL}"));
