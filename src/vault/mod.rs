@@ -221,12 +221,17 @@ impl Vault {
     ) -> Result<Option<LoggedOut>> {
         let done = self.store.end_idp_sessions(scope, jti, event).await?;
         for (app, user_id) in done.iter().flat_map(|d| &d.entries) {
-            self.read_cache.remove(&(app.clone(), user_id.clone()));
+            self.forget_row(app, user_id);
         }
         Ok(done)
     }
 
     fn forget(&self, app: &AppId, user_id: &UserId) {
+        self.forget_row(app.as_str(), user_id.as_str());
+    }
+
+    /// Drops a row from this process's read cache.
+    fn forget_row(&self, app: &str, user_id: &str) {
         self.read_cache
             .remove(&(app.to_string(), user_id.to_string()));
     }
