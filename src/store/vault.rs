@@ -407,30 +407,40 @@ impl Store {
                refresh_failing_since = NULL, refresh_failing_notified = FALSE, \
                refresh_lease_owner = NULL, refresh_lease_until = NULL \
              WHERE app = $11 AND user_id = $12 AND refresh_lease_id = $13";
-        let n = with_pool!(self, pool => {
-            let mut tx = pool.begin_write().await?;
-            let n = sqlx::query(SQL)
-                .bind(entry.access_token)
-                .bind(entry.refresh_token)
-                .bind(entry.token_type)
-                .bind(entry.scope)
-                .bind(entry.access_expires_at)
-                .bind(entry.needs_reauth)
-                .bind(entry.pending_id_token)
-                .bind(entry.pending_id_token_at)
-                .bind(now)
-                .bind(entry.id_token)
-                .bind(entry.app)
-                .bind(entry.user_id)
-                .bind(entry.lease_id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if n == 1 && let Some(event) = entry.event {
-                insert_event!(&mut *tx, event);
+        macro_rules! update {
+            ($executor:expr) => {
+                sqlx::query(SQL)
+                    .bind(entry.access_token)
+                    .bind(entry.refresh_token)
+                    .bind(entry.token_type)
+                    .bind(entry.scope)
+                    .bind(entry.access_expires_at)
+                    .bind(entry.needs_reauth)
+                    .bind(entry.pending_id_token)
+                    .bind(entry.pending_id_token_at)
+                    .bind(now)
+                    .bind(entry.id_token)
+                    .bind(entry.app)
+                    .bind(entry.user_id)
+                    .bind(entry.lease_id)
+                    .execute($executor)
+                    .await?
+                    .rows_affected()
+            };
+        }
+        // The common case is one statement: this write is the end of the
+        // window in which a rotated refresh token exists only in memory.
+        let n = with_pool!(self, pool => match entry.event {
+            None => update!(pool),
+            Some(event) => {
+                let mut tx = pool.begin_write().await?;
+                let n = update!(&mut *tx);
+                if n == 1 {
+                    insert_event!(&mut *tx, event);
+                }
+                tx.commit().await?;
+                n
             }
-            tx.commit().await?;
-            n
         });
         Ok(n == 1)
     }
