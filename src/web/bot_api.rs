@@ -95,7 +95,7 @@ impl FromRequestParts<AppState> for BotAuth {
 }
 
 impl BotAuth {
-    fn app<'a>(&self, state: &'a AppState) -> Result<&'a AppConfig, ApiError> {
+    pub(super) fn app<'a>(&self, state: &'a AppState) -> Result<&'a AppConfig, ApiError> {
         state
             .config
             .app(self.0.app.as_str())
@@ -144,7 +144,7 @@ pub struct VerifyRequest {
     pub token: String,
 }
 
-async fn audit(
+pub(super) async fn audit(
     state: &AppState,
     bot: &Bot,
     user: &UserId,

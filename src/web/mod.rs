@@ -1,6 +1,7 @@
 //! HTTP: one module per area, each with its own `router()`, merged here.
 
 mod bot_api;
+mod bot_framework;
 pub mod conn;
 pub mod cors;
 pub mod error;
@@ -35,6 +36,7 @@ pub fn router(state: AppState) -> Router {
         .merge(signin::router(&state))
         .merge(widget::router())
         .merge(bot_api::router())
+        .merge(bot_framework::router())
         .merge(host_session::router(&state))
         .merge(logout::router(&state))
         .fallback(error::not_found)

@@ -689,7 +689,131 @@ async fn with_a_read_cache_revocations_and_deletions_show_within_the_ttl(db: &Te
     );
 }
 
+/// The Azure Bot Service user-token API under `/bf/`, as botbuilder calls it.
+async fn the_bot_framework_token_api_serves_the_same_tokens(db: &TestDb) {
+    let s = setup(db).await;
+    let bf = |method: reqwest::Method, path: &str| {
+        s.app
+            .client
+            .request(method, s.app.url(&format!("/bf/api/{path}")))
+            .bearer_auth(&s.secret)
+    };
+    let get_token = |user: &str, connection: &str| {
+        bf(
+            reqwest::Method::GET,
+            &format!(
+                "usertoken/GetToken?userId={user}&connectionName={connection}&channelId=webchat"
+            ),
+        )
+        .send()
+    };
+    // Expired: GetToken refreshes first, once, like the bot API.
+    s.seed("support", USER, -10, "rt-bf").await;
+    let r = get_token(USER, "support").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["channelId"], "webchat");
+    assert_eq!(body["connectionName"], "support");
+    let token = body["token"].as_str().unwrap().to_string();
+    assert!(token.starts_with("at-"), "{body}");
+    assert_ne!(token, "at-seed-rt-bf", "refreshed first");
+    assert_eq!(s.idp.refreshes(), 1);
+    let expiration = body["expiration"].as_str().unwrap();
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(expiration).is_ok(),
+        "{expiration}"
+    );
+    let again: Value = get_token(USER, "support")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["token"], token.as_str());
+    assert_eq!(s.idp.refreshes(), 1);
+
+    // No token: 404 without a body (botbuilder returns no token).
+    let r = get_token("idp:nobody", "support").await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.text().await.unwrap().is_empty());
+    // Another app's connection, a user id that is not one, no secret.
+    let (status, body) = {
+        let r = get_token(USER, "sales").await.unwrap();
+        (r.status(), r.json::<Value>().await.unwrap())
+    };
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["code"], "NotFound");
+    let r = get_token("not a user id", "support").await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = s
+        .app
+        .client
+        .get(s.app.url(&format!(
+            "/bf/api/usertoken/GetToken?userId={USER}&connectionName=support"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    let status = |include: &str| {
+        bf(
+            reqwest::Method::GET,
+            &format!("usertoken/GetTokenStatus?userId={USER}&channelId=webchat{include}"),
+        )
+        .send()
+    };
+    let st: Value = status("").await.unwrap().json().await.unwrap();
+    assert_eq!(
+        st,
+        json!([{"channelId": "webchat", "connectionName": "support", "hasToken": true,
+                "serviceProviderDisplayName": "idp"}])
+    );
+    let none: Value = status("&include=other")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(none, json!([]));
+
+    // SignOut revokes at the IdP and deletes; GetToken then has nothing.
+    let r = bf(
+        reqwest::Method::DELETE,
+        &format!("usertoken/SignOut?userId={USER}&connectionName=support&channelId=webchat"),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(stored_entry(&s.app).await.is_none());
+    assert!(!s.idp.with(|i| i.revoked.is_empty()), "revoked at the IdP");
+    assert_eq!(get_token(USER, "support").await.unwrap().status(), 404);
+    let st: Value = status("").await.unwrap().json().await.unwrap();
+    assert_eq!(st[0]["hasToken"], false);
+
+    // What chatgate does not serve says so in botbuilder's error shape.
+    for (method, path) in [
+        (
+            reqwest::Method::POST,
+            "usertoken/GetAadTokens?userId=u&connectionName=support",
+        ),
+        (
+            reqwest::Method::POST,
+            "usertoken/exchange?userId=u&connectionName=support&channelId=c",
+        ),
+        (reqwest::Method::GET, "botsignin/GetSignInResource?state=x"),
+    ] {
+        let r = bf(method, path).json(&json!({})).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{path}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "NotSupported", "{path}");
+    }
+}
+
 backend_tests!(
+    the_bot_framework_token_api_serves_the_same_tokens,
     with_a_read_cache_revocations_and_deletions_show_within_the_ttl,
     a_valid_token_is_served_without_the_idp,
     fifty_concurrent_lookups_of_an_expired_token_cause_one_refresh,

@@ -1,0 +1,297 @@
+//! The user-token API of the Azure Bot Service token service, served under
+//! `/bf/`, so a Bot Framework bot (`botbuilder`'s `UserTokenClient`:
+//! `getUserToken`, `signOutUser`, `getTokenStatus`) gets its users' tokens
+//! from chatgate by pointing `OAuthUrl` at `{public_url}/bf` and sending its
+//! chatgate bot secret as `Authorization: Bearer`.
+//!
+//! - `userId` is the chatgate user id (the `sub` of the user's chat token);
+//! - `connectionName` is the bot's app id;
+//! - `channelId` is echoed back and otherwise ignored.
+//!
+//! Tokens come from the same `TokenService` as the bot API (refreshed once,
+//! never lost). Sign-in cards, magic codes, token exchange (SSO) and AAD
+//! tokens for other resources are not served: chatgate signs users in through
+//! widget.js. Those calls answer with the `ErrorResponse` shape botbuilder
+//! reads, so the bot sees a clear error rather than a parse failure.
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::bot_api::{BotAuth, audit};
+use crate::domain::{AuditAction, AuditOutcome, UserId};
+use crate::events::SignOutReason;
+use crate::secret::ExposeSecret as _;
+use crate::state::AppState;
+use crate::user_tokens::{LookupError, RETRY_AFTER_SECS};
+
+pub fn router() -> axum::Router<AppState> {
+    axum::Router::new()
+        .route("/bf/api/usertoken/GetToken", get(get_token))
+        .route("/bf/api/usertoken/SignOut", delete(sign_out))
+        .route("/bf/api/usertoken/GetTokenStatus", get(token_status))
+        .route("/bf/api/usertoken/GetAadTokens", post(aad_tokens))
+        .route("/bf/api/usertoken/exchange", post(exchange))
+        .route("/bf/api/botsignin/GetSignInResource", get(sign_in_resource))
+        .route("/bf/api/botsignin/GetSignInUrl", get(sign_in_resource))
+}
+
+/// An error in the Bot Framework's shape: `{"error": {"code", "message"}}`.
+#[derive(Debug)]
+struct BfError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+fn bf_error(status: StatusCode, code: &'static str, message: impl Into<String>) -> BfError {
+    BfError {
+        status,
+        code,
+        message: message.into(),
+    }
+}
+
+impl IntoResponse for BfError {
+    fn into_response(self) -> Response {
+        let mut response = (
+            self.status,
+            Json(json!({ "error": { "code": self.code, "message": self.message } })),
+        )
+            .into_response();
+        no_store(&mut response);
+        if self.status == StatusCode::SERVICE_UNAVAILABLE
+            && let Ok(v) = HeaderValue::from_str(&RETRY_AFTER_SECS.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        response
+    }
+}
+
+fn no_store(response: &mut Response) {
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TokenQuery {
+    user_id: Option<String>,
+    connection_name: Option<String>,
+    channel_id: Option<String>,
+}
+
+/// The user and connection of a request, checked against the bot's app.
+fn target(
+    bot: &BotAuth,
+    state: &AppState,
+    q: &TokenQuery,
+) -> Result<(crate::config::AppConfig, UserId), BfError> {
+    let app = bot
+        .app(state)
+        .map_err(|e| bf_error(StatusCode::FORBIDDEN, "Forbidden", e.to_string()))?
+        .clone();
+    let user = q
+        .user_id
+        .as_deref()
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| bf_error(StatusCode::BAD_REQUEST, "BadArgument", "userId is required"))
+        .and_then(|u| {
+            UserId::parse(u).map_err(|e| {
+                bf_error(
+                    StatusCode::BAD_REQUEST,
+                    "BadArgument",
+                    format!("userId must be a chatgate user id (the chat token's sub): {e}"),
+                )
+            })
+        })?;
+    if let Some(connection) = &q.connection_name
+        && connection != app.id.as_str()
+    {
+        return Err(bf_error(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!(
+                "connectionName {connection:?} is not this bot's app; use {:?}",
+                app.id.as_str()
+            ),
+        ));
+    }
+    Ok((app, user))
+}
+
+/// `GET api/usertoken/GetToken`: `200 {channelId, connectionName, token,
+/// expiration}`, or `404` with no body when chatgate holds no usable token
+/// (botbuilder then returns no token).
+async fn get_token(
+    bot: BotAuth,
+    State(state): State<AppState>,
+    Query(q): Query<TokenQuery>,
+) -> Result<Response, BfError> {
+    let (app, user) = target(&bot, &state, &q)?;
+    let result = state
+        .tokens
+        .fresh_access_token(&app.id, &user, &bot.0.actor())
+        .await;
+    let outcome = match &result {
+        Ok(t) if t.refreshed => AuditOutcome::OkRefreshed,
+        Ok(_) => AuditOutcome::Ok,
+        Err(LookupError::NotFound(_)) => AuditOutcome::NotFound,
+        Err(LookupError::ReauthRequired(_)) => AuditOutcome::ReauthRequired,
+        Err(LookupError::Unavailable(_)) => AuditOutcome::Unavailable,
+        Err(LookupError::Failed(_)) => AuditOutcome::Error,
+    };
+    audit(&state, &bot.0, &user, AuditAction::TokenRead, outcome).await;
+    match result {
+        Ok(token) => {
+            let expiration = token
+                .expires_at
+                .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+            let mut response = Json(json!({
+                "channelId": q.channel_id,
+                "connectionName": app.id.as_str(),
+                "token": token.access_token.expose_secret(),
+                "expiration": expiration,
+            }))
+            .into_response();
+            no_store(&mut response);
+            Ok(response)
+        }
+        // The user must sign in (again) through the widget.
+        Err(LookupError::NotFound(_) | LookupError::ReauthRequired(_)) => {
+            let mut response = StatusCode::NOT_FOUND.into_response();
+            no_store(&mut response);
+            Ok(response)
+        }
+        Err(LookupError::Unavailable(d)) => Err(bf_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            d,
+        )),
+        Err(LookupError::Failed(e)) => {
+            tracing::error!(error = %e, "Bot Framework token lookup failed");
+            Err(bf_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "ServiceError",
+                "chatgate could not read the token",
+            ))
+        }
+    }
+}
+
+/// `DELETE api/usertoken/SignOut`: revokes at the IdP and deletes, like the
+/// bot API's `DELETE /v1/users/{id}/token` (`user.signed_out`, reason `bot`).
+async fn sign_out(
+    bot: BotAuth,
+    State(state): State<AppState>,
+    Query(q): Query<TokenQuery>,
+) -> Result<Json<Value>, BfError> {
+    let (app, user) = target(&bot, &state, &q)?;
+    state
+        .tokens
+        .sign_out(&app.id, &user, &bot.0.actor(), SignOutReason::Bot)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "Bot Framework sign-out failed");
+            bf_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "chatgate could not sign the user out; retry",
+            )
+        })?;
+    Ok(Json(json!({})))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusQuery {
+    user_id: Option<String>,
+    channel_id: Option<String>,
+    include: Option<String>,
+}
+
+/// `GET api/usertoken/GetTokenStatus`: one entry, the bot's app.
+async fn token_status(
+    bot: BotAuth,
+    State(state): State<AppState>,
+    Query(q): Query<StatusQuery>,
+) -> Result<Json<Value>, BfError> {
+    let query = TokenQuery {
+        user_id: q.user_id.clone(),
+        connection_name: None,
+        channel_id: q.channel_id.clone(),
+    };
+    let (app, user) = target(&bot, &state, &query)?;
+    let included = q.include.as_deref().is_none_or(|list| {
+        list.trim().is_empty() || list.split(',').any(|c| c.trim() == app.id.as_str())
+    });
+    if !included {
+        return Ok(Json(json!([])));
+    }
+    let row = state
+        .store
+        .get_vault_entry(app.id.as_str(), user.as_str())
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "Bot Framework token status failed");
+            bf_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "the database is unavailable; retry",
+            )
+        })?;
+    audit(
+        &state,
+        &bot.0,
+        &user,
+        AuditAction::StatusRead,
+        if row.is_some() {
+            AuditOutcome::Ok
+        } else {
+            AuditOutcome::NotFound
+        },
+    )
+    .await;
+    Ok(Json(json!([{
+        "channelId": q.channel_id,
+        "connectionName": app.id.as_str(),
+        "hasToken": row.is_some_and(|r| !r.needs_reauth),
+        "serviceProviderDisplayName": app.provider.as_ref().map(|p| p.as_str()),
+    }])))
+}
+
+/// Not served: chatgate holds one IdP grant per user and app, not tokens for
+/// arbitrary AAD resources.
+async fn aad_tokens(_bot: BotAuth, _body: Option<Json<Value>>) -> BfError {
+    bf_error(
+        StatusCode::BAD_REQUEST,
+        "NotSupported",
+        "chatgate does not serve GetAadTokens; use GetToken for the app's connection",
+    )
+}
+
+/// Not served: single sign-on token exchange (Teams SSO). botbuilder's
+/// OAuthPrompt answers the channel "unable to exchange token" on this error.
+async fn exchange(_bot: BotAuth, _body: Option<Json<Value>>) -> BfError {
+    bf_error(
+        StatusCode::BAD_REQUEST,
+        "NotSupported",
+        "chatgate does not serve token exchange; users sign in through widget.js",
+    )
+}
+
+/// Not served: sign-in cards. Users sign in through widget.js in the host page.
+async fn sign_in_resource(_bot: BotAuth) -> BfError {
+    bf_error(
+        StatusCode::BAD_REQUEST,
+        "NotSupported",
+        "chatgate does not serve sign-in cards; users sign in through widget.js (ChatGate.signIn / signInWithPopup)",
+    )
+}
