@@ -88,15 +88,14 @@ struct TokenQuery {
 }
 
 /// The user and connection of a request, checked against the bot's app.
-fn target(
+fn target<'a>(
     bot: &BotAuth,
-    state: &AppState,
+    state: &'a AppState,
     q: &TokenQuery,
-) -> Result<(crate::config::AppConfig, UserId), BfError> {
+) -> Result<(&'a crate::config::AppConfig, UserId), BfError> {
     let app = bot
         .app(state)
-        .map_err(|e| bf_error(StatusCode::FORBIDDEN, "Forbidden", e.to_string()))?
-        .clone();
+        .map_err(|e| bf_error(StatusCode::FORBIDDEN, "Forbidden", e.to_string()))?;
     let user = q
         .user_id
         .as_deref()
