@@ -1,5 +1,6 @@
 //! Browser endpoints of the sign-in flow: `GET /v1/authorize`,
-//! `GET /v1/callback`, `POST /v1/session` and `POST /v1/signout`.
+//! `GET /v1/callback`, `POST /v1/session`, `POST /v1/session/token` and
+//! `POST /v1/signout`.
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -38,6 +39,7 @@ pub fn router(state: &AppState) -> axum::Router<AppState> {
         .merge(
             axum::Router::new()
                 .route("/v1/session", post(redeem_ticket))
+                .route("/v1/session/token", post(session_token))
                 .route("/v1/signout", post(signout))
                 .layer(cors::with_credentials(&state.config)),
         )
@@ -108,19 +110,30 @@ fn success_page(
         mode,
         origin,
         ancestors,
-        &Message::Success {
-            app: app.to_string(),
-            chat_token: minted.chat_token,
-            expires_at: minted.expires_at,
-            user: MessageUser {
-                id: signin.user_id.to_string(),
-                name: signin.name.clone(),
-                email: signin.email.clone(),
-                email_verified: signin.email.as_ref().map(|_| signin.email_verified),
-            },
-            session_ticket,
-        },
+        &success_message(app, signin, minted, session_ticket),
     )
+}
+
+/// The `chatgate:success` message, posted by a result page or answered by
+/// `POST /v1/session/token`.
+fn success_message(
+    app: &AppId,
+    signin: &SessionSignIn,
+    minted: Minted,
+    session_ticket: Option<String>,
+) -> Message {
+    Message::Success {
+        app: app.to_string(),
+        chat_token: minted.chat_token,
+        expires_at: minted.expires_at,
+        user: MessageUser {
+            id: signin.user_id.to_string(),
+            name: signin.name.clone(),
+            email: signin.email.clone(),
+            email_verified: signin.email.as_ref().map(|_| signin.email_verified),
+        },
+        session_ticket,
+    }
 }
 
 fn cookie_values(headers: &HeaderMap, name: &str) -> Vec<String> {
@@ -384,6 +397,63 @@ async fn redeem_ticket(
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+struct SessionTokenRequest {
+    app: String,
+}
+
+/// `POST /v1/session/token`: a silent renewal in one fetch from the host page
+/// (its cookie partition holds chatgate's session): the `chatgate:success`
+/// message as JSON, or `401 login_required` when chatgate's session cannot
+/// stand in for the IdP (the widget then uses the iframe).
+async fn session_token(
+    State(state): State<AppState>,
+    session: Session,
+    headers: HeaderMap,
+    body: Result<Json<SessionTokenRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let (app, origin) = cors::app_and_origin(&state, &headers, &req.app)?;
+    let now = crate::time::now();
+    let login_required = || {
+        ApiError::unauthorized(
+            "login_required",
+            "chatgate's session cannot renew this sign-in; sign in through the identity provider",
+        )
+    };
+    let browser = BrowserSession(session);
+    let signin = browser
+        .get(
+            &app.id,
+            &origin,
+            now,
+            state.config.session_max.as_secs() as i64,
+        )
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .ok_or_else(login_required)?;
+    match state.signin.renew(app, &signin, None, now).await {
+        Renewal::AskTheIdp => Err(login_required()),
+        Renewal::Failed(error) if error.code == "temporarily_unavailable" => {
+            Err(ApiError::Unavailable {
+                description: error.description,
+                retry_after_secs: crate::user_tokens::RETRY_AFTER_SECS,
+            })
+        }
+        Renewal::Failed(error) => Err(ApiError::Internal(error.description)),
+        Renewal::Minted(minted) => {
+            // The session slides: idle time counts from this renewal.
+            browser.touch(state.config.session_idle);
+            let mut response =
+                Json(success_message(&app.id, &signin, minted, None)).into_response();
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            Ok(response)
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -87,11 +87,15 @@ for (const kind of IDP_KINDS) describe(`sign-in through a real OpenID provider (
       assert.equal(viaIdp.ok.user.id, "oidc:alice");
       assert.equal((await world.idp.stats()).authorizationRequests, before + 1, "one prompt=none round trip to the IdP");
 
-      // Silent renewal from chatgate's own session: no IdP round trip.
+      // Silent renewal from chatgate's own session: no IdP round trip, and
+      // no iframe either (one fetch of POST /v1/session/token).
+      const iframes = await page.evaluate(() => window.iframesOpened);
       const renewed = await silentSignIn(page);
       assert.ok(renewed.ok, JSON.stringify(renewed));
       assert.notEqual(renewed.ok.chat_token, viaIdp.ok.chat_token);
       assert.equal((await world.idp.stats()).authorizationRequests, before + 1, "renewal did not touch the IdP");
+      assert.equal(await page.evaluate(() => window.iframesOpened), iframes, "renewed by fetch, without an iframe");
+      await verifyChatToken(renewed.ok);
     });
   });
 
@@ -135,6 +139,7 @@ for (const kind of IDP_KINDS) describe(`sign-in through a real OpenID provider (
       assert.ok(renewed.ok, JSON.stringify(renewed));
       assert.equal(renewed.ok.user.id, "oidc:alice");
       assert.equal((await world.idp.stats()).authorizationRequests, before, "no IdP round trip");
+      assert.equal(await page.evaluate(() => window.iframesOpened), 0, "renewed by fetch: the partitioned cookie travels with it");
       await verifyChatToken(renewed.ok);
     });
   });
@@ -162,18 +167,22 @@ for (const kind of IDP_KINDS) describe(`sign-in through a real OpenID provider (
     await withBrowser("allow", async (page) => {
       await page.goto(world.host.url);
       assert.ok((await popupSignIn(page, {})).ok);
-      const result = await page.evaluate(async () => {
-        const pending = window.settle(ChatGate.signIn(window.chatgateOptions));
+      // A login hint skips the renewal by fetch: these sign-ins use the iframe.
+      const viaIframe = { loginHint: "alice@example.com" };
+      const result = await page.evaluate(async (viaIframe) => {
+        const pending = window.settle(ChatGate.signIn({ ...window.chatgateOptions, ...viaIframe }));
         // A forged success from the page itself (wrong origin, wrong source).
         window.postMessage({ type: "chatgate:success", app: "support", chat_token: "forged", expires_at: 0 }, "*");
         return pending;
-      });
+      }, viaIframe);
       assert.ok(result.ok, JSON.stringify(result));
       assert.notEqual(result.ok.chat_token, "forged");
       // Two sign-ins at once: each gets the answer of its own iframe.
-      const both = await page.evaluate(() =>
-        Promise.all([window.settle(ChatGate.signIn(window.chatgateOptions)), window.settle(ChatGate.signIn(window.chatgateOptions))]),
-      );
+      const both = await page.evaluate((viaIframe) => {
+        const opts = { ...window.chatgateOptions, ...viaIframe };
+        return Promise.all([window.settle(ChatGate.signIn(opts)), window.settle(ChatGate.signIn(opts))]);
+      }, viaIframe);
+      assert.equal(await page.evaluate(() => window.iframesOpened), 3, "three sign-ins, three iframes");
       assert.ok(both[0].ok && both[1].ok, JSON.stringify(both));
       assert.notEqual(both[0].ok.chat_token, both[1].ok.chat_token);
     });

@@ -639,6 +639,74 @@ async fn silent_renewal_uses_the_session_without_the_idp(db: &TestDb) {
     assert_eq!(r.status(), 302);
 }
 
+/// `POST /v1/session/token`: the same renewal in one fetch from the host page.
+async fn renewal_by_fetch_answers_the_success_message(db: &TestDb) {
+    let mut s = setup(db).await;
+    let url = s.app.url("/v1/session/token");
+    // No session yet: login_required, and the widget uses the iframe.
+    let r = s
+        .browser
+        .post_json(&url, ORIGIN, &json!({"app": "support"}))
+        .await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "login_required");
+
+    let signed_in = s.flow("silent").await;
+    let calls = s.idp.token_calls();
+    let r = s
+        .browser
+        .post_json(&url, ORIGIN, &json!({"app": "support"}))
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["access-control-allow-origin"], ORIGIN);
+    assert_eq!(r.headers()["access-control-allow-credentials"], "true");
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["type"], "chatgate:success");
+    assert_eq!(body["app"], "support");
+    assert_eq!(body["user"], signed_in["message"]["user"]);
+    assert!(body.get("session_ticket").is_none());
+    assert_ne!(body["chat_token"], signed_in["message"]["chat_token"]);
+    let claims = s
+        .app
+        .state
+        .keys
+        .keys()
+        .verify(
+            body["chat_token"].as_str().unwrap(),
+            s.app.state.keys.issuer().issuer(),
+            &["https://bot.contoso.com"],
+            std::time::Duration::from_secs(30),
+        )
+        .unwrap();
+    assert_eq!(claims.sub, USER);
+    assert_eq!(s.idp.token_calls(), calls, "no IdP round trip");
+
+    // Another app's origin, or none: refused before the session is read.
+    let r = s
+        .browser
+        .post_json(&url, "https://evil.example", &json!({"app": "support"}))
+        .await;
+    assert_eq!(r.status(), 403);
+    // The IdP refused the refresh token: the session is not enough.
+    exec(
+        &s.app.state.store,
+        "UPDATE vault_entries SET needs_reauth = TRUE",
+    )
+    .await;
+    let r = s
+        .browser
+        .post_json(&url, ORIGIN, &json!({"app": "support"}))
+        .await;
+    assert_eq!(r.status(), 401);
+    // Another browser (no cookie) gets nothing.
+    let mut other = Browser::new();
+    let r = other
+        .post_json(&url, ORIGIN, &json!({"app": "support"}))
+        .await;
+    assert_eq!(r.status(), 401);
+}
+
 /// An account disabled at the IdP is noticed within one access-token
 /// lifetime: once the stored access token expired, renewal refreshes first,
 /// and a refused refresh sends the browser to the IdP instead of minting.
@@ -1139,6 +1207,7 @@ async fn a_key_the_idp_withdrew_stops_being_trusted_after_the_cache_time(db: &Te
 }
 
 backend_tests!(
+    renewal_by_fetch_answers_the_success_message,
     a_key_the_idp_withdrew_stops_being_trusted_after_the_cache_time,
     a_multi_tenant_iss_parameter_is_checked_against_the_users_tenant,
     a_provider_with_an_http_token_endpoint_is_never_ready,

@@ -2,7 +2,12 @@
 // customer's page would.
 import { createServer } from "node:https";
 import { randomUUID } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
 import { SignJWT } from "jose";
+
+// oidc-client-ts's browser bundle, for the renewal benchmark's comparison.
+const OIDC_CLIENT_TS = fileURLToPath(new URL("../node_modules/oidc-client-ts/dist/browser/oidc-client-ts.min.js", import.meta.url));
 
 // What a host backend does for host-signed sign-in: it already knows its user
 // (here: a fixed test user) and signs a short-lived, single-use JWT for the app.
@@ -32,6 +37,11 @@ export function hostPage(broker, app) {
 <div id="status">signed out</div>
 <script>
   window.chatgateOptions = { broker: ${JSON.stringify(broker)}, app: ${JSON.stringify(app)} };
+  // How many iframes the widget opened (a renewal by fetch opens none).
+  window.iframesOpened = 0;
+  new MutationObserver((mutations) => {
+    for (const m of mutations) for (const n of m.addedNodes) if (n.tagName === "IFRAME") window.iframesOpened += 1;
+  }).observe(document.documentElement, { childList: true, subtree: true });
   // Settles a promise into a plain object the test can read.
   window.settle = (p) => p.then((ok) => ({ ok }), (err) => ({ err: err.code, message: err.message }));
   document.getElementById("signin-popup").addEventListener("click", () => {
@@ -46,13 +56,37 @@ export function hostPage(broker, app) {
 </html>`;
 }
 
-export async function startHost({ host, port, tls, broker, app, hostKey }) {
-  const page = hostPage(broker, app);
+/**
+ * `spa` = { authority, clientId, redirectUri }: also serve oidc-client-ts and
+ * its callback page, and set `window.spaSettings` for a UserManager.
+ */
+export async function startHost({ host, port, tls, broker, app, hostKey, spa }) {
+  const spaScript = spa
+    ? `<script src="/oidc-client-ts.js"></script>
+<script>window.spaSettings = ${JSON.stringify({
+        authority: spa.authority,
+        client_id: spa.clientId,
+        redirect_uri: spa.redirectUri,
+        popup_redirect_uri: spa.redirectUri,
+        silent_redirect_uri: spa.redirectUri,
+        scope: "openid profile email",
+        response_type: "code",
+      })};</script>`
+    : "";
+  const page = hostPage(broker, app).replace("</head>", `${spaScript}\n</head>`);
+  const callbackPage = `<!doctype html><html><head><script src="/oidc-client-ts.js"></script></head><body>
+<script>new oidc.UserManager(${JSON.stringify(spa ? { authority: spa.authority, client_id: spa.clientId, redirect_uri: spa.redirectUri } : {})}).signinCallback().catch((e) => document.body.textContent = String(e));</script></body></html>`;
   const server = createServer({ key: tls.key, cert: tls.cert }, async (req, res) => {
     if (req.url === "/host-token" && hostKey) {
       res.setHeader("content-type", "text/plain");
       res.setHeader("cache-control", "no-store");
       res.end(await signHostToken(hostKey, app));
+    } else if (spa && req.url === "/oidc-client-ts.js") {
+      res.setHeader("content-type", "text/javascript");
+      res.end(readFileSync(OIDC_CLIENT_TS));
+    } else if (spa && req.url.startsWith("/oidc-callback.html")) {
+      res.setHeader("content-type", "text/html; charset=utf-8");
+      res.end(callbackPage);
     } else if (req.url === "/" || req.url.startsWith("/?")) {
       res.setHeader("content-type", "text/html; charset=utf-8");
       res.end(page);

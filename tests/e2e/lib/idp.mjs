@@ -50,7 +50,11 @@ async function readForm(req) {
  * Starts the IdP at https://{host}:{port}. `client` = { id, secret, redirectUri }.
  * `accessTokenTtl` (seconds) keeps access tokens short for refresh tests.
  */
-export async function startIdp({ host, port, tls, ca, client, accessTokenTtl = 300 }) {
+/**
+ * `spa` = { id, redirectUri }: also a public single-page client (PKCE, no
+ * secret), for the renewal benchmark's oidc-client-ts.
+ */
+export async function startIdp({ host, port, tls, ca, client, spa, accessTokenTtl = 300 }) {
   const issuer = `https://${host}:${port}`;
   // chatgate's public URL: where back-channel logout tokens go and where the
   // IdP sends the browser back after signing out.
@@ -72,6 +76,15 @@ export async function startIdp({ host, port, tls, ca, client, accessTokenTtl = 3
         backchannel_logout_session_required: true,
         post_logout_redirect_uris: [`${broker}/v1/signed-out`],
       },
+      ...(spa
+        ? [{
+            client_id: spa.id,
+            redirect_uris: [spa.redirectUri],
+            grant_types: ["authorization_code"],
+            response_types: ["code"],
+            token_endpoint_auth_method: "none",
+          }]
+        : []),
     ],
     // Back-channel logout requests go to chatgate on loopback with the test
     // CA: oidc-provider's own fetch refuses both (SSRF protection), so this

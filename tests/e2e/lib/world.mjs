@@ -25,7 +25,10 @@ export const IDP_KINDS = ["oidc-provider", "dev"];
  * `events`: { url, secret } makes app "support" send its events there
  * (`events_url`, `events_secret_env`).
  */
-export async function startWorld({ idp: idpKind = "oidc-provider", accessTokenTtl, chatgateToml = "", events } = {}) {
+export const SPA_CLIENT = "spa-e2e";
+
+/** `spa`: also register a public single-page client at the IdP (benchmarks). */
+export async function startWorld({ idp: idpKind = "oidc-provider", accessTokenTtl, chatgateToml = "", events, spa = false } = {}) {
   const dir = mkdtempSync(join(tmpdir(), "chatgate-e2e-"));
   const ca = makeCa(dir);
   const [hostPort, brokerPort, idpPort, otherPort] = await Promise.all([
@@ -41,6 +44,7 @@ export async function startWorld({ idp: idpKind = "oidc-provider", accessTokenTt
     tls: ca.leaf("127.0.0.2"),
     ca: ca.pem,
     client: { ...CLIENT, redirectUri: `${brokerUrl}/v1/callback` },
+    spa: spa ? { id: SPA_CLIENT, redirectUri: `https://localhost:${hostPort}/oidc-callback.html` } : undefined,
     accessTokenTtl,
   };
   const idp = idpKind === "dev" ? await startDevIdp(idpOptions) : await startIdp(idpOptions);
@@ -65,7 +69,15 @@ ${events ? `events_url = "${events.url}"\nevents_secret_env = "E2E_EVENTS_SECRET
 `,
   });
   const hostTls = ca.leaf("localhost");
-  const host = await startHost({ host: "127.0.0.1", port: hostPort, tls: hostTls, broker: chatgate.url, app: "support", hostKey: HOST_KEY });
+  const host = await startHost({
+    host: "127.0.0.1",
+    port: hostPort,
+    tls: hostTls,
+    broker: chatgate.url,
+    app: "support",
+    hostKey: HOST_KEY,
+    spa: spa ? { authority: idp.issuer, clientId: SPA_CLIENT, redirectUri: `https://localhost:${hostPort}/oidc-callback.html` } : undefined,
+  });
   host.url = hostOrigin;
   host.origin = hostOrigin;
   const other = await startHost({

@@ -1,0 +1,75 @@
+// Renewal latency in a real browser, measured, not asserted: how long a silent
+// renewal of a signed-in user takes with chatgate's widget — by fetch
+// (POST /v1/session/token, the default) and by the hidden iframe (the previous
+// way) — against oidc-client-ts's signinSilent (a hidden iframe to the IdP,
+// then a token request), all against the same oidc-provider in the same
+// headless Chromium run.
+//
+//   node tests/e2e/bench-renewal.mjs [rounds]      (default 20; after scripts/test.sh built chatgate)
+//
+// Prints the median and p90 of each, and their ratios to signinSilent.
+import { startWorld } from "./lib/world.mjs";
+import { launch, openPopup, completeIdpInteraction } from "./lib/browser.mjs";
+
+const ROUNDS = Number(process.argv[2] || 20);
+
+function stats(ms) {
+  const sorted = [...ms].sort((a, b) => a - b);
+  const at = (q) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
+  return { median: at(0.5), p90: at(0.9) };
+}
+
+const world = await startWorld({ spa: true });
+const browser = await launch({ thirdPartyCookies: "allow" });
+try {
+  const page = await browser.context.newPage();
+  await page.goto(world.host.url);
+  // Signed in through chatgate (login and consent at the IdP)...
+  const popup = await openPopup(page);
+  await completeIdpInteraction(popup, world.idp.user);
+  const first = await page.evaluate(() => window.popupResult);
+  if (!first.ok) throw new Error(`sign-in failed: ${JSON.stringify(first)}`);
+  // ...and through oidc-client-ts (the IdP session exists: consent only).
+  await page.evaluate(() => {
+    window.spa = new oidc.UserManager(window.spaSettings);
+    document.getElementById("signin-popup").onclick = (e) => {
+      e.stopImmediatePropagation();
+      window.spaPopup = window.spa.signinPopup().then((u) => ({ ok: !!u.access_token }), (e) => ({ err: String(e) }));
+    };
+  });
+  const [spaPopup] = await Promise.all([browser.context.waitForEvent("page"), page.click("#signin-popup")]);
+  await completeIdpInteraction(spaPopup, world.idp.user);
+  const spaFirst = await page.evaluate(() => window.spaPopup);
+  if (!spaFirst.ok) throw new Error(`oidc-client-ts sign-in failed: ${JSON.stringify(spaFirst)}`);
+
+  const runs = {
+    "chatgate, by fetch": () => ChatGate.signIn(window.chatgateOptions),
+    "chatgate, by iframe": () => ChatGate.signIn({ ...window.chatgateOptions, loginHint: "alice@example.com" }),
+    "oidc-client-ts signinSilent": () => window.spa.signinSilent(),
+  };
+  const results = {};
+  for (const [name] of Object.entries(runs)) results[name] = [];
+  // Interleaved rounds, one warm-up each, so drift hits all three alike.
+  for (let round = -1; round < ROUNDS; round++) {
+    for (const [name, fn] of Object.entries(runs)) {
+      const ms = await page.evaluate(async (src) => {
+        const run = eval(`(${src})`);
+        const t0 = performance.now();
+        const r = await run();
+        if (!r || !(r.chat_token || r.access_token)) throw new Error("no token");
+        return performance.now() - t0;
+      }, fn.toString());
+      if (round >= 0) results[name].push(ms);
+    }
+  }
+  const base = stats(results["oidc-client-ts signinSilent"]).median;
+  console.log(`silent renewal of a signed-in user, ${ROUNDS} rounds, headless Chromium, oidc-provider on loopback`);
+  console.log("                                median ms   p90 ms   median / signinSilent");
+  for (const [name, ms] of Object.entries(results)) {
+    const s = stats(ms);
+    console.log(`  ${name.padEnd(30)}${s.median.toFixed(1).padStart(9)}${s.p90.toFixed(1).padStart(9)}${(s.median / base).toFixed(2).padStart(12)}×`);
+  }
+} finally {
+  await browser.close();
+  await world.stop();
+}
