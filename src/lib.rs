@@ -14,6 +14,7 @@ pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod domain;
+pub mod dpop;
 pub mod events;
 pub(crate) mod host_session;
 pub(crate) mod metrics;

@@ -48,6 +48,20 @@
  *       Gets a new chat token (silently) before the current one expires, calls
  *       onToken(result) with each, onError(err) when renewal needs the user.
  *       Returns { stop(), renewNow() }.
+ *   ChatGate.proof({ broker, app, htm, htu, token })
+ *       For apps whose chat tokens are bound to this browser's key
+ *       (bind_chat_tokens = "dpop"): a DPoP proof for one request of the page
+ *       to its chat backend (method htm, URL htu) carrying the chat token
+ *       (default: the latest this page received for the app). Send both; the
+ *       backend checks them with POST /v1/chat-tokens/verify
+ *       { token, proof, htm, htu }. Resolves with the proof (a string).
+ *
+ * Browser key (DPoP): where WebCrypto and IndexedDB exist, the library keeps a
+ * non-extractable P-256 key per chatgate and app in this page's IndexedDB
+ * (first-party storage of the host site) and proves possession of it on every
+ * call. For apps with bind_chat_tokens = "dpop" chat tokens are bound to it
+ * (cnf.jkt) and renewals keep working without any cookie; other apps ignore
+ * it. signOut forgets the key; the next sign-in makes a new one.
  *
  * Messages are accepted only from chatgate's origin AND from the iframe or popup
  * this library opened; everything else is ignored.
@@ -75,7 +89,196 @@
     return new URL(path, required(opts, "broker")).toString();
   }
 
-  function authorizeUrl(opts, mode) {
+  // ---- the browser key (DPoP, RFC 9449) ----------------------------------
+
+  var DB_NAME = "chatgate";
+  var DB_STORE = "keys";
+  var keys = {}; // keyName -> Promise of { pair, jwk, jkt } or null
+  var lastTokens = {}; // keyName -> the latest chat token
+
+  function keyName(opts) {
+    return new URL(required(opts, "broker")).origin + " " + required(opts, "app");
+  }
+
+  function b64url(bytes) {
+    var text = "";
+    var view = new Uint8Array(bytes);
+    for (var i = 0; i < view.length; i++) text += String.fromCharCode(view[i]);
+    return global.btoa(text).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  }
+
+  function utf8(text) {
+    return new global.TextEncoder().encode(text);
+  }
+
+  function sha256(text) {
+    return global.crypto.subtle.digest("SHA-256", utf8(text)).then(b64url);
+  }
+
+  // One request on the key store; resolves with its result, or null when
+  // IndexedDB is unavailable or fails.
+  function keyStore(mode, act) {
+    return new Promise(function (resolve) {
+      var open;
+      try {
+        open = global.indexedDB.open(DB_NAME, 1);
+      } catch (e) {
+        return resolve(null);
+      }
+      open.onupgradeneeded = function () {
+        open.result.createObjectStore(DB_STORE);
+      };
+      open.onerror = function () {
+        resolve(null);
+      };
+      open.onsuccess = function () {
+        var db = open.result;
+        try {
+          var request = act(db.transaction(DB_STORE, mode).objectStore(DB_STORE));
+          request.onsuccess = function () {
+            db.close();
+            resolve(request.result == null ? null : request.result);
+          };
+          request.onerror = function () {
+            db.close();
+            resolve(null);
+          };
+        } catch (e) {
+          db.close();
+          resolve(null);
+        }
+      };
+    });
+  }
+
+  function describeKey(pair) {
+    return global.crypto.subtle.exportKey("jwk", pair.publicKey).then(function (full) {
+      var jwk = { crv: full.crv, kty: full.kty, x: full.x, y: full.y };
+      // RFC 7638: the required members in lexicographic order.
+      return sha256(JSON.stringify(jwk)).then(function (jkt) {
+        return { pair: pair, jwk: jwk, jkt: jkt };
+      });
+    });
+  }
+
+  // This page's key for the app: from IndexedDB, or a new non-extractable
+  // one. Resolves with null where WebCrypto or IndexedDB is missing.
+  function browserKey(opts) {
+    var name = keyName(opts);
+    if (keys[name]) return keys[name];
+    if (!global.crypto || !global.crypto.subtle || !global.indexedDB) return Promise.resolve(null);
+    keys[name] = keyStore("readonly", function (store) {
+      return store.get(name);
+    })
+      .then(function (pair) {
+        if (pair && pair.privateKey && pair.publicKey) return pair;
+        return global.crypto.subtle
+          .generateKey({ name: "ECDSA", namedCurve: "P-256" }, false, ["sign", "verify"])
+          .then(function (fresh) {
+            return keyStore("readwrite", function (store) {
+              return store.put(fresh, name);
+            }).then(function () {
+              return fresh;
+            });
+          });
+      })
+      .then(describeKey)
+      .catch(function () {
+        return null;
+      });
+    keys[name].then(function (key) {
+      if (!key) delete keys[name];
+    });
+    return keys[name];
+  }
+
+  function forgetKey(opts) {
+    var name = keyName(opts);
+    delete keys[name];
+    delete lastTokens[name];
+    return keyStore("readwrite", function (store) {
+      return store.delete(name);
+    });
+  }
+
+  // A DPoP proof of `key` for one request (htm, htu), with the hash of
+  // `token` (ath) when one is presented.
+  function signProof(key, htm, htu, token) {
+    var header = { typ: "dpop+jwt", alg: "ES256", jwk: key.jwk };
+    var jti = new Uint8Array(16);
+    global.crypto.getRandomValues(jti);
+    var claims = { jti: b64url(jti), htm: htm, htu: htu, iat: Math.floor(Date.now() / 1000) };
+    return (token ? sha256(token) : Promise.resolve(null)).then(function (ath) {
+      if (ath) claims.ath = ath;
+      var input = b64url(utf8(JSON.stringify(header))) + "." + b64url(utf8(JSON.stringify(claims)));
+      return global.crypto.subtle
+        .sign({ name: "ECDSA", hash: "SHA-256" }, key.pair.privateKey, utf8(input))
+        .then(function (signature) {
+          return input + "." + b64url(signature);
+        });
+    });
+  }
+
+  // Headers for a POST of JSON to chatgate's `path`, with a proof of this
+  // page's key when it has one.
+  function postHeaders(opts, path) {
+    return browserKey(opts).then(function (key) {
+      var headers = { "content-type": "application/json" };
+      if (!key) return headers;
+      return signProof(key, "POST", brokerUrl(opts, path)).then(function (proof) {
+        headers.dpop = proof;
+        return headers;
+      });
+    });
+  }
+
+  // The key thumbprint a chat token is bound to (cnf.jkt), if any.
+  function boundTo(token) {
+    try {
+      var part = String(token).split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      var claims = JSON.parse(global.atob(part + "===".slice((part.length + 3) % 4)));
+      return (claims.cnf && claims.cnf.jkt) || null;
+    } catch (e) {
+      return null;
+    }
+  }
+
+  function remember(opts, data) {
+    if (data && data.chat_token) lastTokens[keyName(opts)] = data.chat_token;
+    return data;
+  }
+
+  // After an iframe or popup sign-in whose token is bound to this page's key:
+  // presenting it with a proof confirms the binding, so later renewals work
+  // without chatgate's cookie. Answers a fresh token; keeps `data` on failure.
+  function confirmKey(opts, data) {
+    return browserKey(opts).then(function (key) {
+      if (!key || boundTo(data.chat_token) !== key.jkt) return data;
+      return renewByFetch(opts, data.chat_token).catch(function () {
+        return data;
+      });
+    });
+  }
+
+  function proof(opts) {
+    opts = opts || {};
+    var name;
+    try {
+      name = keyName(opts);
+      required(opts, "htm");
+      required(opts, "htu");
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return browserKey(opts).then(function (key) {
+      if (!key) throw chatgateError("unsupported", "this browser has no WebCrypto or IndexedDB for a key");
+      return signProof(key, String(opts.htm).toUpperCase(), opts.htu, opts.token || lastTokens[name]);
+    });
+  }
+
+  // ---- sign-in ----------------------------------------------------------
+
+  function authorizeUrl(opts, mode, jkt) {
     var url = new URL("/v1/authorize", required(opts, "broker"));
     url.searchParams.set("app", required(opts, "app"));
     url.searchParams.set("origin", global.location.origin);
@@ -83,6 +286,7 @@
     if (opts.loginHint) url.searchParams.set("login_hint", opts.loginHint);
     if (opts.domainHint) url.searchParams.set("domain_hint", opts.domainHint);
     if (mode === "popup" && opts.prompt) url.searchParams.set("prompt", opts.prompt);
+    if (jkt) url.searchParams.set("dpop_jkt", jkt);
     return url.toString();
   }
 
@@ -133,23 +337,29 @@
   // partition) answers the success message directly. Rejects when it cannot
   // (no session, signed out, a hint for someone else): the iframe then asks
   // the IdP.
-  function renewByFetch(opts) {
+  // With `chatToken` (a token an iframe or popup just delivered), it also
+  // confirms this page's key.
+  function renewByFetch(opts, chatToken) {
     if (opts.loginHint || opts.domainHint || typeof global.fetch !== "function") {
       return Promise.reject(chatgateError("skipped"));
     }
-    return global
-      .fetch(brokerUrl(opts, "/v1/session/token"), {
-        method: "POST",
-        credentials: "include",
-        headers: { "content-type": "application/json" },
-        body: JSON.stringify({ app: required(opts, "app") }),
+    var body = { app: required(opts, "app") };
+    if (chatToken) body.chat_token = chatToken;
+    return postHeaders(opts, "/v1/session/token")
+      .then(function (headers) {
+        return global.fetch(brokerUrl(opts, "/v1/session/token"), {
+          method: "POST",
+          credentials: "include",
+          headers: headers,
+          body: JSON.stringify(body),
+        });
       })
       .then(function (response) {
         return response.json().then(function (body) {
           if (!response.ok || !body || body.type !== "chatgate:success" || body.app !== opts.app) {
             throw chatgateError((body && body.error) || "server_error", body && body.error_description);
           }
-          return body;
+          return remember(opts, body);
         });
       });
   }
@@ -169,12 +379,19 @@
   }
 
   function signInWithIframe(opts) {
-    var url;
-    try {
-      url = authorizeUrl(opts, "silent");
-    } catch (e) {
-      return Promise.reject(e);
-    }
+    return browserKey(opts)
+      .then(function (key) {
+        return openIframe(opts, authorizeUrl(opts, "silent", key && key.jkt));
+      })
+      .then(function (data) {
+        return confirmKey(opts, data);
+      })
+      .then(function (data) {
+        return remember(opts, data);
+      });
+  }
+
+  function openIframe(opts, url) {
     var iframe = global.document.createElement("iframe");
     iframe.setAttribute("aria-hidden", "true");
     iframe.setAttribute("tabindex", "-1");
@@ -255,10 +472,14 @@
     } catch (e) {
       return Promise.reject(e);
     }
-    var popup = openPopup(url, "chatgate_signin");
+    // Opened now, within the click; sent to chatgate once the key is known.
+    var popup = openPopup("about:blank", "chatgate_signin");
     if (!popup) {
       return Promise.reject(chatgateError("popup_blocked", "the browser blocked the sign-in popup; call signInWithPopup from a click"));
     }
+    browserKey(opts).then(function (key) {
+      popup.location.href = key ? authorizeUrl(opts, "popup", key.jkt) : url;
+    });
     return waitForResult(
       opts,
       function () {
@@ -272,7 +493,13 @@
       function (data) {
         var ticket = data.session_ticket;
         delete data.session_ticket;
-        return ticket ? redeemTicket(opts, ticket).then(function () { return data; }) : data;
+        return (ticket ? redeemTicket(opts, ticket) : Promise.resolve())
+          .then(function () {
+            return confirmKey(opts, data);
+          })
+          .then(function (result) {
+            return remember(opts, result);
+          });
       },
       function (err) {
         closePopup(popup);
@@ -290,23 +517,25 @@
     } catch (e) {
       return Promise.reject(e);
     }
-    return global
-      .fetch(url, {
-        method: "POST",
-        credentials: "omit",
-        headers: { "content-type": "application/json" },
-        body: JSON.stringify(body),
+    return postHeaders(opts, path)
+      .then(function (headers) {
+        return global.fetch(url, {
+          method: "POST",
+          credentials: "omit",
+          headers: headers,
+          body: JSON.stringify(body),
+        });
       })
       .then(function (response) {
         return response.json().then(function (answer) {
           if (!response.ok) throw chatgateError(answer.error || "server_error", answer.error_description);
-          return {
+          return remember(opts, {
             type: "chatgate:success",
             app: opts.app,
             chat_token: answer.chat_token,
             expires_at: answer.expires_at,
             user: answer.user,
-          };
+          });
         });
       });
   }
@@ -339,17 +568,22 @@
         return Promise.reject(chatgateError("popup_blocked", "the browser blocked the sign-out popup; call signOut({ idp: true }) from a click"));
       }
     }
-    return global
-      .fetch(url, {
-        method: "POST",
-        credentials: "include",
-        headers: { "content-type": "application/json" },
-        body: JSON.stringify({ app: opts.app, revoke: !!opts.revoke, idp: !!opts.idp }),
+    return postHeaders(opts, "/v1/signout")
+      .then(function (headers) {
+        return global.fetch(url, {
+          method: "POST",
+          credentials: "include",
+          headers: headers,
+          body: JSON.stringify({ app: opts.app, revoke: !!opts.revoke, idp: !!opts.idp }),
+        });
       })
       .then(function (response) {
         return response.json().then(function (body) {
           if (!response.ok) throw chatgateError(body.error || "server_error", body.error_description);
-          return body;
+          // The key renews nothing now; the next sign-in makes a new one.
+          return forgetKey(opts).then(function () {
+            return body;
+          });
         });
       })
       .then(
@@ -441,5 +675,6 @@
     exchangeIdToken: exchangeIdToken,
     signOut: signOut,
     keepSignedIn: keepSignedIn,
+    proof: proof,
   };
 })(window);

@@ -52,6 +52,9 @@ impl ChatTokenIssuer {
             name: subject.user.name.map(str::to_string),
             email: subject.user.email.map(str::to_string),
             email_verified: subject.user.email.map(|_| subject.user.email_verified),
+            cnf: subject.jkt.map(|jkt| super::Confirmation {
+                jkt: jkt.to_string(),
+            }),
         };
         let mut header = Header::new(self.key.alg);
         header.kid = Some(self.key.kid.clone());

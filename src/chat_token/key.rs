@@ -140,6 +140,17 @@ impl SigningKey {
             .expect("signing in-memory claims with a valid key cannot fail")
     }
 
+    /// Signs `claims` under a header the caller built (`alg` is this key's).
+    pub fn sign_with_header(
+        &self,
+        mut header: jsonwebtoken::Header,
+        claims: &impl serde::Serialize,
+    ) -> String {
+        header.alg = self.alg;
+        jsonwebtoken::encode(&header, claims, &self.encoding)
+            .expect("signing in-memory claims with a valid key cannot fail")
+    }
+
     pub fn kid(&self) -> &str {
         &self.kid
     }

@@ -55,6 +55,18 @@ pub struct ChatClaims {
     /// did not. Key users on `sub`, never on the email.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email_verified: Option<bool>,
+    /// The browser key the token is bound to (apps with
+    /// `bind_chat_tokens = "dpop"`): presenting it takes a DPoP proof of
+    /// that key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Confirmation>,
+}
+
+/// The `cnf` claim (RFC 7800, RFC 9449): the JWK SHA-256 thumbprint of the
+/// key that must sign a DPoP proof for the token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Confirmation {
+    pub jkt: String,
 }
 
 /// Who a new chat token is for.
@@ -63,6 +75,8 @@ pub struct ChatSubject<'a> {
     pub app: &'a AppId,
     pub audience: &'a str,
     pub user: &'a ChatUser<'a>,
+    /// The DPoP key the token is bound to, if any.
+    pub jkt: Option<&'a crate::dpop::Jkt>,
 }
 
 /// The user a chat token is about.

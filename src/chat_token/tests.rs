@@ -36,6 +36,7 @@ fn mint(i: &ChatTokenIssuer, now: i64) -> (String, ChatClaims) {
                 email: None,
                 email_verified: false,
             },
+            jkt: None,
         },
         now,
     )
@@ -64,6 +65,7 @@ fn via_and_email_verified_are_in_the_claims() {
                         email,
                         email_verified: verified,
                     },
+                    jkt: None,
                 },
                 now(),
             )

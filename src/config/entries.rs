@@ -212,6 +212,16 @@ pub(super) fn build_apps(
             .map(str::to_string);
         let host_keys = build_host_keys(c, &base, &a.host_keys, src);
         let token_exchange = a.token_exchange.unwrap_or(false);
+        let bind_chat_tokens = match a.bind_chat_tokens.as_deref() {
+            None => ChatTokenBinding::None,
+            Some(v) => ChatTokenBinding::parse(v).unwrap_or_else(|| {
+                c.error(
+                    &k("bind_chat_tokens"),
+                    format!("must be \"none\" or \"dpop\", not {v:?}"),
+                );
+                ChatTokenBinding::None
+            }),
+        };
         let events = build_events(c, &base, a, src);
         if token_exchange && a.provider.is_none() {
             c.error(
@@ -230,6 +240,7 @@ pub(super) fn build_apps(
                 scopes,
                 chat_audience,
                 token_exchange,
+                bind_chat_tokens,
                 events,
                 host_keys,
             });

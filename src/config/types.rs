@@ -171,6 +171,8 @@ pub struct AppConfig {
     pub chat_audience: String,
     /// `POST /v1/token-exchange` is allowed for this app (opt-in).
     pub token_exchange: bool,
+    /// What chat tokens are bound to (`bind_chat_tokens`).
+    pub bind_chat_tokens: ChatTokenBinding,
     /// Where this app's events go (`events_url`, `events_secret_*`).
     pub events: Option<crate::events::EventTarget>,
     pub host_keys: Vec<HostKeyConfig>,
@@ -179,6 +181,30 @@ pub struct AppConfig {
 impl AppConfig {
     pub fn allows_origin(&self, origin: &Origin) -> bool {
         self.origins.iter().any(|o| o == origin)
+    }
+
+    /// Chat tokens of this app are bound to the browser's DPoP key.
+    pub fn binds_dpop(&self) -> bool {
+        self.bind_chat_tokens == ChatTokenBinding::Dpop
+    }
+}
+
+/// `bind_chat_tokens`: whether chat tokens are bearer tokens or bound to the
+/// browser's DPoP key (`cnf.jkt`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ChatTokenBinding {
+    #[default]
+    None,
+    Dpop,
+}
+
+impl ChatTokenBinding {
+    pub(super) fn parse(value: &str) -> Option<Self> {
+        match value {
+            "none" => Some(Self::None),
+            "dpop" => Some(Self::Dpop),
+            _ => None,
+        }
     }
 }
 

@@ -15,6 +15,7 @@ use super::{
 use crate::audit::QueuedEvent;
 use crate::config::AppConfig;
 use crate::domain::{AppId, AuditAction, AuditOutcome, Origin, UserId};
+use crate::dpop::Jkt;
 use crate::events::EventType;
 use crate::oidc::{IdTokenCheck, Identity, IdpTokens, IssParameter, Provider};
 use crate::secret::sha256_hex;
@@ -117,7 +118,20 @@ impl SignInService {
             idp_sub: Some(identity.sub),
             idp_sid: identity.sid,
         };
-        let minted = self.mint(taken.app, &signin, now).map_err(fail)?;
+        let jkt = (taken.app.binds_dpop())
+            .then(|| taken.flow.dpop_jkt.as_deref().and_then(Jkt::parse))
+            .flatten();
+        let minted = self
+            .mint(taken.app, &signin, jkt.as_ref(), now)
+            .map_err(fail)?;
+        if let Some(jkt) = &jkt
+            && let Err(e) = self
+                .bind_pending(taken.app, &taken.target.origin, jkt, &signin, &minted)
+                .await
+        {
+            // The sign-in stands; only renewal without chatgate's cookie fails.
+            tracing::warn!(error = %e, "cannot record the browser key of a sign-in");
+        }
         let ticket = match taken.target.mode {
             Mode::Popup => match self.issue_ticket(&taken.target, &signin, now).await {
                 Ok(t) => Some(t),

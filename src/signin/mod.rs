@@ -5,9 +5,11 @@
 //! HTTP (query parsing, cookies, pages) lives in `web::signin`; this module
 //! decides what is valid and what is stored. Every handler makes one call:
 //! [`SignInService::start`], [`SignInService::complete_callback`],
-//! [`SignInService::renew`], [`SignInService::redeem_ticket`].
+//! [`SignInService::renew`], [`SignInService::redeem_ticket`]; and for apps
+//! that bind chat tokens to the browser's DPoP key, [`SignInService::bound_signin`].
 
 mod callback;
+mod key_binding;
 mod signout;
 mod start;
 mod tickets;
@@ -24,6 +26,7 @@ pub use types::{CallbackParams, FlowError, FlowTarget, Minted, Mode, SessionSign
 use crate::audit::AuditLog;
 use crate::chat_token::{ChatSubject, ChatUser, KeyDirectory, Via};
 use crate::config::{AppConfig, Config};
+use crate::dpop::Jkt;
 use crate::metrics::{FlowEvent, Metrics};
 use crate::oidc::Providers;
 use crate::store::Store;
@@ -94,11 +97,12 @@ impl SignInService {
         self.inner.config.public_url.join("/v1/callback")
     }
 
-    /// Mints the chat token of a signed-in user.
+    /// Mints the chat token of a signed-in user, bound to `jkt` when given.
     pub fn mint(
         &self,
         app: &AppConfig,
         signin: &SessionSignIn,
+        jkt: Option<&Jkt>,
         now: i64,
     ) -> Result<Minted, FlowError> {
         let (chat_token, claims) = self
@@ -117,6 +121,7 @@ impl SignInService {
                         email: signin.email.as_deref(),
                         email_verified: signin.email_verified,
                     },
+                    jkt,
                 },
                 now,
             )
@@ -127,6 +132,7 @@ impl SignInService {
         Ok(Minted {
             chat_token,
             expires_at: claims.exp,
+            jti: claims.jti,
         })
     }
 
@@ -139,6 +145,7 @@ impl SignInService {
         app: &AppConfig,
         signin: &SessionSignIn,
         login_hint: Option<&str>,
+        jkt: Option<&Jkt>,
         now: i64,
     ) -> Renewal {
         if let Some(hint) = login_hint
@@ -161,7 +168,7 @@ impl SignInService {
                 return Renewal::Failed(error);
             }
         }
-        match self.mint(app, signin, now) {
+        match self.mint(app, signin, jkt, now) {
             Ok(minted) => {
                 self.inner.metrics.flow(FlowEvent::Completed, "session");
                 Renewal::Minted(minted)

@@ -6,6 +6,7 @@ use url::Url;
 use super::{DB_RETRY_BUDGET, FlowError, Mode, SignInService, flow_aad};
 use crate::config::AppConfig;
 use crate::domain::Origin;
+use crate::dpop::Jkt;
 use crate::metrics::FlowEvent;
 use crate::oidc::AuthorizationRequest;
 use crate::secret::{random_token, sha256_hex};
@@ -21,6 +22,8 @@ pub struct StartRequest<'a> {
     pub domain_hint: Option<&'a str>,
     /// `login`, `consent` or `select_account` (popup only).
     pub prompt: Option<&'a str>,
+    /// The browser key to bind the chat token to (`dpop_jkt`).
+    pub dpop_jkt: Option<&'a Jkt>,
 }
 
 impl SignInService {
@@ -77,6 +80,7 @@ impl SignInService {
                 provider: provider_id.as_str(),
                 origin: req.origin.as_str(),
                 mode: req.mode.as_str(),
+                dpop_jkt: req.dpop_jkt.map(Jkt::as_str),
                 nonce: sealed_nonce.clone(),
                 pkce_verifier: sealed_verifier.clone(),
                 created_at: now,

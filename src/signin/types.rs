@@ -164,4 +164,6 @@ pub struct CallbackParams {
 pub struct Minted {
     pub chat_token: String,
     pub expires_at: i64,
+    /// The token's `jti` (what confirms a pending key binding).
+    pub jti: String,
 }

@@ -11,6 +11,8 @@ pub struct NewFlow<'a> {
     pub provider: &'a str,
     pub origin: &'a str,
     pub mode: &'a str,
+    /// The browser key the chat token is to be bound to.
+    pub dpop_jkt: Option<&'a str>,
     pub nonce: Vec<u8>,
     pub pkce_verifier: Vec<u8>,
     pub created_at: i64,
@@ -25,6 +27,7 @@ pub struct PendingFlowRow {
     pub provider: String,
     pub origin: String,
     pub mode: String,
+    pub dpop_jkt: Option<String>,
     pub nonce: Vec<u8>,
     pub pkce_verifier: Vec<u8>,
     pub created_at: i64,
@@ -46,8 +49,8 @@ impl std::fmt::Debug for PendingFlowRow {
 impl Store {
     pub async fn insert_flow(&self, flow: NewFlow<'_>) -> Result<()> {
         const SQL: &str = "INSERT INTO pending_flows (state_hash, binding_hash, app, provider, \
-               origin, mode, nonce, pkce_verifier, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+               origin, mode, dpop_jkt, nonce, pkce_verifier, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
         with_pool!(self, pool => {
             sqlx::query(SQL)
                 .bind(flow.state_hash)
@@ -56,6 +59,7 @@ impl Store {
                 .bind(flow.provider)
                 .bind(flow.origin)
                 .bind(flow.mode)
+                .bind(flow.dpop_jkt)
                 .bind(flow.nonce)
                 .bind(flow.pkce_verifier)
                 .bind(flow.created_at)
@@ -76,7 +80,7 @@ impl Store {
         binding_hash: &str,
     ) -> Result<Option<PendingFlowRow>> {
         const SQL: &str = "DELETE FROM pending_flows WHERE state_hash = $1 AND binding_hash = $2 \
-             RETURNING state_hash, binding_hash, app, provider, origin, mode, nonce, \
+             RETURNING state_hash, binding_hash, app, provider, origin, mode, dpop_jkt, nonce, \
                pkce_verifier, created_at, expires_at";
         Ok(with_pool!(self, pool => {
             sqlx::query_as::<_, PendingFlowRow>(SQL)

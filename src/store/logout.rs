@@ -101,24 +101,40 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+            // Keys bound to those sign-ins renew no more.
+            sqlx::query(concat!("DELETE FROM dpop_bindings WHERE ", matches_scope!()))
+                .bind(scope.provider)
+                .bind(scope.sub)
+                .bind(scope.sid)
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
             LoggedOut { entries, sessions }
         });
         Ok(Some(logged_out))
     }
 
-    /// Ends every browser session signed in as `user_id` in `app`.
+    /// Ends every browser session signed in as `user_id` in `app`, and
+    /// forgets the browser keys bound to them.
     pub async fn end_user_sessions(&self, app: &str, user_id: &str) -> Result<u64> {
         Ok(with_pool!(self, pool => {
-            sqlx::query(
+            let mut tx = pool.begin_write().await?;
+            let n = sqlx::query(
                 "DELETE FROM browser_sessions WHERE id_hash IN \
                  (SELECT id_hash FROM browser_session_users WHERE app = $1 AND user_id = $2)",
             )
             .bind(app)
             .bind(user_id)
-            .execute(pool)
+            .execute(&mut *tx)
             .await?
-            .rows_affected()
+            .rows_affected();
+            sqlx::query("DELETE FROM dpop_bindings WHERE app = $1 AND user_id = $2")
+                .bind(app)
+                .bind(user_id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            n
         }))
     }
 }

@@ -1,5 +1,6 @@
 //! Deleting what has expired, in bounded batches: pending flows, session
-//! tickets, used token ids, browser sessions, and audit events older than
+//! tickets, used token ids, browser sessions, DPoP key bindings, and audit
+//! events older than
 //! `audit_retention`. A batch is one short statement, so a sweep never holds
 //! SQLite's write lock (or a PostgreSQL lock) for long, however much an
 //! anonymous client made chatgate store.
@@ -24,10 +25,12 @@ pub enum Table {
     EventOutbox,
     /// Rows older than the cutoff, not expired ones.
     AuditEvents,
+    /// DPoP key bindings past their idle expiry.
+    KeyBindings,
 }
 
 impl Table {
-    pub const ALL: [Table; 7] = [
+    pub const ALL: [Table; 8] = [
         Table::PendingFlows,
         Table::SessionTickets,
         Table::ReplayCache,
@@ -35,6 +38,7 @@ impl Table {
         Table::IdpSignouts,
         Table::EventOutbox,
         Table::AuditEvents,
+        Table::KeyBindings,
     ];
 
     /// Deletes up to `$2` rows whose time is at or before `$1`.
@@ -64,6 +68,10 @@ impl Table {
                 "DELETE FROM event_outbox WHERE id IN \
                  (SELECT id FROM event_outbox WHERE delivered_at <= $1 OR dead_at <= $1 LIMIT $2)"
             }
+            Self::KeyBindings => {
+                "DELETE FROM dpop_bindings WHERE (app, jkt, pending_jti) IN \
+                 (SELECT app, jkt, pending_jti FROM dpop_bindings WHERE idle_expires_at <= $1 LIMIT $2)"
+            }
             // Oldest first by id: the scan stops at the first batch's worth.
             Self::AuditEvents => {
                 "DELETE FROM audit_events WHERE id IN \
@@ -81,6 +89,7 @@ impl Table {
             Self::IdpSignouts => "idp_signouts",
             Self::EventOutbox => "event_outbox",
             Self::AuditEvents => "audit_events",
+            Self::KeyBindings => "dpop_bindings",
         }
     }
 }

@@ -25,6 +25,7 @@ use crate::bots::{Bot, Refused};
 use crate::chat_token::ChatClaims;
 use crate::config::AppConfig;
 use crate::domain::{AuditAction, AuditOutcome, UserId};
+use crate::dpop;
 use crate::state::AppState;
 use crate::user_tokens::{LookupError, RETRY_AFTER_SECS};
 use crate::web::ApiError;
@@ -142,6 +143,15 @@ pub struct UserStatus {
 pub struct VerifyRequest {
     /// A chat token.
     pub token: String,
+    /// A DPoP proof the browser made for the request it presented the token
+    /// with (`ChatGate.proof`); required for a token with `cnf`.
+    #[serde(default)]
+    pub proof: Option<String>,
+    /// That request's method (`POST`) and URL, which the proof must name.
+    #[serde(default)]
+    pub htm: Option<String>,
+    #[serde(default)]
+    pub htu: Option<String>,
 }
 
 pub(super) async fn audit(
@@ -321,7 +331,7 @@ async fn user_status(
     request_body = VerifyRequest,
     responses(
         (status = 200, description = "The verified claims", body = ChatClaims),
-        (status = 401, description = "`invalid_token`: bad bot secret, or a chat token that does not verify", body = ErrorBody),
+        (status = 401, description = "`invalid_token`: bad bot secret, or a chat token that does not verify; `invalid_dpop_proof`: a token bound to a key (`cnf`) without a valid, unused proof of that key", body = ErrorBody),
     ),
     security(("bot_secret" = []))
 )]
@@ -347,7 +357,36 @@ async fn verify_chat_token(
             "the chat token is for another app",
         ));
     }
+    if let Some(cnf) = &claims.cnf {
+        check_proof(&state, &req, &cnf.jkt).await?;
+    }
     Ok(Json(claims))
+}
+
+/// A bound token is not a bearer token: the browser must have signed a
+/// proof of its key for the request it came with, naming this token (`ath`).
+async fn check_proof(state: &AppState, req: &VerifyRequest, jkt: &str) -> Result<(), ApiError> {
+    let refused = |why: String| ApiError::unauthorized("invalid_dpop_proof", why);
+    let (Some(proof), Some(htm), Some(htu)) = (&req.proof, &req.htm, &req.htu) else {
+        return Err(refused(
+            "the chat token is bound to a browser key (cnf): send proof, htm and htu".into(),
+        ));
+    };
+    let proof = dpop::verify(
+        proof,
+        &dpop::Expected {
+            htm,
+            htu,
+            access_token: Some(&req.token),
+            now: crate::time::now(),
+            clock_skew: state.config.clock_skew,
+        },
+    )
+    .map_err(|e| refused(e.to_string()))?;
+    if proof.jkt.as_str() != jkt {
+        return Err(refused(dpop::DpopError::WrongKey.to_string()));
+    }
+    crate::web::dpop::spend(state, &proof).await
 }
 
 struct BotSecurity;

@@ -24,7 +24,10 @@ const PREFLIGHT_MAX_AGE: Duration = Duration::from_secs(600);
 fn post_json() -> CorsLayer {
     CorsLayer::new()
         .allow_methods([Method::POST])
-        .allow_headers([header::CONTENT_TYPE])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::HeaderName::from_static(crate::dpop::HEADER),
+        ])
         .max_age(PREFLIGHT_MAX_AGE)
 }
 

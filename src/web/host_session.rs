@@ -20,12 +20,13 @@ use crate::audit::QueuedEvent;
 use crate::chat_token::{ChatSubject, ChatUser, Via};
 use crate::config::AppConfig;
 use crate::domain::{AuditAction, AuditOutcome, UserId};
+use crate::dpop::Proof;
 use crate::host_session::{self, HostTokenError, Limits};
 use crate::metrics::FlowEvent;
 use crate::state::AppState;
 use crate::store::AuditEvent;
 use crate::token_exchange::{self, ExchangeError};
-use crate::web::{ApiError, cors, rate_limit};
+use crate::web::{ApiError, cors, dpop, rate_limit};
 
 pub fn router(state: &AppState) -> Router<AppState> {
     Router::new()
@@ -106,7 +107,17 @@ async fn audit_failed(
         .await;
 }
 
-fn mint(state: &AppState, app: &AppConfig, user: &ChatUser<'_>) -> Result<Response, ApiError> {
+/// Mints the chat token; for a DPoP app, bound to the proof's key (the
+/// proof is spent here, after the request's token was accepted).
+async fn mint(
+    state: &AppState,
+    app: &AppConfig,
+    user: &ChatUser<'_>,
+    proof: Option<&Proof>,
+) -> Result<Response, ApiError> {
+    if let Some(proof) = proof {
+        dpop::spend(state, proof).await?;
+    }
     let (chat_token, claims) = state
         .keys
         .issuer()
@@ -115,6 +126,7 @@ fn mint(state: &AppState, app: &AppConfig, user: &ChatUser<'_>) -> Result<Respon
                 app: &app.id,
                 audience: &app.chat_audience,
                 user,
+                jkt: proof.map(|p| &p.jkt),
             },
             crate::time::now(),
         )
@@ -145,6 +157,7 @@ async fn host_session(
     let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let (app, _) = cors::app_and_origin(&state, &headers, &req.app)
         .inspect_err(|e| state.metrics.host_token(e.code()))?;
+    let proof = dpop::for_app(&state, app, &headers, "/v1/host-session", None)?;
     let limits = Limits {
         clock_skew: state.config.clock_skew,
         max_ttl: state.config.max_host_token_ttl,
@@ -164,7 +177,9 @@ async fn host_session(
                     email: user.email.as_deref(),
                     email_verified: user.email_verified,
                 },
+                proof.as_ref(),
             )
+            .await
         }
         Err(e) => {
             state.metrics.host_token(e.code());
@@ -182,6 +197,7 @@ async fn token_exchange(
 ) -> Result<Response, ApiError> {
     let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let (app, _) = cors::app_and_origin(&state, &headers, &req.app)?;
+    let proof = dpop::for_app(&state, app, &headers, "/v1/token-exchange", None)?;
     let now = crate::time::now();
     let exchanged = token_exchange::exchange(
         &state.store,
@@ -230,5 +246,7 @@ async fn token_exchange(
             email: user.email.as_deref(),
             email_verified: user.email_verified,
         },
+        proof.as_ref(),
     )
+    .await
 }

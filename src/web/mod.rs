@@ -4,6 +4,7 @@ mod bot_api;
 mod bot_framework;
 pub mod conn;
 pub mod cors;
+mod dpop;
 pub mod error;
 mod host_session;
 mod logout;

@@ -14,6 +14,7 @@ use tower_sessions::cookie::{Cookie, SameSite};
 
 use crate::config::AppConfig;
 use crate::domain::{AppId, Origin};
+use crate::dpop::Jkt;
 use crate::events::SignOutReason;
 use crate::metrics::FlowEvent;
 use crate::secret::random_token;
@@ -24,7 +25,7 @@ use crate::signin::{
 use crate::state::AppState;
 use crate::web::pages::{Message, MessageUser, frame_ancestors, message_page, plain_page};
 use crate::web::session::{self, BrowserSession};
-use crate::web::{ApiError, cors, rate_limit};
+use crate::web::{ApiError, cors, dpop, rate_limit};
 
 /// The browser-binding cookie of pending flows, per mode: partitioned for the
 /// third-party iframe, Lax for the first-party popup.
@@ -63,6 +64,7 @@ struct AuthorizeQuery {
     login_hint: Option<String>,
     domain_hint: Option<String>,
     prompt: Option<String>,
+    dpop_jkt: Option<String>,
 }
 
 fn bad_request(message: &str, ancestors: &[Origin]) -> Response {
@@ -238,11 +240,35 @@ async fn authorize(
             "login_hint and domain_hint must be short printable text",
         ));
     }
+    let dpop_jkt = match (app.binds_dpop(), q.dpop_jkt.as_deref()) {
+        (false, _) => None,
+        (true, Some(jkt)) => match Jkt::parse(jkt) {
+            Some(jkt) => Some(jkt),
+            None => {
+                return fail(FlowError::invalid_request(
+                    "dpop_jkt is not a JWK thumbprint",
+                ));
+            }
+        },
+        (true, None) => {
+            return fail(FlowError::invalid_request(
+                "this app binds chat tokens to the browser's key: dpop_jkt is required",
+            ));
+        }
+    };
     let now = crate::time::now();
 
     if mode == Mode::Silent
-        && let Some(response) =
-            renew(&state, &session, app, &origin, login_hint.as_deref(), now).await
+        && let Some(response) = renew(
+            &state,
+            &session,
+            app,
+            &origin,
+            login_hint.as_deref(),
+            dpop_jkt.as_ref(),
+            now,
+        )
+        .await
     {
         return response;
     }
@@ -258,6 +284,7 @@ async fn authorize(
         login_hint: login_hint.as_deref(),
         domain_hint: domain_hint.as_deref(),
         prompt,
+        dpop_jkt: dpop_jkt.as_ref(),
     };
     match state.signin.start(request, &binding, now).await {
         Ok(url) => {
@@ -292,6 +319,7 @@ async fn renew(
     app: &AppConfig,
     origin: &Origin,
     login_hint: Option<&str>,
+    jkt: Option<&Jkt>,
     now: i64,
 ) -> Option<Response> {
     let max_age = state.config.session_max.as_secs() as i64;
@@ -304,7 +332,7 @@ async fn renew(
             return None;
         }
     };
-    match state.signin.renew(app, &signin, login_hint, now).await {
+    match state.signin.renew(app, &signin, login_hint, jkt, now).await {
         Renewal::AskTheIdp => None,
         Renewal::Failed(error) => Some(error_page(
             Mode::Silent,
@@ -316,6 +344,14 @@ async fn renew(
         Renewal::Minted(minted) => {
             // The session slides: idle time counts from this renewal.
             browser.touch(state.config.session_idle);
+            if let Some(jkt) = jkt
+                && let Err(e) = state
+                    .signin
+                    .bind_pending(app, origin, jkt, &signin, &minted)
+                    .await
+            {
+                tracing::warn!(error = %e, "cannot record the browser key of a renewal");
+            }
             Some(success_page(
                 Mode::Silent,
                 &app.id,
@@ -402,12 +438,17 @@ async fn redeem_ticket(
 #[derive(Debug, Deserialize)]
 struct SessionTokenRequest {
     app: String,
+    /// DPoP apps: the chat token an iframe or popup sign-in just delivered;
+    /// with the proof of its key it confirms that key's binding.
+    #[serde(default)]
+    chat_token: Option<String>,
 }
 
-/// `POST /v1/session/token`: a silent renewal in one fetch from the host page
-/// (its cookie partition holds chatgate's session): the `chatgate:success`
-/// message as JSON, or `401 login_required` when chatgate's session cannot
-/// stand in for the IdP (the widget then uses the iframe).
+/// `POST /v1/session/token`: a silent renewal in one fetch from the host page:
+/// the `chatgate:success` message as JSON, or `401 login_required` when
+/// neither chatgate's session (its cookie in this site's partition) nor, for
+/// DPoP apps, the browser key the request proves can stand in for the IdP
+/// (the widget then uses the iframe).
 async fn session_token(
     State(state): State<AppState>,
     session: Session,
@@ -416,6 +457,7 @@ async fn session_token(
 ) -> Result<Response, ApiError> {
     let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let (app, origin) = cors::app_and_origin(&state, &headers, &req.app)?;
+    let proof = dpop::for_app(&state, app, &headers, "/v1/session/token", None)?;
     let now = crate::time::now();
     let login_required = || {
         ApiError::unauthorized(
@@ -424,7 +466,7 @@ async fn session_token(
         )
     };
     let browser = BrowserSession(session);
-    let signin = browser
+    let from_cookie = browser
         .get(
             &app.id,
             &origin,
@@ -432,9 +474,24 @@ async fn session_token(
             state.config.session_max.as_secs() as i64,
         )
         .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .ok_or_else(login_required)?;
-    match state.signin.renew(app, &signin, None, now).await {
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let jkt = proof.as_ref().map(|p| &p.jkt);
+    let (signin, by_key) = match (from_cookie, jkt) {
+        (Some(signin), _) => (signin, false),
+        (None, Some(jkt)) => {
+            let signin = state
+                .signin
+                .bound_signin(app, &origin, jkt, req.chat_token.as_deref(), now)
+                .await?
+                .ok_or_else(login_required)?;
+            (signin, true)
+        }
+        (None, None) => return Err(login_required()),
+    };
+    if let Some(proof) = &proof {
+        dpop::spend(&state, proof).await?;
+    }
+    match state.signin.renew(app, &signin, None, jkt, now).await {
         Renewal::AskTheIdp => Err(login_required()),
         Renewal::Failed(error) if error.code == "temporarily_unavailable" => {
             Err(ApiError::Unavailable {
@@ -444,8 +501,25 @@ async fn session_token(
         }
         Renewal::Failed(error) => Err(ApiError::Internal(error.description)),
         Renewal::Minted(minted) => {
-            // The session slides: idle time counts from this renewal.
-            browser.touch(state.config.session_idle);
+            // The session (or the key's binding) slides: idle time counts
+            // from this renewal. A cookie renewal with a proof binds the key.
+            let slid = match jkt {
+                Some(jkt) if by_key => state.signin.touch_binding(app, jkt, now).await,
+                Some(jkt) => {
+                    browser.touch(state.config.session_idle);
+                    state
+                        .signin
+                        .bind_confirmed(app, &origin, jkt, &signin, now)
+                        .await
+                }
+                None => {
+                    browser.touch(state.config.session_idle);
+                    Ok(())
+                }
+            };
+            if let Err(e) = slid {
+                tracing::warn!(error = %e, "cannot record the use of a browser key");
+            }
             let mut response =
                 Json(success_message(&app.id, &signin, minted, None)).into_response();
             response
@@ -478,10 +552,27 @@ async fn signout(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let (app, origin) = cors::app_and_origin(&state, &headers, &req.app)?;
-    let removed = BrowserSession(session)
+    // A proof is optional here: a page that lost its key can still sign out.
+    let proof = match headers.contains_key(dpop::HEADER_NAME) {
+        true => dpop::for_app(&state, app, &headers, "/v1/signout", None)?,
+        false => None,
+    };
+    let mut removed = BrowserSession(session)
         .remove(&app.id, &origin)
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
+    if let Some(proof) = proof {
+        dpop::spend(&state, &proof).await?;
+        let now = crate::time::now();
+        let bound = state
+            .signin
+            .bound_signin(app, &origin, &proof.jkt, None, now)
+            .await?;
+        let forgotten = state.signin.forget_key(app, &proof.jkt).await?;
+        if removed.is_none() && forgotten {
+            removed = bound;
+        }
+    }
     let signed_out = removed.is_some();
     // Before the vault entry goes: the IdP sign-out needs its ID token.
     let idp_signout = if req.idp {

@@ -5,13 +5,18 @@
 // then a token request), all against the same oidc-provider in the same
 // headless Chromium run.
 //
-//   node tests/e2e/bench-renewal.mjs [rounds]      (default 20; after scripts/test.sh built chatgate)
+//   node tests/e2e/bench-renewal.mjs [rounds] [--dpop]   (default 20; after scripts/test.sh built chatgate)
 //
+// With --dpop the app binds chat tokens to the browser's key
+// (bind_chat_tokens = "dpop"), and one more run renews with chatgate's cookie
+// deleted first (outside the timing): by the key alone.
 // Prints the median and p90 of each, and their ratios to signinSilent.
 import { startWorld } from "./lib/world.mjs";
 import { launch, openPopup, completeIdpInteraction } from "./lib/browser.mjs";
 
-const ROUNDS = Number(process.argv[2] || 20);
+const args = process.argv.slice(2);
+const DPOP = args.includes("--dpop");
+const ROUNDS = Number(args.find((a) => /^\d+$/.test(a)) || 20);
 
 function stats(ms) {
   const sorted = [...ms].sort((a, b) => a - b);
@@ -19,7 +24,8 @@ function stats(ms) {
   return { median: at(0.5), p90: at(0.9) };
 }
 
-const world = await startWorld({ spa: true });
+const world = await startWorld({ spa: true, appToml: DPOP ? 'bind_chat_tokens = "dpop"' : "" });
+const brokerHost = new URL(world.chatgate.url).hostname;
 const browser = await launch({ thirdPartyCookies: "allow" });
 try {
   const page = await browser.context.newPage();
@@ -32,12 +38,16 @@ try {
   // ...and through oidc-client-ts (the IdP session exists: consent only).
   await page.evaluate(() => {
     window.spa = new oidc.UserManager(window.spaSettings);
-    document.getElementById("signin-popup").onclick = (e) => {
-      e.stopImmediatePropagation();
+    // A button of its own: the host page's sign-in button is chatgate's.
+    const button = document.createElement("button");
+    button.id = "spa-signin";
+    button.textContent = "Sign in with oidc-client-ts";
+    button.onclick = () => {
       window.spaPopup = window.spa.signinPopup().then((u) => ({ ok: !!u.access_token }), (e) => ({ err: String(e) }));
     };
+    document.body.appendChild(button);
   });
-  const [spaPopup] = await Promise.all([browser.context.waitForEvent("page"), page.click("#signin-popup")]);
+  const [spaPopup] = await Promise.all([browser.context.waitForEvent("page"), page.click("#spa-signin")]);
   await completeIdpInteraction(spaPopup, world.idp.user);
   const spaFirst = await page.evaluate(() => window.spaPopup);
   if (!spaFirst.ok) throw new Error(`oidc-client-ts sign-in failed: ${JSON.stringify(spaFirst)}`);
@@ -47,11 +57,15 @@ try {
     "chatgate, by iframe": () => ChatGate.signIn({ ...window.chatgateOptions, loginHint: "alice@example.com" }),
     "oidc-client-ts signinSilent": () => window.spa.signinSilent(),
   };
+  // Renewed by the key alone: chatgate's cookie is deleted before each run.
+  const KEY_ONLY = "chatgate, by fetch, no cookie";
+  if (DPOP) runs[KEY_ONLY] = () => ChatGate.signIn(window.chatgateOptions);
   const results = {};
   for (const [name] of Object.entries(runs)) results[name] = [];
   // Interleaved rounds, one warm-up each, so drift hits all three alike.
   for (let round = -1; round < ROUNDS; round++) {
     for (const [name, fn] of Object.entries(runs)) {
+      if (name === KEY_ONLY) await browser.context.clearCookies({ domain: brokerHost });
       const ms = await page.evaluate(async (src) => {
         const run = eval(`(${src})`);
         const t0 = performance.now();
@@ -63,7 +77,7 @@ try {
     }
   }
   const base = stats(results["oidc-client-ts signinSilent"]).median;
-  console.log(`silent renewal of a signed-in user, ${ROUNDS} rounds, headless Chromium, oidc-provider on loopback`);
+  console.log(`silent renewal of a signed-in user, ${ROUNDS} rounds, headless Chromium, oidc-provider on loopback${DPOP ? ", chat tokens bound to the browser's key" : ""}`);
   console.log("                                median ms   p90 ms   median / signinSilent");
   for (const [name, ms] of Object.entries(results)) {
     const s = stats(ms);

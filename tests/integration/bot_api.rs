@@ -525,6 +525,7 @@ async fn status_and_chat_token_verification(db: &TestDb) {
                         email: None,
                         email_verified: false,
                     },
+                    jkt: None,
                 },
                 chatgate::time::now(),
             )

@@ -196,6 +196,7 @@ async fn a_signing_key_written_into_the_database_is_not_trusted(db: &TestDb) {
                     email: None,
                     email_verified: false,
                 },
+                jkt: None,
             },
             now,
         )

@@ -13,6 +13,7 @@ mod cli;
 #[cfg(feature = "demo")]
 mod dev_idp;
 mod docs;
+mod dpop;
 mod hardening;
 mod host_session;
 mod logout;

@@ -92,6 +92,7 @@ async fn the_jwks_publishes_the_signing_key_and_verifies_minted_tokens(db: &Test
                     email: None,
                     email_verified: false,
                 },
+                jkt: None,
             },
             chatgate::time::now(),
         )

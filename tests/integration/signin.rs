@@ -14,10 +14,10 @@ use serde_json::{Value, json};
 const ORIGIN: &str = "https://www.contoso.com";
 const USER: &str = "idp:user-123";
 
-struct Setup {
-    idp: FakeIdp,
-    app: TestApp,
-    browser: Browser,
+pub(crate) struct Setup {
+    pub(crate) idp: FakeIdp,
+    pub(crate) app: TestApp,
+    pub(crate) browser: Browser,
     _cfg: TestConfig,
 }
 
@@ -25,7 +25,7 @@ async fn setup(db: &TestDb) -> Setup {
     setup_with(db, "", |c| c).await
 }
 
-async fn setup_with(
+pub(crate) async fn setup_with(
     db: &TestDb,
     provider_extra: &str,
     tweak: impl FnOnce(TestConfig) -> TestConfig,
@@ -42,7 +42,7 @@ async fn setup_with(
 }
 
 impl Setup {
-    fn authorize_url(&self, mode: &str, extra: &str) -> String {
+    pub(crate) fn authorize_url(&self, mode: &str, extra: &str) -> String {
         let origin = url::form_urlencoded::byte_serialize(ORIGIN.as_bytes()).collect::<String>();
         self.app.url(&format!(
             "/v1/authorize?app=support&origin={origin}&mode={mode}{extra}"
@@ -50,7 +50,7 @@ impl Setup {
     }
 
     /// `/v1/authorize` → the IdP's authorization URL.
-    async fn start(&mut self, mode: &str, extra: &str) -> String {
+    pub(crate) async fn start(&mut self, mode: &str, extra: &str) -> String {
         let url = self.authorize_url(mode, extra);
         let r = self.browser.get(&url).await;
         assert_eq!(
@@ -63,7 +63,7 @@ impl Setup {
     }
 
     /// The IdP's answer: the callback URL it redirects to.
-    async fn at_idp(&mut self, idp_url: &str) -> String {
+    pub(crate) async fn at_idp(&mut self, idp_url: &str) -> String {
         let r = self.browser.get(idp_url).await;
         location(&r)
     }
@@ -100,7 +100,7 @@ fn claims(pairs: &[(&str, Value)]) -> serde_json::Map<String, Value> {
         .collect()
 }
 
-async fn exec(store: &Store, sql: &'static str) {
+pub(crate) async fn exec(store: &Store, sql: &'static str) {
     match store {
         Store::Sqlite(p) => {
             sqlx::query(sql).execute(p).await.unwrap();

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use chatgate::domain::{AppId, AuditAction, AuditOutcome, KeyId, ProviderId, UserId};
 use chatgate::secret::SecretString;
-use chatgate::store::{AuditEvent, AuditFilter, NewFlow, Store};
+use chatgate::store::{AuditEvent, AuditFilter, KeyBindingRow, NewFlow, Store};
 use chatgate::vault::{TokenSet, Vault, VaultError, VaultKeyRing};
 use common::TestDb;
 
@@ -344,6 +344,7 @@ fn flow<'a>(state: &'a str, binding: &'a str, expires_at: i64) -> NewFlow<'a> {
         provider: "entra",
         origin: "https://www.contoso.com",
         mode: "silent",
+        dpop_jkt: None,
         nonce: vec![1, 2, 3],
         pkce_verifier: vec![4, 5, 6],
         created_at: 100,
@@ -377,6 +378,23 @@ async fn concurrent_callbacks_consume_a_flow_exactly_once(db: &TestDb) {
     assert_eq!(winners, 1);
 }
 
+/// A key binding of `jkt` (pending under `pending_jti`, or confirmed when empty).
+fn key_binding(jkt: &str, pending_jti: &str, idle_expires_at: i64) -> KeyBindingRow {
+    KeyBindingRow {
+        app: "support".into(),
+        jkt: jkt.into(),
+        pending_jti: pending_jti.into(),
+        origin: "https://o".into(),
+        user_id: format!("entra:{jkt}"),
+        provider: "entra".into(),
+        idp_sub: Some(jkt.into()),
+        idp_sid: None,
+        signin: "{}".into(),
+        signed_in_at: 10,
+        idle_expires_at,
+    }
+}
+
 async fn expired_rows_are_swept_in_bounded_batches(db: &TestDb) {
     let store = db.store().await;
     // 2 500 expired rows in every table an anonymous client can grow, and
@@ -396,6 +414,10 @@ async fn expired_rows_are_swept_in_bounded_batches(db: &TestDb) {
             .unwrap();
         store
             .insert_idp_signout(&name, &idp_signout(), 50)
+            .await
+            .unwrap();
+        store
+            .put_key_binding(&key_binding(&name, &name, 50))
             .await
             .unwrap();
     }
@@ -427,6 +449,10 @@ async fn expired_rows_are_swept_in_bounded_batches(db: &TestDb) {
         .unwrap();
     store
         .insert_idp_signout("fresh", &idp_signout(), 500)
+        .await
+        .unwrap();
+    store
+        .put_key_binding(&key_binding("fresh", "", 500))
         .await
         .unwrap();
     store
@@ -471,6 +497,13 @@ async fn expired_rows_are_swept_in_bounded_batches(db: &TestDb) {
     assert!(store.take_flow("fresh", "b").await.unwrap().is_some());
     assert!(!store.remember_jti("support", "fresh", 500).await.unwrap());
     assert!(store.load_session("fresh", 100).await.unwrap().is_some());
+    assert!(
+        store
+            .key_binding("support", "fresh", "", 100)
+            .await
+            .unwrap()
+            .is_some()
+    );
     assert!(
         store
             .take_session_ticket("fresh", "support", "https://o", 100)

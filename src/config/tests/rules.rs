@@ -225,6 +225,12 @@ fn provider_and_app_rules() {
             "apps.support.host_keys.2026-11.kid",
             "twice",
         ),
+        (
+            "scopes = [\"openid\", \"profile\", \"email\", \"offline_access\"]",
+            "scopes = [\"openid\", \"profile\", \"email\", \"offline_access\"]\nbind_chat_tokens = \"mtls\"",
+            "apps.support.bind_chat_tokens",
+            "must be \"none\" or \"dpop\"",
+        ),
     ];
     let f = f.with_env("SHORT", "too-short");
     for (from, to, key, fragment) in cases {

@@ -36,6 +36,25 @@ impl Browser {
             .await
     }
 
+    /// A POST of JSON with a `DPoP` proof header.
+    pub async fn post_json_dpop(
+        &mut self,
+        url: &str,
+        origin: &str,
+        body: &Value,
+        proof: &str,
+    ) -> Response {
+        let headers = [("dpop", proof)];
+        self.request_with(
+            reqwest::Method::POST,
+            url,
+            Some(origin),
+            Some(body),
+            &headers,
+        )
+        .await
+    }
+
     pub async fn request(
         &mut self,
         method: reqwest::Method,
@@ -43,9 +62,23 @@ impl Browser {
         origin: Option<&str>,
         body: Option<&Value>,
     ) -> Response {
+        self.request_with(method, url, origin, body, &[]).await
+    }
+
+    pub async fn request_with(
+        &mut self,
+        method: reqwest::Method,
+        url: &str,
+        origin: Option<&str>,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Response {
         let host = host_of(url);
         let client = super::http_client();
         let mut req = client.request(method, url);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
         if let Some(jar) = self.cookies.get(&host)
             && !jar.is_empty()
         {
