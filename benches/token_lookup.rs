@@ -25,185 +25,30 @@ mod fake_idp;
 #[allow(dead_code)]
 mod tls;
 
-use chatgate::secret::ExposeSecret as _;
+mod common;
+
 use std::io::Write as _;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chatgate::chat_token::{SigningAlg, SigningKey};
-use chatgate::domain::{AppId, KeyId, ProviderId, UserId};
+use chatgate::domain::{AppId, ProviderId, UserId};
 use chatgate::secret::SecretString;
-use chatgate::store::DatabaseOptions;
-use chatgate::store::Store;
-use chatgate::vault::{TokenSet, Vault, VaultKeyRing};
+use chatgate::vault::TokenSet;
+use common::{Server, env_or, join_all, load, rss_kib};
 
 const USER: &str = "bench:user-1";
-
-struct Figures {
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    errors: usize,
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// `connections` tasks, each with one keep-alive connection, for `duration`.
-async fn load(url: &str, bearer: Option<&str>, connections: usize, duration: Duration) -> Figures {
-    let deadline = Instant::now() + duration;
-    let tasks: Vec<_> = (0..connections)
-        .map(|_| {
-            let url = url.to_string();
-            let bearer = bearer.map(str::to_string);
-            tokio::spawn(async move {
-                let client = reqwest::Client::builder()
-                    .pool_max_idle_per_host(1)
-                    .build()
-                    .unwrap();
-                let mut latencies = Vec::with_capacity(100_000);
-                let mut errors = 0;
-                while Instant::now() < deadline {
-                    let mut req = client.get(&url);
-                    if let Some(b) = &bearer {
-                        req = req.bearer_auth(b);
-                    }
-                    let started = Instant::now();
-                    match req.send().await {
-                        Ok(r) if r.status().is_success() => {
-                            let _ = r.bytes().await;
-                            latencies.push(started.elapsed().as_micros() as u32);
-                        }
-                        _ => errors += 1,
-                    }
-                }
-                (latencies, errors)
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    let mut errors = 0;
-    for t in tasks {
-        let (l, e) = t.await.unwrap();
-        all.extend(l);
-        errors += e;
-    }
-    all.sort_unstable();
-    let pct = |p: f64| {
-        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0) as f64
-            / 1000.0
-    };
-    Figures {
-        rps: all.len() as f64 / duration.as_secs_f64(),
-        p50_ms: pct(0.50),
-        p99_ms: pct(0.99),
-        errors,
-    }
-}
-
-struct Server {
-    child: Child,
-    base: String,
-    secret: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 async fn start(database_url: &str) -> Server {
     start_with(database_url, None).await
 }
 
-/// chatgate on `database_url`; with `idp`, its app signs in through it.
+/// chatgate on `database_url` with one user whose token is valid for an
+/// hour, and a bot; with `idp`, its app signs in through it and more users
+/// have expired tokens the IdP can refresh.
 async fn start_with(database_url: &str, idp: Option<&fake_idp::FakeIdp>) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let vault_key = VaultKeyRing::generate_key();
-    std::fs::write(dir.path().join("vault.key"), vault_key.expose_secret()).unwrap();
-    std::fs::write(
-        dir.path().join("signing.pem"),
-        SigningKey::generate_pem(SigningAlg::EdDsa).expose_secret(),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("host.secret"),
-        "bench-host-secret-with-at-least-32-bytes",
-    )
-    .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let config = format!(
-        r#"
-public_url = "http://127.0.0.1:{port}"
-listen = "127.0.0.1:{port}"
-database_url = "{database_url}"
-log_level = "warn"
-[vault]
-keys = [{{ id = "bench", key_file = "vault.key" }}]
-[signing]
-key_file = "signing.pem"
-[[apps]]
-id = "support"
-origins = ["https://www.contoso.com"]
-chat_audience = "https://bot.contoso.com"
-host_keys = [{{ kid = "h", alg = "HS256", secret_file = "host.secret" }}]
-"#
-    );
-    let config = match idp {
-        Some(idp) => {
-            std::fs::write(dir.path().join("idp-ca.pem"), &idp.ca_pem).unwrap();
-            std::fs::write(dir.path().join("idp.secret"), fake_idp::CLIENT_SECRET).unwrap();
-            format!(
-                "idp_ca_file = \"idp-ca.pem\"\n{}\nprovider = \"bench\"\n\n[[providers]]\nid = \"bench\"\n\
-                 issuer = \"{}\"\nclient_id = \"{}\"\nclient_secret_file = \"idp.secret\"\n",
-                config.trim_end(),
-                idp.issuer,
-                fake_idp::CLIENT_ID
-            )
-        }
-        None => config,
-    };
-    let path = dir.path().join("chatgate.toml");
-    std::fs::write(&path, config).unwrap();
-
-    // Seed one user with a token valid for an hour, and a bot.
-    let db = DatabaseOptions::parse(database_url, dir.path(), 5).unwrap();
-    let store = Store::connect(&db).await.unwrap();
-    store.migrate().await.unwrap();
-    let ring = VaultKeyRing::new(vec![(
-        KeyId::parse("bench").unwrap(),
-        VaultKeyRing::decode_key(&vault_key).unwrap(),
-    )])
-    .unwrap();
+    let setup = common::configure(database_url, idp, "", "");
+    let (store, vault) = setup.open().await;
     let now = chatgate::time::now();
-    let ring = Arc::new(ring);
-    let vault = Vault::new(store.clone(), ring.clone());
     let seed = |user: String, rt: String, expires_at: i64| {
         let vault = vault.clone();
         async move {
@@ -238,62 +83,9 @@ host_keys = [{{ kid = "h", alg = "HS256", secret_file = "host.secret" }}]
             seed(format!("bench:refresh-{i}"), rt, now - 10).await;
         }
     }
-    let bot = chatgate::bots::BotDirectory::new(store.clone(), &ring, Duration::ZERO)
-        .create(&AppId::parse("support").unwrap(), "bench", now)
-        .await
-        .unwrap();
+    let secret = setup.create_bot(&store).await;
     store.close().await;
-
-    let child = Command::new(env!("CARGO_BIN_EXE_chatgate"))
-        .args(["serve", "--config", path.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let started = Instant::now();
-    loop {
-        let ready = client.get(format!("{base}/readyz")).send().await;
-        if ready.is_ok_and(|r| r.status().is_success()) {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "chatgate did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Server {
-        child,
-        base,
-        secret: bot.secret.expose_secret().to_string(),
-        _dir: dir,
-    }
-}
-
-async fn fresh_postgres_database(admin: &str) -> (String, String) {
-    use sqlx::Connection as _;
-    let name = format!("chatgate_bench_{}", chatgate::time::now());
-    let mut conn = sqlx::PgConnection::connect(admin).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let mut url = url::Url::parse(admin).unwrap();
-    url.set_path(&name);
-    (url.to_string(), name)
-}
-
-async fn drop_postgres_database(admin: &str, name: &str) {
-    use sqlx::Connection as _;
-    if let Ok(mut conn) = sqlx::PgConnection::connect(admin).await {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
-        )))
-        .execute(&mut conn)
-        .await;
-    }
+    setup.launch(secret).await
 }
 
 async fn bench(label: &str, database_url: &str, connections: usize, seconds: u64) {
@@ -304,9 +96,10 @@ async fn bench(label: &str, database_url: &str, connections: usize, seconds: u64
     let duration = Duration::from_secs(seconds);
     let token_url = format!("{}/v1/users/{USER}/token", server.base);
     let healthz_url = format!("{}/healthz", server.base);
+    let token = move |_: usize, _: usize| token_url.clone();
     // warm-up
     load(
-        &token_url,
+        token.clone(),
         Some(&server.secret),
         connections,
         Duration::from_secs(1),
@@ -323,8 +116,8 @@ async fn bench(label: &str, database_url: &str, connections: usize, seconds: u64
             }
         })
     };
-    let health = load(&healthz_url, None, connections, duration).await;
-    let token = load(&token_url, Some(&server.secret), connections, duration).await;
+    let health = load(move |_, _| healthz_url.clone(), None, connections, duration).await;
+    let token = load(token, Some(&server.secret), connections, duration).await;
     sampler.abort();
     let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
 
@@ -420,7 +213,7 @@ async fn bench_refresh(label: &str, database_url: &str) {
                 (ok, t.elapsed())
             }
         });
-        for (ok, took) in futures_join_all(lookups).await {
+        for (ok, took) in join_all(lookups).await {
             if ok {
                 latencies.push(took.as_secs_f64() * 1000.0);
             } else {
@@ -467,24 +260,8 @@ async fn bench_refresh(label: &str, database_url: &str) {
     let _ = std::io::stdout().flush();
 }
 
-/// Awaits every future (a tiny join_all, to need no extra crate).
-async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    let handles: Vec<_> = futures.map(tokio::spawn).collect();
-    let mut out = Vec::new();
-    for h in handles {
-        out.push(h.await.unwrap());
-    }
-    out
-}
-
 fn main() {
-    // `cargo bench` passes --bench; `cargo test --benches` would too: run only
-    // when benchmarking.
-    if !std::env::args().any(|a| a == "--bench") {
+    if !common::benchmarking() {
         return;
     }
     let connections = env_or("CHATGATE_BENCH_CONNECTIONS", 32usize);
@@ -506,18 +283,16 @@ fn main() {
             dir.path().join("refresh.db").display()
         );
         bench_refresh("SQLite", &refresh_db).await;
-        match std::env::var("CHATGATE_BENCH_POSTGRES_URL")
-            .or_else(|_| std::env::var("CHATGATE_TEST_POSTGRES_URL"))
-        {
-            Ok(admin) => {
-                let (url, name) = fresh_postgres_database(&admin).await;
+        match common::postgres_admin_url() {
+            Some(admin) => {
+                let (url, name) = common::fresh_postgres_database(&admin).await;
                 bench("PostgreSQL", &url, connections, seconds).await;
-                drop_postgres_database(&admin, &name).await;
-                let (url, name) = fresh_postgres_database(&admin).await;
+                common::drop_postgres_database(&admin, &name).await;
+                let (url, name) = common::fresh_postgres_database(&admin).await;
                 bench_refresh("PostgreSQL", &url).await;
-                drop_postgres_database(&admin, &name).await;
+                common::drop_postgres_database(&admin, &name).await;
             }
-            Err(_) => {
+            None => {
                 println!("\nPostgreSQL: skipped (set CHATGATE_BENCH_POSTGRES_URL to an admin URL)")
             }
         }

@@ -29,3 +29,7 @@ CREATE INDEX dpop_bindings_user ON dpop_bindings (app, user_id);
 CREATE INDEX dpop_bindings_sub ON dpop_bindings (provider, idp_sub);
 CREATE INDEX dpop_bindings_sid ON dpop_bindings (provider, idp_sid);
 CREATE INDEX dpop_bindings_idle ON dpop_bindings (idle_expires_at);
+
+-- The audit sweep deletes the oldest events in batches: along this index it
+-- reads only what it deletes, however long the log.
+CREATE INDEX audit_events_at ON audit_events (at);

@@ -29,6 +29,10 @@ pub struct BotCredential<'a> {
 const COLUMNS: &str =
     "id, app, name, secret_hash, created_at, revoked_at, hash_format, key_id, mac";
 
+/// Bot authentication, on every bot API request.
+pub(super) const BY_SECRET_HASH: &str = "SELECT id, app, name, secret_hash, created_at, \
+     revoked_at, hash_format, key_id, mac FROM bots WHERE secret_hash = $1";
+
 impl Store {
     pub async fn insert_bot(
         &self,
@@ -108,9 +112,8 @@ impl Store {
     pub async fn find_bots_by_secret_hash(&self, hashes: &[Vec<u8>]) -> Result<Vec<BotRow>> {
         let mut rows = Vec::new();
         for hash in hashes {
-            let sql = format!("SELECT {COLUMNS} FROM bots WHERE secret_hash = $1");
             let found = with_pool!(self, pool => {
-                sqlx::query_as::<_, BotRow>(sqlx::AssertSqlSafe(sql))
+                sqlx::query_as::<_, BotRow>(BY_SECRET_HASH)
                     .bind(hash)
                     .fetch_optional(pool)
                     .await?

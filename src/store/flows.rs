@@ -46,6 +46,11 @@ impl std::fmt::Debug for PendingFlowRow {
     }
 }
 
+/// A callback takes its flow by the state's hash.
+pub(super) const TAKE_FLOW: &str = "DELETE FROM pending_flows WHERE state_hash = $1 AND binding_hash = $2 \
+     RETURNING state_hash, binding_hash, app, provider, origin, mode, dpop_jkt, nonce, \
+       pkce_verifier, created_at, expires_at";
+
 impl Store {
     pub async fn insert_flow(&self, flow: NewFlow<'_>) -> Result<()> {
         const SQL: &str = "INSERT INTO pending_flows (state_hash, binding_hash, app, provider, \
@@ -79,11 +84,8 @@ impl Store {
         state_hash: &str,
         binding_hash: &str,
     ) -> Result<Option<PendingFlowRow>> {
-        const SQL: &str = "DELETE FROM pending_flows WHERE state_hash = $1 AND binding_hash = $2 \
-             RETURNING state_hash, binding_hash, app, provider, origin, mode, dpop_jkt, nonce, \
-               pkce_verifier, created_at, expires_at";
         Ok(with_pool!(self, pool => {
-            sqlx::query_as::<_, PendingFlowRow>(SQL)
+            sqlx::query_as::<_, PendingFlowRow>(TAKE_FLOW)
                 .bind(state_hash)
                 .bind(binding_hash)
                 .fetch_optional(pool)

@@ -65,19 +65,37 @@ macro_rules! upsert_binding {
 /// Keeps the user's [`KEYS_PER_USER`] most recently used confirmed keys.
 macro_rules! trim_user_keys {
     ($executor:expr, $app:expr, $user_id:expr) => {{
-        sqlx::query(
-            "DELETE FROM dpop_bindings WHERE app = $1 AND user_id = $2 AND pending_jti = '' \
-             AND jkt NOT IN (SELECT jkt FROM dpop_bindings \
-               WHERE app = $1 AND user_id = $2 AND pending_jti = '' \
-               ORDER BY idle_expires_at DESC LIMIT $3)",
-        )
-        .bind($app)
-        .bind($user_id)
-        .bind(KEYS_PER_USER)
-        .execute($executor)
-        .await?;
+        sqlx::query(TRIM_USER_KEYS)
+            .bind($app)
+            .bind($user_id)
+            .bind(KEYS_PER_USER)
+            .execute($executor)
+            .await?;
     }};
 }
+
+/// A renewal by key reads the key's binding.
+pub(super) const GET_BINDING: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM dpop_bindings \
+     WHERE app = $1 AND jkt = $2 AND pending_jti = $3 AND idle_expires_at > $4"
+);
+/// Confirming takes the pending row.
+pub(super) const TAKE_PENDING: &str = concat!(
+    "DELETE FROM dpop_bindings \
+     WHERE app = $1 AND jkt = $2 AND pending_jti = $3 AND idle_expires_at > $4 \
+     RETURNING ",
+    columns!()
+);
+pub(super) const TOUCH_BINDING: &str = "UPDATE dpop_bindings SET idle_expires_at = $3 \
+     WHERE app = $1 AND jkt = $2 AND pending_jti = ''";
+/// Keeps the user's [`KEYS_PER_USER`] most recently used confirmed keys.
+pub(super) const TRIM_USER_KEYS: &str = "DELETE FROM dpop_bindings \
+     WHERE app = $1 AND user_id = $2 AND pending_jti = '' \
+     AND jkt NOT IN (SELECT jkt FROM dpop_bindings \
+       WHERE app = $1 AND user_id = $2 AND pending_jti = '' \
+       ORDER BY idle_expires_at DESC LIMIT $3)";
 
 impl Store {
     /// Records a pending binding, or (with `pending_jti` empty) the key's
@@ -106,12 +124,7 @@ impl Store {
         now: i64,
     ) -> Result<Option<KeyBindingRow>> {
         Ok(with_pool!(self, pool => {
-            sqlx::query_as::<_, KeyBindingRow>(concat!(
-                "SELECT ",
-                columns!(),
-                " FROM dpop_bindings \
-                 WHERE app = $1 AND jkt = $2 AND pending_jti = $3 AND idle_expires_at > $4"
-            ))
+            sqlx::query_as::<_, KeyBindingRow>(GET_BINDING)
             .bind(app)
             .bind(jkt)
             .bind(pending_jti)
@@ -134,12 +147,7 @@ impl Store {
     ) -> Result<Option<KeyBindingRow>> {
         Ok(with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
-            let pending = sqlx::query_as::<_, KeyBindingRow>(concat!(
-                "DELETE FROM dpop_bindings \
-                 WHERE app = $1 AND jkt = $2 AND pending_jti = $3 AND idle_expires_at > $4 \
-                 RETURNING ",
-                columns!()
-            ))
+            let pending = sqlx::query_as::<_, KeyBindingRow>(TAKE_PENDING)
             .bind(app)
             .bind(jkt)
             .bind(pending_jti)
@@ -166,10 +174,7 @@ impl Store {
         idle_expires_at: i64,
     ) -> Result<()> {
         with_pool!(self, pool => {
-            sqlx::query(
-                "UPDATE dpop_bindings SET idle_expires_at = $3 \
-                 WHERE app = $1 AND jkt = $2 AND pending_jti = ''",
-            )
+            sqlx::query(TOUCH_BINDING)
             .bind(app)
             .bind(jkt)
             .bind(idle_expires_at)

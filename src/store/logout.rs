@@ -15,12 +15,66 @@ pub struct LogoutScope<'a> {
     pub sid: Option<&'a str>,
 }
 
-/// The condition on `provider`, `idp_sub`, `idp_sid` ($1, $2, $3).
-macro_rules! matches_scope {
-    () => {
-        "provider = $1 AND ($2 IS NULL OR idp_sub = $2) \
-         AND ($3 IS NULL OR idp_sid = $3 OR ($2 IS NOT NULL AND idp_sid IS NULL))"
+/// One statement in three forms, by what the logout names: `[sub only,
+/// sid only, both]`. Each form is an equality on an index's columns
+/// (`(provider, idp_sub)` or `(provider, idp_sid)`): a logout never scans all
+/// of a provider's users. Parameters: `$1` provider, then `$2` the sub (or
+/// the sid), and with both `$3` the sid.
+macro_rules! by_scope {
+    ($before:literal, $after:literal) => {
+        [
+            concat!($before, "provider = $1 AND idp_sub = $2", $after),
+            concat!($before, "provider = $1 AND idp_sid = $2", $after),
+            concat!(
+                $before,
+                "provider = $1 AND idp_sub = $2 AND (idp_sid = $3 OR idp_sid IS NULL)",
+                $after
+            ),
+        ]
     };
+}
+
+/// The vault entries a logout deletes.
+pub(super) const DELETE_ENTRIES: [&str; 3] = by_scope!(
+    "DELETE FROM vault_entries WHERE ",
+    " RETURNING app, user_id"
+);
+/// The browser sessions it ends (their users go with them: ON DELETE CASCADE).
+pub(super) const DELETE_SESSIONS: [&str; 3] = by_scope!(
+    "DELETE FROM browser_sessions WHERE id_hash IN \
+     (SELECT id_hash FROM browser_session_users WHERE ",
+    ")"
+);
+/// The browser keys bound to those sign-ins.
+pub(super) const DELETE_KEY_BINDINGS: [&str; 3] = by_scope!("DELETE FROM dpop_bindings WHERE ", "");
+
+/// `chatgate users sign-out`: the user's sessions in an app.
+pub(super) const END_USER_SESSIONS: &str = "DELETE FROM browser_sessions WHERE id_hash IN \
+     (SELECT id_hash FROM browser_session_users WHERE app = $1 AND user_id = $2)";
+pub(super) const END_USER_KEYS: &str = "DELETE FROM dpop_bindings WHERE app = $1 AND user_id = $2";
+
+impl LogoutScope<'_> {
+    /// Which form of a [`by_scope!`] statement, and its parameters after the
+    /// provider; `None` when neither sub nor sid is named.
+    fn form(&self) -> Option<(usize, Vec<&str>)> {
+        match (self.sub, self.sid) {
+            (Some(sub), None) => Some((0, vec![sub])),
+            (None, Some(sid)) => Some((1, vec![sid])),
+            (Some(sub), Some(sid)) => Some((2, vec![sub, sid])),
+            (None, None) => None,
+        }
+    }
+}
+
+/// Binds `$1` = provider and the scope's other parameters.
+macro_rules! bind_scope {
+    ($query:expr, $scope:expr, $params:expr) => {{
+        let mut query = $query.bind($scope.provider);
+        for value in $params {
+            query = query.bind(*value);
+        }
+        query
+    }};
 }
 
 /// A single-use token id for the replay cache (`host_token_jtis`).
@@ -54,9 +108,9 @@ impl Store {
         event: impl Fn(&str, &str) -> Option<OutboxRow>,
     ) -> Result<Option<LoggedOut>> {
         // Without sub or sid nothing would be selective: refuse to match all.
-        if scope.sub.is_none() && scope.sid.is_none() {
+        let Some((form, params)) = scope.form() else {
             return Ok(Some(LoggedOut::default()));
-        }
+        };
         let logged_out = with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let fresh = sqlx::query(
@@ -73,39 +127,21 @@ impl Store {
             if !fresh {
                 return Ok(None);
             }
-            let entries: Vec<(String, String)> = sqlx::query_as(concat!(
-                "DELETE FROM vault_entries WHERE ",
-                matches_scope!(),
-                " RETURNING app, user_id"
-            ))
-            .bind(scope.provider)
-            .bind(scope.sub)
-            .bind(scope.sid)
-            .fetch_all(&mut *tx)
-            .await?;
+            let entries: Vec<(String, String)> =
+                bind_scope!(sqlx::query_as(DELETE_ENTRIES[form]), scope, &params)
+                    .fetch_all(&mut *tx)
+                    .await?;
             for (app, user_id) in &entries {
                 if let Some(row) = event(app, user_id) {
                     insert_event!(&mut *tx, &row);
                 }
             }
-            // Their rows in browser_session_users go with them (ON DELETE CASCADE).
-            let sessions = sqlx::query(concat!(
-                "DELETE FROM browser_sessions WHERE id_hash IN \
-                 (SELECT id_hash FROM browser_session_users WHERE ",
-                matches_scope!(),
-                ")"
-            ))
-            .bind(scope.provider)
-            .bind(scope.sub)
-            .bind(scope.sid)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            let sessions = bind_scope!(sqlx::query(DELETE_SESSIONS[form]), scope, &params)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
             // Keys bound to those sign-ins renew no more.
-            sqlx::query(concat!("DELETE FROM dpop_bindings WHERE ", matches_scope!()))
-                .bind(scope.provider)
-                .bind(scope.sub)
-                .bind(scope.sid)
+            bind_scope!(sqlx::query(DELETE_KEY_BINDINGS[form]), scope, &params)
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
@@ -119,16 +155,13 @@ impl Store {
     pub async fn end_user_sessions(&self, app: &str, user_id: &str) -> Result<u64> {
         Ok(with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
-            let n = sqlx::query(
-                "DELETE FROM browser_sessions WHERE id_hash IN \
-                 (SELECT id_hash FROM browser_session_users WHERE app = $1 AND user_id = $2)",
-            )
+            let n = sqlx::query(END_USER_SESSIONS)
             .bind(app)
             .bind(user_id)
             .execute(&mut *tx)
             .await?
             .rows_affected();
-            sqlx::query("DELETE FROM dpop_bindings WHERE app = $1 AND user_id = $2")
+            sqlx::query(END_USER_KEYS)
                 .bind(app)
                 .bind(user_id)
                 .execute(&mut *tx)

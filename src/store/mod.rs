@@ -39,7 +39,61 @@ pub use outbox::{EventFilter, EventSettlement, OutboxRow, StoredEvent};
 pub use sessions::SessionUser;
 pub use signing_keys::SigningKeyRow;
 pub use sweep::{Swept, Table};
-pub use vault::{LeaseTake, RefreshedEntry, Resealed, SealedEntry, VaultRow};
+pub use vault::{BULK_ROWS, LeaseTake, RefreshedEntry, Resealed, SealedEntry, VaultRow};
+
+/// The statements on request paths (bot lookups, sign-in, renewal, sign-out,
+/// back-channel logout, `/metrics`) and of the background work (event
+/// delivery, the sweep) that touch a table growing with users, by name.
+/// `tests/integration/query_plans.rs` asks both databases how they would run
+/// each: none may scan a whole table.
+pub fn hot_queries() -> Vec<(String, &'static str)> {
+    let mut all: Vec<(String, &'static str)> = [
+        ("bots: authenticate", bots::BY_SECRET_HASH),
+        ("vault: read an entry", vault::GET_ENTRY),
+        ("vault: sign-in, entry before", vault::UPSERT_BEFORE),
+        ("vault: take the refresh lease", vault::TAKE_LEASE),
+        ("vault: write refreshed tokens", vault::WRITE_REFRESHED),
+        ("vault: delete an entry", vault::DELETE_ENTRY),
+        ("flows: take by state", flows::TAKE_FLOW),
+        ("sessions: load", sessions::LOAD_SESSION),
+        ("sessions: save", sessions::SAVE_SESSION),
+        ("sessions: replace users", sessions::DELETE_SESSION_USERS),
+        ("replay: remember a jti", replay::REMEMBER_JTI),
+        ("key bindings: read", key_bindings::GET_BINDING),
+        ("key bindings: confirm", key_bindings::TAKE_PENDING),
+        ("key bindings: touch", key_bindings::TOUCH_BINDING),
+        (
+            "key bindings: trim a user's keys",
+            key_bindings::TRIM_USER_KEYS,
+        ),
+        ("events: claim due (SQLite)", outbox::CLAIM_DUE_SQLITE),
+        ("events: claim due (PostgreSQL)", outbox::CLAIM_DUE_POSTGRES),
+        ("events: pending count", outbox::PENDING_COUNT),
+        ("logout: a user's sessions", logout::END_USER_SESSIONS),
+        ("logout: a user's key bindings", logout::END_USER_KEYS),
+    ]
+    .into_iter()
+    .map(|(name, sql)| (name.to_string(), sql))
+    .collect();
+    for (form, by) in ["sub", "sid", "sub and sid"].iter().enumerate() {
+        all.push((
+            format!("logout by {by}: entries"),
+            logout::DELETE_ENTRIES[form],
+        ));
+        all.push((
+            format!("logout by {by}: sessions"),
+            logout::DELETE_SESSIONS[form],
+        ));
+        all.push((
+            format!("logout by {by}: key bindings"),
+            logout::DELETE_KEY_BINDINGS[form],
+        ));
+    }
+    for table in Table::ALL {
+        all.push((format!("sweep: {}", table.name()), table.sql()));
+    }
+    all
+}
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 

@@ -36,6 +36,27 @@ pub struct StoredEvent {
 const COLUMNS: &str = "id, app, type, user_id, payload, created_at, attempts, \
      next_attempt_at, delivered_at, dead_at, last_error";
 
+/// Events due for delivery, claimed by one replica (SQLite; PostgreSQL adds
+/// `FOR UPDATE SKIP LOCKED`).
+macro_rules! claim_due {
+    ($lock:literal) => {
+        concat!(
+            "UPDATE event_outbox SET locked_by = $1, locked_until = $2 WHERE id IN \
+             (SELECT id FROM event_outbox WHERE delivered_at IS NULL AND dead_at IS NULL \
+               AND next_attempt_at <= $3 AND (locked_until IS NULL OR locked_until < $3) \
+               ORDER BY created_at LIMIT $4",
+            $lock,
+            ") RETURNING id, app, type, user_id, payload, created_at, attempts, \
+             next_attempt_at, delivered_at, dead_at, last_error"
+        )
+    };
+}
+pub(super) const CLAIM_DUE_SQLITE: &str = claim_due!("");
+pub(super) const CLAIM_DUE_POSTGRES: &str = claim_due!(" FOR UPDATE SKIP LOCKED");
+/// `chatgate_events_pending`, at every scrape.
+pub(super) const PENDING_COUNT: &str =
+    "SELECT COUNT(*) FROM event_outbox WHERE delivered_at IS NULL AND dead_at IS NULL";
+
 /// Inserts `$row` (an `&OutboxRow`) with the executor `$tx`, inside a
 /// transaction of either backend.
 macro_rules! insert_event {
@@ -91,16 +112,9 @@ impl Store {
         until: i64,
         limit: u32,
     ) -> Result<Vec<StoredEvent>> {
-        const DUE: &str = "delivered_at IS NULL AND dead_at IS NULL AND next_attempt_at <= $3 \
-             AND (locked_until IS NULL OR locked_until < $3)";
         let rows = match self {
             Store::Sqlite(pool) => {
-                let sql = format!(
-                    "UPDATE event_outbox SET locked_by = $1, locked_until = $2 WHERE id IN \
-                     (SELECT id FROM event_outbox WHERE {DUE} ORDER BY created_at LIMIT $4) \
-                     RETURNING {COLUMNS}"
-                );
-                sqlx::query_as::<_, StoredEvent>(sqlx::AssertSqlSafe(sql))
+                sqlx::query_as::<_, StoredEvent>(CLAIM_DUE_SQLITE)
                     .bind(owner)
                     .bind(until)
                     .bind(now)
@@ -109,13 +123,7 @@ impl Store {
                     .await?
             }
             Store::Postgres(pool) => {
-                let sql = format!(
-                    "UPDATE event_outbox SET locked_by = $1, locked_until = $2 WHERE id IN \
-                     (SELECT id FROM event_outbox WHERE {DUE} ORDER BY created_at LIMIT $4 \
-                      FOR UPDATE SKIP LOCKED) \
-                     RETURNING {COLUMNS}"
-                );
-                sqlx::query_as::<_, StoredEvent>(sqlx::AssertSqlSafe(sql))
+                sqlx::query_as::<_, StoredEvent>(CLAIM_DUE_POSTGRES)
                     .bind(owner)
                     .bind(until)
                     .bind(now)
@@ -197,9 +205,7 @@ impl Store {
     /// Events neither delivered nor dead.
     pub async fn pending_events(&self) -> Result<i64> {
         Ok(with_pool!(self, pool => {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT COUNT(*) FROM event_outbox WHERE delivered_at IS NULL AND dead_at IS NULL",
-            )
+            sqlx::query_scalar::<_, i64>(PENDING_COUNT)
             .fetch_one(pool)
             .await?
         }))

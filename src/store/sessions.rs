@@ -32,6 +32,16 @@ macro_rules! insert_users {
     }};
 }
 
+/// Every request with chatgate's cookie.
+pub(super) const LOAD_SESSION: &str =
+    "SELECT data FROM browser_sessions WHERE id_hash = $1 AND expires_at > $2";
+/// Every renewal saves the session again, with who it is signed in as.
+pub(super) const SAVE_SESSION: &str = "INSERT INTO browser_sessions (id_hash, data, expires_at) \
+     VALUES ($1, $2, $3) \
+     ON CONFLICT (id_hash) DO UPDATE SET data = excluded.data, expires_at = excluded.expires_at";
+pub(super) const DELETE_SESSION_USERS: &str =
+    "DELETE FROM browser_session_users WHERE id_hash = $1";
+
 impl Store {
     /// Inserts a session; `false` if the id is taken (the caller picks another).
     pub async fn insert_session(
@@ -72,16 +82,13 @@ impl Store {
     ) -> Result<()> {
         with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
-            sqlx::query(
-                "INSERT INTO browser_sessions (id_hash, data, expires_at) VALUES ($1, $2, $3) \
-                 ON CONFLICT (id_hash) DO UPDATE SET data = excluded.data, expires_at = excluded.expires_at",
-            )
+            sqlx::query(SAVE_SESSION)
             .bind(id_hash)
             .bind(data)
             .bind(expires_at)
             .execute(&mut *tx)
             .await?;
-            sqlx::query("DELETE FROM browser_session_users WHERE id_hash = $1")
+            sqlx::query(DELETE_SESSION_USERS)
                 .bind(id_hash)
                 .execute(&mut *tx)
                 .await?;
@@ -107,9 +114,7 @@ impl Store {
     /// The session's data if it exists and has not expired at `now`.
     pub async fn load_session(&self, id_hash: &str, now: i64) -> Result<Option<Vec<u8>>> {
         Ok(with_pool!(self, pool => {
-            sqlx::query_scalar::<_, Vec<u8>>(
-                "SELECT data FROM browser_sessions WHERE id_hash = $1 AND expires_at > $2",
-            )
+            sqlx::query_scalar::<_, Vec<u8>>(LOAD_SESSION)
             .bind(id_hash)
             .bind(now)
             .fetch_optional(pool)

@@ -42,7 +42,7 @@ impl Table {
     ];
 
     /// Deletes up to `$2` rows whose time is at or before `$1`.
-    fn sql(self) -> &'static str {
+    pub fn sql(self) -> &'static str {
         match self {
             Self::PendingFlows => {
                 "DELETE FROM pending_flows WHERE state_hash IN \
@@ -72,10 +72,11 @@ impl Table {
                 "DELETE FROM dpop_bindings WHERE (app, jkt, pending_jti) IN \
                  (SELECT app, jkt, pending_jti FROM dpop_bindings WHERE idle_expires_at <= $1 LIMIT $2)"
             }
-            // Oldest first by id: the scan stops at the first batch's worth.
+            // Oldest first, along the index on `at`: a batch reads only
+            // the rows it deletes.
             Self::AuditEvents => {
                 "DELETE FROM audit_events WHERE id IN \
-                 (SELECT id FROM audit_events WHERE at <= $1 ORDER BY id LIMIT $2)"
+                 (SELECT id FROM audit_events WHERE at <= $1 ORDER BY at LIMIT $2)"
             }
         }
     }

@@ -94,6 +94,40 @@ macro_rules! vault_columns {
     };
 }
 
+/// Every bot lookup and renewal reads the entry by its key.
+pub(super) const GET_ENTRY: &str = concat!(
+    "SELECT ",
+    vault_columns!(),
+    " FROM vault_entries WHERE app = $1 AND user_id = $2"
+);
+/// A sign-in: was there a usable entry before?
+pub(super) const UPSERT_BEFORE: &str =
+    "SELECT needs_reauth FROM vault_entries WHERE app = $1 AND user_id = $2";
+
+/// The refresh of an expired token takes the row's lease.
+pub(super) const TAKE_LEASE: &str = "UPDATE vault_entries SET refresh_lease_owner = $1, refresh_lease_id = $2, \
+               refresh_lease_until = $3 \
+             WHERE app = $4 AND user_id = $5 AND row_version = $6 AND needs_reauth = FALSE \
+               AND ((refresh_lease_until IS NULL AND $7) \
+                 OR (COALESCE(refresh_lease_id, '') = $8 AND refresh_lease_until = $9))";
+
+/// The refreshed tokens, fenced by the lease.
+pub(super) const WRITE_REFRESHED: &str = "UPDATE vault_entries SET access_token = $1, \
+               refresh_token = COALESCE($2, refresh_token), token_type = $3, scope = $4, \
+               access_expires_at = $5, needs_reauth = $6, pending_id_token = $7, \
+               pending_id_token_at = $8, row_version = row_version + 1, updated_at = $9, \
+               id_token = COALESCE($10, id_token), \
+               refresh_failing_since = NULL, refresh_failing_notified = FALSE, \
+               refresh_lease_owner = NULL, refresh_lease_until = NULL \
+             WHERE app = $11 AND user_id = $12 AND refresh_lease_id = $13";
+
+/// Sign-out by the widget, a bot or the CLI.
+pub(super) const DELETE_ENTRY: &str = "DELETE FROM vault_entries WHERE app = $1 AND user_id = $2";
+
+/// Rows per statement of a bulk insert (15 parameters each: well within
+/// SQLite's 32 766 and PostgreSQL's 65 535).
+pub const BULK_ROWS: usize = 1000;
+
 impl Store {
     /// Inserts or replaces the tokens of `(app, user_id)` in one statement.
     ///
@@ -112,8 +146,6 @@ impl Store {
         now: i64,
         signed_in: Option<&OutboxRow>,
     ) -> Result<bool> {
-        const BEFORE: &str =
-            "SELECT needs_reauth FROM vault_entries WHERE app = $1 AND user_id = $2";
         const SQL: &str = "INSERT INTO vault_entries (app, user_id, provider, access_token, \
                refresh_token, token_type, scope, access_expires_at, needs_reauth, row_version, \
                created_at, updated_at, idp_sub, idp_sid, id_token) \
@@ -146,7 +178,7 @@ impl Store {
                  ELSE vault_entries.refresh_lease_until END";
         let fresh = with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
-            let before: Option<bool> = sqlx::query_scalar(BEFORE)
+            let before: Option<bool> = sqlx::query_scalar(UPSERT_BEFORE)
                 .bind(entry.app)
                 .bind(entry.user_id)
                 .fetch_optional(&mut *tx)
@@ -176,14 +208,49 @@ impl Store {
         Ok(fresh)
     }
 
+    /// Inserts many new entries at once (a bulk import; the scale benchmark
+    /// seeds a million users with it): multi-row `INSERT`s of
+    /// [`BULK_ROWS`] rows, each batch one transaction. An entry that exists
+    /// already is left as it is.
+    pub async fn insert_vault_entries(&self, entries: &[SealedEntry<'_>], now: i64) -> Result<u64> {
+        let mut inserted = 0;
+        for batch in entries.chunks(BULK_ROWS) {
+            inserted += with_pool!(self, pool => {
+                let mut tx = pool.begin_write().await?;
+                let mut insert = sqlx::QueryBuilder::new(
+                    "INSERT INTO vault_entries (app, user_id, provider, access_token, \
+                       refresh_token, token_type, scope, access_expires_at, needs_reauth, \
+                       row_version, created_at, updated_at, idp_sub, idp_sid, id_token) ",
+                );
+                insert.push_values(batch, |mut row, e| {
+                    row.push_bind(e.app)
+                        .push_bind(e.user_id)
+                        .push_bind(e.provider)
+                        .push_bind(&e.access_token)
+                        .push_bind(&e.refresh_token)
+                        .push_bind(e.token_type)
+                        .push_bind(e.scope)
+                        .push_bind(e.access_expires_at)
+                        .push_bind(false)
+                        .push_bind(1_i64)
+                        .push_bind(now)
+                        .push_bind(now)
+                        .push_bind(e.idp_sub)
+                        .push_bind(e.idp_sid)
+                        .push_bind(&e.id_token);
+                });
+                insert.push(" ON CONFLICT (app, user_id) DO NOTHING");
+                let n = insert.build().execute(&mut *tx).await?.rows_affected();
+                tx.commit().await?;
+                n
+            });
+        }
+        Ok(inserted)
+    }
+
     pub async fn get_vault_entry(&self, app: &str, user_id: &str) -> Result<Option<VaultRow>> {
-        const SQL: &str = concat!(
-            "SELECT ",
-            vault_columns!(),
-            " FROM vault_entries WHERE app = $1 AND user_id = $2"
-        );
         Ok(with_pool!(self, pool => {
-            sqlx::query_as::<_, VaultRow>(SQL).bind(app).bind(user_id).fetch_optional(pool).await?
+            sqlx::query_as::<_, VaultRow>(GET_ENTRY).bind(app).bind(user_id).fetch_optional(pool).await?
         }))
     }
 
@@ -197,7 +264,7 @@ impl Store {
     ) -> Result<bool> {
         let n = with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
-            let n = sqlx::query("DELETE FROM vault_entries WHERE app = $1 AND user_id = $2")
+            let n = sqlx::query(DELETE_ENTRY)
                 .bind(app)
                 .bind(user_id)
                 .execute(&mut *tx)
@@ -319,17 +386,12 @@ impl Store {
         lease_id: &str,
         until: i64,
     ) -> Result<bool> {
-        const SQL: &str = "UPDATE vault_entries SET refresh_lease_owner = $1, refresh_lease_id = $2, \
-               refresh_lease_until = $3 \
-             WHERE app = $4 AND user_id = $5 AND row_version = $6 AND needs_reauth = FALSE \
-               AND ((refresh_lease_until IS NULL AND $7) \
-                 OR (COALESCE(refresh_lease_id, '') = $8 AND refresh_lease_until = $9))";
         let (free, stale_id, stale_until) = match take {
             LeaseTake::Free => (true, "", i64::MIN),
             LeaseTake::Stale { id, until } => (false, id.as_str(), *until),
         };
         let n = with_pool!(self, pool => {
-            sqlx::query(SQL)
+            sqlx::query(TAKE_LEASE)
                 .bind(owner)
                 .bind(lease_id)
                 .bind(until)
@@ -399,17 +461,9 @@ impl Store {
     /// lease id, so repeating the write after an unclear failure (a connection
     /// lost before the answer) writes the same again. Returns whether it landed.
     pub async fn write_refreshed(&self, entry: RefreshedEntry<'_>, now: i64) -> Result<bool> {
-        const SQL: &str = "UPDATE vault_entries SET access_token = $1, \
-               refresh_token = COALESCE($2, refresh_token), token_type = $3, scope = $4, \
-               access_expires_at = $5, needs_reauth = $6, pending_id_token = $7, \
-               pending_id_token_at = $8, row_version = row_version + 1, updated_at = $9, \
-               id_token = COALESCE($10, id_token), \
-               refresh_failing_since = NULL, refresh_failing_notified = FALSE, \
-               refresh_lease_owner = NULL, refresh_lease_until = NULL \
-             WHERE app = $11 AND user_id = $12 AND refresh_lease_id = $13";
         macro_rules! update {
             ($executor:expr) => {
-                sqlx::query(SQL)
+                sqlx::query(WRITE_REFRESHED)
                     .bind(entry.access_token)
                     .bind(entry.refresh_token)
                     .bind(entry.token_type)

@@ -323,6 +323,40 @@ impl Vault {
         (access, refresh)
     }
 
+    /// Stores many users' tokens at once, sealed as [`Vault::save`] would;
+    /// users who have an entry already are left alone. For bulk imports (and
+    /// the scale benchmark). Returns how many were new.
+    pub async fn save_many(
+        &self,
+        entries: &[(AppId, UserId, ProviderId, TokenSet)],
+        now: i64,
+    ) -> Result<u64> {
+        let sealed: Vec<(Vec<u8>, Option<Vec<u8>>)> = entries
+            .iter()
+            .map(|(app, user, _, tokens)| self.seal_tokens(app, user, tokens))
+            .collect();
+        let rows: Vec<SealedEntry<'_>> = entries
+            .iter()
+            .zip(sealed)
+            .map(
+                |((app, user, provider, tokens), (access, refresh))| SealedEntry {
+                    app: app.as_str(),
+                    user_id: user.as_str(),
+                    provider: provider.as_str(),
+                    access_token: access,
+                    refresh_token: refresh,
+                    token_type: &tokens.token_type,
+                    scope: &tokens.scope,
+                    access_expires_at: tokens.expires_at,
+                    idp_sub: None,
+                    idp_sid: None,
+                    id_token: None,
+                },
+            )
+            .collect();
+        Ok(self.store.insert_vault_entries(&rows, now).await?)
+    }
+
     pub fn keys(&self) -> &VaultKeyRing {
         &self.keys
     }

@@ -18,6 +18,7 @@ mod hardening;
 mod host_session;
 mod logout;
 mod ops;
+mod query_plans;
 mod refresh_faults;
 mod signin;
 mod storage;

@@ -50,6 +50,48 @@ fn ids(app: &str, user: &str) -> (AppId, UserId, ProviderId) {
     )
 }
 
+/// A bulk import: batches of many rows, each entry sealed for its own row,
+/// existing entries left alone.
+async fn save_many_seals_every_row_and_keeps_existing_entries(db: &TestDb) {
+    let store = db.store().await;
+    let (keys, _) = ring(&["k1"]);
+    let vault = Vault::new(store.clone(), keys);
+    let (app, existing, provider) = ids("support", "entra:user-7");
+    vault
+        .save(
+            &app,
+            &existing,
+            &provider,
+            &tokens("kept", Some("rt-kept")),
+            50,
+        )
+        .await
+        .unwrap();
+    let users = 2 * chatgate::store::BULK_ROWS + 17;
+    let entries: Vec<_> = (0..users)
+        .map(|i| {
+            let (app, user, provider) = ids("support", &format!("entra:user-{i}"));
+            let t = tokens(&format!("at-{i}"), Some(&format!("rt-{i}")));
+            (app, user, provider, t)
+        })
+        .collect();
+    assert_eq!(
+        vault.save_many(&entries, 100).await.unwrap(),
+        users as u64 - 1
+    );
+    for i in [0, 1, chatgate::store::BULK_ROWS, users - 1] {
+        let (app, user, _) = ids("support", &format!("entra:user-{i}"));
+        let entry = vault.load(&app, &user).await.unwrap().unwrap();
+        assert_eq!(
+            entry.tokens.access_token.expose_secret(),
+            &format!("at-{i}")
+        );
+        assert_eq!(entry.created_at, 100);
+    }
+    let kept = vault.load(&app, &existing).await.unwrap().unwrap();
+    assert_eq!(kept.tokens.access_token.expose_secret(), "kept");
+}
+
 async fn vault_round_trip(db: &TestDb) {
     let store = db.store().await;
     let (keys, _) = ring(&["k1"]);
@@ -824,6 +866,7 @@ async fn refresh_failures_and_sign_ins_record_their_events_once(db: &TestDb) {
 }
 
 backend_tests!(
+    save_many_seals_every_row_and_keeps_existing_entries,
     refresh_failures_and_sign_ins_record_their_events_once,
     vault_round_trip,
     a_new_sign_in_replaces_tokens_but_keeps_an_omitted_refresh_token,
