@@ -340,7 +340,9 @@
   // With `chatToken` (a token an iframe or popup just delivered), it also
   // confirms this page's key.
   function renewByFetch(opts, chatToken) {
-    if (opts.loginHint || opts.domainHint || typeof global.fetch !== "function") {
+    // A hint names whom to sign in: only the IdP can tell (a confirmation
+    // presents the token of that very sign-in, so it goes ahead).
+    if ((!chatToken && (opts.loginHint || opts.domainHint)) || typeof global.fetch !== "function") {
       return Promise.reject(chatgateError("skipped"));
     }
     var body = { app: required(opts, "app") };

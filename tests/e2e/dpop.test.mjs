@@ -135,4 +135,26 @@ describe("chat tokens bound to the browser's DPoP key", () => {
       await Promise.all([browser.close(), thief.close()]);
     }
   });
+
+  it("a sign-in with a login hint confirms the key too", async () => {
+    const browser = await launch({ thirdPartyCookies: "block" });
+    try {
+      const page = await browser.context.newPage();
+      await page.goto(world.host.url);
+      await page.evaluate(() => {
+        window.chatgateOptions.loginHint = "alice@example.com";
+      });
+      const popup = await openPopup(page);
+      await completeIdpInteraction(popup, world.idp.user);
+      const signedIn = await page.evaluate(() => window.popupResult);
+      assert.ok(signedIn.ok, JSON.stringify(signedIn));
+      await browser.context.clearCookies();
+      await page.reload();
+      const renewed = await silentSignIn(page);
+      assert.ok(renewed.ok, JSON.stringify(renewed));
+      assert.equal(await page.evaluate(() => window.iframesOpened), 0, "renewed by the key, in one fetch");
+    } finally {
+      await browser.close();
+    }
+  });
 });
