@@ -92,6 +92,7 @@
   // ---- the browser key (DPoP, RFC 9449) ----------------------------------
 
   var DB_NAME = "chatgate";
+  var KEY_STORE_TIMEOUT_MS = 3000;
   var DB_STORE = "keys";
   var keys = {}; // keyName -> Promise of { pair, jwk, jkt } or null
   var lastTokens = {}; // keyName -> the latest chat token
@@ -116,9 +117,13 @@
   }
 
   // One request on the key store; resolves with its result, or null when
-  // IndexedDB is unavailable or fails.
+  // IndexedDB is unavailable, fails, or does not answer within 3 s (a sign-in
+  // then goes ahead without a key rather than hang).
   function keyStore(mode, act) {
     return new Promise(function (resolve) {
+      setTimeout(function () {
+        resolve(null);
+      }, KEY_STORE_TIMEOUT_MS);
       var open;
       try {
         open = global.indexedDB.open(DB_NAME, 1);
