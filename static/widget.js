@@ -56,12 +56,13 @@
  *       backend checks them with POST /v1/chat-tokens/verify
  *       { token, proof, htm, htu }. Resolves with the proof (a string).
  *
- * Browser key (DPoP): where WebCrypto and IndexedDB exist, the library keeps a
+ * Browser key (DPoP): for apps with bind_chat_tokens = "dpop" (chatgate lists
+ * them in the copy of this file it serves), the library keeps a
  * non-extractable P-256 key per chatgate and app in this page's IndexedDB
  * (first-party storage of the host site) and proves possession of it on every
- * call. For apps with bind_chat_tokens = "dpop" chat tokens are bound to it
- * (cnf.jkt) and renewals keep working without any cookie; other apps ignore
- * it. signOut forgets the key; the next sign-in makes a new one.
+ * call. Chat tokens are bound to it (cnf.jkt) and renewals keep working
+ * without any cookie. signOut forgets the key; the next sign-in makes a new
+ * one. Other apps make no key.
  *
  * Messages are accepted only from chatgate's origin AND from the iframe or popup
  * this library opened; everything else is ignored.
@@ -91,6 +92,10 @@
 
   // ---- the browser key (DPoP, RFC 9449) ----------------------------------
 
+  // The apps whose chat tokens are bound to the browser's key; chatgate fills
+  // this in when it serves the file. Only these make and use a key (a copy of
+  // this file served elsewhere can force it with the option dpop: true).
+  var KEY_BOUND_APPS = [];
   var DB_NAME = "chatgate";
   var KEY_STORE_TIMEOUT_MS = 3000;
   var DB_STORE = "keys";
@@ -168,7 +173,12 @@
 
   // This page's key for the app: from IndexedDB, or a new non-extractable
   // one. Resolves with null where WebCrypto or IndexedDB is missing.
+  function bindsKey(opts) {
+    return opts.dpop === true || KEY_BOUND_APPS.indexOf(opts.app) >= 0;
+  }
+
   function browserKey(opts) {
+    if (!bindsKey(opts)) return Promise.resolve(null);
     var name = keyName(opts);
     if (keys[name]) return keys[name];
     if (!global.crypto || !global.crypto.subtle || !global.indexedDB) return Promise.resolve(null);
@@ -198,6 +208,7 @@
   }
 
   function forgetKey(opts) {
+    if (!bindsKey(opts)) return Promise.resolve();
     var name = keyName(opts);
     delete keys[name];
     delete lastTokens[name];
@@ -276,7 +287,9 @@
       return Promise.reject(e);
     }
     return browserKey(opts).then(function (key) {
-      if (!key) throw chatgateError("unsupported", "this browser has no WebCrypto or IndexedDB for a key");
+      if (!key) {
+        throw chatgateError("unsupported", "this app's chat tokens are not bound to a key, or this browser has no WebCrypto or IndexedDB");
+      }
       return signProof(key, String(opts.htm).toUpperCase(), opts.htu, opts.token || lastTokens[name]);
     });
   }

@@ -35,7 +35,7 @@ pub fn router(state: AppState) -> Router {
         .merge(ops::router())
         .merge(well_known::router())
         .merge(signin::router(&state))
-        .merge(widget::router())
+        .merge(widget::router(&config))
         .merge(bot_api::router())
         .merge(bot_framework::router())
         .merge(host_session::router(&state))

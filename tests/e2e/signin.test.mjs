@@ -77,6 +77,9 @@ for (const kind of IDP_KINDS) describe(`sign-in through a real OpenID provider (
       assert.equal(payload.exp, popup.ok.expires_at);
       assert.ok(payload.exp - payload.iat <= 15 * 60);
       assert.equal(protectedHeader.alg, "EdDSA");
+      // This app does not bind chat tokens to a key: the widget made none.
+      assert.equal(payload.cnf, undefined);
+      assert.deepEqual(await page.evaluate(async () => (await indexedDB.databases()).map((d) => d.name)), []);
 
       // Forget chatgate's session: the next silent sign-in must go to the IdP,
       // whose session cookie the iframe can send.

@@ -441,7 +441,31 @@ async fn host_sessions_of_a_dpop_app_are_bound(db: &TestDb) {
     );
 }
 
+/// widget.js makes a key only for the apps that bind chat tokens to one:
+/// chatgate names them in the copy it serves.
+async fn the_served_widget_names_the_key_bound_apps(db: &TestDb) {
+    let bound = setup(db).await;
+    let plain = setup_with(db, "", |c| c).await;
+    for (s, list) in [(&bound, "[\"support\"]"), (&plain, "[]")] {
+        let script = s
+            .app
+            .client
+            .get(s.app.url("/v1/widget.js"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            script.contains(&format!("var KEY_BOUND_APPS = {list};")),
+            "{list}"
+        );
+    }
+}
+
 backend_tests!(
+    the_served_widget_names_the_key_bound_apps,
     renewal_works_without_cookies_with_a_proof_of_the_bound_key,
     a_flow_started_with_someone_elses_key_binds_nothing,
     a_cookie_renewal_with_a_proof_binds_the_key,
