@@ -74,6 +74,16 @@ impl Setup {
             .is_some()
     }
 
+    /// A sign-in in a new browser whose key the page then confirmed.
+    async fn confirmed_key(&mut self) -> ProofSigner {
+        self.browser = Browser::new();
+        let key = ProofSigner::generate();
+        let token = self.signed_in_with(&key).await;
+        let r = self.renew(&mut Browser::new(), &key, Some(&token)).await;
+        assert_eq!(r.status(), 200);
+        key
+    }
+
     fn token_url(&self) -> String {
         self.app.url("/v1/session/token")
     }
@@ -234,14 +244,7 @@ async fn a_cookie_renewal_with_a_proof_binds_the_key(db: &TestDb) {
 /// ending the user's sessions (CLI, back-channel logout) forgets their keys.
 async fn sign_out_idle_expiry_and_logout_forget_the_key(db: &TestDb) {
     let mut s = setup(db).await;
-    let key = ProofSigner::generate();
-    let token = s.signed_in_with(&key).await;
-    assert_eq!(
-        s.renew(&mut Browser::new(), &key, Some(&token))
-            .await
-            .status(),
-        200
-    );
+    let key = s.confirmed_key().await;
 
     // Sign-out without any cookie, by the proof alone.
     let url = s.app.url("/v1/signout");
@@ -260,16 +263,8 @@ async fn sign_out_idle_expiry_and_logout_forget_the_key(db: &TestDb) {
     let r = s.renew(&mut Browser::new(), &key, None).await;
     assert_eq!(error_of(r).await, (401, "login_required".into()));
 
-    // Past session_idle (a new browser: the first one still has its cookie).
-    s.browser = Browser::new();
-    let key = ProofSigner::generate();
-    let token = s.signed_in_with(&key).await;
-    assert_eq!(
-        s.renew(&mut Browser::new(), &key, Some(&token))
-            .await
-            .status(),
-        200
-    );
+    // Past session_idle.
+    let key = s.confirmed_key().await;
     s.app
         .state
         .store
@@ -280,15 +275,7 @@ async fn sign_out_idle_expiry_and_logout_forget_the_key(db: &TestDb) {
     assert_eq!(error_of(r).await, (401, "login_required".into()));
 
     // The user's sessions ended (chatgate users sign-out, or the IdP).
-    s.browser = Browser::new();
-    let key = ProofSigner::generate();
-    let token = s.signed_in_with(&key).await;
-    assert_eq!(
-        s.renew(&mut Browser::new(), &key, Some(&token))
-            .await
-            .status(),
-        200
-    );
+    let key = s.confirmed_key().await;
     s.app
         .state
         .store
@@ -300,15 +287,7 @@ async fn sign_out_idle_expiry_and_logout_forget_the_key(db: &TestDb) {
     assert!(!s.bound(&key).await, "the binding itself is gone");
 
     // The IdP's back-channel logout of the user.
-    s.browser = Browser::new();
-    let key = ProofSigner::generate();
-    let token = s.signed_in_with(&key).await;
-    assert_eq!(
-        s.renew(&mut Browser::new(), &key, Some(&token))
-            .await
-            .status(),
-        200
-    );
+    let key = s.confirmed_key().await;
     let logout_token = s.idp.logout_token(json!({"sub": "user-123"}));
     let r = s
         .app
