@@ -39,7 +39,7 @@ use chatgate::domain::{AppId, ProviderId, UserId};
 use chatgate::secret::SecretString;
 use chatgate::store::Store;
 use chatgate::vault::{TokenSet, Vault};
-use common::{Figures, env_or, load, percentile_us};
+use common::{Figures, env_or, percentile_us, warm_then_load};
 
 /// Users sealed and inserted per call of `Vault::save_many`.
 const SEED_CHUNK: usize = 10_000;
@@ -230,18 +230,12 @@ async fn measure(database_url: &str, users: usize) -> Measured {
         let user = pick(task, i) % users as u64;
         format!("{base}/v1/users/bench:user-{user}/token")
     };
-    // Warm-up: the server's pools and the database's caches.
-    load(
-        url.clone(),
-        Some(&server.secret),
-        connections,
-        Duration::from_secs(2),
-    )
-    .await;
-    let lookup = load(
+    // After a warm-up of the server's pools and the database's caches.
+    let lookup = warm_then_load(
         url,
         Some(&server.secret),
         connections,
+        Duration::from_secs(2),
         Duration::from_secs(seconds),
     )
     .await;

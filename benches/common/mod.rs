@@ -100,6 +100,18 @@ pub async fn load(
     }
 }
 
+/// [`load`] for `warm_up` (not counted), then for `duration`.
+pub async fn warm_then_load(
+    url: impl Fn(usize, usize) -> String + Clone + Send + Sync + 'static,
+    bearer: Option<&str>,
+    connections: usize,
+    warm_up: Duration,
+    duration: Duration,
+) -> Figures {
+    load(url.clone(), bearer, connections, warm_up).await;
+    load(url, bearer, connections, duration).await
+}
+
 /// Quantile `q` of sorted microsecond latencies, in milliseconds.
 pub fn percentile_us(sorted: &[u32], q: f64) -> f64 {
     sorted

@@ -331,28 +331,11 @@ impl Vault {
         entries: &[(AppId, UserId, ProviderId, TokenSet)],
         now: i64,
     ) -> Result<u64> {
-        let sealed: Vec<(Vec<u8>, Option<Vec<u8>>)> = entries
-            .iter()
-            .map(|(app, user, _, tokens)| self.seal_tokens(app, user, tokens))
-            .collect();
         let rows: Vec<SealedEntry<'_>> = entries
             .iter()
-            .zip(sealed)
-            .map(
-                |((app, user, provider, tokens), (access, refresh))| SealedEntry {
-                    app: app.as_str(),
-                    user_id: user.as_str(),
-                    provider: provider.as_str(),
-                    access_token: access,
-                    refresh_token: refresh,
-                    token_type: &tokens.token_type,
-                    scope: &tokens.scope,
-                    access_expires_at: tokens.expires_at,
-                    idp_sub: None,
-                    idp_sid: None,
-                    id_token: None,
-                },
-            )
+            .map(|(app, user, provider, tokens)| {
+                self.sealed_entry(app, user, provider, tokens, &SignInIdentity::default())
+            })
             .collect();
         Ok(self.store.insert_vault_entries(&rows, now).await?)
     }
@@ -399,32 +382,38 @@ impl Vault {
         signed_in: Option<&OutboxRow>,
     ) -> Result<bool> {
         self.forget(app, user_id);
+        let entry = self.sealed_entry(app, user_id, provider, tokens, identity);
+        Ok(self.store.upsert_vault_entry(entry, now, signed_in).await?)
+    }
+
+    /// The row of a sign-in: its tokens (and ID token) sealed for it.
+    fn sealed_entry<'a>(
+        &self,
+        app: &'a AppId,
+        user_id: &'a UserId,
+        provider: &'a ProviderId,
+        tokens: &'a TokenSet,
+        identity: &SignInIdentity<'a>,
+    ) -> SealedEntry<'a> {
         let (access, refresh) = self.seal_tokens(app, user_id, tokens);
         let row = [app.as_str(), user_id.as_str()];
         let id_token = identity.id_token.map(|t| {
             self.keys
                 .seal(&aad(&row, ID_TOKEN), t.expose_secret().as_bytes())
         });
-        Ok(self
-            .store
-            .upsert_vault_entry(
-                SealedEntry {
-                    app: app.as_str(),
-                    user_id: user_id.as_str(),
-                    provider: provider.as_str(),
-                    access_token: access,
-                    refresh_token: refresh,
-                    token_type: &tokens.token_type,
-                    scope: &tokens.scope,
-                    access_expires_at: tokens.expires_at,
-                    idp_sub: identity.sub,
-                    idp_sid: identity.sid,
-                    id_token,
-                },
-                now,
-                signed_in,
-            )
-            .await?)
+        SealedEntry {
+            app: app.as_str(),
+            user_id: user_id.as_str(),
+            provider: provider.as_str(),
+            access_token: access,
+            refresh_token: refresh,
+            token_type: &tokens.token_type,
+            scope: &tokens.scope,
+            access_expires_at: tokens.expires_at,
+            idp_sub: identity.sub,
+            idp_sid: identity.sid,
+            id_token,
+        }
     }
 
     /// The last ID token of the entry, for an IdP sign-out's `id_token_hint`.
