@@ -24,9 +24,10 @@ use crate::audit::QueuedEvent;
 use crate::bots::{Bot, Refused};
 use crate::chat_token::ChatClaims;
 use crate::config::AppConfig;
-use crate::domain::{AuditAction, AuditOutcome, UserId};
+use crate::domain::{AppId, AuditAction, AuditOutcome, UserId};
 use crate::dpop;
 use crate::state::AppState;
+use crate::store::{StoreError, VaultRow};
 use crate::user_tokens::{LookupError, RETRY_AFTER_SECS};
 use crate::web::ApiError;
 use crate::web::error::ErrorBody;
@@ -175,6 +176,27 @@ pub(super) async fn audit(
         .await;
 }
 
+/// The user's vault row as a status read sees it (no secret is opened), the
+/// read audited: for `GET /v1/users/{id}` and Bot Framework's GetTokenStatus.
+pub(super) async fn status_row(
+    state: &AppState,
+    bot: &Bot,
+    app: &AppId,
+    user: &UserId,
+) -> Result<Option<VaultRow>, StoreError> {
+    let row = state
+        .store
+        .get_vault_entry(app.as_str(), user.as_str())
+        .await?;
+    let outcome = if row.is_some() {
+        AuditOutcome::Ok
+    } else {
+        AuditOutcome::NotFound
+    };
+    audit(state, bot, user, AuditAction::StatusRead, outcome).await;
+    Ok(row)
+}
+
 /// A user's fresh access token.
 ///
 /// Served from the vault while it is valid for longer than `refresh_skew`, else
@@ -286,22 +308,7 @@ async fn user_status(
 ) -> Result<Json<UserStatus>, ApiError> {
     let app = bot.app(&state)?;
     let user = parse_user(user_id)?;
-    let row = state
-        .store
-        .get_vault_entry(app.id.as_str(), user.as_str())
-        .await?;
-    audit(
-        &state,
-        &bot.0,
-        &user,
-        AuditAction::StatusRead,
-        if row.is_some() {
-            AuditOutcome::Ok
-        } else {
-            AuditOutcome::NotFound
-        },
-    )
-    .await;
+    let row = status_row(&state, &bot.0, &app.id, &user).await?;
     Ok(Json(match row {
         Some(row) => UserStatus {
             user_id: user.to_string(),

@@ -22,7 +22,7 @@ use axum::routing::{delete, get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::bot_api::{BotAuth, audit};
+use super::bot_api::{BotAuth, audit, status_row};
 use crate::domain::{AuditAction, AuditOutcome, UserId};
 use crate::events::SignOutReason;
 use crate::secret::ExposeSecret as _;
@@ -234,9 +234,7 @@ async fn token_status(
     if !included {
         return Ok(Json(json!([])));
     }
-    let row = state
-        .store
-        .get_vault_entry(app.id.as_str(), user.as_str())
+    let row = status_row(&state, &bot.0, &app.id, &user)
         .await
         .map_err(|e| {
             tracing::warn!(error = %e, "Bot Framework token status failed");
@@ -246,18 +244,6 @@ async fn token_status(
                 "the database is unavailable; retry",
             )
         })?;
-    audit(
-        &state,
-        &bot.0,
-        &user,
-        AuditAction::StatusRead,
-        if row.is_some() {
-            AuditOutcome::Ok
-        } else {
-            AuditOutcome::NotFound
-        },
-    )
-    .await;
     Ok(Json(json!([{
         "channelId": q.channel_id,
         "connectionName": app.id.as_str(),
