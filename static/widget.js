@@ -56,13 +56,21 @@
  *       backend checks them with POST /v1/chat-tokens/verify
  *       { token, proof, htm, htu }. Resolves with the proof (a string).
  *
- * Browser key (DPoP): for apps with bind_chat_tokens = "dpop" (chatgate lists
- * them in the copy of this file it serves), the library keeps a
- * non-extractable P-256 key per chatgate and app in this page's IndexedDB
- * (first-party storage of the host site) and proves possession of it on every
- * call. Chat tokens are bound to it (cnf.jkt) and renewals keep working
- * without any cookie. signOut forgets the key; the next sign-in makes a new
- * one. Other apps make no key.
+ * Browser key: the library keeps a non-extractable P-256 key per chatgate
+ * and app in this page's IndexedDB (first-party storage of the host site,
+ * which every browser keeps) and proves possession of it (DPoP, RFC 9449)
+ * to chatgate. A sign-in binds the key, so renewals keep working where the
+ * browser keeps no cookie of chatgate's (Safari and every iOS browser,
+ * Firefox blocking all third-party cookies). For apps with
+ * bind_chat_tokens = "dpop" (chatgate lists them in the copy of this file it
+ * serves) the chat tokens are bound to the key too (cnf.jkt) and it proves
+ * possession to host-session and token-exchange. signOut forgets the key;
+ * the next sign-in makes a new one.
+ *
+ * Fail fast: a hidden iframe that loaded a page which posts nothing (the IdP
+ * shows a login page instead of answering prompt=none, a page refused to be
+ * framed) rejects with .code "interaction_required" about a second after it
+ * loaded, not after timeoutMs.
  *
  * Messages are accepted only from chatgate's origin AND from the iframe or popup
  * this library opened; everything else is ignored.
@@ -72,6 +80,10 @@
 
   var SILENT_TIMEOUT_MS = 10000;
   var POPUP_TIMEOUT_MS = 5 * 60 * 1000;
+  // How long a hidden iframe's page may take to post once it has loaded:
+  // chatgate's result pages post while they load; anything else (an IdP's
+  // login page, a page refused to be framed) never will.
+  var FRAME_SETTLE_MS = 800;
 
   function required(opts, name) {
     if (!opts || !opts[name]) {
@@ -93,8 +105,9 @@
   // ---- the browser key (DPoP, RFC 9449) ----------------------------------
 
   // The apps whose chat tokens are bound to the browser's key; chatgate fills
-  // this in when it serves the file. Only these make and use a key (a copy of
-  // this file served elsewhere can force it with the option dpop: true).
+  // this in when it serves the file (a copy of this file served elsewhere
+  // can force it with the option dpop: true). Every app keeps a key to renew
+  // by; these also bind their tokens to it.
   var KEY_BOUND_APPS = [];
   var DB_NAME = "chatgate";
   var KEY_STORE_TIMEOUT_MS = 3000;
@@ -171,14 +184,16 @@
     });
   }
 
-  // This page's key for the app: from IndexedDB, or a new non-extractable
-  // one. Resolves with null where WebCrypto or IndexedDB is missing.
-  function bindsKey(opts) {
+  // Whether the app's chat tokens are bound to the key (cnf.jkt).
+  function bindsTokens(opts) {
     return opts.dpop === true || KEY_BOUND_APPS.indexOf(opts.app) >= 0;
   }
 
+  // This page's key for the app: from IndexedDB, or a new non-extractable
+  // one. Resolves with null where WebCrypto or IndexedDB is missing (or the
+  // option browserKey: false turns it off).
   function browserKey(opts) {
-    if (!bindsKey(opts)) return Promise.resolve(null);
+    if (opts.browserKey === false && !bindsTokens(opts)) return Promise.resolve(null);
     var name = keyName(opts);
     if (keys[name]) return keys[name];
     if (!global.crypto || !global.crypto.subtle || !global.indexedDB) return Promise.resolve(null);
@@ -208,8 +223,8 @@
   }
 
   function forgetKey(opts) {
-    if (!bindsKey(opts)) return Promise.resolve();
     var name = keyName(opts);
+    if (!global.indexedDB) return Promise.resolve();
     delete keys[name];
     delete lastTokens[name];
     return keyStore("readwrite", function (store) {
@@ -236,9 +251,9 @@
   }
 
   // Headers for a POST of JSON to chatgate's `path`, with a proof of this
-  // page's key when it has one.
-  function postHeaders(opts, path) {
-    return browserKey(opts).then(function (key) {
+  // page's key when it has one (`withKey` false: none).
+  function postHeaders(opts, path, withKey) {
+    return (withKey === false ? Promise.resolve(null) : browserKey(opts)).then(function (key) {
       var headers = { "content-type": "application/json" };
       if (!key) return headers;
       return signProof(key, "POST", brokerUrl(opts, path)).then(function (proof) {
@@ -264,16 +279,25 @@
     return data;
   }
 
-  // After an iframe or popup sign-in whose token is bound to this page's key:
-  // presenting it with a proof confirms the binding, so later renewals work
-  // without chatgate's cookie. Answers a fresh token; keeps `data` on failure.
+  // After an iframe sign-in that posted a chat token: presenting it with a
+  // proof of this page's key confirms the key's binding, so later renewals
+  // work without chatgate's cookie. Answers a fresh token; keeps `data` on
+  // failure. (A token bound to another key confirms nothing.)
   function confirmKey(opts, data) {
     return browserKey(opts).then(function (key) {
-      if (!key || boundTo(data.chat_token) !== key.jkt) return data;
-      return renewByFetch(opts, data.chat_token).catch(function () {
+      var bound = boundTo(data.chat_token);
+      if (!key || (bound && bound !== key.jkt)) return data;
+      return renewByFetch(opts, { chat_token: data.chat_token }).catch(function () {
         return data;
       });
     });
+  }
+
+  // The result of a flow the browser finished without chatgate's cookie: a
+  // ticket that a proof of this page's key turns into the success message.
+  function redeemFlowTicket(opts, data) {
+    if (!data || data.type !== "chatgate:ticket") return Promise.resolve(data);
+    return renewByFetch(opts, { ticket: data.ticket });
   }
 
   function proof(opts) {
@@ -309,7 +333,8 @@
   }
 
   // Waits for the one chatgate message from `sourceWindow()`; settles once.
-  function waitForResult(opts, sourceWindow, timeoutMs, watch) {
+  // `watch()`, polled, may end the wait with an error.
+  function waitForResult(opts, sourceWindow, timeoutMs, watch, pollMs) {
     var expectedOrigin = new URL(required(opts, "broker")).origin;
     return new Promise(function (resolve, reject) {
       var settled = false;
@@ -331,7 +356,7 @@
         if (!source || event.source !== source) return;
         var data = event.data;
         if (!data || typeof data !== "object" || data.app !== opts.app) return;
-        if (data.type === "chatgate:success" || data.type === "chatgate:signed_out") {
+        if (data.type === "chatgate:success" || data.type === "chatgate:signed_out" || data.type === "chatgate:ticket") {
           finish(resolve, data);
         } else if (data.type === "chatgate:error") {
           finish(reject, chatgateError(data.error || "server_error", data.error_description));
@@ -346,7 +371,7 @@
         poll = setInterval(function () {
           var why = watch();
           if (why) finish(reject, why);
-        }, 300);
+        }, pollMs || 300);
       }
     });
   }
@@ -355,16 +380,20 @@
   // partition) answers the success message directly. Rejects when it cannot
   // (no session, signed out, a hint for someone else): the iframe then asks
   // the IdP.
-  // With `chatToken` (a token an iframe or popup just delivered), it also
-  // confirms this page's key.
-  function renewByFetch(opts, chatToken) {
-    // A hint names whom to sign in: only the IdP can tell (a confirmation
-    // presents the token of that very sign-in, so it goes ahead).
-    if ((!chatToken && (opts.loginHint || opts.domainHint)) || typeof global.fetch !== "function") {
+  // With `from.chat_token` (a token an iframe just delivered) it also
+  // confirms this page's key; with `from.ticket` (a flow finished without
+  // chatgate's cookie) it redeems that sign-in with the key.
+  function renewByFetch(opts, from) {
+    from = from || {};
+    // A hint names whom to sign in: only the IdP can tell (a confirmation or
+    // a ticket presents that very sign-in, so it goes ahead).
+    var ofThisSignIn = from.chat_token || from.ticket;
+    if ((!ofThisSignIn && (opts.loginHint || opts.domainHint)) || typeof global.fetch !== "function") {
       return Promise.reject(chatgateError("skipped"));
     }
     var body = { app: required(opts, "app") };
-    if (chatToken) body.chat_token = chatToken;
+    if (from.chat_token) body.chat_token = from.chat_token;
+    if (from.ticket) body.ticket = from.ticket;
     return postHeaders(opts, "/v1/session/token")
       .then(function (headers) {
         return global.fetch(brokerUrl(opts, "/v1/session/token"), {
@@ -404,7 +433,7 @@
         return openIframe(opts, authorizeUrl(opts, "silent", key && key.jkt));
       })
       .then(function (data) {
-        return confirmKey(opts, data);
+        return data.type === "chatgate:ticket" ? redeemFlowTicket(opts, data) : confirmKey(opts, data);
       })
       .then(function (data) {
         return remember(opts, data);
@@ -417,12 +446,26 @@
     iframe.setAttribute("tabindex", "-1");
     iframe.title = "chatgate sign-in";
     iframe.style.cssText = "position:absolute;width:0;height:0;border:0;visibility:hidden";
+    // When the frame's latest page finished loading: a page that has not
+    // posted shortly after will not (see FRAME_SETTLE_MS).
+    var loadedAt = 0;
+    iframe.addEventListener("load", function () {
+      loadedAt = Date.now();
+    });
     var result = waitForResult(
       opts,
       function () {
         return iframe.contentWindow;
       },
-      opts.timeoutMs || SILENT_TIMEOUT_MS
+      opts.timeoutMs || SILENT_TIMEOUT_MS,
+      function () {
+        if (!loadedAt || Date.now() - loadedAt < FRAME_SETTLE_MS) return null;
+        return chatgateError(
+          "interaction_required",
+          "the sign-in page in the hidden frame did not answer (the identity provider wants the user, or the page cannot be framed)"
+        );
+      },
+      100
     );
     iframe.src = url;
     global.document.body.appendChild(iframe);
@@ -441,16 +484,19 @@
     );
   }
 
-  // Carries a popup sign-in into this page's cookie partition, so the next
-  // silent sign-in needs no IdP round trip even where third-party cookies are
-  // blocked. Best effort: a failure only costs a later IdP round trip.
+  // Carries a popup sign-in into this page's cookie partition and binds
+  // this page's key to it (with a proof), so the next silent sign-in needs no
+  // IdP round trip, cookies blocked or not. Best effort: a failure only costs
+  // a later IdP round trip.
   function redeemTicket(opts, ticket) {
-    return global
-      .fetch(brokerUrl(opts, "/v1/session"), {
-        method: "POST",
-        credentials: "include",
-        headers: { "content-type": "application/json" },
-        body: JSON.stringify({ app: opts.app, ticket: ticket }),
+    return postHeaders(opts, "/v1/session")
+      .then(function (headers) {
+        return global.fetch(brokerUrl(opts, "/v1/session"), {
+          method: "POST",
+          credentials: "include",
+          headers: headers,
+          body: JSON.stringify({ app: opts.app, ticket: ticket }),
+        });
       })
       .catch(function () {});
   }
@@ -511,15 +557,20 @@
       }
     ).then(
       function (data) {
-        var ticket = data.session_ticket;
-        delete data.session_ticket;
-        return (ticket ? redeemTicket(opts, ticket) : Promise.resolve())
-          .then(function () {
-            return confirmKey(opts, data);
-          })
-          .then(function (result) {
+        if (data.type === "chatgate:ticket") {
+          return redeemFlowTicket(opts, data).then(function (result) {
             return remember(opts, result);
           });
+        }
+        var ticket = data.session_ticket;
+        delete data.session_ticket;
+        // The ticket's redemption binds this page's key; without one, the
+        // token confirms it.
+        return (ticket ? redeemTicket(opts, ticket).then(function () { return data; }) : confirmKey(opts, data)).then(
+          function (result) {
+            return remember(opts, result);
+          }
+        );
       },
       function (err) {
         closePopup(popup);
@@ -537,7 +588,7 @@
     } catch (e) {
       return Promise.reject(e);
     }
-    return postHeaders(opts, path)
+    return postHeaders(opts, path, bindsTokens(opts))
       .then(function (headers) {
         return global.fetch(url, {
           method: "POST",

@@ -1,5 +1,6 @@
 //! Completing a flow at `GET /v1/callback`, step by step: take the flow (once,
-//! only by the browser that started it), check the authorization response
+//! only by the browser that started it: its cookie, or later a proof of its
+//! browser key), check the authorization response
 //! (RFC 9207 `iss`, an IdP error, the code), redeem the code (PKCE, ID-token
 //! validation), store the tokens, mint the chat token. Nothing is stored
 //! unless every check passed.
@@ -38,11 +39,33 @@ pub enum CallbackFailure {
 #[derive(Debug)]
 pub struct Completed {
     pub target: FlowTarget,
-    /// For chatgate's browser session.
-    pub signin: SessionSignIn,
-    pub minted: Minted,
-    /// Popup only: the one-time ticket the widget redeems from the host page.
-    pub ticket: Option<String>,
+    pub result: CallbackResult,
+}
+
+/// What the result page posts.
+#[derive(Debug)]
+pub enum CallbackResult {
+    /// The browser holds the flow's binding cookie: the chat token itself,
+    /// and the sign-in for chatgate's browser session.
+    Token {
+        signin: SessionSignIn,
+        minted: Minted,
+        /// Popup only: the one-time ticket the widget redeems from the host page.
+        session_ticket: Option<String>,
+    },
+    /// The browser dropped the cookie, but the flow was started with a
+    /// browser key: a one-time ticket that only a proof of that key redeems
+    /// (`POST /v1/session/token`). No token or user data leaves in the page.
+    KeyTicket(String),
+}
+
+/// How the browser showed that the flow is its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BoundBy {
+    /// The binding cookie set when the flow started.
+    Cookie,
+    /// Nothing yet: the result waits for a proof of the flow's browser key.
+    Key,
 }
 
 /// A flow taken at the callback, with where its result goes.
@@ -51,6 +74,7 @@ struct Taken<'a> {
     state_hash: String,
     target: FlowTarget,
     app: &'a AppConfig,
+    bound_by: BoundBy,
 }
 
 /// What the ID token of the code exchange established.
@@ -118,9 +142,17 @@ impl SignInService {
             idp_sub: Some(identity.sub),
             idp_sid: identity.sid,
         };
-        let jkt = (taken.app.binds_dpop())
-            .then(|| taken.flow.dpop_jkt.as_deref().and_then(Jkt::parse))
-            .flatten();
+        let jkt = taken.flow.dpop_jkt.as_deref().and_then(Jkt::parse);
+        if taken.bound_by == BoundBy::Key {
+            let ticket = self
+                .issue_ticket(&taken.target, &signin, jkt.as_ref(), now)
+                .await
+                .map_err(fail)?;
+            return Ok(Completed {
+                target: taken.target,
+                result: CallbackResult::KeyTicket(ticket),
+            });
+        }
         let minted = self
             .mint(taken.app, &signin, jkt.as_ref(), now)
             .map_err(fail)?;
@@ -132,8 +164,11 @@ impl SignInService {
             // The sign-in stands; only renewal without chatgate's cookie fails.
             tracing::warn!(error = %e, "cannot record the browser key of a sign-in");
         }
-        let ticket = match taken.target.mode {
-            Mode::Popup => match self.issue_ticket(&taken.target, &signin, now).await {
+        let session_ticket = match taken.target.mode {
+            Mode::Popup => match self
+                .issue_ticket(&taken.target, &signin, jkt.as_ref(), now)
+                .await
+            {
                 Ok(t) => Some(t),
                 Err(e) => {
                     tracing::warn!(error = %e, "no session ticket for this popup sign-in");
@@ -144,9 +179,11 @@ impl SignInService {
         };
         Ok(Completed {
             target: taken.target,
-            signin,
-            minted,
-            ticket,
+            result: CallbackResult::Token {
+                signin,
+                minted,
+                session_ticket,
+            },
         })
     }
 
@@ -158,8 +195,13 @@ impl SignInService {
         }
     }
 
-    /// Step 1: the pending flow of `state`, consumed once and only with the
-    /// binding cookie of the browser that started it.
+    /// Step 1: the pending flow of `state`, consumed once: by the browser
+    /// holding its binding cookie, or — where the browser dropped the cookie
+    /// and the flow was started with a browser key — by anyone, since then
+    /// only a proof of that key redeems the result. A flow with neither is
+    /// left in place, and its page is only told that this browser cannot
+    /// finish it (`interaction_required`, or the IdP's own error), so the
+    /// widget need not wait for its timeout.
     async fn take_flow(
         &self,
         params: &CallbackParams,
@@ -176,31 +218,73 @@ impl SignInService {
             ));
         };
         let state_hash = sha256_hex(flow_state.as_bytes());
-        let mut flow = None;
+        let store = &self.inner.store;
+        let database_down = |e: crate::store::StoreError| {
+            tracing::error!(error = %e, "cannot read pending flows");
+            CallbackFailure::Untied(
+                "chatgate's database is unavailable, so the sign-in could not be finished; \
+                 close this window and try again.",
+            )
+        };
+        let mut found = None;
         for binding in bindings {
             let binding_hash = sha256_hex(binding.as_bytes());
             let taken = retry_transient(DB_RETRY_BUDGET, || {
-                self.inner.store.take_flow(&state_hash, &binding_hash)
+                store.take_flow(&state_hash, &binding_hash)
             })
             .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "cannot read pending flows");
-                CallbackFailure::Untied(
-                    "chatgate's database is unavailable, so the sign-in could not be finished; \
-                     close this window and try again.",
-                )
-            })?;
-            if taken.is_some() {
-                flow = taken;
+            .map_err(database_down)?;
+            if let Some(flow) = taken {
+                found = Some((flow, BoundBy::Cookie));
                 break;
             }
         }
-        let Some(flow) = flow else {
-            self.inner.metrics.flow(FlowEvent::Failed, "unknown_state");
-            return Err(CallbackFailure::Untied(
-                "This sign-in is unknown, was already used, or was started in another browser.",
-            ));
+        if found.is_none() {
+            found = retry_transient(DB_RETRY_BUDGET, || store.take_key_bound_flow(&state_hash))
+                .await
+                .map_err(database_down)?
+                .map(|flow| (flow, BoundBy::Key));
+        }
+        let (flow, bound_by) = match found {
+            Some(found) => found,
+            None => {
+                let peeked = retry_transient(DB_RETRY_BUDGET, || store.peek_flow(&state_hash))
+                    .await
+                    .map_err(database_down)?;
+                let untied = CallbackFailure::Untied(
+                    "This sign-in is unknown, was already used, or was started in another browser.",
+                );
+                let Some(flow) = peeked else {
+                    self.inner.metrics.flow(FlowEvent::Failed, "unknown_state");
+                    return Err(untied);
+                };
+                let (target, _) = self.target_of(&flow, now)?;
+                let error = match params.error.as_deref() {
+                    Some(code) => FlowError::from_idp(code, params.error_description.as_deref()),
+                    None => FlowError::new(
+                        "interaction_required",
+                        "this browser did not keep chatgate's sign-in cookie; sign in with the popup",
+                    ),
+                };
+                return Err(self.failed(&target, error));
+            }
         };
+        let (target, app) = self.target_of(&flow, now)?;
+        Ok(Taken {
+            flow,
+            state_hash,
+            target,
+            app,
+            bound_by,
+        })
+    }
+
+    /// Where a flow's result goes, if it may still go there.
+    fn target_of(
+        &self,
+        flow: &PendingFlowRow,
+        now: i64,
+    ) -> Result<(FlowTarget, &AppConfig), CallbackFailure> {
         let target = match (
             AppId::parse(&flow.app),
             Origin::parse(&flow.origin),
@@ -222,12 +306,7 @@ impl SignInService {
                 "This app or origin is no longer configured.",
             ));
         };
-        Ok(Taken {
-            flow,
-            state_hash,
-            target,
-            app,
-        })
+        Ok((target, app))
     }
 
     /// Step 2: the authorization response — its issuer (RFC 9207: another

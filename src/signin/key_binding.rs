@@ -1,8 +1,10 @@
-//! Sign-ins bound to the browser's DPoP key (`bind_chat_tokens = "dpop"`):
-//! what lets the widget renew with every cookie blocked.
+//! Sign-ins bound to the browser's key (a DPoP key in the host page's
+//! IndexedDB, for every app): what lets the widget renew with every cookie
+//! blocked. Whether the chat tokens themselves carry the key (`cnf`) is the
+//! app's choice (`bind_chat_tokens = "dpop"`).
 //!
 //! A flow (or an iframe renewal) started with `dpop_jkt` mints a chat token
-//! bound to that key and records a *pending* binding under the token's `jti`.
+//! and records a *pending* binding of that key under the token's `jti`.
 //! The token goes only to the app's origin; presenting it back with a proof
 //! of the key confirms the binding. Only confirmed bindings renew, so whoever
 //! starts a flow with their own key in someone else's browser gains nothing:
@@ -113,7 +115,9 @@ impl SignInService {
             .filter(|s| now < s.signed_in_at + max))
     }
 
-    /// The `jti` of `token` if it is a valid chat token of `app` bound to `jkt`.
+    /// The `jti` of `token` if it is a valid chat token of `app` that may
+    /// confirm a pending binding of `jkt`: bound to `jkt` when the app binds
+    /// tokens to keys, unbound otherwise (the pending row names the key).
     fn confirming_jti(&self, app: &AppConfig, jkt: &Jkt, token: &str) -> Option<String> {
         let keys = self.inner.keys.keys();
         let claims = keys
@@ -124,7 +128,10 @@ impl SignInService {
                 self.inner.config.clock_skew,
             )
             .ok()?;
-        let bound = claims.cnf.as_ref().is_some_and(|c| c.jkt == jkt.as_str());
+        let bound = match &claims.cnf {
+            Some(cnf) => cnf.jkt == jkt.as_str(),
+            None => !app.binds_dpop(),
+        };
         (claims.app == app.id.as_str() && bound).then_some(claims.jti)
     }
 

@@ -18,7 +18,7 @@ mod types;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use callback::CallbackFailure;
+pub use callback::{CallbackFailure, CallbackResult};
 pub use signout::IdpSignoutError;
 pub use start::StartRequest;
 pub use types::{CallbackParams, FlowError, FlowTarget, Minted, Mode, SessionSignIn};
@@ -97,7 +97,10 @@ impl SignInService {
         self.inner.config.public_url.join("/v1/callback")
     }
 
-    /// Mints the chat token of a signed-in user, bound to `jkt` when given.
+    /// Mints the chat token of a signed-in user; for an app that binds chat
+    /// tokens to the browser's key (`bind_chat_tokens = "dpop"`), bound to
+    /// `jkt` (`cnf`). Other apps' browser keys renew sign-ins but leave their
+    /// tokens bearer tokens.
     pub fn mint(
         &self,
         app: &AppConfig,
@@ -105,6 +108,7 @@ impl SignInService {
         jkt: Option<&Jkt>,
         now: i64,
     ) -> Result<Minted, FlowError> {
+        let jkt = jkt.filter(|_| app.binds_dpop());
         let (chat_token, claims) = self
             .inner
             .keys

@@ -46,10 +46,31 @@ impl std::fmt::Debug for PendingFlowRow {
     }
 }
 
-/// A callback takes its flow by the state's hash.
-pub(super) const TAKE_FLOW: &str = "DELETE FROM pending_flows WHERE state_hash = $1 AND binding_hash = $2 \
-     RETURNING state_hash, binding_hash, app, provider, origin, mode, dpop_jkt, nonce, \
-       pkce_verifier, created_at, expires_at";
+macro_rules! columns {
+    () => {
+        "state_hash, binding_hash, app, provider, origin, mode, dpop_jkt, nonce, \
+         pkce_verifier, created_at, expires_at"
+    };
+}
+
+/// A callback takes its flow by the state's hash and the browser's binding cookie.
+pub(super) const TAKE_FLOW: &str = concat!(
+    "DELETE FROM pending_flows WHERE state_hash = $1 AND binding_hash = $2 RETURNING ",
+    columns!()
+);
+/// Without the cookie, a flow bound to a browser key is taken by its state:
+/// its result is a ticket that only a proof of that key redeems.
+pub(super) const TAKE_KEY_BOUND_FLOW: &str = concat!(
+    "DELETE FROM pending_flows WHERE state_hash = $1 AND dpop_jkt IS NOT NULL RETURNING ",
+    columns!()
+);
+/// Without the cookie or a key, a flow is only read (never consumed) to tell
+/// its page that this browser cannot finish it.
+pub(super) const PEEK_FLOW: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM pending_flows WHERE state_hash = $1"
+);
 
 impl Store {
     pub async fn insert_flow(&self, flow: NewFlow<'_>) -> Result<()> {
@@ -88,6 +109,29 @@ impl Store {
             sqlx::query_as::<_, PendingFlowRow>(TAKE_FLOW)
                 .bind(state_hash)
                 .bind(binding_hash)
+                .fetch_optional(pool)
+                .await?
+        }))
+    }
+
+    /// Consumes the flow with this state if it was started with a browser key
+    /// (`dpop_jkt`), atomically, without the binding cookie: the browser that
+    /// dropped the cookie proves the key instead, when it redeems the result.
+    pub async fn take_key_bound_flow(&self, state_hash: &str) -> Result<Option<PendingFlowRow>> {
+        Ok(with_pool!(self, pool => {
+            sqlx::query_as::<_, PendingFlowRow>(TAKE_KEY_BOUND_FLOW)
+                .bind(state_hash)
+                .fetch_optional(pool)
+                .await?
+        }))
+    }
+
+    /// The flow with this state, left in place: only where its result may be
+    /// told that this browser cannot finish it.
+    pub async fn peek_flow(&self, state_hash: &str) -> Result<Option<PendingFlowRow>> {
+        Ok(with_pool!(self, pool => {
+            sqlx::query_as::<_, PendingFlowRow>(PEEK_FLOW)
+                .bind(state_hash)
                 .fetch_optional(pool)
                 .await?
         }))

@@ -55,6 +55,8 @@ pub fn hot_queries() -> Vec<(String, &'static str)> {
         ("vault: write refreshed tokens", vault::WRITE_REFRESHED),
         ("vault: delete an entry", vault::DELETE_ENTRY),
         ("flows: take by state", flows::TAKE_FLOW),
+        ("flows: take a key-bound flow", flows::TAKE_KEY_BOUND_FLOW),
+        ("flows: peek", flows::PEEK_FLOW),
         ("sessions: load", sessions::LOAD_SESSION),
         ("sessions: save", sessions::SAVE_SESSION),
         ("sessions: replace users", sessions::DELETE_SESSION_USERS),

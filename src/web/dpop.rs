@@ -1,5 +1,7 @@
-//! DPoP proofs on the host page's fetch endpoints, for apps with
-//! `bind_chat_tokens = "dpop"` (other apps ignore the `DPoP` header).
+//! DPoP proofs on the host page's fetch endpoints. Every app's widget proves
+//! its browser key to `/v1/session`, `/v1/session/token` and `/v1/signout`
+//! ([`browser_key`]); apps with `bind_chat_tokens = "dpop"` must, and also
+//! on `/v1/host-session` and `/v1/token-exchange` ([`for_app`]).
 //! Errors are `401 invalid_dpop_proof`.
 
 use axum::http::HeaderMap;
@@ -27,6 +29,23 @@ pub fn for_app(
     token: Option<&str>,
 ) -> Result<Option<Proof>, ApiError> {
     if !app.binds_dpop() {
+        return Ok(None);
+    }
+    browser_key(state, app, headers, path, token)
+}
+
+/// The checked proof of a `POST {public_url}{path}` of the page's browser
+/// key: required for DPoP apps, checked when sent for every other app (`None`
+/// without one). Not yet spent: call [`spend`] once the request is otherwise
+/// authorized.
+pub fn browser_key(
+    state: &AppState,
+    app: &AppConfig,
+    headers: &HeaderMap,
+    path: &str,
+    token: Option<&str>,
+) -> Result<Option<Proof>, ApiError> {
+    if !app.binds_dpop() && !headers.contains_key(dpop::HEADER) {
         return Ok(None);
     }
     let mut values = headers.get_all(dpop::HEADER).iter();

@@ -11,7 +11,7 @@ use crate::domain::Origin;
 use crate::secret::random_token;
 use crate::signin::Mode;
 
-/// The `postMessage` payloads of DESIGN.md.
+/// The `postMessage` payloads (docs/reference.md, "Messages posted to the host page").
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type")]
 pub enum Message {
@@ -25,6 +25,11 @@ pub enum Message {
         #[serde(skip_serializing_if = "Option::is_none")]
         session_ticket: Option<String>,
     },
+    /// A flow the browser finished without chatgate's cookie (the browser
+    /// blocks it), started with the page's browser key: the widget redeems
+    /// the ticket with a proof of that key at `POST /v1/session/token`.
+    #[serde(rename = "chatgate:ticket")]
+    Ticket { app: String, ticket: String },
     #[serde(rename = "chatgate:error")]
     Error {
         app: String,
@@ -141,7 +146,7 @@ pub fn message_page(
         Err(e) => return render_failed(e),
     };
     let status = match message {
-        Message::Success { .. } => "Signed in.",
+        Message::Success { .. } | Message::Ticket { .. } => "Signed in.",
         Message::Error { .. } => "Sign-in did not complete.",
         Message::SignedOut { .. } => "Signed out.",
     };

@@ -14,7 +14,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use tower_sessions::cookie::SameSite;
+use tower_sessions::cookie::{Cookie, SameSite};
 use tower_sessions::session::{Id, Record};
 use tower_sessions::session_store::{self, SessionStore};
 use tower_sessions::{Expiry, Session, SessionManagerLayer};
@@ -113,8 +113,8 @@ impl BrowserSession {
 }
 
 /// The session layer: `__Host-chatgate`, `Secure; HttpOnly; SameSite=None;
-/// Path=/`, expiring after `idle` without use. `Partitioned` is added by
-/// [`partition_cookies`].
+/// Path=/`, expiring after `idle` without use. `Partitioned` (and the
+/// attributes of its removal) are added by [`partition_cookies`].
 pub fn layer(store: Store, idle: std::time::Duration) -> SessionManagerLayer<SqlSessionStore> {
     let idle = time::Duration::seconds(idle.as_secs() as i64);
     SessionManagerLayer::new(SqlSessionStore { store })
@@ -126,9 +126,12 @@ pub fn layer(store: Store, idle: std::time::Duration) -> SessionManagerLayer<Sql
         .with_expiry(Expiry::OnInactivity(idle))
 }
 
-/// Middleware: marks chatgate's cookies `Partitioned` (CHIPS), so they keep
-/// working inside a third-party iframe when the browser blocks third-party
-/// cookies. tower-sessions cannot set the attribute itself.
+/// Middleware: gives every `Set-Cookie` of the session cookie the attributes
+/// its `__Host-` prefix and the third-party iframe need — `Secure; Path=/`,
+/// `HttpOnly`, `SameSite=None` and `Partitioned` (CHIPS, so it keeps working
+/// inside a third-party iframe where the browser blocks third-party
+/// cookies). tower-sessions cannot set `Partitioned`, and writes its removal
+/// cookie (sign-out) with none of them, which browsers reject for the prefix.
 pub async fn partition_cookies(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
@@ -142,18 +145,26 @@ pub async fn partition_cookies(request: Request, next: Next) -> Response {
     }
     headers.remove(header::SET_COOKIE);
     for value in cookies {
-        let patched = match value.to_str() {
-            Ok(text)
-                if text.starts_with(&format!("{SESSION_COOKIE}="))
-                    && !text.contains("Partitioned") =>
-            {
-                HeaderValue::from_str(&format!("{text}; Partitioned")).unwrap_or(value)
-            }
-            _ => value,
-        };
-        headers.append(header::SET_COOKIE, patched);
+        headers.append(header::SET_COOKIE, with_session_attributes(value));
     }
     response
+}
+
+fn with_session_attributes(value: HeaderValue) -> HeaderValue {
+    let Some(mut cookie) = value
+        .to_str()
+        .ok()
+        .and_then(|text| Cookie::parse(text.to_string()).ok())
+        .filter(|c| c.name() == SESSION_COOKIE)
+    else {
+        return value;
+    };
+    cookie.set_secure(true);
+    cookie.set_http_only(true);
+    cookie.set_same_site(SameSite::None);
+    cookie.set_path("/");
+    cookie.set_partitioned(true);
+    HeaderValue::from_str(&cookie.to_string()).unwrap_or(value)
 }
 
 /// tower-sessions records in the `browser_sessions` table. Rows are keyed by a

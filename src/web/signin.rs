@@ -19,8 +19,8 @@ use crate::events::SignOutReason;
 use crate::metrics::FlowEvent;
 use crate::secret::random_token;
 use crate::signin::{
-    CallbackFailure, CallbackParams, FlowError, FlowTarget, IdpSignoutError, Minted, Mode, Renewal,
-    SessionSignIn, StartRequest,
+    CallbackFailure, CallbackParams, CallbackResult, FlowError, FlowTarget, IdpSignoutError,
+    Minted, Mode, Renewal, SessionSignIn, StartRequest,
 };
 use crate::state::AppState;
 use crate::web::pages::{Message, MessageUser, frame_ancestors, message_page, plain_page};
@@ -240,9 +240,13 @@ async fn authorize(
             "login_hint and domain_hint must be short printable text",
         ));
     }
-    let dpop_jkt = match (app.binds_dpop(), q.dpop_jkt.as_deref()) {
-        (false, _) => None,
-        (true, Some(jkt)) => match Jkt::parse(jkt) {
+    // Every app's widget names its browser key, which renews the sign-in
+    // where the browser keeps no cookie; DPoP apps must.
+    let dpop_jkt = match (
+        app.binds_dpop(),
+        q.dpop_jkt.as_deref().filter(|j| !j.is_empty()),
+    ) {
+        (_, Some(jkt)) => match Jkt::parse(jkt) {
             Some(jkt) => Some(jkt),
             None => {
                 return fail(FlowError::invalid_request(
@@ -250,6 +254,7 @@ async fn authorize(
                 ));
             }
         },
+        (false, None) => None,
         (true, None) => {
             return fail(FlowError::invalid_request(
                 "this app binds chat tokens to the browser's key: dpop_jkt is required",
@@ -389,22 +394,40 @@ async fn callback(
         }
     };
     let FlowTarget { app, origin, mode } = &completed.target;
-    if let Err(e) = BrowserSession(session)
-        .put(app, origin, completed.signin.clone())
-        .await
-    {
-        // The sign-in itself succeeded; only silent renewal will need the IdP.
-        tracing::warn!(error = %e, "cannot record the sign-in in the browser session");
+    let ancestors = std::slice::from_ref(origin);
+    match completed.result {
+        CallbackResult::Token {
+            signin,
+            minted,
+            session_ticket,
+        } => {
+            if let Err(e) = BrowserSession(session)
+                .put(app, origin, signin.clone())
+                .await
+            {
+                // The sign-in itself succeeded; only silent renewal will need the IdP.
+                tracing::warn!(error = %e, "cannot record the sign-in in the browser session");
+            }
+            success_page(
+                *mode,
+                app,
+                origin,
+                ancestors,
+                &signin,
+                minted,
+                session_ticket,
+            )
+        }
+        CallbackResult::KeyTicket(ticket) => message_page(
+            *mode,
+            origin,
+            ancestors,
+            &Message::Ticket {
+                app: app.to_string(),
+                ticket,
+            },
+        ),
     }
-    success_page(
-        *mode,
-        app,
-        origin,
-        std::slice::from_ref(origin),
-        &completed.signin,
-        completed.minted,
-        completed.ticket,
-    )
 }
 
 #[derive(Debug, Deserialize)]
@@ -413,7 +436,12 @@ struct TicketRequest {
     ticket: String,
 }
 
-/// `POST /v1/session`: redeem a popup sign-in's ticket into this cookie partition.
+fn unknown_ticket() -> ApiError {
+    ApiError::bad_request("the ticket is unknown, used or expired")
+}
+
+/// `POST /v1/session`: redeem a popup sign-in's ticket into this cookie
+/// partition (and, with a proof of the flow's browser key, bind that key).
 async fn redeem_ticket(
     State(state): State<AppState>,
     session: Session,
@@ -422,14 +450,24 @@ async fn redeem_ticket(
 ) -> Result<StatusCode, ApiError> {
     let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let (app, origin) = cors::app_and_origin(&state, &headers, &req.app)?;
+    let proof = dpop::browser_key(&state, app, &headers, "/v1/session", None)?;
+    if let Some(proof) = &proof {
+        dpop::spend(&state, proof).await?;
+    }
     let now = crate::time::now();
-    let signin = state
+    let redeemed = state
         .signin
-        .redeem_ticket(&app.id, &origin, &req.ticket, now)
+        .redeem_ticket(
+            app,
+            &origin,
+            &req.ticket,
+            proof.as_ref().map(|p| &p.jkt),
+            now,
+        )
         .await?
-        .ok_or_else(|| ApiError::bad_request("the ticket is unknown, used or expired"))?;
+        .ok_or_else(unknown_ticket)?;
     BrowserSession(session)
-        .put(&app.id, &origin, signin)
+        .put(&app.id, &origin, redeemed.signin)
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(StatusCode::NO_CONTENT)
@@ -438,10 +476,14 @@ async fn redeem_ticket(
 #[derive(Debug, Deserialize)]
 struct SessionTokenRequest {
     app: String,
-    /// DPoP apps: the chat token an iframe or popup sign-in just delivered;
-    /// with the proof of its key it confirms that key's binding.
+    /// The chat token an iframe or popup sign-in just delivered; with the
+    /// proof of the flow's key it confirms that key's binding.
     #[serde(default)]
     chat_token: Option<String>,
+    /// The ticket of a `chatgate:ticket` message (a flow the browser finished
+    /// without chatgate's cookie); redeemed only with a proof of the flow's key.
+    #[serde(default)]
+    ticket: Option<String>,
 }
 
 /// `POST /v1/session/token`: a silent renewal in one fetch from the host page:
@@ -457,7 +499,7 @@ async fn session_token(
 ) -> Result<Response, ApiError> {
     let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let (app, origin) = cors::app_and_origin(&state, &headers, &req.app)?;
-    let proof = dpop::for_app(&state, app, &headers, "/v1/session/token", None)?;
+    let proof = dpop::browser_key(&state, app, &headers, "/v1/session/token", None)?;
     let now = crate::time::now();
     let login_required = || {
         ApiError::unauthorized(
@@ -466,6 +508,33 @@ async fn session_token(
         )
     };
     let browser = BrowserSession(session);
+    if let Some(ticket) = &req.ticket {
+        let Some(proof) = &proof else {
+            return Err(ApiError::unauthorized(
+                "invalid_dpop_proof",
+                "a ticket is redeemed with a DPoP proof of the key its sign-in was started with",
+            ));
+        };
+        dpop::spend(&state, proof).await?;
+        let redeemed = state
+            .signin
+            .redeem_ticket(app, &origin, ticket, Some(&proof.jkt), now)
+            .await?
+            .filter(|r| r.jkt.as_ref() == Some(&proof.jkt))
+            .ok_or_else(unknown_ticket)?;
+        if let Err(e) = browser.put(&app.id, &origin, redeemed.signin.clone()).await {
+            tracing::warn!(error = %e, "cannot record the sign-in in the browser session");
+        }
+        return match state
+            .signin
+            .renew(app, &redeemed.signin, None, Some(&proof.jkt), now)
+            .await
+        {
+            Renewal::Minted(minted) => Ok(success_json(&app.id, &redeemed.signin, minted)),
+            Renewal::AskTheIdp => Err(login_required()),
+            Renewal::Failed(error) => Err(renewal_failed(error)),
+        };
+    }
     let from_cookie = browser
         .get(
             &app.id,
@@ -493,13 +562,7 @@ async fn session_token(
     }
     match state.signin.renew(app, &signin, None, jkt, now).await {
         Renewal::AskTheIdp => Err(login_required()),
-        Renewal::Failed(error) if error.code == "temporarily_unavailable" => {
-            Err(ApiError::Unavailable {
-                description: error.description,
-                retry_after_secs: crate::user_tokens::RETRY_AFTER_SECS,
-            })
-        }
-        Renewal::Failed(error) => Err(ApiError::Internal(error.description)),
+        Renewal::Failed(error) => Err(renewal_failed(error)),
         Renewal::Minted(minted) => {
             // The session (or the key's binding) slides: idle time counts
             // from this renewal. A cookie renewal with a proof binds the key.
@@ -520,13 +583,29 @@ async fn session_token(
             if let Err(e) = slid {
                 tracing::warn!(error = %e, "cannot record the use of a browser key");
             }
-            let mut response =
-                Json(success_message(&app.id, &signin, minted, None)).into_response();
-            response
-                .headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            Ok(response)
+            Ok(success_json(&app.id, &signin, minted))
         }
+    }
+}
+
+/// The success message as the JSON answer of a fetch.
+fn success_json(app: &AppId, signin: &SessionSignIn, minted: Minted) -> Response {
+    let mut response = Json(success_message(app, signin, minted, None)).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// A renewal that cannot be told now is `503`; anything else failed here.
+fn renewal_failed(error: FlowError) -> ApiError {
+    if error.code == "temporarily_unavailable" {
+        ApiError::Unavailable {
+            description: error.description,
+            retry_after_secs: crate::user_tokens::RETRY_AFTER_SECS,
+        }
+    } else {
+        ApiError::Internal(error.description)
     }
 }
 
@@ -554,7 +633,7 @@ async fn signout(
     let (app, origin) = cors::app_and_origin(&state, &headers, &req.app)?;
     // A proof is optional here: a page that lost its key can still sign out.
     let proof = match headers.contains_key(dpop::HEADER_NAME) {
-        true => dpop::for_app(&state, app, &headers, "/v1/signout", None)?,
+        true => dpop::browser_key(&state, app, &headers, "/v1/signout", None)?,
         false => None,
     };
     let mut removed = BrowserSession(session)

@@ -10,6 +10,7 @@ mod common;
 
 mod bot_api;
 mod cli;
+mod cookieless;
 #[cfg(feature = "demo")]
 mod dev_idp;
 mod docs;
