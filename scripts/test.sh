@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit and integration tests (Rust),
-# then the browser end-to-end tests (Node + Debian's Chromium + npm oidc-provider).
+# then the browser end-to-end tests (Node + npm oidc-provider, in Debian's
+# Chromium, Firefox ESR and WebKitGTK).
 #
 # PostgreSQL: set CHATGATE_TEST_POSTGRES_URL (an admin URL; each test creates and
 # drops its own database) to run every storage test on PostgreSQL as well as on
@@ -44,6 +45,11 @@ else
     echo "Install them (sudo apt-get install chromium nodejs npm) or run 'bash .ci/run', which does."
     exit 1
   fi
+  # Firefox ESR and WebKitGTK: skipped, loudly, when missing (CI requires them:
+  # CHATGATE_TEST_REQUIRE_ENGINES=1).
+  for engine in /usr/bin/firefox-esr /usr/bin/WebKitWebDriver; do
+    [ -x "$engine" ] || echo "NOTE: $engine is missing: its browser tests will be SKIPPED (sudo apt-get install firefox-esr webkit2gtk-driver xvfb)."
+  done
   cargo build --locked --bin chatgate --features demo
   (
     cd tests/e2e

@@ -522,6 +522,17 @@
     return popup;
   }
 
+  // A popup that closes itself right after posting its result: the message
+  // may still be on its way (WebKit delivers it after the window is gone), so
+  // a closed popup counts only once it stayed closed for a moment.
+  var CLOSED_GRACE_MS = 1000;
+  function closedFor(popup, description) {
+    if (!popup.closed) return null;
+    popup.chatgateClosedAt = popup.chatgateClosedAt || Date.now();
+    if (Date.now() - popup.chatgateClosedAt < CLOSED_GRACE_MS) return null;
+    return chatgateError("popup_closed", description);
+  }
+
   function closePopup(popup) {
     try {
       if (popup && !popup.closed) popup.close();
@@ -553,7 +564,7 @@
       },
       opts.timeoutMs || POPUP_TIMEOUT_MS,
       function () {
-        return popup.closed ? chatgateError("popup_closed", "the sign-in window was closed") : null;
+        return closedFor(popup, "the sign-in window was closed");
       }
     ).then(
       function (data) {
@@ -674,7 +685,7 @@
             },
             opts.timeoutMs || POPUP_TIMEOUT_MS,
             function () {
-              return popup.closed ? chatgateError("popup_closed", "the sign-out window was closed") : null;
+              return closedFor(popup, "the sign-out window was closed");
             }
           ).then(
             function () {

@@ -7,7 +7,8 @@
 //!   shop + bot   http://localhost:{host_port}
 //!   chatgate     http://127.0.0.1:{chatgate_port}
 //!   IdP          http://127.0.0.1:{idp_port}
-//! Browsers treat loopback http as a secure context, so `Secure` cookies work.
+//! Chromium and Firefox keep `Secure` cookies on loopback http; WebKit (Safari)
+//! drops them, and there the widget's browser key carries the sign-in instead.
 
 pub mod bot;
 mod bot_events;
@@ -352,7 +353,7 @@ What to try:
   6. Watch this terminal: the bot prints every event chatgate sends it
      (user.signed_in, user.signed_out with its reason, ...), signature checked.
 
-Works in a stock Chromium or Firefox (loopback http counts as secure). Press Ctrl-C to stop.
+Works in a stock Chromium, Firefox or Safari/WebKit. Press Ctrl-C to stop.
 "#,
         dir = dir.display(),
         users = users.join(", "),

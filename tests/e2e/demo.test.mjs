@@ -4,14 +4,13 @@
 // sign out everywhere (at the IdP too), and see the bot's events.
 import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, mkdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
-import { chatgateBinary } from "./lib/chatgate.mjs";
-import { freePort } from "./lib/ports.mjs";
+import { startDemo } from "./lib/demo.mjs";
 import { CHROMIUM } from "./lib/browser.mjs";
 
 const HERE = fileURLToPath(new URL(".", import.meta.url));
@@ -22,37 +21,12 @@ const PYTHON = [resolve(HERE, ".venv/bin/python"), "python3"].find((p) => p === 
 let demo;
 
 before(async () => {
-  const dir = mkdtempSync(join(tmpdir(), "chatgate-demo-test-"));
-  const [host, chatgate, idp] = await Promise.all([freePort("127.0.0.1"), freePort("127.0.0.1"), freePort("127.0.0.1")]);
-  const output = [];
-  const child = spawn(
-    chatgateBinary(),
-    ["demo", "--data-dir", join(dir, "data"), "--host-port", host, "--chatgate-port", chatgate, "--idp-port", idp].map(String),
-    { stdio: ["ignore", "pipe", "pipe"] },
-  );
-  child.stdout.on("data", (d) => output.push(d.toString()));
-  child.stderr.on("data", (d) => output.push(d.toString()));
-  const deadline = Date.now() + 30000;
-  while (!output.join("").includes("Press Ctrl-C to stop")) {
-    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`the demo did not start:\n${output.join("")}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  demo = {
-    child,
-    dir,
-    output,
-    shop: `http://localhost:${host}`,
-    chatgate: `http://127.0.0.1:${chatgate}`,
-    idp: `http://127.0.0.1:${idp}`,
-  };
+  demo = await startDemo();
 });
 
 after(async () => {
   if (!demo) return;
-  const exited = new Promise((r) => demo.child.once("exit", (code) => r(code)));
-  demo.child.kill("SIGINT");
-  const code = await exited;
-  rmSync(demo.dir, { recursive: true, force: true });
+  const code = await demo.stop();
   assert.equal(code, 0, `the demo stops cleanly on Ctrl-C:\n${demo.output.join("")}`);
   assert.match(demo.output.join(""), /stopping the demo/);
 });

@@ -207,11 +207,18 @@ pub(super) async fn login(State(idp): State<Shared>, Form(form): Form<LoginForm>
         }
     }
     // SameSite=None so chatgate's hidden iframe can use the session (where the
-    // browser allows third-party cookies); Secure is accepted on loopback http.
-    let cookie = format!("{SESSION_COOKIE}={sid}; Path=/; HttpOnly; Secure; SameSite=None");
+    // browser allows third-party cookies); Chromium and Firefox accept Secure
+    // on loopback http. WebKit drops every Secure cookie there, so a second,
+    // first-party-only copy without Secure keeps the popup signed in.
+    let cookies = [
+        format!("{SESSION_COOKIE}={sid}; Path=/; HttpOnly; Secure; SameSite=None"),
+        format!("{SESSION_COOKIE_LAX}={sid}; Path=/; HttpOnly; SameSite=Lax"),
+    ];
     let mut response = Redirect::to(&format!("/authorize/continue?tx={}", form.tx)).into_response();
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().insert(header::SET_COOKIE, v);
+    for cookie in cookies {
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            response.headers_mut().append(header::SET_COOKIE, v);
+        }
     }
     response
 }

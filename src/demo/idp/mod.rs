@@ -60,6 +60,9 @@ pub struct DemoUser {
 }
 
 const SESSION_COOKIE: &str = "demo_idp_session";
+/// The same session for first-party requests where `Secure` cookies are
+/// dropped (WebKit on http loopback).
+const SESSION_COOKIE_LAX: &str = "demo_idp_session_lax";
 const CODE_TTL: i64 = 60;
 const TX_TTL: i64 = 600;
 const REFRESH_TTL: i64 = 24 * 3600;
@@ -235,14 +238,18 @@ struct HomePage<'a> {
 }
 
 fn session_id(headers: &HeaderMap) -> Option<String> {
-    headers
+    let cookies: Vec<(String, String)> = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == SESSION_COOKIE)
-        .map(|(_, v)| v.to_string())
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    [SESSION_COOKIE, SESSION_COOKIE_LAX]
+        .iter()
+        .find_map(|name| cookies.iter().find(|(k, _)| k == name))
+        .map(|(_, v)| v.clone())
 }
 
 impl Idp {

@@ -62,6 +62,8 @@ export async function startIdp({ host, port, tls, ca, client, spa, accessTokenTt
   const { privateKey } = await generateKeyPair("RS256", { extractable: true });
   const jwk = { ...(await exportJWK(privateKey)), kid: "e2e-rs256", alg: "RS256", use: "sig" };
   const stats = { authorizationRequests: 0, tokenRequests: 0, refreshRequests: 0, revocations: 0 };
+  // Deviations from the specification some real IdPs show, switched on by tests.
+  const quirks = { loginPageForPromptNone: false };
 
   const provider = new Provider(issuer, {
     clients: [
@@ -209,6 +211,13 @@ export async function startIdp({ host, port, tls, ca, client, spa, accessTokenTt
   const server = createServer({ key: tls.key, cert: tls.cert }, (req, res) => {
     const url = new URL(req.url, issuer);
     if (url.pathname === "/auth") stats.authorizationRequests += 1;
+    // Like LemonLDAP::NG without its session cookie: prompt=none answered
+    // with the login page, which refuses to be framed.
+    if (url.pathname === "/auth" && url.searchParams.get("prompt") === "none" && quirks.loginPageForPromptNone) {
+      res.setHeader("content-type", "text/html; charset=utf-8");
+      res.setHeader("x-frame-options", "DENY");
+      return res.end(html("Sign in", `<form id="login"><input name="login"></form>`));
+    }
     if (url.pathname === "/token/revocation" && req.method === "POST") stats.revocations += 1;
     if (url.pathname.startsWith("/interaction/")) {
       interaction(req, res).catch((err) => {
@@ -227,15 +236,33 @@ export async function startIdp({ host, port, tls, ca, client, spa, accessTokenTt
       res.setHeader("content-type", "text/html; charset=utf-8");
       return res.end(html("probe", `<script>parent.postMessage({ probeCookieSent: ${sent} }, "*")</script>`));
     }
+    // Whether a framed page may keep a cookie of its own, even partitioned
+    // (CHIPS): frame /test/cookie/frame-set, then /test/cookie/frame-read.
+    if (url.pathname === "/test/cookie/frame-set") {
+      res.setHeader("set-cookie", "kept=1; Path=/; Secure; SameSite=None; Partitioned; Max-Age=3600");
+      res.setHeader("content-type", "text/html; charset=utf-8");
+      return res.end(html("probe", `<script>parent.postMessage({ probeCookieSet: true }, "*")</script>`));
+    }
+    if (url.pathname === "/test/cookie/frame-read") {
+      const kept = /(^|;\s*)kept=1/.test(req.headers.cookie || "");
+      res.setHeader("content-type", "text/html; charset=utf-8");
+      return res.end(html("probe", `<script>parent.postMessage({ probeCookieKept: ${kept} }, "*")</script>`));
+    }
     oidc(req, res);
   });
   await new Promise((resolve) => server.listen(port, host, resolve));
 
   return {
     kind: "oidc-provider",
+    quirks,
     issuer,
     user: { username: "alice", password: USERS.alice.password },
-    probe: { set: `${issuer}/test/cookie/set`, read: `${issuer}/test/cookie/read` },
+    probe: {
+      set: `${issuer}/test/cookie/set`,
+      read: `${issuer}/test/cookie/read`,
+      frameSet: `${issuer}/test/cookie/frame-set`,
+      frameRead: `${issuer}/test/cookie/frame-read`,
+    },
     async stats() {
       return { ...stats };
     },

@@ -31,7 +31,11 @@ export const SPA_CLIENT = "spa-e2e";
  * `spa`: also register a public single-page client at the IdP (benchmarks).
  * `appToml`: extra lines for app "support" (e.g. `bind_chat_tokens = "dpop"`).
  */
-export async function startWorld({ idp: idpKind = "oidc-provider", accessTokenTtl, chatgateToml = "", appToml = "", events, spa = false } = {}) {
+/**
+ * `boundApp`: also configure app "bound" on the same host origin, with
+ * `bind_chat_tokens = "dpop"`.
+ */
+export async function startWorld({ idp: idpKind = "oidc-provider", accessTokenTtl, chatgateToml = "", appToml = "", events, spa = false, boundApp = false } = {}) {
   const dir = mkdtempSync(join(tmpdir(), "chatgate-e2e-"));
   const ca = makeCa(dir);
   const [hostPort, brokerPort, idpPort, otherPort] = await Promise.all([
@@ -70,6 +74,14 @@ chat_audience = "${CHAT_AUDIENCE}"
 host_keys = [{ kid = "${HOST_KEY.kid}", alg = "HS256", secret_env = "E2E_HOST_SECRET" }]
 ${events ? `events_url = "${events.url}"\nevents_secret_env = "E2E_EVENTS_SECRET"` : ""}
 ${appToml}
+${boundApp ? `
+[[apps]]
+id = "bound"
+origins = ["${hostOrigin}"]
+provider = "oidc"
+chat_audience = "${CHAT_AUDIENCE}"
+bind_chat_tokens = "dpop"
+` : ""}
 `,
   });
   const hostTls = ca.leaf("localhost");
