@@ -11,7 +11,12 @@
 //     (every other request is signed by the bot's usual credentials);
 //   - the user id is the chatgate user id: Web Chat attaches the chat token to
 //     each activity (channelData.chatToken), and the bot verifies it against
-//     chatgate's JWKS and uses its `sub`.
+//     chatgate's JWKS and uses its `sub` — never activity.from.id, which the
+//     page chooses;
+//   - the chat token also goes to chatgate as the magic code of getUserToken:
+//     chatgate hands out a user's token only with proof that the user is
+//     present (their chat token), so a bot cannot be talked into fetching
+//     somebody else's.
 //
 // Environment:
 //   CHATGATE_URL          chatgate's public URL (the chat tokens' issuer)
@@ -119,7 +124,8 @@ class Bot extends ActivityHandler {
       await tokens.signOutUser(user.sub, APP, channelId);
       return "Signed out: chatgate revoked your tokens.";
     }
-    const token = await tokens.getUserToken(user.sub, APP, channelId, undefined);
+    // The chat token is the proof chatgate asks for (the "magic code").
+    const token = await tokens.getUserToken(user.sub, APP, channelId, chatToken);
     if (!token?.token) return "You are not signed in (chatgate holds no token for you).";
     const info = await fetch(env.USERINFO_URL, { headers: { authorization: `Bearer ${token.token}` } });
     if (!info.ok) return `The identity provider refused the token (${info.status}).`;

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use jsonwebtoken::jwk::Jwk;
 
-use super::{ChatTokenIssuer, SigningKey, VerificationKeys};
+use super::{ChatClaims, ChatTokenError, ChatTokenIssuer, SigningKey, VerificationKeys};
+use crate::domain::AppId;
 use crate::store::{Store, StoreError};
 use crate::vault::VaultKeyRing;
 use crate::vault::mac::MacKeys;
@@ -77,6 +78,30 @@ impl KeyDirectory {
 
     pub fn issuer(&self) -> &ChatTokenIssuer {
         &self.issuer
+    }
+
+    /// A chat token of app `app`: signed by a key of this issuer, for the
+    /// app's `audience`, with the app's `app` claim; when the app binds its
+    /// tokens to browser keys (`bound`), one that carries `cnf` (checking the
+    /// proof of that key is the caller's part).
+    pub fn verify_for_app(
+        &self,
+        token: &str,
+        app: &AppId,
+        audience: &str,
+        bound: bool,
+        clock_skew: Duration,
+    ) -> Result<ChatClaims, ChatTokenError> {
+        let claims = self
+            .keys()
+            .verify(token, self.issuer.issuer(), &[audience], clock_skew)?;
+        if claims.app != app.as_str() {
+            return Err(ChatTokenError::OtherApp);
+        }
+        if bound && claims.cnf.is_none() {
+            return Err(ChatTokenError::Unbound);
+        }
+        Ok(claims)
     }
 
     /// The keys as of the last refresh.

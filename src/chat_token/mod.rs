@@ -111,6 +111,10 @@ pub enum ChatTokenError {
     InvalidClaims(String),
     #[error("signing failed: {0}")]
     Signing(String),
+    #[error("the chat token is for another app")]
+    OtherApp,
+    #[error("this app's chat tokens are bound to a browser key (cnf), and this one is not")]
+    Unbound,
 }
 
 impl From<jsonwebtoken::errors::Error> for ChatTokenError {

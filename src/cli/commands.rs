@@ -380,16 +380,9 @@ pub(super) async fn sign_out_user(config: Config, app: String, user: String) -> 
         .await
     {
         Ok(done) => {
-            let sessions = state
-                .store
-                .end_user_sessions(app_id.as_str(), user_id.as_str())
-                .await
-                .unwrap_or_else(|e| {
-                    eprintln!("warning: cannot end the user's browser sessions: {e}");
-                    0
-                });
             println!(
-                "{user_id} in {app_id}: tokens {}, {} at the IdP, {sessions} browser session(s) ended",
+                "{user_id} in {app_id}: tokens {}, {} at the IdP, {} browser session(s) ended, \
+                 {} browser key(s) forgotten",
                 if done.deleted {
                     "deleted"
                 } else {
@@ -400,6 +393,8 @@ pub(super) async fn sign_out_user(config: Config, app: String, user: String) -> 
                 } else {
                     "not revoked"
                 },
+                done.sessions,
+                done.keys,
             );
             ExitCode::SUCCESS
         }

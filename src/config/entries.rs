@@ -241,6 +241,7 @@ pub(super) fn build_apps(
                 chat_audience,
                 token_exchange,
                 bind_chat_tokens,
+                channel_binds_user_ids: a.channel_binds_user_ids.unwrap_or(false),
                 events,
                 host_keys,
             });

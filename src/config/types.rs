@@ -173,6 +173,10 @@ pub struct AppConfig {
     pub token_exchange: bool,
     /// What chat tokens are bound to (`bind_chat_tokens`).
     pub bind_chat_tokens: ChatTokenBinding,
+    /// The bot's channel binds user ids to the verified user (e.g. Direct
+    /// Line tokens bound to the user): `/bf` `GetToken` then trusts `userId`
+    /// without the user's chat token (`channel_binds_user_ids`, default off).
+    pub channel_binds_user_ids: bool,
     /// Where this app's events go (`events_url`, `events_secret_*`).
     pub events: Option<crate::events::EventTarget>,
     pub host_keys: Vec<HostKeyConfig>,

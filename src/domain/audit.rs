@@ -54,6 +54,9 @@ pub enum AuditOutcome {
     NotFound,
     ReauthRequired,
     Unavailable,
+    /// Refused: the request lacked what the rule asks for (e.g. proof that
+    /// the user is present).
+    Refused,
     Error,
 }
 
@@ -67,6 +70,7 @@ impl AuditOutcome {
             Self::NotFound => "not_found",
             Self::ReauthRequired => "reauth_required",
             Self::Unavailable => "unavailable",
+            Self::Refused => "refused",
             Self::Error => "error",
         }
     }

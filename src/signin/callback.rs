@@ -48,7 +48,7 @@ pub enum CallbackResult {
     /// The browser holds the flow's binding cookie: the chat token itself,
     /// and the sign-in for chatgate's browser session.
     Token {
-        signin: SessionSignIn,
+        signin: Box<SessionSignIn>,
         minted: Minted,
         /// Popup only: the one-time ticket the widget redeems from the host page.
         session_ticket: Option<String>,
@@ -114,7 +114,8 @@ impl SignInService {
             .redeem_code(&taken, &provider, code, iss_to_match, now)
             .await
             .map_err(fail)?;
-        self.store_tokens(taken.app, &provider, &redeemed, now)
+        let generation = self
+            .store_tokens(taken.app, &provider, &redeemed, now)
             .await
             .map_err(fail)?;
         self.inner
@@ -141,6 +142,7 @@ impl SignInService {
             signed_in_at: now,
             idp_sub: Some(identity.sub),
             idp_sid: identity.sid,
+            generation,
         };
         let jkt = taken.flow.dpop_jkt.as_deref().and_then(Jkt::parse);
         if taken.bound_by == BoundBy::Key {
@@ -180,7 +182,7 @@ impl SignInService {
         Ok(Completed {
             target: taken.target,
             result: CallbackResult::Token {
-                signin,
+                signin: Box::new(signin),
                 minted,
                 session_ticket,
             },
@@ -424,13 +426,14 @@ impl SignInService {
     /// Step 4: the tokens, into the vault. A blip is ridden out; a longer
     /// outage fails the sign-in as a whole (nothing half-written: the vault
     /// write is one statement) and the widget learns it may try again.
+    /// Returns the entry's sign-in generation.
     async fn store_tokens(
         &self,
         app: &AppConfig,
         provider: &Provider,
         redeemed: &Redeemed,
         now: i64,
-    ) -> Result<(), FlowError> {
+    ) -> Result<Option<String>, FlowError> {
         let tokens = &redeemed.tokens;
         let token_set = TokenSet {
             access_token: tokens.access_token.clone(),
@@ -467,14 +470,14 @@ impl SignInService {
         })
         .await;
         match saved {
-            Ok(new) => {
+            Ok(written) => {
                 self.inner
                     .metrics
                     .vault_op(VaultOp::Write, VaultOutcome::Ok);
-                if new && signed_in.is_some() {
+                if written.fresh && signed_in.is_some() {
                     self.inner.tokens.wake_deliverer();
                 }
-                Ok(())
+                Ok(written.generation)
             }
             Err(e) => {
                 self.inner

@@ -160,7 +160,12 @@ impl SignInService {
         {
             return Renewal::AskTheIdp;
         }
-        match self.inner.tokens.renewable(&app.id, &signin.user_id).await {
+        match self
+            .inner
+            .tokens
+            .renewable(&app.id, &signin.user_id, signin.generation.as_deref())
+            .await
+        {
             Ok(true) => {}
             Ok(false) => return Renewal::AskTheIdp,
             Err(e) => {

@@ -57,6 +57,7 @@ impl SignInService {
                 &sha256_hex(ticket.as_bytes()),
                 target.app.as_str(),
                 target.origin.as_str(),
+                signin.user_id.as_str(),
                 &json,
                 now + TICKET_TTL,
             )

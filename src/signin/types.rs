@@ -139,6 +139,11 @@ pub struct SessionSignIn {
     pub idp_sub: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idp_sid: Option<String>,
+    /// The vault entry's sign-in generation when this sign-in was recorded:
+    /// it renews only while the entry still has it (a sign-out and a new
+    /// sign-in elsewhere end it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<String>,
 }
 
 /// The flow a callback belongs to: where its result goes.

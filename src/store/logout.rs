@@ -136,6 +136,13 @@ impl Store {
                     insert_event!(&mut *tx, &row);
                 }
             }
+            for (app, user_id) in &entries {
+                sqlx::query(super::vault::DELETE_USER_TICKETS)
+                    .bind(app)
+                    .bind(user_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             let sessions = bind_scope!(sqlx::query(DELETE_SESSIONS[form]), scope, &params)
                 .execute(&mut *tx)
                 .await?

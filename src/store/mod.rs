@@ -39,7 +39,10 @@ pub use outbox::{EventFilter, EventSettlement, OutboxRow, StoredEvent};
 pub use sessions::SessionUser;
 pub use signing_keys::SigningKeyRow;
 pub use sweep::{Swept, Table};
-pub use vault::{BULK_ROWS, LeaseTake, RefreshedEntry, Resealed, SealedEntry, VaultRow};
+pub use vault::{
+    BULK_ROWS, LeaseTake, RefreshedEntry, Resealed, SealedEntry, SignInWrite, UserSignedOut,
+    VaultRow,
+};
 
 /// The statements on request paths (bot lookups, sign-in, renewal, sign-out,
 /// back-channel logout, `/metrics`) and of the background work (event
@@ -54,6 +57,7 @@ pub fn hot_queries() -> Vec<(String, &'static str)> {
         ("vault: take the refresh lease", vault::TAKE_LEASE),
         ("vault: write refreshed tokens", vault::WRITE_REFRESHED),
         ("vault: delete an entry", vault::DELETE_ENTRY),
+        ("vault: delete a user's tickets", vault::DELETE_USER_TICKETS),
         ("flows: take by state", flows::TAKE_FLOW),
         ("flows: take a key-bound flow", flows::TAKE_KEY_BOUND_FLOW),
         ("flows: peek", flows::PEEK_FLOW),

@@ -132,22 +132,25 @@ impl Store {
         Ok(())
     }
 
+    /// A ticket for `user_id`'s sign-in (a sign-out of the user deletes it).
     pub async fn insert_session_ticket(
         &self,
         ticket_hash: &str,
         app: &str,
         origin: &str,
+        user_id: &str,
         signin: &[u8],
         expires_at: i64,
     ) -> Result<()> {
         with_pool!(self, pool => {
             sqlx::query(
-                "INSERT INTO session_tickets (ticket_hash, app, origin, signin, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5)",
+                "INSERT INTO session_tickets (ticket_hash, app, origin, user_id, signin, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
             )
             .bind(ticket_hash)
             .bind(app)
             .bind(origin)
+            .bind(user_id)
             .bind(signin)
             .bind(expires_at)
             .execute(pool)

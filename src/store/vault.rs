@@ -32,6 +32,9 @@ pub struct VaultRow {
     pub idp_sid: Option<String>,
     /// Sealed: the last ID token (the `id_token_hint` of an IdP sign-out).
     pub id_token: Option<Vec<u8>>,
+    /// Set when the entry was created; sessions and key bindings renew only
+    /// while it is unchanged (a sign-out and a new sign-in change it).
+    pub signin_generation: Option<String>,
 }
 
 impl fmt::Debug for VaultRow {
@@ -70,6 +73,28 @@ pub struct SealedEntry<'a> {
     pub idp_sid: Option<&'a str>,
     /// Sealed.
     pub id_token: Option<Vec<u8>>,
+    /// The generation the entry gets if this creates it (random).
+    pub generation: String,
+}
+
+/// What a sign-out of a user ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UserSignedOut {
+    /// There was a vault entry and it is gone.
+    pub entry: bool,
+    /// Browser sessions ended.
+    pub sessions: u64,
+    /// Browser keys forgotten.
+    pub keys: u64,
+}
+
+/// What a sign-in's write found and left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignInWrite {
+    /// The user had no usable entry before (new, or refused by the IdP).
+    pub fresh: bool,
+    /// The entry's sign-in generation after the write.
+    pub generation: Option<String>,
 }
 
 /// A re-encrypted row for `vault rekey`, written only if the row is unchanged.
@@ -90,7 +115,7 @@ macro_rules! vault_columns {
         "app, user_id, provider, access_token, refresh_token, token_type, scope, \
          access_expires_at, needs_reauth, row_version, created_at, updated_at, \
          refresh_lease_owner, refresh_lease_id, refresh_lease_until, pending_id_token, \
-         pending_id_token_at, idp_sub, idp_sid, id_token"
+         pending_id_token_at, idp_sub, idp_sid, id_token, signin_generation"
     };
 }
 
@@ -123,6 +148,12 @@ pub(super) const WRITE_REFRESHED: &str = "UPDATE vault_entries SET access_token 
 
 /// Sign-out by the widget, a bot or the CLI.
 pub(super) const DELETE_ENTRY: &str = "DELETE FROM vault_entries WHERE app = $1 AND user_id = $2";
+/// ... and the user's tickets in the app with it.
+pub(super) const DELETE_USER_TICKETS: &str =
+    "DELETE FROM session_tickets WHERE app = $1 AND user_id = $2";
+/// A sign-in's write: the generation it left.
+const GENERATION: &str =
+    "SELECT signin_generation FROM vault_entries WHERE app = $1 AND user_id = $2";
 
 /// Rows per statement of a bulk insert (15 parameters each: well within
 /// SQLite's 32 766 and PostgreSQL's 65 535).
@@ -139,17 +170,17 @@ impl Store {
     ///
     /// `signed_in`, the event of a sign-in, is recorded in the same transaction
     /// when the user had no usable entry (new, or refused by the IdP).
-    /// Returns whether that was so.
+    /// A new entry gets `entry.generation`; an existing one keeps its own.
     pub async fn upsert_vault_entry(
         &self,
         entry: SealedEntry<'_>,
         now: i64,
         signed_in: Option<&OutboxRow>,
-    ) -> Result<bool> {
+    ) -> Result<SignInWrite> {
         const SQL: &str = "INSERT INTO vault_entries (app, user_id, provider, access_token, \
                refresh_token, token_type, scope, access_expires_at, needs_reauth, row_version, \
-               created_at, updated_at, idp_sub, idp_sid, id_token) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, FALSE, 1, $9, $9, $10, $11, $12) \
+               created_at, updated_at, idp_sub, idp_sid, id_token, signin_generation) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, FALSE, 1, $9, $9, $10, $11, $12, $13) \
              ON CONFLICT (app, user_id) DO UPDATE SET \
                idp_sub = excluded.idp_sub, idp_sid = excluded.idp_sid, \
                id_token = COALESCE(excluded.id_token, vault_entries.id_token), \
@@ -196,14 +227,20 @@ impl Store {
                 .bind(entry.idp_sub)
                 .bind(entry.idp_sid)
                 .bind(&entry.id_token)
+                .bind(&entry.generation)
                 .execute(&mut *tx)
+                .await?;
+            let generation: Option<String> = sqlx::query_scalar(GENERATION)
+                .bind(entry.app)
+                .bind(entry.user_id)
+                .fetch_one(&mut *tx)
                 .await?;
             let fresh = before.is_none_or(|needs_reauth| needs_reauth);
             if fresh && let Some(event) = signed_in {
                 insert_event!(&mut *tx, event);
             }
             tx.commit().await?;
-            fresh
+            SignInWrite { fresh, generation }
         });
         Ok(fresh)
     }
@@ -220,7 +257,8 @@ impl Store {
                 let mut insert = sqlx::QueryBuilder::new(
                     "INSERT INTO vault_entries (app, user_id, provider, access_token, \
                        refresh_token, token_type, scope, access_expires_at, needs_reauth, \
-                       row_version, created_at, updated_at, idp_sub, idp_sid, id_token) ",
+                       row_version, created_at, updated_at, idp_sub, idp_sid, id_token, \
+                       signin_generation) ",
                 );
                 insert.push_values(batch, |mut row, e| {
                     row.push_bind(e.app)
@@ -237,7 +275,8 @@ impl Store {
                         .push_bind(now)
                         .push_bind(e.idp_sub)
                         .push_bind(e.idp_sid)
-                        .push_bind(&e.id_token);
+                        .push_bind(&e.id_token)
+                        .push_bind(&e.generation);
                 });
                 insert.push(" ON CONFLICT (app, user_id) DO NOTHING");
                 let n = insert.build().execute(&mut *tx).await?.rows_affected();
@@ -254,29 +293,43 @@ impl Store {
         }))
     }
 
-    /// Deletes the entry; `true` when there was one. `signed_out` is recorded
-    /// in the same transaction when there was.
+    /// Signs the user out of `app` everywhere, in one transaction: deletes
+    /// the entry, ends every browser session signed in as them, forgets every
+    /// browser key bound to them and every ticket not yet redeemed, and
+    /// records `signed_out` when there was an entry.
     pub async fn delete_vault_entry(
         &self,
         app: &str,
         user_id: &str,
         signed_out: Option<&OutboxRow>,
-    ) -> Result<bool> {
-        let n = with_pool!(self, pool => {
+    ) -> Result<UserSignedOut> {
+        Ok(with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
-            let n = sqlx::query(DELETE_ENTRY)
-                .bind(app)
-                .bind(user_id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if n > 0 && let Some(event) = signed_out {
+            let mut counts = [0; 4];
+            let statements = [
+                DELETE_ENTRY,
+                super::logout::END_USER_SESSIONS,
+                super::logout::END_USER_KEYS,
+                DELETE_USER_TICKETS,
+            ];
+            for (n, sql) in counts.iter_mut().zip(statements) {
+                *n = sqlx::query(sql)
+                    .bind(app)
+                    .bind(user_id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            }
+            if counts[0] > 0 && let Some(event) = signed_out {
                 insert_event!(&mut *tx, event);
             }
             tx.commit().await?;
-            n
-        });
-        Ok(n > 0)
+            UserSignedOut {
+                entry: counts[0] > 0,
+                sessions: counts[1],
+                keys: counts[2],
+            }
+        }))
     }
 
     /// Up to `limit` rows after `after` (exclusive) in `(app, user_id)` order, for

@@ -115,6 +115,9 @@ pub struct SignOut {
     pub deleted: bool,
     /// The IdP confirmed the revocation of the refresh token.
     pub revoked_at_idp: bool,
+    /// Browser sessions ended and browser keys forgotten with it.
+    pub sessions: u64,
+    pub keys: u64,
 }
 
 /// Fresh tokens for bots, and sign-out. Cheap to clone.
@@ -230,11 +233,24 @@ impl TokenService {
     }
 
     /// Whether chatgate's session may stand in for the IdP for this user now:
-    /// the vault holds a usable entry, refreshed first when its access token
-    /// has expired (or is about to) — so an account disabled at the IdP is
-    /// noticed within one access-token lifetime. `Err` only when that cannot
-    /// be told now (IdP or database unavailable).
-    pub async fn renewable(&self, app: &AppId, user_id: &UserId) -> Result<bool, LookupError> {
+    /// the vault holds a usable entry of the sign-in `generation` the session
+    /// was made under (read afresh, never from the read cache: a sign-out
+    /// counts at once), refreshed first when its access token has expired (or
+    /// is about to) — so an account disabled at the IdP is noticed within one
+    /// access-token lifetime. `Err` only when that cannot be told now (IdP or
+    /// database unavailable).
+    pub async fn renewable(
+        &self,
+        app: &AppId,
+        user_id: &UserId,
+        generation: Option<&str>,
+    ) -> Result<bool, LookupError> {
+        let Some(entry) = self.inner.vault.load(app, user_id).await? else {
+            return Ok(false);
+        };
+        if entry.needs_reauth || entry.generation.as_deref() != generation {
+            return Ok(false);
+        }
         match self.fresh_access_token(app, user_id, "user").await {
             Ok(_) => Ok(true),
             Err(LookupError::NotFound(_) | LookupError::ReauthRequired(_)) => Ok(false),
@@ -242,10 +258,14 @@ impl TokenService {
         }
     }
 
-    /// Revokes the user's refresh token at the IdP (RFC 7009, when the IdP has
-    /// a revocation endpoint) and deletes the vault entry. A failed revocation
-    /// is logged and does not keep the entry: the user asked to be signed out.
-    /// A refresh in flight finds the entry gone and revokes what it got.
+    /// Signs the user out of `app` everywhere: revokes their refresh token at
+    /// the IdP (RFC 7009, when the IdP has a revocation endpoint), then, in one
+    /// transaction, deletes the vault entry and ends every browser session,
+    /// key binding and ticket of theirs in the app. A failed revocation is
+    /// logged and does not keep the entry: the user asked to be signed out.
+    /// A refresh in flight finds the entry gone and revokes what it got; a
+    /// renewal racing the sign-out may write a session or binding back, but
+    /// that one belongs to the old sign-in generation and renews nothing.
     pub async fn sign_out(
         &self,
         app: &AppId,
@@ -261,7 +281,8 @@ impl TokenService {
         }
         let now = crate::time::now();
         let event = inner.events.signed_out(app, user_id, reason, now);
-        let deleted = inner.vault.delete(app, user_id, event.as_ref()).await?;
+        let ended = inner.vault.delete(app, user_id, event.as_ref()).await?;
+        let deleted = ended.entry;
         if deleted && event.is_some() {
             inner.wake_deliverer();
         }
@@ -295,6 +316,8 @@ impl TokenService {
         Ok(SignOut {
             deleted,
             revoked_at_idp,
+            sessions: ended.sessions,
+            keys: ended.keys,
         })
     }
 

@@ -17,8 +17,8 @@ use crate::cache::TtlCache;
 use crate::domain::{AppId, ProviderId, UserId};
 use crate::secret::SecretString;
 use crate::store::{
-    Jti, LoggedOut, LogoutScope, OutboxRow, RefreshedEntry, Resealed, SealedEntry, Store,
-    StoreError, VaultRow,
+    Jti, LoggedOut, LogoutScope, OutboxRow, RefreshedEntry, Resealed, SealedEntry, SignInWrite,
+    Store, StoreError, UserSignedOut, VaultRow,
 };
 
 pub type Result<T, E = VaultError> = std::result::Result<T, E>;
@@ -87,6 +87,9 @@ pub struct VaultEntry {
     pub lease: Option<Lease>,
     /// The ID token of a refresh that could not be verified yet.
     pub pending_id_token: Option<PendingIdToken>,
+    /// The sign-in generation: set when the entry was created, so a browser
+    /// session or key from before a sign-out renews nothing after it.
+    pub generation: Option<String>,
 }
 
 /// A live refresh lease of a vault row.
@@ -369,7 +372,8 @@ impl Vault {
 
     /// [`Vault::save`] with what the sign-in's ID token said (for back-channel
     /// logout and IdP sign-out), recording `signed_in` when the user had no
-    /// usable entry. Returns whether that was so.
+    /// usable entry. Returns whether that was so, and the entry's sign-in
+    /// generation.
     #[allow(clippy::too_many_arguments)]
     pub async fn save_signin(
         &self,
@@ -380,7 +384,7 @@ impl Vault {
         identity: &SignInIdentity<'_>,
         now: i64,
         signed_in: Option<&OutboxRow>,
-    ) -> Result<bool> {
+    ) -> Result<SignInWrite> {
         self.forget(app, user_id);
         let entry = self.sealed_entry(app, user_id, provider, tokens, identity);
         Ok(self.store.upsert_vault_entry(entry, now, signed_in).await?)
@@ -413,6 +417,7 @@ impl Vault {
             idp_sub: identity.sub,
             idp_sid: identity.sid,
             id_token,
+            generation: crate::secret::random_token::<16>(),
         }
     }
 
@@ -525,13 +530,15 @@ impl Vault {
         }
     }
 
-    /// Deletes the entry, recording `signed_out` with it when there was one.
+    /// Signs the user out of the app everywhere: deletes the entry, the
+    /// browser sessions, key bindings and tickets signed in as the user, in
+    /// one transaction, recording `signed_out` with it when there was an entry.
     pub async fn delete(
         &self,
         app: &AppId,
         user_id: &UserId,
         signed_out: Option<&OutboxRow>,
-    ) -> Result<bool> {
+    ) -> Result<UserSignedOut> {
         self.forget(app, user_id);
         Ok(self
             .store
@@ -583,6 +590,7 @@ impl Vault {
             updated_at: row.updated_at,
             lease,
             pending_id_token,
+            generation: row.signin_generation,
         })
     }
 

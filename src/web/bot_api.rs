@@ -349,21 +349,16 @@ async fn verify_chat_token(
 ) -> Result<Json<ChatClaims>, ApiError> {
     let app = bot.app(&state)?;
     let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let keys = state.keys.keys();
-    let claims = keys
-        .verify(
+    let claims = state
+        .keys
+        .verify_for_app(
             &req.token,
-            state.keys.issuer().issuer(),
-            &[app.chat_audience.as_str()],
+            &app.id,
+            &app.chat_audience,
+            app.binds_dpop(),
             state.config.clock_skew,
         )
         .map_err(|e| ApiError::unauthorized("invalid_token", e.to_string()))?;
-    if claims.app != app.id.as_str() {
-        return Err(ApiError::unauthorized(
-            "invalid_token",
-            "the chat token is for another app",
-        ));
-    }
     if let Some(cnf) = &claims.cnf {
         check_proof(&state, &req, &cnf.jkt).await?;
     }

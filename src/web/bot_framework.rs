@@ -79,12 +79,74 @@ fn no_store(response: &mut Response) {
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct TokenQuery {
     user_id: Option<String>,
     connection_name: Option<String>,
     channel_id: Option<String>,
+    /// botbuilder's magic code: here, the user's chat token, as proof that
+    /// the user is present (`getUserToken(userId, connection, channel, chatToken)`).
+    code: Option<String>,
+}
+
+impl std::fmt::Debug for TokenQuery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenQuery")
+            .field("user_id", &self.user_id)
+            .field("connection_name", &self.connection_name)
+            .field("channel_id", &self.channel_id)
+            .field("code", &self.code.as_ref().map(|_| "[REDACTED]"))
+            .finish()
+    }
+}
+
+/// `GetToken` answers only for a user the request shows to be present: the
+/// chat token the widget gave that user, as the magic code (verified, this
+/// app's, `sub` = `userId`) — unless the app's channel binds user ids
+/// itself (`channel_binds_user_ids`). A bot that passes `activity.from.id`
+/// alone, which the page chooses, gets nothing.
+fn require_presence(
+    state: &AppState,
+    app: &crate::config::AppConfig,
+    user: &UserId,
+    code: Option<&str>,
+) -> Result<(), BfError> {
+    if app.channel_binds_user_ids {
+        return Ok(());
+    }
+    let refused = |why: String| {
+        bf_error(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!(
+                "chatgate needs proof that {user} is present: pass the user's chat token as the \
+                 magic code (getUserToken(userId, connectionName, channelId, chatToken)), or set \
+                 channel_binds_user_ids for an app whose channel binds user ids ({why})"
+            ),
+        )
+    };
+    let token = code
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| refused("no code".into()))?;
+    let claims = state
+        .keys
+        .verify_for_app(
+            token,
+            &app.id,
+            &app.chat_audience,
+            app.binds_dpop(),
+            state.config.clock_skew,
+        )
+        .map_err(|e| {
+            refused(format!(
+                "the code is not a valid chat token of this app: {e}"
+            ))
+        })?;
+    if claims.sub != user.as_str() {
+        return Err(refused("the chat token is another user's".into()));
+    }
+    Ok(())
 }
 
 /// The user and connection of a request, checked against the bot's app.
@@ -134,6 +196,17 @@ async fn get_token(
     Query(q): Query<TokenQuery>,
 ) -> Result<Response, BfError> {
     let (app, user) = target(&bot, &state, &q)?;
+    if let Err(refused) = require_presence(&state, app, &user, q.code.as_deref()) {
+        audit(
+            &state,
+            &bot.0,
+            &user,
+            AuditAction::TokenRead,
+            AuditOutcome::Refused,
+        )
+        .await;
+        return Err(refused);
+    }
     let result = state
         .tokens
         .fresh_access_token(&app.id, &user, &bot.0.actor())
@@ -226,6 +299,7 @@ async fn token_status(
         user_id: q.user_id.clone(),
         connection_name: None,
         channel_id: q.channel_id.clone(),
+        code: None,
     };
     let (app, user) = target(&bot, &state, &query)?;
     let included = q.include.as_deref().is_none_or(|list| {

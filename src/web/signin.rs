@@ -402,7 +402,7 @@ async fn callback(
             session_ticket,
         } => {
             if let Err(e) = BrowserSession(session)
-                .put(app, origin, signin.clone())
+                .put(app, origin, (*signin).clone())
                 .await
             {
                 // The sign-in itself succeeded; only silent renewal will need the IdP.

@@ -100,9 +100,10 @@ describe("a botbuilder bot gets the user's token from chatgate (oidc-provider)",
       await browser.close();
     }
     const meta = await httpsRequest("GET", `${world.idp.issuer}/.well-known/openid-configuration`, { ca: world.chatgate.ca });
+    const botSecret = world.chatgate.createBot("support");
     bot = await startBot({
       CHATGATE_URL: world.chatgate.url,
-      CHATGATE_BOT_SECRET: world.chatgate.createBot("support"),
+      CHATGATE_BOT_SECRET: botSecret,
       CHATGATE_APP: "support",
       CHAT_AUDIENCE,
       USERINFO_URL: meta.body.userinfo_endpoint,
@@ -118,6 +119,20 @@ describe("a botbuilder bot gets the user's token from chatgate (oidc-provider)",
     assert.match(noToken, /Sign in to chat first/);
     const [forged] = await bot.say("hello", signedIn.chat_token.slice(0, -4) + "AAAA");
     assert.match(forged, /does not verify/);
+
+    // What a bot wired the obvious way asks (the page-chosen from.id, no
+    // proof) gets nothing; with the user's chat token as the magic code it
+    // gets the token.
+    const getToken = (code) =>
+      httpsRequest(
+        "GET",
+        `${world.chatgate.url}/bf/api/usertoken/GetToken?userId=${encodeURIComponent(signedIn.user.id)}&connectionName=support&channelId=webchat${code ? `&code=${code}` : ""}`,
+        { ca: world.chatgate.ca, headers: { authorization: `Bearer ${botSecret}` } },
+      );
+    const bare = await getToken();
+    assert.equal(bare.status, 403, JSON.stringify(bare.body));
+    assert.equal(bare.body.error.code, "Forbidden");
+    assert.equal((await getToken(signedIn.chat_token)).status, 200);
 
     const [out] = await bot.say("sign out", signedIn.chat_token);
     assert.equal(out, "Signed out: chatgate revoked your tokens.");

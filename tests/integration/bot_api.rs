@@ -508,30 +508,7 @@ async fn status_and_chat_token_verification(db: &TestDb) {
     assert_eq!(unknown["signed_in"], false);
 
     // verify: a chat token for this bot's app verifies; one for another app does not.
-    let mint = |app: &str, aud: &str| {
-        s.app
-            .state
-            .keys
-            .issuer()
-            .mint(
-                &chatgate::chat_token::ChatSubject {
-                    app: &AppId::parse(app).unwrap(),
-                    audience: aud,
-                    user: &chatgate::chat_token::ChatUser {
-                        user_id: &UserId::parse(USER).unwrap(),
-                        via: chatgate::chat_token::Via::Oidc,
-                        auth_time: chatgate::time::now(),
-                        name: Some("Alice"),
-                        email: None,
-                        email_verified: false,
-                    },
-                    jkt: None,
-                },
-                chatgate::time::now(),
-            )
-            .unwrap()
-            .0
-    };
+    let mint = |app: &str, aud: &str| mint_chat_token(&s.app, app, aud, USER);
     let verify = |token: String| {
         s.app
             .client
@@ -690,7 +667,33 @@ async fn with_a_read_cache_revocations_and_deletions_show_within_the_ttl(db: &Te
     );
 }
 
-/// The Azure Bot Service user-token API under `/bf/`, as botbuilder calls it.
+/// A chat token of `app` (audience `aud`) for `user`, as the widget would get one.
+fn mint_chat_token(app: &TestApp, app_id: &str, aud: &str, user: &str) -> String {
+    app.state
+        .keys
+        .issuer()
+        .mint(
+            &chatgate::chat_token::ChatSubject {
+                app: &AppId::parse(app_id).unwrap(),
+                audience: aud,
+                user: &chatgate::chat_token::ChatUser {
+                    user_id: &UserId::parse(user).unwrap(),
+                    via: chatgate::chat_token::Via::Oidc,
+                    auth_time: chatgate::time::now(),
+                    name: Some("Alice"),
+                    email: None,
+                    email_verified: false,
+                },
+                jkt: None,
+            },
+            chatgate::time::now(),
+        )
+        .unwrap()
+        .0
+}
+
+/// The Azure Bot Service user-token API under `/bf/`, as botbuilder calls it
+/// (the user's chat token as the magic code: proof that the user is present).
 async fn the_bot_framework_token_api_serves_the_same_tokens(db: &TestDb) {
     let s = setup(db).await;
     let bf = |method: reqwest::Method, path: &str| {
@@ -700,10 +703,11 @@ async fn the_bot_framework_token_api_serves_the_same_tokens(db: &TestDb) {
             .bearer_auth(&s.secret)
     };
     let get_token = |user: &str, connection: &str| {
+        let code = mint_chat_token(&s.app, "support", "https://bot.contoso.com", user);
         bf(
             reqwest::Method::GET,
             &format!(
-                "usertoken/GetToken?userId={user}&connectionName={connection}&channelId=webchat"
+                "usertoken/GetToken?userId={user}&connectionName={connection}&channelId=webchat&code={code}"
             ),
         )
         .send()
@@ -745,7 +749,13 @@ async fn the_bot_framework_token_api_serves_the_same_tokens(db: &TestDb) {
     };
     assert_eq!(status, 404);
     assert_eq!(body["error"]["code"], "NotFound");
-    let r = get_token("not a user id", "support").await.unwrap();
+    let r = bf(
+        reqwest::Method::GET,
+        "usertoken/GetToken?userId=not%20a%20user%20id&connectionName=support",
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status(), 400);
     let r = s
         .app
@@ -813,7 +823,101 @@ async fn the_bot_framework_token_api_serves_the_same_tokens(db: &TestDb) {
     }
 }
 
+/// `/bf` `GetToken` answers only for a user the request shows to be present:
+/// that user's chat token of this app as the magic code. A bot wired the
+/// obvious way (`activity.from.id`, which the page chooses, and no code) gets
+/// nothing; an app whose channel binds user ids says so in its config.
+async fn the_bot_framework_api_wants_proof_that_the_user_is_present(db: &TestDb) {
+    for binds in [false, true] {
+        let idp = FakeIdp::start().await;
+        let mut cfg = TestConfig::new(db).with_provider(&idp, "");
+        if binds {
+            cfg.toml = cfg.toml.replace(
+                "provider = \"idp\"\n",
+                "provider = \"idp\"\nchannel_binds_user_ids = true\n",
+            );
+        }
+        let app = spawn_app(&cfg).await;
+        let secret = app
+            .state
+            .bots
+            .create(&AppId::parse("support").unwrap(), "helpdesk", 1)
+            .await
+            .unwrap()
+            .secret;
+        let s = Setup {
+            idp,
+            app,
+            cfg,
+            secret: secret.expose_secret().to_string(),
+            bot_id: String::new(),
+        };
+        s.seed("support", USER, 3600, "rt-p").await;
+        let get_token = |code: Option<String>| {
+            let code = code.map(|c| format!("&code={c}")).unwrap_or_default();
+            s.app
+                .client
+                .get(s.app.url(&format!(
+                    "/bf/api/usertoken/GetToken?userId={USER}&connectionName=support&channelId=webchat{code}"
+                )))
+                .bearer_auth(&s.secret)
+                .send()
+        };
+        let own = mint_chat_token(&s.app, "support", "https://bot.contoso.com", USER);
+        let r = get_token(Some(own)).await.unwrap();
+        assert_eq!(r.status(), 200, "binds: {binds}");
+        let refused = [
+            None,
+            Some(mint_chat_token(
+                &s.app,
+                "support",
+                "https://bot.contoso.com",
+                "idp:mallory",
+            )),
+            Some(mint_chat_token(
+                &s.app,
+                "sales",
+                "https://bot.contoso.com",
+                USER,
+            )),
+            Some("not-a-chat-token".to_string()),
+        ];
+        for code in refused {
+            let r = get_token(code.clone()).await.unwrap();
+            if binds {
+                assert_eq!(r.status(), 200, "the channel binds user ids: {code:?}");
+                continue;
+            }
+            assert_eq!(r.status(), 403, "{code:?}");
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "Forbidden");
+            let message = body["error"]["message"].as_str().unwrap();
+            assert!(message.contains("magic code"), "{message}");
+            assert!(!message.contains("at-seed"), "no token in the message");
+        }
+        if !binds {
+            s.app.state.audit.flush().await;
+            let refusals = s
+                .app
+                .state
+                .store
+                .list_audit(&chatgate::store::AuditFilter {
+                    user_id: Some(USER.into()),
+                    actor: None,
+                    limit: 100,
+                })
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.outcome == "refused")
+                .count();
+            assert_eq!(refusals, 4, "every refusal is audited");
+        }
+    }
+}
+
 backend_tests!(
+    the_bot_framework_api_wants_proof_that_the_user_is_present,
     the_bot_framework_token_api_serves_the_same_tokens,
     with_a_read_cache_revocations_and_deletions_show_within_the_ttl,
     a_valid_token_is_served_without_the_idp,

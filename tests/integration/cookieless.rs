@@ -42,7 +42,11 @@ async fn error_of(r: reqwest::Response) -> (u16, String) {
 impl Setup {
     /// A flow in `mode` started with `key`, whose callback arrives in a
     /// browser that dropped chatgate's cookie: what the result page posts.
-    async fn flow_without_cookie(&mut self, mode: &str, key: Option<&ProofSigner>) -> Value {
+    pub(crate) async fn flow_without_cookie(
+        &mut self,
+        mode: &str,
+        key: Option<&ProofSigner>,
+    ) -> Value {
         let extra = key.map_or(String::new(), |k| format!("&dpop_jkt={}", k.jkt()));
         let idp_url = self.start(mode, &extra).await;
         let callback = self.at_idp(&idp_url).await;
@@ -51,7 +55,12 @@ impl Setup {
     }
 
     /// `POST {path}` from a cookie-less page at ORIGIN, with a proof of `key`.
-    async fn post_with_key(&self, path: &str, key: &ProofSigner, body: Value) -> reqwest::Response {
+    pub(crate) async fn post_with_key(
+        &self,
+        path: &str,
+        key: &ProofSigner,
+        body: Value,
+    ) -> reqwest::Response {
         let url = self.app.url(path);
         let proof = key.proof("POST", &url, None);
         Browser::new()
@@ -59,13 +68,13 @@ impl Setup {
             .await
     }
 
-    async fn renew_by_key(&self, key: &ProofSigner) -> reqwest::Response {
+    pub(crate) async fn renew_by_key(&self, key: &ProofSigner) -> reqwest::Response {
         self.post_with_key("/v1/session/token", key, json!({"app": "support"}))
             .await
     }
 }
 
-fn ticket_of(envelope: &Value) -> String {
+pub(crate) fn ticket_of(envelope: &Value) -> String {
     assert_eq!(envelope["target_origin"], ORIGIN, "{envelope}");
     let m = &envelope["message"];
     assert_eq!(m["type"], "chatgate:ticket", "{envelope}");

@@ -22,4 +22,5 @@ mod ops;
 mod query_plans;
 mod refresh_faults;
 mod signin;
+mod signout;
 mod storage;

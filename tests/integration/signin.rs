@@ -18,7 +18,7 @@ pub(crate) struct Setup {
     pub(crate) idp: FakeIdp,
     pub(crate) app: TestApp,
     pub(crate) browser: Browser,
-    _cfg: TestConfig,
+    pub(crate) cfg: TestConfig,
 }
 
 async fn setup(db: &TestDb) -> Setup {
@@ -37,7 +37,7 @@ pub(crate) async fn setup_with(
         idp,
         app,
         browser: Browser::new(),
-        _cfg: cfg,
+        cfg,
     }
 }
 
@@ -1102,7 +1102,7 @@ async fn a_multi_tenant_iss_parameter_is_checked_against_the_users_tenant(db: &T
         idp,
         app,
         browser: Browser::new(),
-        _cfg: cfg,
+        cfg,
     };
     let tenant_token = |iss: &str| TokenBehavior {
         claims: claims(&[("iss", json!(iss)), ("tid", json!("tenant-1"))]),

@@ -125,8 +125,8 @@ async fn vault_round_trip(db: &TestDb) {
     let (other_app, ..) = ids("sales", "entra:alice");
     assert!(vault.load(&other_app, &user).await.unwrap().is_none());
 
-    assert!(vault.delete(&app, &user, None).await.unwrap());
-    assert!(!vault.delete(&app, &user, None).await.unwrap());
+    assert!(vault.delete(&app, &user, None).await.unwrap().entry);
+    assert!(!vault.delete(&app, &user, None).await.unwrap().entry);
     assert!(vault.load(&app, &user).await.unwrap().is_none());
 }
 
@@ -446,7 +446,7 @@ async fn expired_rows_are_swept_in_bounded_batches(db: &TestDb) {
         let name = format!("old-{i}");
         store.insert_flow(flow(&name, "b", 50)).await.unwrap();
         store
-            .insert_session_ticket(&name, "support", "https://o", b"{}", 50)
+            .insert_session_ticket(&name, "support", "https://o", "u:1", b"{}", 50)
             .await
             .unwrap();
         store.remember_jti("support", &name, 50).await.unwrap();
@@ -481,7 +481,7 @@ async fn expired_rows_are_swept_in_bounded_batches(db: &TestDb) {
     store.record_audit_batch(&audit).await.unwrap();
     store.insert_flow(flow("fresh", "b", 500)).await.unwrap();
     store
-        .insert_session_ticket("fresh", "support", "https://o", b"{}", 500)
+        .insert_session_ticket("fresh", "support", "https://o", "u:1", b"{}", 500)
         .await
         .unwrap();
     assert!(store.remember_jti("support", "fresh", 500).await.unwrap());
@@ -794,35 +794,38 @@ async fn refresh_failures_and_sign_ins_record_their_events_once(db: &TestDb) {
     };
     let identity = chatgate::vault::SignInIdentity::default();
     let first = event("evt_in_1", "user.signed_in");
-    assert!(
-        vault
-            .save_signin(
-                &app,
-                &user,
-                &provider,
-                &tokens("at-1", Some("rt-1")),
-                &identity,
-                100,
-                Some(&first)
-            )
-            .await
-            .unwrap()
-    );
+    let written = vault
+        .save_signin(
+            &app,
+            &user,
+            &provider,
+            &tokens("at-1", Some("rt-1")),
+            &identity,
+            100,
+            Some(&first),
+        )
+        .await
+        .unwrap();
+    assert!(written.fresh);
+    let generation = written.generation.expect("a new entry has a generation");
     let again = event("evt_in_2", "user.signed_in");
-    assert!(
-        !vault
-            .save_signin(
-                &app,
-                &user,
-                &provider,
-                &tokens("at-2", Some("rt-2")),
-                &identity,
-                110,
-                Some(&again)
-            )
-            .await
-            .unwrap(),
-        "the user had usable tokens: no new sign-in"
+    let written = vault
+        .save_signin(
+            &app,
+            &user,
+            &provider,
+            &tokens("at-2", Some("rt-2")),
+            &identity,
+            110,
+            Some(&again),
+        )
+        .await
+        .unwrap();
+    assert!(!written.fresh, "the user had usable tokens: no new sign-in");
+    assert_eq!(
+        written.generation.as_deref(),
+        Some(generation.as_str()),
+        "a later sign-in keeps the generation"
     );
     let failing = |n: u32| event(&format!("evt_fail_{n}"), "token.refresh_failing");
     let note = |now: i64, n: u32| {
