@@ -108,8 +108,10 @@ impl App {
         );
         let limits = ConnLimits {
             max_connections: config.max_connections,
+            max_connections_per_address: config.max_connections_per_address,
             header_read_timeout: config.header_read_timeout,
             idle_timeout: config.idle_timeout,
+            trusted_proxies: config.trusted_proxies.clone(),
         };
         let metrics = state.metrics.clone();
         let served = match &config.tls {

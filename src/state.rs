@@ -127,7 +127,10 @@ impl AppState {
         let rate_limits = Arc::new(RateLimits::new(RateLimitConfig {
             per_second: config.rate_limit_per_second,
             burst: config.rate_limit_burst,
+            backchannel_per_second: config.rate_limit_backchannel_per_second,
+            backchannel_burst: config.rate_limit_backchannel_burst,
             trusted_proxies: config.trusted_proxies.clone(),
+            forwarded_header: config.forwarded_header,
         }));
         let config = Arc::new(config);
         let signin = SignInService::new(

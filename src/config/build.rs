@@ -169,6 +169,24 @@ pub(super) fn build(
     if !(1..=1_000_000).contains(&max_connections) {
         c.error("max_connections", "must be between 1 and 1000000");
     }
+    let max_connections_per_address = raw.max_connections_per_address.unwrap_or(256);
+    if !(1..=1_000_000).contains(&max_connections_per_address) {
+        c.error(
+            "max_connections_per_address",
+            "must be between 1 and 1000000",
+        );
+    }
+    let forwarded_header = match raw.forwarded_header.as_deref() {
+        None | Some("x-forwarded-for") => super::ForwardedHeader::XForwardedFor,
+        Some("forwarded") => super::ForwardedHeader::Forwarded,
+        Some(other) => {
+            c.error(
+                "forwarded_header",
+                format!("must be \"x-forwarded-for\" or \"forwarded\", not {other:?}"),
+            );
+            super::ForwardedHeader::XForwardedFor
+        }
+    };
     let mut trusted_proxies = Vec::new();
     for entry in &raw.trusted_proxies {
         let parsed = entry
@@ -187,6 +205,12 @@ pub(super) fn build(
     let rate_limit_burst = rate.and_then(|r| r.burst).unwrap_or(50);
     if rate_limit_per_second > 0 && rate_limit_burst == 0 {
         c.error("rate_limit.burst", "must be at least 1");
+    }
+    let rate_limit_backchannel_per_second =
+        rate.and_then(|r| r.backchannel_per_second).unwrap_or(100);
+    let rate_limit_backchannel_burst = rate.and_then(|r| r.backchannel_burst).unwrap_or(1000);
+    if rate_limit_backchannel_per_second > 0 && rate_limit_backchannel_burst == 0 {
+        c.error("rate_limit.backchannel_burst", "must be at least 1");
     }
     let max_body_bytes = raw.max_body_bytes.unwrap_or(64 * 1024);
     if !(1024..=16 * 1024 * 1024).contains(&max_body_bytes) {
@@ -281,9 +305,13 @@ pub(super) fn build(
         header_read_timeout,
         idle_timeout,
         max_connections: max_connections as usize,
+        max_connections_per_address: max_connections_per_address as usize,
         trusted_proxies,
+        forwarded_header,
         rate_limit_per_second,
         rate_limit_burst,
+        rate_limit_backchannel_per_second,
+        rate_limit_backchannel_burst,
         log: LogConfig { format, level },
         idp_ca_certs,
         tls,

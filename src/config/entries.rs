@@ -123,6 +123,20 @@ pub(super) fn build_providers(
             }
         }
         if let (Some(id), Some(issuer), Some(client_id)) = (id, issuer, client_id) {
+            // A logout token names its issuer and audience, nothing else: two
+            // providers with the same pair could not be told apart.
+            if let Some(other) = out.iter().find(|o| {
+                o.issuer.trim_end_matches('/') == issuer.trim_end_matches('/')
+                    && o.client_id == client_id
+            }) {
+                c.error(
+                    &k("client_id"),
+                    format!(
+                        "provider {} has the same issuer and client_id: logout tokens could not tell them apart",
+                        other.id
+                    ),
+                );
+            }
             out.push(ProviderConfig {
                 id,
                 issuer,

@@ -32,6 +32,8 @@ pub struct RawConfig {
     pub header_read_timeout: Option<String>,
     pub idle_timeout: Option<String>,
     pub max_connections: Option<u64>,
+    pub max_connections_per_address: Option<u64>,
+    pub forwarded_header: Option<String>,
     pub log_format: Option<String>,
     pub log_level: Option<String>,
     pub idp_ca_file: Option<String>,
@@ -51,6 +53,8 @@ pub struct RawConfig {
 pub struct RawRateLimit {
     pub per_second: Option<u32>,
     pub burst: Option<u32>,
+    pub backchannel_per_second: Option<u32>,
+    pub backchannel_burst: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -156,13 +160,20 @@ pub const TOP_KEYS: &[(&str, Kind)] = &[
     ("header_read_timeout", Str),
     ("idle_timeout", Str),
     ("max_connections", Int),
+    ("max_connections_per_address", Int),
     ("log_format", Str),
     ("log_level", Str),
     ("idp_ca_file", Str),
     ("trusted_proxies", StrList),
+    ("forwarded_header", Str),
 ];
 pub const TLS_KEYS: &[(&str, Kind)] = &[("cert_file", Str), ("key_file", Str)];
-pub const RATE_LIMIT_KEYS: &[(&str, Kind)] = &[("per_second", Int), ("burst", Int)];
+pub const RATE_LIMIT_KEYS: &[(&str, Kind)] = &[
+    ("per_second", Int),
+    ("burst", Int),
+    ("backchannel_per_second", Int),
+    ("backchannel_burst", Int),
+];
 pub const SIGNING_KEYS: &[(&str, Kind)] = &[("key_file", Str), ("key_env", Str)];
 pub const VAULT_KEY_KEYS: &[(&str, Kind)] = &[("key_env", Str), ("key_file", Str)];
 pub const PROVIDER_KEYS: &[(&str, Kind)] = &[

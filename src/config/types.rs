@@ -48,11 +48,18 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Connections beyond this many are closed at once.
     pub max_connections: usize,
+    /// Open connections one address may hold (trusted proxies excepted).
+    pub max_connections_per_address: usize,
     /// Whose `X-Forwarded-For` / `Forwarded` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Which header of a trusted proxy names the client.
+    pub forwarded_header: ForwardedHeader,
     /// `[rate_limit]`: per client address; `per_second = 0` turns it off.
     pub rate_limit_per_second: u32,
     pub rate_limit_burst: u32,
+    /// `[rate_limit]`: back-channel logouts, per identity provider.
+    pub rate_limit_backchannel_per_second: u32,
+    pub rate_limit_backchannel_burst: u32,
     pub log: LogConfig,
     /// Extra root CAs for calls to IdPs (`idp_ca_file`).
     pub idp_ca_certs: Vec<CertificateDer<'static>>,
@@ -191,6 +198,16 @@ impl AppConfig {
     pub fn binds_dpop(&self) -> bool {
         self.bind_chat_tokens == ChatTokenBinding::Dpop
     }
+}
+
+/// `forwarded_header`: the header a trusted proxy names the client in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For` (nginx, HAProxy, most cloud load balancers).
+    #[default]
+    XForwardedFor,
+    /// `Forwarded: for=` (RFC 7239).
+    Forwarded,
 }
 
 /// `bind_chat_tokens`: whether chat tokens are bearer tokens or bound to the

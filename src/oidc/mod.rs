@@ -12,7 +12,7 @@ use std::time::Duration;
 pub use provider::{
     AuthorizationRequest, BACKCHANNEL_LOGOUT_EVENT, IdTokenCheck, Identity, IdpTokens,
     IssParameter, JWKS_REFETCH_INTERVAL, LOGOUT_TOKEN_MAX_AGE, LogoutToken, LogoutTokenError,
-    OidcError, Provider, TokenKind, unverified_issuer,
+    OidcError, Provider, TokenKind, UnverifiedIssuer, unverified_issuer,
 };
 pub use types::{ExtraClaims, IdTokenT, ProviderMetadata};
 
@@ -85,6 +85,17 @@ impl Providers {
             .keys()
             .filter_map(|id| self.get(id))
             .find(|p| p.issuer() == issuer)
+    }
+
+    /// The provider a logout token is from: its issuer (for a multi-tenant
+    /// provider, any tenant's) and its client id among the audiences. Two
+    /// providers on one issuer (two client registrations) are told apart by
+    /// the audience; `check-config` refuses two with the same pair.
+    pub fn for_token(&self, claimed: &UnverifiedIssuer) -> Option<Arc<Provider>> {
+        self.slots.keys().filter_map(|id| self.get(id)).find(|p| {
+            p.check_iss_parameter(&claimed.iss) != IssParameter::Mismatch
+                && claimed.aud.iter().any(|a| a == &p.config().client_id)
+        })
     }
 
     pub fn status(&self) -> BTreeMap<String, ProviderStatus> {

@@ -53,12 +53,14 @@ impl TokenService {
 
     async fn end_idp_session(&self, logout_token: &str) -> Result<IdpLogout, LogoutError> {
         let inner = &self.inner;
-        let issuer = unverified_issuer(logout_token).ok_or_else(|| {
+        let claimed = unverified_issuer(logout_token).ok_or_else(|| {
             LogoutError::Invalid("the logout token is not a JWT with an iss".into())
         })?;
-        let Some(provider) = inner.providers.by_issuer(&issuer) else {
+        let Some(provider) = inner.providers.for_token(&claimed) else {
             return Err(if inner.providers.all_loaded() {
-                LogoutError::Invalid("the logout token's iss is not a configured provider".into())
+                LogoutError::Invalid(
+                    "the logout token's iss and aud name no configured provider".into(),
+                )
             } else {
                 LogoutError::Unavailable("an identity provider is not loaded yet; retry".into())
             });

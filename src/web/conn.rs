@@ -4,18 +4,26 @@
 //! - **Header read timeout**: once the first byte of a request (or of the TLS
 //!   handshake) arrives, the whole request head must follow within
 //!   `header_read_timeout` — a client trickling half-sent headers is cut off.
+//!   A new connection that sends no byte at all gets the same time, not
+//!   `idle_timeout`: opening sockets and sending nothing holds no slot long.
 //! - **Idle timeout**: a connection with no request in flight and nothing
-//!   arriving is closed after `idle_timeout` (keep-alive connections too).
-//!   A request being served is never cut by it (`request_timeout` bounds that).
+//!   arriving is closed after `idle_timeout` (keep-alive connections too),
+//!   once it has served a request. A request being served is never cut by it
+//!   (`request_timeout` bounds that).
 //! - **Maximum connections**: beyond `max_connections` open connections a new
-//!   one is closed at once.
+//!   one is closed at once; so is one beyond `max_connections_per_address`
+//!   from one client address (IPv6: one /64), so no single address takes the
+//!   server's slots. `trusted_proxies` carry many clients and are not capped
+//!   per address.
 //!
 //! [`LimitAcceptor`] wraps axum-server's acceptor (plain or TLS): each
 //! connection's stream is a [`Guarded`] that times the reads, and its service
 //! a [`Tracked`] that tells the stream when requests start and end.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,21 +36,78 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
 use crate::metrics::Metrics;
+use crate::rate_limits::ClientKey;
 
 /// The limits, from the configuration.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnLimits {
     pub max_connections: usize,
+    pub max_connections_per_address: usize,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Peers not capped per address (`trusted_proxies`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// A stream that knows its peer's address (the TCP connection).
+pub trait PeerAddress {
+    fn peer_ip(&self) -> Option<IpAddr>;
+}
+
+impl PeerAddress for tokio::net::TcpStream {
+    fn peer_ip(&self) -> Option<IpAddr> {
+        self.peer_addr().ok().map(|a| a.ip())
+    }
+}
+
+/// Open connections per client address.
+#[derive(Debug, Default)]
+struct PerAddress {
+    open: Mutex<HashMap<ClientKey, usize>>,
+}
+
+impl PerAddress {
+    /// Takes one of `key`'s places, unless it holds `max` already.
+    fn take(self: &Arc<Self>, key: ClientKey, max: usize) -> Option<AddressSlot> {
+        let mut open = self.open.lock().expect("connection table poisoned");
+        let n = open.entry(key).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            table: self.clone(),
+            key,
+        })
+    }
+}
+
+/// One connection's place in its address's count; given back on drop.
+#[derive(Debug)]
+struct AddressSlot {
+    table: Arc<PerAddress>,
+    key: ClientKey,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.table.open.lock().expect("connection table poisoned");
+        if let Some(n) = open.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
 }
 
 /// Applies [`ConnLimits`] to every connection, then hands it to `inner`.
 #[derive(Debug, Clone)]
 pub struct LimitAcceptor<A> {
     inner: A,
-    limits: ConnLimits,
+    limits: Arc<ConnLimits>,
     permits: Arc<Semaphore>,
+    per_address: Arc<PerAddress>,
     metrics: Arc<Metrics>,
 }
 
@@ -50,10 +115,26 @@ impl<A> LimitAcceptor<A> {
     pub fn new(inner: A, limits: ConnLimits, metrics: Arc<Metrics>) -> Self {
         Self {
             inner,
-            limits,
             permits: Arc::new(Semaphore::new(limits.max_connections)),
+            limits: Arc::new(limits),
+            per_address: Arc::default(),
             metrics,
         }
+    }
+
+    /// The connection's place under `max_connections_per_address`: `None`
+    /// when its address holds them all; `Some(None)` for a trusted proxy or
+    /// an unknown peer.
+    fn address_slot(&self, peer: Option<IpAddr>) -> Option<Option<AddressSlot>> {
+        let Some(ip) = peer else {
+            return Some(None);
+        };
+        if self.limits.trusted_proxies.iter().any(|n| n.contains(&ip)) {
+            return Some(None);
+        }
+        self.per_address
+            .take(ClientKey::from(ip), self.limits.max_connections_per_address)
+            .map(Some)
     }
 }
 
@@ -63,29 +144,34 @@ where
     A::Future: Send + 'static,
     A::Stream: Send + 'static,
     A::Service: Send + 'static,
-    I: AsyncRead + AsyncWrite + Unpin,
+    I: AsyncRead + AsyncWrite + Unpin + PeerAddress,
 {
     type Stream = A::Stream;
     type Service = A::Service;
     type Future = Pin<Box<dyn Future<Output = io::Result<(A::Stream, A::Service)>> + Send>>;
 
     fn accept(&self, stream: I, service: S) -> Self::Future {
-        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+        let refuse = |stream: I, why: &'static str| -> Self::Future {
             // Dropping the stream closes the connection at once.
             self.metrics.connection_refused();
             drop(stream);
-            return Box::pin(std::future::ready(Err(io::Error::other(
-                "max_connections reached",
-            ))));
+            Box::pin(std::future::ready(Err(io::Error::other(why))))
+        };
+        let Some(address_slot) = self.address_slot(stream.peer_ip()) else {
+            return refuse(stream, "max_connections_per_address reached");
+        };
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            return refuse(stream, "max_connections reached");
         };
         let activity = Arc::new(Activity::new());
         let guarded = Guarded {
             inner: stream,
             activity: activity.clone(),
-            limits: self.limits,
+            limits: self.limits.clone(),
             timer: None,
             _open: OpenConnection {
                 _permit: permit,
+                _address: address_slot,
                 _gauge: self.metrics.connection_opened(),
             },
             metrics: self.metrics.clone(),
@@ -98,10 +184,12 @@ where
     }
 }
 
-/// Holds the connection's place under `max_connections` and in the gauge.
+/// Holds the connection's place under `max_connections`, under its
+/// address's cap, and in the gauge.
 #[derive(Debug)]
 struct OpenConnection {
     _permit: OwnedSemaphorePermit,
+    _address: Option<AddressSlot>,
     _gauge: crate::metrics::GaugeGuard,
 }
 
@@ -118,6 +206,9 @@ struct Times {
     idle_since: Instant,
     /// When the first byte of the next request arrived, while idle.
     head_started: Option<Instant>,
+    /// Whether a request has been served on the connection (before the
+    /// first, silence is cut after `header_read_timeout`, not `idle_timeout`).
+    served: bool,
 }
 
 impl Activity {
@@ -127,6 +218,7 @@ impl Activity {
             times: Mutex::new(Times {
                 idle_since: Instant::now(),
                 head_started: None,
+                served: false,
             }),
         }
     }
@@ -137,7 +229,9 @@ impl Activity {
 
     fn request_started(&self) {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
-        self.times().head_started = None;
+        let mut t = self.times();
+        t.head_started = None;
+        t.served = true;
     }
 
     fn request_ended(&self) {
@@ -164,7 +258,7 @@ pub enum Expired {
 pub struct Guarded<I> {
     inner: I,
     activity: Arc<Activity>,
-    limits: ConnLimits,
+    limits: Arc<ConnLimits>,
     timer: Option<(Instant, Pin<Box<Sleep>>)>,
     _open: OpenConnection,
     metrics: Arc<Metrics>,
@@ -186,6 +280,11 @@ impl<I> Guarded<I> {
         Some(match t.head_started {
             Some(started) => (
                 started + self.limits.header_read_timeout,
+                Expired::HeaderRead,
+            ),
+            // Nothing sent since the connection opened.
+            None if !t.served => (
+                t.idle_since + self.limits.header_read_timeout,
                 Expired::HeaderRead,
             ),
             None => (t.idle_since + self.limits.idle_timeout, Expired::Idle),

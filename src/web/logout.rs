@@ -5,13 +5,16 @@
 
 use axum::Form;
 use axum::extract::rejection::FormRejection;
-use axum::extract::{Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use tower_http::set_header::SetResponseHeaderLayer;
 
+use crate::oidc::unverified_issuer;
 use crate::signin::{IdpSignoutError, Mode};
 use crate::state::AppState;
 use crate::user_tokens::{LogoutError, RETRY_AFTER_SECS};
@@ -20,6 +23,15 @@ use crate::web::{ApiError, rate_limit};
 
 pub fn router(state: &AppState) -> axum::Router<AppState> {
     axum::Router::new()
+        .route("/v1/idp-signout", get(idp_signout))
+        .route("/v1/signed-out", get(signed_out))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            rate_limit::limit,
+        ))
+        // Not behind the per-address limit: an IdP's mass logout comes from a
+        // few addresses and is never retried. Its budget is the provider's
+        // (see `backchannel_logout`).
         .merge(
             axum::Router::new()
                 .route("/v1/backchannel-logout", post(backchannel_logout))
@@ -29,12 +41,6 @@ pub fn router(state: &AppState) -> axum::Router<AppState> {
                     HeaderValue::from_static("no-store"),
                 )),
         )
-        .route("/v1/idp-signout", get(idp_signout))
-        .route("/v1/signed-out", get(signed_out))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            rate_limit::limit,
-        ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -44,26 +50,55 @@ struct LogoutForm {
 
 /// `POST /v1/backchannel-logout`: 200 when the sessions the logout token
 /// names are ended (or there were none), 400 `invalid_request` when the token
-/// is not valid or was used before, 503 when it cannot be acted on now.
+/// is not valid or was used before, 503 when it cannot be acted on now, 429
+/// when over budget: the named provider's (`[rate_limit]
+/// backchannel_per_second`) for a token whose unverified `iss` and `aud` name
+/// a configured provider, else the sender address's.
 async fn backchannel_logout(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     form: Result<Form<LogoutForm>, FormRejection>,
-) -> Result<StatusCode, ApiError> {
-    let Form(form) = form.map_err(|e| ApiError::bad_request(e.body_text()))?;
+) -> Result<StatusCode, Response> {
     let token = form
-        .logout_token
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| ApiError::bad_request("logout_token is required"))?;
+        .ok()
+        .and_then(|Form(f)| f.logout_token)
+        .filter(|t| !t.is_empty());
+    let provider = token
+        .as_deref()
+        .and_then(unverified_issuer)
+        .and_then(|claimed| state.providers.for_token(&claimed));
+    let budget = match &provider {
+        Some(p) => state
+            .rate_limits
+            .backchannel_logout(p.config().id.as_str())
+            .map_err(|wait| (wait, "backchannel_logout")),
+        None => {
+            let ip = state.rate_limits.client_ip(peer.ip(), &headers);
+            state
+                .rate_limits
+                .request(ip)
+                .map_err(|wait| (wait, "request"))
+        }
+    };
+    if let Err((wait, reason)) = budget {
+        state.metrics.rate_limited(reason);
+        return Err(rate_limit::too_many_requests(wait));
+    }
+    let token = token.ok_or_else(|| {
+        ApiError::bad_request("logout_token (form-encoded) is required").into_response()
+    })?;
     match state.tokens.backchannel_logout(&token).await {
         Ok(_) => Ok(StatusCode::OK),
         Err(e @ (LogoutError::Invalid(_) | LogoutError::Replayed)) => {
             tracing::info!(reason = %e, "logout token refused");
-            Err(ApiError::bad_request(e.to_string()))
+            Err(ApiError::bad_request(e.to_string()).into_response())
         }
         Err(LogoutError::Unavailable(description)) => Err(ApiError::Unavailable {
             description,
             retry_after_secs: RETRY_AFTER_SECS,
-        }),
+        }
+        .into_response()),
     }
 }
 

@@ -246,6 +246,9 @@ async fn slow_and_idle_clients_are_cut_off_and_connections_capped(db: &TestDb) {
         .await
         .unwrap();
     assert!(closed_within(&mut slow, Duration::from_millis(2500)).await);
+    // A connection that sends nothing at all: the same, not idle_timeout.
+    let mut silent = connect(&app).await;
+    assert!(closed_within(&mut silent, Duration::from_millis(1800)).await);
     // A kept-alive connection doing nothing: closed after idle_timeout...
     let mut idle = connect(&app).await;
     idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -269,12 +272,47 @@ async fn slow_and_idle_clients_are_cut_off_and_connections_capped(db: &TestDb) {
     assert_eq!(app.get("/healthz").await.status(), 200, "room again");
     let metrics = app.get("/metrics").await.text().await.unwrap();
     for line in [
-        r#"chatgate_connections_timed_out_total{reason="header_read"} 1"#,
+        r#"chatgate_connections_timed_out_total{reason="header_read"} 2"#,
         r#"chatgate_connections_timed_out_total{reason="idle"} 1"#,
         "chatgate_connections_refused_total 1",
     ] {
         assert!(metrics.contains(line), "{line}\n{metrics}");
     }
+    app.stop().await;
+}
+
+/// One address holding a thousand idle sockets takes only its share of the
+/// server's connections: another address is still served.
+async fn one_address_cannot_take_every_connection(db: &TestDb) {
+    let cfg =
+        TestConfig::new(db).with_top("max_connections = 100\nmax_connections_per_address = 20");
+    let app = spawn_app(&cfg).await;
+    let mut hoarded = Vec::new();
+    for _ in 0..1000 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        if let Ok(stream) = socket.connect(([127, 0, 0, 1], app.port).into()).await {
+            hoarded.push(stream);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Another address is served, although 127.0.0.2 tried for 1000.
+    for _ in 0..5 {
+        assert_eq!(app.get("/healthz").await.status(), 200);
+    }
+    let mut still_open = 0;
+    for conn in &mut hoarded {
+        if !closed_within(conn, Duration::from_millis(5)).await {
+            still_open += 1;
+        }
+    }
+    assert_eq!(still_open, 20, "max_connections_per_address of 127.0.0.2");
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("chatgate_connections_refused_total 980"),
+        "{metrics}"
+    );
+    drop(hoarded);
     app.stop().await;
 }
 
@@ -486,6 +524,7 @@ backend_tests!(
     made_up_methods_and_error_codes_do_not_grow_the_metrics,
     slow_and_idle_clients_are_cut_off_and_connections_capped,
     a_slow_request_is_not_cut_by_the_idle_timeout,
+    one_address_cannot_take_every_connection,
     a_bot_written_into_the_database_without_the_vault_key_is_refused,
     bots_from_before_keyed_hashes_keep_working_and_are_rehashed,
     a_signing_key_written_into_the_database_is_not_trusted,

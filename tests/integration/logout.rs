@@ -611,7 +611,87 @@ async fn two_replicas_deliver_each_event_once(db: &TestDb) {
     s.app.stop().await;
 }
 
+/// A mass logout at the IdP: 500 valid logout tokens from one address within
+/// seconds are all processed (the provider's own budget, not the address's);
+/// tokens naming no configured issuer from that address are limited as
+/// anonymous traffic.
+async fn a_burst_of_logout_tokens_from_one_address_is_processed_completely(db: &TestDb) {
+    let s = setup(db).await;
+    let url = s.app.url("/v1/backchannel-logout");
+    let tokens: Vec<String> = (0..500)
+        .map(|n| s.idp.logout_token(json!({"sub": format!("user-{n}")})))
+        .collect();
+    let mut statuses = Vec::new();
+    for chunk in tokens.chunks(25) {
+        let mut sent = tokio::task::JoinSet::new();
+        for token in chunk {
+            let request = s
+                .app
+                .client
+                .post(&url)
+                .form(&[("logout_token", token.as_str())]);
+            sent.spawn(async move { request.send().await.unwrap().status().as_u16() });
+        }
+        statuses.extend(sent.join_all().await);
+    }
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(statuses.len(), 500);
+    // Junk (an issuer nobody configured) spends the sender's budget: the
+    // default burst of 50, then 429.
+    let mut sent = tokio::task::JoinSet::new();
+    for n in 0..100 {
+        let junk = s
+            .idp
+            .logout_token(json!({"iss": "https://elsewhere.example", "sub": format!("x-{n}")}));
+        let request = s.app.client.post(&url).form(&[("logout_token", junk)]);
+        sent.spawn(async move { request.send().await.unwrap().status().as_u16() });
+    }
+    let junk = sent.join_all().await;
+    assert!(junk.iter().all(|s| [400, 429].contains(s)), "{junk:?}");
+    let limited = junk.iter().filter(|s| **s == 429).count();
+    assert!(limited >= 30, "{limited} of 100 limited");
+    // The IdP's budget is its own: valid logouts still go through.
+    let r = s
+        .app
+        .client
+        .post(&url)
+        .form(&[(
+            "logout_token",
+            s.idp.logout_token(json!({"sub": "user-after"})).as_str(),
+        )])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+/// Two registrations at one IdP (one issuer, two client ids): a logout token
+/// goes to the provider its audience names.
+async fn a_logout_token_is_matched_by_issuer_and_audience(db: &TestDb) {
+    let idp = FakeIdp::start().await;
+    let mut cfg = TestConfig::new(db).with_provider(&idp, "");
+    cfg.toml.push_str(&format!(
+        "\n[[providers]]\nid = \"idp2\"\nissuer = \"{}\"\nclient_id = \"second-client\"\nclient_secret_env = \"TEST_IDP_SECRET\"\n",
+        idp.issuer
+    ));
+    let app = spawn_app(&cfg).await;
+    let post = |token: String| {
+        app.client
+            .post(app.url("/v1/backchannel-logout"))
+            .form(&[("logout_token", token)])
+            .send()
+    };
+    for aud in ["second-client", common::fake_idp::CLIENT_ID] {
+        let token = idp.logout_token(json!({"sub": "user-123", "aud": aud}));
+        assert_eq!(post(token).await.unwrap().status(), 200, "{aud}");
+    }
+    let token = idp.logout_token(json!({"sub": "user-123", "aud": "nobody"}));
+    assert_eq!(post(token).await.unwrap().status(), 400);
+}
+
 backend_tests!(
+    a_logout_token_is_matched_by_issuer_and_audience,
+    a_burst_of_logout_tokens_from_one_address_is_processed_completely,
     a_logout_token_ends_sessions_and_tokens_in_every_app_and_tells_the_bot,
     invalid_or_replayed_logout_tokens_change_nothing,
     a_logout_by_sid_ends_only_that_idp_session,

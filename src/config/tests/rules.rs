@@ -31,6 +31,22 @@ fn durations_are_checked_for_format_and_range() {
 }
 
 #[test]
+fn the_forwarded_header_is_one_of_two() {
+    let f = Fixture::new();
+    let errors = f.errors(&format!("forwarded_header = \"x-real-ip\"\n{MINIMAL}"));
+    assert!(
+        errors
+            .iter()
+            .any(|p| p.key == "forwarded_header" && p.message.contains("must be")),
+        "{errors:?}"
+    );
+    let ok = f
+        .load(&format!("forwarded_header = \"forwarded\"\n{MINIMAL}"))
+        .unwrap();
+    assert_eq!(ok.config.forwarded_header, ForwardedHeader::Forwarded);
+}
+
+#[test]
 fn secrets_must_resolve() {
     let f = Fixture::new();
     let missing_env = MINIMAL.replace("key_file = \"vault.key\"", "key_env = \"NOPE_UNSET\"");
@@ -230,6 +246,12 @@ fn provider_and_app_rules() {
             "scopes = [\"openid\", \"profile\", \"email\", \"offline_access\"]\nbind_chat_tokens = \"mtls\"",
             "apps.support.bind_chat_tokens",
             "must be \"none\" or \"dpop\"",
+        ),
+        (
+            "user_id_claim = \"oid\"\n",
+            "user_id_claim = \"oid\"\n[[providers]]\nid = \"entra2\"\nissuer = \"https://login.microsoftonline.com/tenant/v2.0/\"\nclient_id = \"client-1\"\nclient_secret_env = \"ENTRA_CLIENT_SECRET\"\n",
+            "providers.entra2.client_id",
+            "same issuer and client_id",
         ),
     ];
     let f = f.with_env("SHORT", "too-short");

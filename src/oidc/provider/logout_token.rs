@@ -69,15 +69,36 @@ struct Claims {
     nonce: Option<serde_json::Value>,
 }
 
-/// The unverified `iss` of a JWT, to pick the provider whose keys verify it.
-pub fn unverified_issuer(token: &str) -> Option<String> {
+/// The unverified `iss` and `aud` of a JWT, to pick the provider whose keys
+/// verify it (and whose budget of back-channel logouts it spends).
+pub fn unverified_issuer(token: &str) -> Option<UnverifiedIssuer> {
     #[derive(Deserialize)]
-    struct Iss {
-        iss: String,
+    #[serde(untagged)]
+    enum Audience {
+        One(String),
+        Many(Vec<String>),
     }
-    jsonwebtoken::dangerous::insecure_decode_claims::<Iss>(token)
-        .ok()
-        .map(|c| c.iss)
+    #[derive(Deserialize)]
+    struct Claims {
+        iss: String,
+        aud: Option<Audience>,
+    }
+    let claims = jsonwebtoken::dangerous::insecure_decode_claims::<Claims>(token).ok()?;
+    Some(UnverifiedIssuer {
+        iss: claims.iss,
+        aud: match claims.aud {
+            None => Vec::new(),
+            Some(Audience::One(a)) => vec![a],
+            Some(Audience::Many(a)) => a,
+        },
+    })
+}
+
+/// Who a JWT says it is from and for, before anything is verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnverifiedIssuer {
+    pub iss: String,
+    pub aud: Vec<String>,
 }
 
 impl Provider {
@@ -122,7 +143,14 @@ impl Provider {
         }
         let key = self.logout_key(header.kid.as_deref(), header.alg)?;
         let mut validation = Validation::new(header.alg);
-        validation.set_issuer(&[self.issuer()]);
+        // A multi-tenant provider's logout tokens name the user's tenant.
+        let issuer = match unverified_issuer(token) {
+            Some(claimed) if self.check_iss_parameter(&claimed.iss) != IssParameter::Mismatch => {
+                claimed.iss
+            }
+            _ => self.issuer(),
+        };
+        validation.set_issuer(&[issuer]);
         validation.set_audience(&[self.config.client_id.as_str()]);
         validation.set_required_spec_claims(&["iss", "aud"]);
         validation.leeway = skew.as_secs();

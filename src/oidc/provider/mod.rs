@@ -27,7 +27,7 @@ mod verify;
 use jwks::{fetch_jwks, get_json};
 pub use logout_token::{
     BACKCHANNEL_LOGOUT_EVENT, LOGOUT_TOKEN_MAX_AGE, LogoutToken, LogoutTokenError,
-    unverified_issuer,
+    UnverifiedIssuer, unverified_issuer,
 };
 
 /// Refetches of the JWKS triggered by an unknown `kid` happen at most this often,
