@@ -8,6 +8,27 @@
 
 pub use secrecy::{ExposeSecret, SecretSlice, SecretString};
 
+/// `Debug` for a request type that holds bearer values (tokens, codes,
+/// tickets) in plain fields, as serde hands them over: the `show` fields
+/// print, the `hide` fields print `[REDACTED]`.
+///
+/// ```ignore
+/// redacted_debug!(LogoutForm { show: [], hide: [logout_token] });
+/// ```
+#[macro_export]
+macro_rules! redacted_debug {
+    ($ty:ident { show: [$($show:ident),* $(,)?], hide: [$($hide:ident),* $(,)?] }) => {
+        impl ::std::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.debug_struct(stringify!($ty))
+                    $(.field(stringify!($show), &self.$show))*
+                    $(.field(stringify!($hide), &"[REDACTED]"))*
+                    .finish()
+            }
+        }
+    };
+}
+
 /// Secret bytes (a symmetric key, a decrypted vault column).
 pub type SecretBytes = SecretSlice<u8>;
 

@@ -18,7 +18,7 @@ use crate::rate_limits::{RateLimitConfig, RateLimits};
 use crate::signin::SignInService;
 use crate::store::{Store, StoreError};
 use crate::user_tokens::{RefreshSettings, TokenService};
-use crate::vault::{Vault, VaultKeyRing};
+use crate::vault::Vault;
 
 /// Everything a request handler can reach.
 #[derive(Debug, Clone)]
@@ -71,7 +71,7 @@ impl AppState {
                     url: config.database.display.clone(),
                     source,
                 })?;
-        migrate(&store, &config.vault_keys).await?;
+        migrate(&store, &config).await?;
         let issuer = Arc::new(ChatTokenIssuer::new(
             config.public_url.issuer(),
             config.signing_key.clone(),
@@ -164,7 +164,8 @@ impl AppState {
 /// migration 4 (row MACs) is applied, the bot credentials and signing keys
 /// already in the database are tagged, so they stay valid (rows added later
 /// without the vault key are refused).
-pub async fn migrate(store: &Store, vault: &VaultKeyRing) -> Result<(), StoreError> {
+pub async fn migrate(store: &Store, config: &Config) -> Result<(), StoreError> {
+    let vault = &config.vault_keys;
     let applied = store.migrate().await?;
     if applied.contains(&ROW_MACS_MIGRATION) {
         let bots = BotDirectory::adopt_rows_from_before_keyed_hashes(store, vault).await?;
@@ -175,11 +176,26 @@ pub async fn migrate(store: &Store, vault: &VaultKeyRing) -> Result<(), StoreErr
             "tagged the bot credentials and signing keys from before row MACs"
         );
     }
+    if applied.contains(&SIGNIN_GENERATIONS_MIGRATION) {
+        // Entries stored before migration 5 never learnt their IdP `sub`, so a
+        // back-channel logout by `sub` would not find them. Where the user id
+        // is the `sub` itself, it can be read off the user id.
+        for provider in &config.providers {
+            if provider.user_id_claim == "sub" && !provider.multi_tenant {
+                let n = store.backfill_idp_sub(provider.id.as_str()).await?;
+                if n > 0 {
+                    tracing::info!(provider = %provider.id, entries = n, "filled in the IdP sub of entries from before back-channel logout");
+                }
+            }
+        }
+    }
     Ok(())
 }
 
 /// The migration that added row MACs (`migrations/*/0004_row_macs.sql`).
 const ROW_MACS_MIGRATION: i64 = 4;
+/// The migration that added sign-in generations (`0007_signin_generations.sql`).
+const SIGNIN_GENERATIONS_MIGRATION: i64 = 7;
 
 /// The refresh machinery's part of the configuration.
 fn refresh_settings(config: &Config) -> RefreshSettings {

@@ -108,7 +108,7 @@ pub async fn exchange(
     // Each ID token once: its hash stays in the replay cache until it expires.
     // Last, so a refused token consumes nothing.
     let keep_until = identity.expires_at + clock_skew.as_secs() as i64;
-    let fingerprint = format!("id_token:{}", sha256_hex(id_token.as_bytes()));
+    let fingerprint = replay_fingerprint(id_token);
     if !store
         .remember_jti(REPLAY_SCOPE, &fingerprint, keep_until)
         .await?
@@ -122,4 +122,29 @@ pub async fn exchange(
         email_verified: identity.email_verified,
         auth_time: identity.auth_time,
     })
+}
+
+/// What makes an ID token the same one: its signed content (header and
+/// claims), not its signature. ECDSA signatures are malleable — `(r, s)` and
+/// `(r, n - s)` both verify — so a hash of the whole JWS would let one ID
+/// token through twice.
+fn replay_fingerprint(id_token: &str) -> String {
+    let signed = id_token
+        .rsplit_once('.')
+        .map_or(id_token, |(signed, _)| signed);
+    format!("id_token:{}", sha256_hex(signed.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replay_fingerprint;
+
+    #[test]
+    fn another_signature_of_the_same_token_is_the_same_token() {
+        let a = replay_fingerprint("eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhIn0.c2lnbmF0dXJlLTE");
+        let b = replay_fingerprint("eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhIn0.c2lnbmF0dXJlLTI");
+        let other = replay_fingerprint("eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJiIn0.c2lnbmF0dXJlLTE");
+        assert_eq!(a, b);
+        assert_ne!(a, other);
+    }
 }

@@ -90,9 +90,7 @@ pub(super) async fn connect(config: &Config) -> Result<Store, ExitCode> {
             config.database.display
         ))
     })?;
-    crate::state::migrate(&store, &config.vault_keys)
-        .await
-        .map_err(fail)?;
+    crate::state::migrate(&store, config).await.map_err(fail)?;
     Ok(store)
 }
 

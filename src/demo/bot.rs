@@ -34,11 +34,16 @@ struct ChatClaims {
     name: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 struct TokenAnswer {
     access_token: String,
     expires_at: Option<i64>,
 }
+
+crate::redacted_debug!(TokenAnswer {
+    show: [expires_at],
+    hide: [access_token]
+});
 
 /// What the bot answers.
 #[derive(Debug, Serialize)]

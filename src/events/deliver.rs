@@ -3,11 +3,17 @@
 //! signed, and records the result — delivered on a 2xx, else retried with
 //! exponential backoff (5 s doubling to 1 h) until 24 hours after the event,
 //! then dead (`chatgate events redeliver ID` queues it again).
+//!
+//! Each claimed event is sent at once, in a task of its own, and no more are
+//! claimed than can be sent at once ([`IN_FLIGHT`]): an attempt ends within
+//! [`SEND_TIMEOUT`], long inside its [`CLAIM`], so no other replica sends it
+//! meanwhile; and a receiver that does not answer holds only its own events,
+//! while every other app's are sent beside them.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 
 use super::{Events, sign};
 use crate::metrics::Metrics;
@@ -15,9 +21,12 @@ use crate::store::{EventSettlement, Store, StoredEvent};
 
 /// How often the outbox is looked at when nothing wakes the deliverer.
 const POLL: Duration = Duration::from_secs(1);
-/// Events claimed at a time.
+/// Events claimed at a time (at most the free places of [`IN_FLIGHT`]).
 const BATCH: u32 = 20;
-/// How long a claim lasts (a replica that dies while sending lets go).
+/// Deliveries under way at once, per replica.
+pub const IN_FLIGHT: usize = 64;
+/// How long a claim lasts (a replica that dies while sending lets go): far
+/// longer than one attempt can take.
 const CLAIM: i64 = 60;
 /// Delivery attempts are retried this long after the event.
 pub const RETRY_FOR: i64 = 24 * 3600;
@@ -35,6 +44,8 @@ pub struct Deliverer {
     metrics: Arc<Metrics>,
     owner: String,
     wake: Arc<Notify>,
+    /// Places for deliveries under way.
+    slots: Arc<Semaphore>,
 }
 
 impl Deliverer {
@@ -46,6 +57,7 @@ impl Deliverer {
             metrics,
             owner: format!("deliverer-{}", crate::secret::random_token::<9>()),
             wake: Arc::new(Notify::new()),
+            slots: Arc::new(Semaphore::new(IN_FLIGHT)),
         }
     }
 
@@ -73,40 +85,60 @@ impl Deliverer {
         }
     }
 
-    /// One round: claims the due events and sends each once. Returns how many.
+    /// One round: claims as many due events as there are free places and
+    /// starts sending each (without waiting for the answers). Returns how many.
     pub async fn deliver_due(&self, now: i64) -> Result<usize, crate::store::StoreError> {
+        let free = self.slots.available_permits().min(BATCH as usize);
+        if free == 0 {
+            return Ok(0);
+        }
         let due = self
             .store
-            .claim_due_events(&self.owner, now, now + CLAIM, BATCH)
+            .claim_due_events(&self.owner, now, now + CLAIM, free as u32)
             .await?;
         let n = due.len();
         for event in due {
-            let settlement = self.send(&event).await;
-            let outcome = match &settlement {
-                Settled::Delivered => "delivered",
-                Settled::Retry(_) => "failed",
-                Settled::Dead(_) => "dead",
+            // Only this loop takes places, and it claimed no more than were free.
+            let Ok(place) = self.slots.clone().try_acquire_owned() else {
+                break;
             };
-            self.metrics.event(outcome);
-            let at = crate::time::now();
-            let result = match &settlement {
-                Settled::Delivered => EventSettlement::Delivered { at },
-                Settled::Retry(error) => EventSettlement::Retry {
-                    at: at + backoff(event.attempts),
-                    error,
-                },
-                Settled::Dead(error) => EventSettlement::Dead { at, error },
-            };
-            if let Err(e) = self
-                .store
-                .settle_event(&event.id, &self.owner, result)
-                .await
-            {
-                // The claim lapses; the event is sent again (at least once).
-                tracing::warn!(event = %event.id, error = %e, "cannot record an event delivery");
-            }
+            let this = self.clone();
+            tokio::spawn(async move {
+                this.deliver(&event).await;
+                drop(place);
+                // A place is free again: look for more.
+                this.wake();
+            });
         }
         Ok(n)
+    }
+
+    /// One attempt at a claimed event, and its result recorded.
+    async fn deliver(&self, event: &StoredEvent) {
+        let settlement = self.send(event).await;
+        let outcome = match &settlement {
+            Settled::Delivered => "delivered",
+            Settled::Retry(_) => "failed",
+            Settled::Dead(_) => "dead",
+        };
+        self.metrics.event(outcome);
+        let at = crate::time::now();
+        let result = match &settlement {
+            Settled::Delivered => EventSettlement::Delivered { at },
+            Settled::Retry(error) => EventSettlement::Retry {
+                at: at + backoff(event.attempts),
+                error,
+            },
+            Settled::Dead(error) => EventSettlement::Dead { at, error },
+        };
+        if let Err(e) = self
+            .store
+            .settle_event(&event.id, &self.owner, result)
+            .await
+        {
+            // The claim lapses; the event is sent again (at least once).
+            tracing::warn!(event = %event.id, error = %e, "cannot record an event delivery");
+        }
     }
 
     async fn send(&self, event: &StoredEvent) -> Settled {

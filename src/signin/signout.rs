@@ -52,6 +52,16 @@ pub enum IdpSignoutError {
     Store(#[from] StoreError),
 }
 
+impl IdpSignoutError {
+    /// What a response may say: never the database's own words.
+    pub fn public_description(&self) -> String {
+        match self {
+            Self::Store(_) => "chatgate's database is unavailable; try again shortly".into(),
+            other => other.to_string(),
+        }
+    }
+}
+
 /// Where the IdP's redirect back goes.
 #[derive(Debug, Clone)]
 pub struct SignedOut {

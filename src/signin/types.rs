@@ -155,13 +155,39 @@ pub struct FlowTarget {
 }
 
 /// The query of `GET /v1/callback`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 pub struct CallbackParams {
     pub state: Option<String>,
     pub code: Option<String>,
     pub error: Option<String>,
     pub error_description: Option<String>,
     pub iss: Option<String>,
+}
+
+crate::redacted_debug!(CallbackParams {
+    show: [error, error_description, iss],
+    hide: [state, code]
+});
+
+#[cfg(test)]
+mod tests {
+    use super::CallbackParams;
+
+    #[test]
+    fn debug_output_of_a_callback_holds_no_code_or_state() {
+        let params = CallbackParams {
+            state: Some("the-state-value".into()),
+            code: Some("the-authorization-code".into()),
+            error: None,
+            error_description: None,
+            iss: Some("https://idp.example".into()),
+        };
+        let printed = format!("{params:?}");
+        assert!(
+            !printed.contains("the-state-value") && !printed.contains("the-authorization-code")
+        );
+        assert!(printed.contains("[REDACTED]") && printed.contains("https://idp.example"));
+    }
 }
 
 /// A minted chat token.

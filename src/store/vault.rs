@@ -141,7 +141,7 @@ pub(super) const WRITE_REFRESHED: &str = "UPDATE vault_entries SET access_token 
                refresh_token = COALESCE($2, refresh_token), token_type = $3, scope = $4, \
                access_expires_at = $5, needs_reauth = $6, pending_id_token = $7, \
                pending_id_token_at = $8, row_version = row_version + 1, updated_at = $9, \
-               id_token = COALESCE($10, id_token), \
+               id_token = COALESCE($10, id_token), idp_sub = COALESCE($14, idp_sub), \
                refresh_failing_since = NULL, refresh_failing_notified = FALSE, \
                refresh_lease_owner = NULL, refresh_lease_until = NULL \
              WHERE app = $11 AND user_id = $12 AND refresh_lease_id = $13";
@@ -287,6 +287,17 @@ impl Store {
         Ok(inserted)
     }
 
+    /// Sets `idp_sub` from the user id (`{provider}:{sub}`) where it is
+    /// missing, for a provider whose user ids are the IdP's `sub`. Once,
+    /// after migration 7.
+    pub async fn backfill_idp_sub(&self, provider: &str) -> Result<u64> {
+        const SQL: &str = "UPDATE vault_entries SET idp_sub = substr(user_id, length(provider) + 2) \
+             WHERE provider = $1 AND idp_sub IS NULL AND user_id LIKE provider || ':%'";
+        Ok(with_pool!(self, pool => {
+            sqlx::query(SQL).bind(provider).execute(pool).await?.rows_affected()
+        }))
+    }
+
     pub async fn get_vault_entry(&self, app: &str, user_id: &str) -> Result<Option<VaultRow>> {
         Ok(with_pool!(self, pool => {
             sqlx::query_as::<_, VaultRow>(GET_ENTRY).bind(app).bind(user_id).fetch_optional(pool).await?
@@ -409,6 +420,9 @@ pub struct RefreshedEntry<'a> {
     pub needs_reauth: bool,
     /// The refreshed ID token, sealed, once verified (a later `id_token_hint`).
     pub id_token: Option<&'a [u8]>,
+    /// Its `sub` (back-channel logout finds the entry by it); `None` keeps
+    /// the stored one.
+    pub idp_sub: Option<&'a str>,
     /// Recorded with the write (`user.reauth_required` when `needs_reauth`).
     pub event: Option<&'a OutboxRow>,
 }
@@ -530,6 +544,7 @@ impl Store {
                     .bind(entry.app)
                     .bind(entry.user_id)
                     .bind(entry.lease_id)
+                    .bind(entry.idp_sub)
                     .execute($executor)
                     .await?
                     .rows_affected()

@@ -46,8 +46,9 @@ enum Step {
 
 /// How the refreshed ID token compares with the user.
 enum Identity {
-    /// The same user, or the IdP sent no ID token.
-    Same,
+    /// The same user (with the ID token's `sub`), or the IdP sent no ID
+    /// token (`None`).
+    Same(Option<String>),
     /// Verified, and about somebody else (or another issuer).
     Other,
     /// Not verifiable now (JWKS unreachable, key not published yet).
@@ -256,7 +257,7 @@ impl Task {
             .flatten();
         // A verified refreshed ID token is the next sign-out's id_token_hint.
         let verified_id_token = match identity {
-            Identity::Same => tokens.id_token_text(),
+            Identity::Same(_) => tokens.id_token_text(),
             _ => None,
         };
         let set = TokenSet {
@@ -276,6 +277,10 @@ impl Task {
                 pending_id_token: pending.as_ref(),
                 needs_reauth,
                 id_token: verified_id_token.as_ref(),
+                idp_sub: match &identity {
+                    Identity::Same(sub) => sub.as_deref(),
+                    _ => None,
+                },
                 event: reauth_event.as_ref(),
             },
         );
@@ -342,7 +347,7 @@ impl Task {
                         .into(),
                 ))
             }
-            Identity::Same | Identity::Other => {
+            Identity::Same(_) | Identity::Other => {
                 inner.metrics.refresh(if retried {
                     RefreshOutcome::StoredAfterRetry
                 } else {
@@ -474,7 +479,7 @@ impl Task {
     ) -> Identity {
         match &tokens.id_token {
             Some(id_token) => self.compare(provider, id_token, received_at).await,
-            None => Identity::Same,
+            None => Identity::Same(None),
         }
     }
 
@@ -492,7 +497,7 @@ impl Task {
                 let same = UserId::new(&provider.config().id, &identity.subject)
                     .is_ok_and(|u| u == self.user);
                 if same {
-                    Identity::Same
+                    Identity::Same(Some(identity.sub))
                 } else {
                     Identity::Other
                 }
@@ -527,7 +532,7 @@ impl Task {
             Err(e) => Identity::Invalid(format!("unreadable: {e}")),
         };
         let needs_reauth = match identity {
-            Identity::Same => false,
+            Identity::Same(_) => false,
             Identity::Unverifiable(why) => {
                 tracing::debug!(user = %self.user, reason = %why, "the pending ID token still cannot be verified");
                 return Err(unavailable());

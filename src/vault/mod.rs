@@ -120,6 +120,8 @@ pub struct RefreshResult<'a> {
     pub needs_reauth: bool,
     /// The refreshed ID token, once verified (the next `id_token_hint`).
     pub id_token: Option<&'a SecretString>,
+    /// Its `sub`.
+    pub idp_sub: Option<&'a str>,
     /// Recorded with the write.
     pub event: Option<&'a OutboxRow>,
 }
@@ -149,6 +151,7 @@ pub struct SealedRefresh {
     pending_id_token_at: Option<i64>,
     needs_reauth: bool,
     id_token: Option<Vec<u8>>,
+    idp_sub: Option<String>,
     event: Option<OutboxRow>,
 }
 
@@ -489,6 +492,7 @@ impl Vault {
             pending_id_token_at: result.pending_id_token.map(|p| p.received_at),
             needs_reauth: result.needs_reauth,
             id_token,
+            idp_sub: result.idp_sub.map(str::to_string),
             event: result.event.cloned(),
         }
     }
@@ -512,6 +516,7 @@ impl Vault {
                     pending_id_token_at: sealed.pending_id_token_at,
                     needs_reauth: sealed.needs_reauth,
                     id_token: sealed.id_token.as_deref(),
+                    idp_sub: sealed.idp_sub.as_deref(),
                     event: sealed.event.as_ref(),
                 },
                 now,

@@ -140,7 +140,7 @@ pub struct UserStatus {
     pub needs_reauth: bool,
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 pub struct VerifyRequest {
     /// A chat token.
     pub token: String,
@@ -154,6 +154,11 @@ pub struct VerifyRequest {
     #[serde(default)]
     pub htu: Option<String>,
 }
+
+crate::redacted_debug!(VerifyRequest {
+    show: [htm, htu],
+    hide: [token, proof]
+});
 
 pub(super) async fn audit(
     state: &AppState,

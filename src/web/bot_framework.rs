@@ -90,16 +90,10 @@ struct TokenQuery {
     code: Option<String>,
 }
 
-impl std::fmt::Debug for TokenQuery {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenQuery")
-            .field("user_id", &self.user_id)
-            .field("connection_name", &self.connection_name)
-            .field("channel_id", &self.channel_id)
-            .field("code", &self.code.as_ref().map(|_| "[REDACTED]"))
-            .finish()
-    }
-}
+crate::redacted_debug!(TokenQuery {
+    show: [user_id, connection_name, channel_id],
+    hide: [code]
+});
 
 /// `GetToken` answers only for a user the request shows to be present: the
 /// chat token the widget gave that user, as the magic code (verified, this

@@ -39,17 +39,27 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .layer(cors::any_origin())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 struct HostSessionRequest {
     app: String,
     token: String,
 }
 
-#[derive(Debug, Deserialize)]
+crate::redacted_debug!(HostSessionRequest {
+    show: [app],
+    hide: [token]
+});
+
+#[derive(Deserialize)]
 struct ExchangeRequest {
     app: String,
     id_token: String,
 }
+
+crate::redacted_debug!(ExchangeRequest {
+    show: [app],
+    hide: [id_token]
+});
 
 #[derive(Debug, Serialize)]
 struct ChatTokenResponse {

@@ -43,10 +43,15 @@ pub fn router(state: &AppState) -> axum::Router<AppState> {
         )
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 struct LogoutForm {
     logout_token: Option<String>,
 }
+
+crate::redacted_debug!(LogoutForm {
+    show: [],
+    hide: [logout_token]
+});
 
 /// `POST /v1/backchannel-logout`: 200 when the sessions the logout token
 /// names are ended (or there were none), 400 `invalid_request` when the token
@@ -102,10 +107,15 @@ async fn backchannel_logout(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 struct TicketQuery {
     ticket: Option<String>,
 }
+
+crate::redacted_debug!(TicketQuery {
+    show: [],
+    hide: [ticket]
+});
 
 /// `GET /v1/idp-signout?ticket=`: on to the IdP's `end_session_endpoint`.
 async fn idp_signout(
@@ -136,10 +146,15 @@ async fn idp_signout(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 struct StateQuery {
     state: Option<String>,
 }
+
+crate::redacted_debug!(StateQuery {
+    show: [],
+    hide: [state]
+});
 
 /// `GET /v1/signed-out?state=`: posts `chatgate:signed_out` to the exact
 /// origin that asked, and closes the popup.

@@ -430,11 +430,16 @@ async fn callback(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 struct TicketRequest {
     app: String,
     ticket: String,
 }
+
+crate::redacted_debug!(TicketRequest {
+    show: [app],
+    hide: [ticket]
+});
 
 fn unknown_ticket() -> ApiError {
     ApiError::bad_request("the ticket is unknown, used or expired")
@@ -473,7 +478,7 @@ async fn redeem_ticket(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 struct SessionTokenRequest {
     app: String,
     /// The chat token an iframe or popup sign-in just delivered; with the
@@ -485,6 +490,11 @@ struct SessionTokenRequest {
     #[serde(default)]
     ticket: Option<String>,
 }
+
+crate::redacted_debug!(SessionTokenRequest {
+    show: [app],
+    hide: [chat_token, ticket]
+});
 
 /// `POST /v1/session/token`: a silent renewal in one fetch from the host page:
 /// the `chatgate:success` message as JSON, or `401 login_required` when
@@ -688,7 +698,7 @@ async fn signout(
                 tracing::warn!(error = %e, "cannot start an IdP sign-out");
             }
             answer["idp_signout_error"] = code.into();
-            answer["idp_signout_error_description"] = e.to_string().into();
+            answer["idp_signout_error_description"] = e.public_description().into();
         }
     }
     Ok(Json(answer))

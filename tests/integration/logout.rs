@@ -689,7 +689,62 @@ async fn a_logout_token_is_matched_by_issuer_and_audience(db: &TestDb) {
     assert_eq!(post(token).await.unwrap().status(), 400);
 }
 
+/// A receiver that takes connections and never answers holds only its own
+/// app's events: another app's event, due after 30 of them, is delivered at
+/// once, not after 30 timeouts of 10 s.
+async fn a_receiver_that_never_answers_does_not_hold_up_other_apps(db: &TestDb) {
+    let receiver = Receiver::start().await;
+    let black_hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hole = black_hole.local_addr().unwrap();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = black_hole.accept().await {
+            keep.lock().unwrap().push(conn); // open, silent
+        }
+    });
+    let mut cfg = TestConfig::new(db);
+    cfg.toml = cfg.toml.replace(
+        "chat_audience = \"https://bot.contoso.com\"\n",
+        &format!(
+            "chat_audience = \"https://bot.contoso.com\"\nevents_url = \"http://{hole}/events\"\nevents_secret_env = \"TEST_EVENTS_SECRET\"\n"
+        ),
+    );
+    cfg.toml.push_str(&format!(
+        "\n[[apps]]\nid = \"sales\"\norigins = [\"{SALES}\"]\nchat_audience = \"https://bot.sales.example.com\"\nhost_keys = [{{ kid = \"s1\", alg = \"HS256\", secret_env = \"TEST_HOST_SECRET\" }}]\n{}",
+        receiver.app_config()
+    ));
+    cfg.env
+        .insert("TEST_EVENTS_SECRET".into(), receiver.secret.clone());
+    let app = spawn_app(&cfg).await;
+    let now = chatgate::time::now();
+    let row = |n: usize, app: &str| chatgate::store::OutboxRow {
+        id: format!("evt_{app}_{n}"),
+        app: app.into(),
+        kind: "user.signed_out".into(),
+        user_id: format!("idp:user-{n}"),
+        payload: format!(
+            r#"{{"id":"evt_{app}_{n}","type":"user.signed_out","app":"{app}","user_id":"idp:user-{n}","occurred_at":{now},"data":{{"reason":"admin"}}}}"#
+        ),
+        created_at: now,
+    };
+    let stuck: Vec<_> = (0..30).map(|n| row(n, "support")).collect();
+    app.state.store.insert_events(&stuck).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    app.state
+        .store
+        .insert_events(&[row(0, "sales")])
+        .await
+        .unwrap();
+    let got = receiver
+        .wait_for(Duration::from_secs(5), |d| !d.is_empty())
+        .await;
+    assert_eq!(got[0].id, "evt_sales_0");
+    drop(held);
+}
+
 backend_tests!(
+    a_receiver_that_never_answers_does_not_hold_up_other_apps,
     a_logout_token_is_matched_by_issuer_and_audience,
     a_burst_of_logout_tokens_from_one_address_is_processed_completely,
     a_logout_token_ends_sessions_and_tokens_in_every_app_and_tells_the_bot,

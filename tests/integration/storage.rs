@@ -125,9 +125,30 @@ async fn vault_round_trip(db: &TestDb) {
     let (other_app, ..) = ids("sales", "entra:alice");
     assert!(vault.load(&other_app, &user).await.unwrap().is_none());
 
+    // An entry without the IdP's sub (stored before back-channel logout)
+    // gets it from its user id, once, for a provider whose ids are the sub.
+    assert_eq!(row.idp_sub, None);
+    assert_eq!(store.backfill_idp_sub("entra").await.unwrap(), 1);
+    let row = store
+        .get_vault_entry("support", "entra:alice")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.idp_sub.as_deref(), Some("alice"));
+    assert_eq!(store.backfill_idp_sub("entra").await.unwrap(), 0);
+    assert_eq!(store.backfill_idp_sub("okta").await.unwrap(), 0);
+
+    // A sign-out deletes it, and a new entry is a new sign-in generation.
+    let first = entry.generation.clone().expect("a generation");
     assert!(vault.delete(&app, &user, None).await.unwrap().entry);
     assert!(!vault.delete(&app, &user, None).await.unwrap().entry);
     assert!(vault.load(&app, &user).await.unwrap().is_none());
+    vault
+        .save(&app, &user, &provider, &tokens("at-2", Some("rt-2")), 200)
+        .await
+        .unwrap();
+    let again = vault.load(&app, &user).await.unwrap().unwrap();
+    assert_ne!(again.generation.as_deref(), Some(first.as_str()));
 }
 
 async fn a_new_sign_in_replaces_tokens_but_keeps_an_omitted_refresh_token(db: &TestDb) {
