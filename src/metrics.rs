@@ -149,8 +149,12 @@ pub enum RefreshOutcome {
     /// The IdP answered but the answer could not be stored: the rotated
     /// refresh token is gone. Should stay 0.
     Lost,
-    /// The IdP refused the refresh token.
+    /// The IdP refused the refresh token (`invalid_grant`).
     InvalidGrant,
+    /// The IdP refused the refresh with another OAuth error, every time of a
+    /// few tries (LemonLDAP::NG's `invalid_request` for a dead token, an
+    /// `invalid_client`, a bare 400): the user must sign in again.
+    Refused,
     /// The refreshed ID token names another user.
     IdentityChanged,
     /// The refreshed ID token is invalid (kept; the user must sign in again).
@@ -172,6 +176,7 @@ impl RefreshOutcome {
             Self::StoredAfterRetry => "stored_after_retry",
             Self::Lost => "lost",
             Self::InvalidGrant => "invalid_grant",
+            Self::Refused => "refused",
             Self::IdentityChanged => "identity_changed",
             Self::IdTokenInvalid => "id_token_invalid",
             Self::IdTokenUnverified => "id_token_unverified",

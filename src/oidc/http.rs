@@ -26,6 +26,17 @@ pub enum HttpError {
     TooLarge,
     #[error("invalid HTTP message: {0}")]
     Http(#[from] openidconnect::http::Error),
+    /// A token endpoint answered with an HTTP status and no OAuth error body
+    /// (see [`TokenEndpoint`]).
+    #[error("the identity provider answered HTTP {0}")]
+    Status(u16),
+}
+
+impl HttpError {
+    /// A status that says "not now" rather than "no": 5xx and 429.
+    pub fn is_transient_status(&self) -> bool {
+        matches!(self, Self::Status(s) if *s >= 500 || *s == 429)
+    }
 }
 
 /// A cheap-to-clone client for IdP calls.
@@ -84,6 +95,33 @@ impl IdpHttp {
             body.extend_from_slice(&chunk);
         }
         Ok(builder.body(body)?)
+    }
+}
+
+/// The client for token-endpoint calls (refresh): a 5xx or 429 answer is an
+/// error of its own whatever its body (a gateway's error page, or an IdP's
+/// `{"error": "server_error"}`), and so is a 4xx whose body is not an OAuth
+/// error, so the caller tells "the IdP refused" from "the IdP is down" by the
+/// status, not by how the body parses.
+#[derive(Debug, Clone)]
+pub struct TokenEndpoint(pub IdpHttp);
+
+impl<'c> AsyncHttpClient<'c> for TokenEndpoint {
+    type Error = HttpError;
+    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, HttpError>> + Send + 'c>>;
+
+    fn call(&'c self, request: HttpRequest) -> Self::Future {
+        Box::pin(async move {
+            let response = self.0.execute(request).await?;
+            let status = response.status().as_u16();
+            let oauth_error = serde_json::from_slice::<serde_json::Value>(response.body())
+                .ok()
+                .is_some_and(|v| v.get("error").is_some_and(serde_json::Value::is_string));
+            if status >= 500 || status == 429 || (status >= 400 && !oauth_error) {
+                return Err(HttpError::Status(status));
+            }
+            Ok(response)
+        })
     }
 }
 

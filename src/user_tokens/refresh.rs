@@ -44,6 +44,33 @@ enum Step {
     Again,
 }
 
+/// How often an ambiguous refusal is asked again, and how long apart.
+const AMBIGUOUS_TRIES: u32 = 3;
+const AMBIGUOUS_RETRY_DELAY: Duration = Duration::from_millis(500);
+
+/// What an OAuth error answer of the token endpoint to a refresh means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// The refresh token is dead: the user must sign in again.
+    Definitive,
+    /// Not now: the IdP says it is overloaded or failing (`5xx` and `429`
+    /// are transient before they get here).
+    Transient,
+    /// Anything else (`invalid_request`, `invalid_client`,
+    /// `unauthorized_client`, `invalid_scope`, a bare 4xx, unknown codes):
+    /// not an outage — real IdPs answer a dead refresh token this way too
+    /// (LemonLDAP::NG: `invalid_request`) — so a refusal once it persists.
+    Ambiguous,
+}
+
+fn refusal(code: &str) -> Refusal {
+    match code {
+        "invalid_grant" => Refusal::Definitive,
+        "temporarily_unavailable" | "server_error" | "slow_down" => Refusal::Transient,
+        _ => Refusal::Ambiguous,
+    }
+}
+
 /// How the refreshed ID token compares with the user.
 enum Identity {
     /// The same user (with the ID token's `sub`), or the IdP sent no ID
@@ -191,20 +218,43 @@ impl Task {
             return Step::Done(self.transient(&entry, "the identity provider is not loaded yet"));
         };
         let started = Instant::now();
-        let answer = provider
+        let mut answer = provider
             .refresh(&refresh_token, &inner.settings.redirect_uri)
             .await;
+        // An error whose meaning is not certain is asked again a few times
+        // (nothing was spent: the IdP refused) before it counts as a refusal.
+        let mut tries = 1;
+        while tries < AMBIGUOUS_TRIES
+            && matches!(&answer, Err(OidcError::Idp { code, .. }) if refusal(code) == Refusal::Ambiguous)
+        {
+            tokio::time::sleep(AMBIGUOUS_RETRY_DELAY).await;
+            answer = provider
+                .refresh(&refresh_token, &inner.settings.redirect_uri)
+                .await;
+            tries += 1;
+        }
         inner
             .metrics
             .refresh_phase("idp", started.elapsed().as_secs_f64());
         let tokens = match answer {
             Ok(tokens) => tokens,
-            Err(OidcError::Idp { code, .. }) if code == "invalid_grant" => {
+            Err(OidcError::Idp { code, .. }) if refusal(&code) != Refusal::Transient => {
                 drop(keeper);
-                self.mark_needs_reauth(&lease_id, "invalid_grant").await;
-                inner.metrics.refresh(RefreshOutcome::InvalidGrant);
-                self.audit(AuditOutcome::Failed, Some("invalid_grant"))
-                    .await;
+                let (reason, outcome) = if code == "invalid_grant" {
+                    ("invalid_grant", RefreshOutcome::InvalidGrant)
+                } else {
+                    ("refresh_refused", RefreshOutcome::Refused)
+                };
+                tracing::warn!(
+                    provider = %entry.provider,
+                    user = %self.user,
+                    idp_error = %code,
+                    tries,
+                    "the identity provider refused the refresh token: the user must sign in again"
+                );
+                self.mark_needs_reauth(&lease_id, reason).await;
+                inner.metrics.refresh(outcome);
+                self.audit(AuditOutcome::Failed, Some(reason)).await;
                 return Step::Done(Err(reauth()));
             }
             Err(e) => {

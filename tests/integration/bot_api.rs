@@ -290,6 +290,68 @@ async fn invalid_grant_means_reauth_and_no_further_refresh(db: &TestDb) {
     assert_eq!(status["signed_in"], false);
 }
 
+/// A 4xx OAuth error other than invalid_grant is no outage: real IdPs answer
+/// a dead refresh token that way too (LemonLDAP::NG: `invalid_request`).
+/// After a few tries the user must sign in again (401 reauth_required, the
+/// status says so, `user.reauth_required`), never an endless 503; 5xx, 429
+/// and temporarily_unavailable stay transient.
+async fn any_refusal_of_a_refresh_means_reauth_not_an_endless_503(db: &TestDb) {
+    let s = setup(db).await;
+    for (n, (status, body)) in [
+        (400, r#"{"error":"invalid_request"}"#),
+        (400, r#"{"error":"unauthorized_client"}"#),
+        (401, r#"{"error":"invalid_client"}"#),
+        (400, "Bad Request"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let user = format!("idp:refused-{n}");
+        s.seed("support", &user, -10, &format!("rt-refused-{n}"))
+            .await;
+        s.idp
+            .with(|st| st.refresh_answer = Some((status, body.to_string())));
+        let calls = s.idp.token_calls();
+        assert_eq!(
+            error_of(s.get_token(&s.app, &user).await).await,
+            (401, "reauth_required".into()),
+            "{body}"
+        );
+        assert_eq!(
+            s.idp.token_calls() - calls,
+            3,
+            "{body}: asked three times, then decided"
+        );
+        assert_eq!(
+            error_of(s.get_token(&s.app, &user).await).await,
+            (401, "reauth_required".into())
+        );
+        assert_eq!(s.idp.token_calls() - calls, 3, "{body}: and not again");
+        let status: Value = s.status(&user).await;
+        assert_eq!(status["needs_reauth"], true, "{body}");
+    }
+    // What says "not now" stays transient: the entry is left as it is.
+    for (status, body) in [
+        (400, r#"{"error":"temporarily_unavailable"}"#),
+        (500, r#"{"error":"server_error"}"#),
+        (429, "slow down"),
+        (502, "<html>bad gateway</html>"),
+    ] {
+        let user = "idp:transient";
+        s.seed("support", user, -10, "rt-transient").await;
+        s.idp
+            .with(|st| st.refresh_answer = Some((status, body.to_string())));
+        assert_eq!(s.get_token(&s.app, user).await.status(), 503, "{body}");
+        let st: Value = s.status(user).await;
+        assert_eq!(st["needs_reauth"], false, "{body}");
+    }
+    let metrics = s.app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(r#"chatgate_refresh_total{outcome="refused"} 4"#),
+        "{metrics}"
+    );
+}
+
 async fn an_idp_outage_serves_a_still_valid_token_or_answers_503(db: &TestDb) {
     let s = setup(db).await;
     // 30 s left: within refresh_skew (60 s) so a refresh is due, but still valid.
@@ -944,6 +1006,7 @@ backend_tests!(
     two_servers_on_one_database_refresh_once,
     rotated_refresh_tokens_are_used_and_old_ones_never_again,
     invalid_grant_means_reauth_and_no_further_refresh,
+    any_refusal_of_a_refresh_means_reauth_not_an_endless_503,
     an_idp_outage_serves_a_still_valid_token_or_answers_503,
     a_lease_left_by_a_dead_replica_does_not_block,
     a_lookup_waits_for_another_replicas_refresh_and_uses_its_result,

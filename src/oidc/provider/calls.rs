@@ -9,6 +9,7 @@ use openidconnect::{
 use url::Url;
 
 use crate::config::ClientAuth;
+use crate::oidc::http::TokenEndpoint;
 use crate::oidc::types::ExtraClaims;
 use crate::secret::SecretString;
 
@@ -82,10 +83,11 @@ impl Provider {
     ) -> Result<IdpTokens, OidcError> {
         let client = self.client(redirect_uri)?;
         let token = RefreshToken::new(refresh_token.expose_secret().to_string());
+        let http = TokenEndpoint(self.http.clone());
         let response = client
             .exchange_refresh_token(&token)
             .map_err(|e| OidcError::Discovery(format!("no token endpoint: {e}")))?
-            .request_async(&self.http)
+            .request_async(&http)
             .await
             .map_err(OidcError::from_token_error)?;
         Ok(response.into())

@@ -79,6 +79,15 @@ impl OidcError {
                 code: r.error().as_ref().to_string(),
                 description: r.error_description().cloned(),
             },
+            // A 4xx without an OAuth error body (a bare 400): a refusal.
+            RequestTokenError::Request(HttpError::Status(status))
+                if !HttpError::Status(status).is_transient_status() =>
+            {
+                Self::Idp {
+                    code: format!("http_{status}"),
+                    description: None,
+                }
+            }
             RequestTokenError::Request(e) => Self::Unavailable(e.to_string()),
             RequestTokenError::Parse(e, _) => {
                 Self::Unavailable(format!("unreadable token response: {e}"))

@@ -106,6 +106,9 @@ pub struct IdpState {
     pub token_endpoint_override: Option<String>,
     /// Answer token requests with this HTTP status (an outage), when set.
     pub token_endpoint_status: Option<u16>,
+    /// Answer refresh grants with this status and body (an IdP's own way of
+    /// refusing: `{"error": "invalid_request"}`, a bare 400, ...), when set.
+    pub refresh_answer: Option<(u16, String)>,
     pub last_authorize_query: HashMap<String, String>,
     pub access_token_ttl: i64,
     /// Discovery names no `end_session_endpoint`.
@@ -464,6 +467,18 @@ async fn token(
 
 fn token_now(s: &mut IdpState, headers: &HeaderMap, form: &HashMap<String, String>) -> Response {
     s.token_calls += 1;
+    if form.get("grant_type").map(String::as_str) == Some("refresh_token")
+        && let Some((status, body)) = &s.refresh_answer
+    {
+        let mut response = (StatusCode::from_u16(*status).unwrap(), body.clone()).into_response();
+        if body.starts_with('{') {
+            response.headers_mut().insert(
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static("application/json"),
+            );
+        }
+        return response;
+    }
     if let Some(status) = s.token_endpoint_status {
         return (
             StatusCode::from_u16(status).unwrap(),
