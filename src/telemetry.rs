@@ -14,7 +14,12 @@ use crate::config::{LogConfig, LogFormat};
 /// Installs the global subscriber. Safe to call more than once (later calls do
 /// nothing), so tests can start many servers.
 pub fn init(log: &LogConfig) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
+    // An empty RUST_LOG (exported but blank) is unset, not "errors only".
+    let filter = std::env::var(EnvFilter::DEFAULT_ENV)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .and_then(|v| EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| EnvFilter::new(&log.level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

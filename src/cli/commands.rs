@@ -9,6 +9,7 @@ use crate::secret::ExposeSecret as _;
 use crate::server::{App, shutdown_signal};
 use crate::state::AppState;
 use crate::store::{EventFilter, Store};
+use crate::user_tokens::Revocation;
 use crate::vault::{Vault, VaultKeyRing};
 use std::io::Write as _;
 use std::ops::ControlFlow;
@@ -69,6 +70,45 @@ pub(super) fn check_config(path: &Path) -> ExitCode {
             eprint!("{e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `check-config --probe`: discovers every provider as `serve` would, and
+/// prints what it found and what to configure at the IdP.
+pub(super) async fn probe_providers(path: &Path) -> ExitCode {
+    let Ok(Loaded { config, .. }) = Config::load(path, &config::process_env) else {
+        return ExitCode::FAILURE;
+    };
+    let http = match crate::oidc::http::IdpHttp::new(&config.idp_ca_certs) {
+        Ok(http) => http,
+        Err(e) => return fail(e),
+    };
+    let public_url = config.public_url.issuer().trim_end_matches('/').to_string();
+    let mut ok = true;
+    for provider in &config.providers {
+        println!("provider {} ({})", provider.id, provider.issuer);
+        let scopes: Vec<String> = config
+            .apps
+            .iter()
+            .filter(|a| a.provider.as_ref() == Some(&provider.id))
+            .flat_map(|a| a.scopes.clone())
+            .collect();
+        match crate::oidc::Provider::discover(provider.clone(), http.clone()).await {
+            Ok(found) => {
+                for line in found.report(&public_url, &scopes) {
+                    println!("  {line}");
+                }
+            }
+            Err(e) => {
+                ok = false;
+                println!("  FAILED: {e}");
+            }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -379,17 +419,20 @@ pub(super) async fn sign_out_user(config: Config, app: String, user: String) -> 
     {
         Ok(done) => {
             println!(
-                "{user_id} in {app_id}: tokens {}, {} at the IdP, {} browser session(s) ended, \
+                "{user_id} in {app_id}: tokens {}, {}, {} browser session(s) ended, \
                  {} browser key(s) forgotten",
                 if done.deleted {
                     "deleted"
                 } else {
                     "not stored"
                 },
-                if done.revoked_at_idp {
-                    "revoked"
-                } else {
-                    "not revoked"
+                match done.revocation {
+                    Revocation::Revoked => "revoked at the IdP",
+                    Revocation::NoRevocationEndpoint => {
+                        "not revoked at the IdP (it has no revocation endpoint: the refresh token stays valid there until it expires)"
+                    }
+                    Revocation::Failed => "not revoked at the IdP (the revocation failed)",
+                    Revocation::NothingStored => "nothing to revoke",
                 },
                 done.sessions,
                 done.keys,

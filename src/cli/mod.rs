@@ -29,7 +29,12 @@ pub enum Command {
     /// Apply pending database migrations and exit.
     Migrate,
     /// Check the configuration, print every problem, exit non-zero if any.
-    CheckConfig,
+    CheckConfig {
+        /// Also fetch each provider's discovery document and JWKS, and say
+        /// what was found and what to configure at the IdP.
+        #[arg(long)]
+        probe: bool,
+    },
     /// Generate key material.
     Keys {
         #[command(subcommand)]
@@ -260,8 +265,12 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(command: Command, config_path: &Path) -> ExitCode {
-    if let Command::CheckConfig = command {
-        return check_config(config_path);
+    if let Command::CheckConfig { probe } = command {
+        let code = check_config(config_path);
+        if !probe || code != ExitCode::SUCCESS {
+            return code;
+        }
+        return probe_providers(config_path).await;
     }
     let Loaded { config, warnings } = match Config::load(config_path, &config::process_env) {
         Ok(loaded) => loaded,
@@ -287,7 +296,7 @@ async fn run(command: Command, config_path: &Path) -> ExitCode {
         Command::Users {
             command: UsersCommand::SignOut { app, user },
         } => sign_out_user(config, app, user).await,
-        Command::CheckConfig | Command::Keys { .. } | Command::Demo { .. } => {
+        Command::CheckConfig { .. } | Command::Keys { .. } | Command::Demo { .. } => {
             unreachable!("handled above")
         }
     }

@@ -147,6 +147,17 @@ pub(super) fn build_providers(
                 multi_tenant: p.multi_tenant.unwrap_or(false),
                 accepted_audiences,
                 extra_auth_params,
+                frontchannel_logout_id: match p.frontchannel_logout_id.as_deref() {
+                    None | Some("sid") => FrontchannelLogoutId::Sid,
+                    Some("sub") => FrontchannelLogoutId::Sub,
+                    Some(other) => {
+                        c.error(
+                            &k("frontchannel_logout_id"),
+                            format!("must be \"sid\" or \"sub\", not {other:?}"),
+                        );
+                        FrontchannelLogoutId::Sid
+                    }
+                },
             });
         }
     }

@@ -166,6 +166,21 @@ pub struct ProviderConfig {
     pub accepted_audiences: Vec<String>,
     /// Extra authorization-request parameters (e.g. Google's `access_type=offline`).
     pub extra_auth_params: BTreeMap<String, String>,
+    /// What the `sid` of this IdP's front-channel logouts is.
+    pub frontchannel_logout_id: FrontchannelLogoutId,
+}
+
+/// `frontchannel_logout_id`: what a front-channel logout's `sid` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FrontchannelLogoutId {
+    /// The IdP session's id, as the ID token's `sid` claim said (the
+    /// specification).
+    #[default]
+    Sid,
+    /// The user's `sub` (LemonLDAP::NG 2.16, whose ID tokens carry no `sid`):
+    /// every session of that user ends. Whoever knows a user's `sub` can then
+    /// sign them out of the chat (never in).
+    Sub,
 }
 
 /// One `[[apps]]` entry.

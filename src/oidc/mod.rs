@@ -87,6 +87,16 @@ impl Providers {
             .find(|p| p.issuer() == issuer)
     }
 
+    /// The providers a front-channel logout's `iss` names (any tenant's
+    /// issuer of a multi-tenant provider); every loaded provider without one.
+    pub fn by_iss_parameter(&self, iss: Option<&str>) -> Vec<Arc<Provider>> {
+        self.slots
+            .keys()
+            .filter_map(|id| self.get(id))
+            .filter(|p| iss.is_none_or(|iss| p.check_iss_parameter(iss) != IssParameter::Mismatch))
+            .collect()
+    }
+
     /// The provider a logout token is from: its issuer (for a multi-tenant
     /// provider, any tenant's) and its client id among the audiences. Two
     /// providers on one issuer (two client registrations) are told apart by

@@ -33,6 +33,11 @@ pub struct ExtraMetadata {
     pub backchannel_logout_supported: Option<bool>,
     #[serde(default)]
     pub backchannel_logout_session_supported: Option<bool>,
+    /// Front-Channel Logout: the IdP's logout page frames the RP's URL.
+    #[serde(default)]
+    pub frontchannel_logout_supported: Option<bool>,
+    #[serde(default)]
+    pub frontchannel_logout_session_supported: Option<bool>,
 }
 
 impl AdditionalProviderMetadata for ExtraMetadata {}

@@ -412,6 +412,23 @@ impl SignInService {
         provider
             .complete_profile(&mut identity, &tokens.access_token)
             .await;
+        if tokens.refresh_token.is_none() && taken.app.scopes.iter().any(|s| s == "offline_access")
+        {
+            provider.report_once(
+                "no_refresh_token",
+                "the identity provider issued no refresh token although offline_access was asked \
+                 for: bots lose access when the access token expires. Allow offline access (and \
+                 refresh tokens) for this client at the IdP — LemonLDAP::NG: \"Allow offline \
+                 access\" with consent bypassed; Google: access_type=offline and a consent prompt",
+            );
+        }
+        if identity.email.is_some() && !identity.email_verified_stated {
+            provider.report_once(
+                "no_email_verified",
+                "the identity provider sends email without email_verified: chat tokens say \
+                 email_verified=false, and bots must key users on sub, never on the email",
+            );
+        }
         let user_id = UserId::new(&provider.config().id, &identity.subject).map_err(|e| {
             tracing::warn!(provider = %provider_id, error = %e, "the ID token's subject is not a usable user id");
             FlowError::server_error()

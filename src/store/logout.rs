@@ -99,12 +99,13 @@ pub struct LoggedOut {
 impl Store {
     /// Deletes the matching vault entries and browser sessions, and records
     /// `event(app, user_id)` for every entry deleted, in one transaction with
-    /// the logout token's id in the replay cache. `None` (and nothing done)
-    /// when that id was used before.
+    /// the logout token's id in the replay cache (a back-channel logout; a
+    /// front-channel one has none, and is idempotent anyway). `None` (and
+    /// nothing done) when that id was used before.
     pub async fn end_idp_sessions(
         &self,
         scope: LogoutScope<'_>,
-        jti: &Jti<'_>,
+        jti: Option<&Jti<'_>>,
         event: impl Fn(&str, &str) -> Option<OutboxRow>,
     ) -> Result<Option<LoggedOut>> {
         // Without sub or sid nothing would be selective: refuse to match all.
@@ -113,19 +114,21 @@ impl Store {
         };
         let logged_out = with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
-            let fresh = sqlx::query(
-                "INSERT INTO host_token_jtis (app, jti, expires_at) VALUES ($1, $2, $3) \
-                 ON CONFLICT (app, jti) DO NOTHING",
-            )
-            .bind(jti.scope)
-            .bind(jti.id)
-            .bind(jti.expires_at)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-                == 1;
-            if !fresh {
-                return Ok(None);
+            if let Some(jti) = jti {
+                let fresh = sqlx::query(
+                    "INSERT INTO host_token_jtis (app, jti, expires_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (app, jti) DO NOTHING",
+                )
+                .bind(jti.scope)
+                .bind(jti.id)
+                .bind(jti.expires_at)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    == 1;
+                if !fresh {
+                    return Ok(None);
+                }
             }
             let entries: Vec<(String, String)> =
                 bind_scope!(sqlx::query_as(DELETE_ENTRIES[form]), scope, &params)

@@ -1,4 +1,7 @@
-//! Back-channel logout (OpenID Connect Back-Channel Logout 1.0): the IdP
+//! Logout from the IdP: Back-Channel Logout 1.0 (the IdP POSTs a signed
+//! logout token) and Front-Channel Logout 1.0 (the IdP's logout page frames
+//! `GET /v1/frontchannel-logout?iss=&sid=` in the user's browser — the only
+//! kind LemonLDAP::NG 2.16 and Microsoft Entra ID offer). Either way the IdP
 //! says a user's session ended; chatgate ends what it holds for that user
 //! (`sub`) or that IdP session (`sid`) in every app using the provider.
 //!
@@ -9,6 +12,7 @@
 //! the logout is done.
 
 use super::TokenService;
+use crate::config::FrontchannelLogoutId;
 use crate::domain::{AppId, AuditAction, AuditOutcome, UserId};
 use crate::events::SignOutReason;
 use crate::oidc::{LogoutTokenError, unverified_issuer};
@@ -93,7 +97,7 @@ impl TokenService {
         };
         let done = inner
             .vault
-            .end_idp_sessions(scope, &jti, event)
+            .end_idp_sessions(scope, Some(&jti), event)
             .await
             .map_err(|e| {
                 tracing::warn!(error = %e, "cannot carry out a back-channel logout");
@@ -134,5 +138,91 @@ impl TokenService {
             entries: done.entries.len(),
             sessions: done.sessions,
         })
+    }
+}
+
+impl TokenService {
+    /// Front-channel logout: ends what chatgate holds of IdP session `sid` at
+    /// the provider(s) whose issuer is `iss` (every provider when the IdP
+    /// sends no `iss`, as some do). Unsigned by design (the specification's):
+    /// the `sid`, a secret of the user's IdP session, is what names it, and
+    /// ending a session twice changes nothing.
+    pub async fn frontchannel_logout(
+        &self,
+        iss: Option<&str>,
+        sid: &str,
+    ) -> Result<IdpLogout, LogoutError> {
+        let inner = &self.inner;
+        let providers = inner.providers.by_iss_parameter(iss);
+        if providers.is_empty() {
+            return Err(if inner.providers.all_loaded() {
+                LogoutError::Invalid("iss names no configured provider".into())
+            } else {
+                LogoutError::Unavailable("an identity provider is not loaded yet; retry".into())
+            });
+        }
+        let now = crate::time::now();
+        let events = &inner.events;
+        let event = |app: &str, user_id: &str| {
+            let app = AppId::parse(app).ok()?;
+            let user_id = UserId::parse(user_id).ok()?;
+            events.signed_out(&app, &user_id, SignOutReason::IdpLogout, now)
+        };
+        let mut total = IdpLogout {
+            entries: 0,
+            sessions: 0,
+        };
+        for provider in providers {
+            let provider_id = provider.config().id.clone();
+            let scope = match provider.config().frontchannel_logout_id {
+                FrontchannelLogoutId::Sid => LogoutScope {
+                    provider: provider_id.as_str(),
+                    sub: None,
+                    sid: Some(sid),
+                },
+                FrontchannelLogoutId::Sub => LogoutScope {
+                    provider: provider_id.as_str(),
+                    sub: Some(sid),
+                    sid: None,
+                },
+            };
+            let done = inner
+                .vault
+                .end_idp_sessions(scope, None, event)
+                .await
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "cannot carry out a front-channel logout");
+                    LogoutError::Unavailable("the database is unavailable; retry".into())
+                })?
+                .unwrap_or_default();
+            tracing::info!(
+                provider = %provider_id,
+                entries = done.entries.len(),
+                sessions = done.sessions,
+                "front-channel logout"
+            );
+            for (app, user_id) in &done.entries {
+                let (Ok(app), Ok(user_id)) = (AppId::parse(app), UserId::parse(user_id)) else {
+                    continue;
+                };
+                inner
+                    .store
+                    .audit(AuditEvent {
+                        actor: "idp",
+                        app: Some(&app),
+                        user_id: Some(&user_id),
+                        action: AuditAction::IdpLogout,
+                        outcome: AuditOutcome::Ok,
+                        detail: Some("front-channel logout"),
+                    })
+                    .await;
+            }
+            total.entries += done.entries.len();
+            total.sessions += done.sessions;
+        }
+        if total.entries > 0 && !events.is_empty() {
+            inner.wake_deliverer();
+        }
+        Ok(total)
     }
 }

@@ -108,13 +108,39 @@ impl From<StoreError> for LookupError {
 /// The result every waiter of one refresh gets.
 type Outcome = Result<FreshToken, LookupError>;
 
+/// What became of the user's grant at the IdP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revocation {
+    /// The IdP confirmed the revocation (RFC 7009) of the refresh token (or,
+    /// without one, of the access token).
+    Revoked,
+    /// The IdP has no revocation endpoint: its refresh token stays valid at
+    /// the IdP until it expires there (chatgate has forgotten it).
+    NoRevocationEndpoint,
+    /// The IdP could not be reached, or refused.
+    Failed,
+    /// chatgate held no tokens of the user.
+    NothingStored,
+}
+
+impl Revocation {
+    /// Why the IdP did not confirm a revocation, as the API says it.
+    pub fn error_code(self) -> Option<&'static str> {
+        match self {
+            Self::Revoked | Self::NothingStored => None,
+            Self::NoRevocationEndpoint => Some("no_revocation_endpoint"),
+            Self::Failed => Some("revocation_failed"),
+        }
+    }
+}
+
 /// What a sign-out did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SignOut {
     /// There was a vault entry and it is gone.
     pub deleted: bool,
-    /// The IdP confirmed the revocation of the refresh token.
-    pub revoked_at_idp: bool,
+    /// What the IdP said of the grant.
+    pub revocation: Revocation,
     /// Browser sessions ended and browser keys forgotten with it.
     pub sessions: u64,
     pub keys: u64,
@@ -275,10 +301,10 @@ impl TokenService {
     ) -> Result<SignOut, VaultError> {
         let inner = &self.inner;
         let entry = inner.vault.load(app, user_id).await?;
-        let mut revoked_at_idp = false;
-        if let Some(entry) = &entry {
-            revoked_at_idp = inner.revoke(entry.provider.as_str(), &entry.tokens).await;
-        }
+        let revocation = match &entry {
+            Some(entry) => inner.revoke(entry.provider.as_str(), &entry.tokens).await,
+            None => Revocation::NothingStored,
+        };
         let now = crate::time::now();
         let event = inner.events.signed_out(app, user_id, reason, now);
         let ended = inner.vault.delete(app, user_id, event.as_ref()).await?;
@@ -306,16 +332,19 @@ impl TokenService {
                 } else {
                     AuditOutcome::Absent
                 },
-                detail: Some(if revoked_at_idp {
-                    "revoked at idp"
-                } else {
-                    "not revoked at idp"
+                detail: Some(match revocation {
+                    Revocation::Revoked => "revoked at idp",
+                    Revocation::NoRevocationEndpoint => {
+                        "not revoked: the idp has no revocation endpoint"
+                    }
+                    Revocation::Failed => "not revoked: the revocation failed",
+                    Revocation::NothingStored => "nothing stored",
                 }),
             })
             .await;
         Ok(SignOut {
             deleted,
-            revoked_at_idp,
+            revocation,
             sessions: ended.sessions,
             keys: ended.keys,
         })
@@ -358,28 +387,39 @@ impl Inner {
     }
 
     /// Revokes a token set at its provider, the refresh token first (revoking
-    /// it ends the grant at most IdPs). Whether the refresh token's revocation
-    /// was confirmed.
-    async fn revoke(&self, provider: &str, tokens: &crate::vault::TokenSet) -> bool {
+    /// it ends the grant at most IdPs). The answer is about the refresh token
+    /// (the access token's, when there is none).
+    async fn revoke(&self, provider: &str, tokens: &crate::vault::TokenSet) -> Revocation {
         let Some(provider) = self.providers.get(provider) else {
             tracing::warn!(provider, "provider not loaded; cannot revoke at the IdP");
-            return false;
+            return Revocation::Failed;
         };
-        let mut revoked = false;
+        if provider.revocation_endpoint().is_none() {
+            tracing::info!(provider = %provider.config().id, "the identity provider has no revocation endpoint: its refresh token stays valid there until it expires");
+            return Revocation::NoRevocationEndpoint;
+        }
+        let mut outcome = None;
         let all = tokens
             .refresh_token
             .iter()
             .map(|t| (t, TokenKind::Refresh))
             .chain(std::iter::once((&tokens.access_token, TokenKind::Access)));
         for (token, kind) in all {
-            match provider.revoke(token, kind).await {
-                Ok(done) => revoked |= done && kind == TokenKind::Refresh,
+            let done = match provider.revoke(token, kind).await {
+                Ok(done) => done,
                 Err(e) => {
-                    tracing::warn!(provider = %provider.config().id, ?kind, error = %e, "revocation failed")
+                    tracing::warn!(provider = %provider.config().id, ?kind, error = %e, "revocation failed");
+                    false
                 }
-            }
+            };
+            // The first token tried (the refresh token, if any) decides.
+            outcome.get_or_insert(if done {
+                Revocation::Revoked
+            } else {
+                Revocation::Failed
+            });
         }
-        revoked
+        outcome.unwrap_or(Revocation::Failed)
     }
 }
 

@@ -216,13 +216,14 @@ impl Vault {
         }
     }
 
-    /// A back-channel logout: deletes the vault entries and browser sessions
-    /// in `scope` (see [`Store::end_idp_sessions`]) and forgets the deleted
-    /// entries in this process's read cache. `None` when `jti` was used before.
+    /// A back- or front-channel logout: deletes the vault entries and browser
+    /// sessions in `scope` (see [`Store::end_idp_sessions`]) and forgets the
+    /// deleted entries in this process's read cache. `None` when `jti` (a
+    /// logout token's) was used before.
     pub async fn end_idp_sessions(
         &self,
         scope: LogoutScope<'_>,
-        jti: &Jti<'_>,
+        jti: Option<&Jti<'_>>,
         event: impl Fn(&str, &str) -> Option<OutboxRow>,
     ) -> Result<Option<LoggedOut>> {
         let done = self.store.end_idp_sessions(scope, jti, event).await?;

@@ -14,6 +14,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use tower_http::set_header::SetResponseHeaderLayer;
 
+use crate::domain::Origin;
 use crate::oidc::unverified_issuer;
 use crate::signin::{IdpSignoutError, Mode};
 use crate::state::AppState;
@@ -25,6 +26,7 @@ pub fn router(state: &AppState) -> axum::Router<AppState> {
     axum::Router::new()
         .route("/v1/idp-signout", get(idp_signout))
         .route("/v1/signed-out", get(signed_out))
+        .route("/v1/frontchannel-logout", get(frontchannel_logout))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             rate_limit::limit,
@@ -105,6 +107,79 @@ async fn backchannel_logout(
         }
         .into_response()),
     }
+}
+
+#[derive(Deserialize)]
+struct FrontchannelQuery {
+    iss: Option<String>,
+    sid: Option<String>,
+}
+
+crate::redacted_debug!(FrontchannelQuery {
+    show: [iss],
+    hide: [sid]
+});
+
+/// `GET /v1/frontchannel-logout?iss=&sid=` (OpenID Connect Front-Channel
+/// Logout 1.0): the IdP's logout page frames this in the user's browser; the
+/// sessions and tokens of IdP session `sid` end, no cookie needed. Answers a
+/// page that only the configured IdPs may frame.
+async fn frontchannel_logout(
+    State(state): State<AppState>,
+    query: Result<Query<FrontchannelQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let q = query.map(|Query(q)| q).unwrap_or(FrontchannelQuery {
+        iss: None,
+        sid: None,
+    });
+    let ancestors = idp_origins(&state, q.iss.as_deref());
+    let page = |status: StatusCode, title: &str, message: &str| {
+        let mut response = plain_page(status, title, message, &ancestors);
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    };
+    let Some(sid) = q.sid.as_deref().filter(|s| !s.is_empty() && s.len() <= 512) else {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Sign-out refused",
+            "A front-channel logout needs the IdP session's sid (register the URL with session required).",
+        );
+    };
+    match state
+        .tokens
+        .frontchannel_logout(q.iss.as_deref(), sid)
+        .await
+    {
+        Ok(_) => page(
+            StatusCode::OK,
+            "Signed out",
+            "chatgate has ended this sign-in.",
+        ),
+        Err(LogoutError::Unavailable(_)) => page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Sign-out failed",
+            "chatgate is unavailable; the sign-out did not reach it.",
+        ),
+        Err(e) => page(StatusCode::BAD_REQUEST, "Sign-out refused", &e.to_string()),
+    }
+}
+
+/// The origins of the IdPs (the one `iss` names, else all): who may frame the
+/// front-channel logout page.
+fn idp_origins(state: &AppState, iss: Option<&str>) -> Vec<Origin> {
+    state
+        .config
+        .providers
+        .iter()
+        .filter(|p| {
+            iss.is_none_or(|iss| iss.trim_end_matches('/') == p.issuer.trim_end_matches('/'))
+                || p.multi_tenant
+        })
+        .filter_map(|p| url::Url::parse(&p.issuer).ok())
+        .filter_map(|u| Origin::parse(&u.origin().ascii_serialization()).ok())
+        .collect()
 }
 
 #[derive(Deserialize)]

@@ -23,6 +23,7 @@ use crate::signin::{
     Minted, Mode, Renewal, SessionSignIn, StartRequest,
 };
 use crate::state::AppState;
+use crate::user_tokens::Revocation;
 use crate::web::pages::{Message, MessageUser, frame_ancestors, message_page, plain_page};
 use crate::web::session::{self, BrowserSession};
 use crate::web::{ApiError, cors, dpop, rate_limit};
@@ -675,17 +676,25 @@ async fn signout(
     } else {
         None
     };
-    let mut revoked = false;
+    let mut revocation = None;
     if req.revoke
         && let Some(signin) = removed
     {
-        revoked = state
-            .tokens
-            .sign_out(&app.id, &signin.user_id, "user", SignOutReason::Widget)
-            .await?
-            .deleted;
+        revocation = Some(
+            state
+                .tokens
+                .sign_out(&app.id, &signin.user_id, "user", SignOutReason::Widget)
+                .await?
+                .revocation,
+        );
     }
-    let mut answer = serde_json::json!({"signed_out": signed_out, "revoked": revoked});
+    let mut answer = serde_json::json!({
+        "signed_out": signed_out,
+        "revoked": revocation == Some(Revocation::Revoked),
+    });
+    if let Some(code) = revocation.and_then(Revocation::error_code) {
+        answer["revocation_error"] = code.into();
+    }
     match idp_signout {
         None => {}
         Some(Ok(url)) => answer["idp_signout_url"] = url.into(),

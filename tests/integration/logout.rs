@@ -380,6 +380,78 @@ async fn a_logout_by_sid_ends_only_that_idp_session(db: &TestDb) {
     s.app.stop().await;
 }
 
+/// Front-channel logout (the only kind LemonLDAP::NG and Entra ID offer): the
+/// IdP's logout page frames the URL with `iss` and `sid`; the sessions and
+/// tokens of that IdP session end with no cookie, the bot hears
+/// `user.signed_out`, and the page may be framed by the IdP only.
+async fn a_front_channel_logout_ends_that_idp_session(db: &TestDb) {
+    let s = setup(db).await;
+    let mut laptop = Browser::new();
+    sign_in(&s.app, &mut laptop, "support", SUPPORT).await;
+    s.idp.with(|st| {
+        st.user.insert("sid".into(), json!("idp-session-2"));
+    });
+    let mut phone = Browser::new();
+    sign_in(&s.app, &mut phone, "support", SUPPORT).await;
+    let iss = url::form_urlencoded::byte_serialize(s.idp.issuer.as_bytes()).collect::<String>();
+    let frontchannel = |query: String| {
+        let url = s.app.url(&format!("/v1/frontchannel-logout?{query}"));
+        async move { Browser::new().get(&url).await }
+    };
+
+    let r = frontchannel(format!("iss={iss}&sid=idp-session-1")).await;
+    assert_eq!(r.status(), 200);
+    let idp_origin = s.idp.issuer.trim_end_matches('/').to_string();
+    let csp = r.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        csp.ends_with(&format!("frame-ancestors {idp_origin}")),
+        "{csp}"
+    );
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    assert!(!renews_from_session(&s.app, &mut laptop, "support", SUPPORT).await);
+    assert!(renews_from_session(&s.app, &mut phone, "support", SUPPORT).await);
+    assert!(
+        s.stored("support").await,
+        "the tokens came from the phone's session"
+    );
+
+    // The phone's IdP session ends: its tokens and chatgate sessions too.
+    let r = frontchannel(format!("iss={iss}&sid=idp-session-2")).await;
+    assert_eq!(r.status(), 200);
+    assert!(!s.stored("support").await);
+    assert!(!renews_from_session(&s.app, &mut phone, "support", SUPPORT).await);
+    let events = s
+        .receiver
+        .wait_for(Duration::from_secs(10), |d| {
+            d.iter().any(|e| e.event["type"] == "user.signed_out")
+        })
+        .await;
+    let out = events
+        .iter()
+        .find(|e| e.event["type"] == "user.signed_out")
+        .unwrap();
+    assert_eq!(out.event["data"]["reason"], "idp_logout");
+    // Again (a reload of the IdP's page): nothing left, still fine.
+    assert_eq!(
+        frontchannel(format!("iss={iss}&sid=idp-session-2"))
+            .await
+            .status(),
+        200
+    );
+    // Without a sid, or for an issuer nobody configured: refused.
+    assert_eq!(frontchannel(format!("iss={iss}")).await.status(), 400);
+    assert_eq!(
+        frontchannel("iss=https%3A%2F%2Fevil.example&sid=idp-session-2".into())
+            .await
+            .status(),
+        400
+    );
+    s.app.stop().await;
+}
+
 async fn the_widget_signs_out_at_the_idp_and_hears_back(db: &TestDb) {
     let s = setup(db).await;
     let mut browser = Browser::new();
@@ -477,6 +549,52 @@ async fn without_an_end_session_endpoint_the_widget_is_told(db: &TestDb) {
     assert!(answer.get("idp_signout_url").is_none());
     app.stop().await;
     s.app.stop().await;
+}
+
+/// `revoked` is true only when the IdP confirmed the revocation; otherwise
+/// the answer says why, and chatgate forgot the tokens all the same.
+async fn sign_out_says_honestly_whether_the_idp_revoked(db: &TestDb) {
+    let s = setup(db).await;
+    let sign_out = |app: &TestApp, browser: &mut Browser| {
+        let url = app.url("/v1/signout");
+        let mut browser = browser.clone();
+        async move {
+            let r = browser
+                .post_json(&url, SUPPORT, &json!({"app": "support", "revoke": true}))
+                .await;
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let mut browser = Browser::new();
+    sign_in(&s.app, &mut browser, "support", SUPPORT).await;
+    assert_eq!(
+        sign_out(&s.app, &mut browser).await,
+        json!({"signed_out": true, "revoked": true})
+    );
+
+    s.idp.with(|st| st.revocation_status = Some(503));
+    let mut browser = Browser::new();
+    sign_in(&s.app, &mut browser, "support", SUPPORT).await;
+    assert_eq!(
+        sign_out(&s.app, &mut browser).await,
+        json!({"signed_out": true, "revoked": false, "revocation_error": "revocation_failed"})
+    );
+    assert!(!s.stored("support").await, "forgotten all the same");
+
+    // An IdP without a revocation endpoint (LemonLDAP::NG 2.16), seen by a fresh chatgate.
+    s.idp.with(|st| {
+        st.revocation_status = None;
+        st.no_revocation = true;
+    });
+    let app = spawn_app(&s.cfg).await;
+    let mut browser = Browser::new();
+    sign_in(&app, &mut browser, "support", SUPPORT).await;
+    assert_eq!(
+        sign_out(&app, &mut browser).await,
+        json!({"signed_out": true, "revoked": false, "revocation_error": "no_revocation_endpoint"})
+    );
+    app.stop().await;
 }
 
 /// Events of a sign-in, a refused refresh and a bot's sign-out, while the
@@ -750,8 +868,10 @@ backend_tests!(
     a_logout_token_ends_sessions_and_tokens_in_every_app_and_tells_the_bot,
     invalid_or_replayed_logout_tokens_change_nothing,
     a_logout_by_sid_ends_only_that_idp_session,
+    a_front_channel_logout_ends_that_idp_session,
     the_widget_signs_out_at_the_idp_and_hears_back,
     without_an_end_session_endpoint_the_widget_is_told,
+    sign_out_says_honestly_whether_the_idp_revoked,
     events_survive_a_receiver_outage_and_a_restart,
     two_replicas_deliver_each_event_once,
 );

@@ -161,6 +161,8 @@ pub struct Identity {
     pub email: Option<String>,
     /// `email_verified` exactly as stated, absent = `false`.
     pub email_verified: bool,
+    /// Whether the ID token stated `email_verified` at all.
+    pub email_verified_stated: bool,
     pub preferred_username: Option<String>,
     pub auth_time: Option<i64>,
     /// The ID token's `exp` (Unix seconds).
@@ -228,6 +230,8 @@ pub struct Provider {
     jwks_refetch: tokio::sync::Mutex<Option<Instant>>,
     /// Until when the loaded keys are trusted without fetching them again.
     jwks_fresh_until: std::sync::Mutex<Instant>,
+    /// Misconfigurations already reported (each once per process).
+    reported: std::sync::Mutex<std::collections::HashSet<&'static str>>,
 }
 
 impl std::fmt::Debug for Provider {
@@ -251,6 +255,16 @@ impl Provider {
             OidcError::Discovery(format!("{url} is not OpenID provider metadata: {e}"))
         })?;
         let discovered = metadata.issuer().as_str();
+        if !issuer_matches(&config, discovered)
+            && discovered.trim_end_matches('/') == config.issuer.trim_end_matches('/')
+        {
+            return Err(OidcError::Discovery(format!(
+                "{url} names issuer {discovered:?}, which differs from the configured {:?} only \
+                 by a trailing slash: set issuer = {discovered:?} for provider {} (ID tokens \
+                 carry it exactly; LemonLDAP::NG's ends with a slash)",
+                config.issuer, config.id
+            )));
+        }
         if !issuer_matches(&config, discovered) {
             return Err(OidcError::Discovery(format!(
                 "{url} names issuer {discovered:?}, not the configured {:?}; refusing it (mix-up protection)",
@@ -266,11 +280,26 @@ impl Provider {
             metadata: RwLock::new(Arc::new(metadata)),
             jwks_refetch: tokio::sync::Mutex::new(None),
             jwks_fresh_until: std::sync::Mutex::new(Instant::now() + ttl),
+            reported: std::sync::Mutex::default(),
         })
     }
 
     pub fn config(&self) -> &ProviderConfig {
         &self.config
+    }
+
+    /// Logs `message` (what to change at the IdP) the first time `what` is
+    /// noticed for this provider, so a misconfiguration is one clear line,
+    /// not one per sign-in.
+    pub fn report_once(&self, what: &'static str, message: &str) {
+        let first = self
+            .reported
+            .lock()
+            .expect("reported lock poisoned")
+            .insert(what);
+        if first {
+            tracing::warn!(provider = %self.config.id, issue = what, "{message}");
+        }
     }
 
     pub fn metadata(&self) -> Arc<ProviderMetadata> {
@@ -328,6 +357,68 @@ impl Provider {
 
     pub fn issuer(&self) -> String {
         self.metadata().issuer().as_str().to_string()
+    }
+
+    /// What an operator needs to know of the discovered provider, one line
+    /// each, with what to do about it (`chatgate check-config --probe`).
+    pub fn report(&self, public_url: &str, scopes: &[String]) -> Vec<String> {
+        let metadata = self.metadata();
+        let extra = metadata.additional_metadata();
+        let mut lines = vec![format!(
+            "issuer      {} (matches the configuration)",
+            self.issuer()
+        )];
+        let algs: Vec<String> = metadata
+            .id_token_signing_alg_values_supported()
+            .iter()
+            .filter_map(|a| serde_json::to_value(a).ok())
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect();
+        let asymmetric: Vec<&String> = algs
+            .iter()
+            .filter(|a| !a.starts_with("HS") && *a != "none")
+            .collect();
+        lines.push(if asymmetric.is_empty() {
+            format!(
+                "ID tokens   {}: none asymmetric — chatgate accepts only RS/PS/ES/EdDSA; configure one at the IdP",
+                algs.join(", ")
+            )
+        } else {
+            format!(
+                "ID tokens   {} (chatgate accepts {}); make sure this client's algorithm is one of those (a new LemonLDAP::NG client defaults to HS512)",
+                algs.join(", "),
+                asymmetric.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", ")
+            )
+        });
+        let offered: Vec<String> = metadata
+            .scopes_supported()
+            .map(|s| s.iter().map(|s| s.as_str().to_string()).collect())
+            .unwrap_or_default();
+        if scopes.iter().any(|s| s == "offline_access")
+            && !offered.is_empty()
+            && !offered.iter().any(|s| s == "offline_access")
+        {
+            lines.push("scopes      offline_access is not among scopes_supported: the IdP may issue no refresh token (allow offline access for the client, or ask for its own scope)".into());
+        }
+        lines.push(match &extra.revocation_endpoint {
+            Some(url) => format!("revocation  {url}"),
+            None => "revocation  none: sign-out cannot revoke the refresh token at the IdP (it stays valid there until it expires); answers say revocation_error = no_revocation_endpoint".into(),
+        });
+        lines.push(match &extra.end_session_endpoint {
+            Some(url) => format!("sign-out    end_session_endpoint {url}; register {public_url}/v1/signed-out as a post-logout redirect URI"),
+            None => "sign-out    no end_session_endpoint: \"sign out everywhere\" cannot sign out at the IdP".into(),
+        });
+        let back = extra.backchannel_logout_supported.unwrap_or(false);
+        let front = extra.frontchannel_logout_supported.unwrap_or(false);
+        lines.push(match (back, front) {
+            (true, _) => format!("IdP logout  back-channel: register {public_url}/v1/backchannel-logout as the client's back-channel logout URI"),
+            (false, true) => format!(
+                "IdP logout  front-channel only: register {public_url}/v1/frontchannel-logout as the client's front-channel logout URI{}",
+                if extra.frontchannel_logout_session_supported.unwrap_or(false) { ", with the session (sid) required" } else { " (the IdP sends no sid: chatgate cannot tell the session)" }
+            ),
+            (false, false) => "IdP logout  neither back- nor front-channel logout: a sign-out at the IdP does not reach chatgate".into(),
+        });
+        lines
     }
 
     /// RFC 9207: how an authorization response's `iss` compares with this

@@ -88,6 +88,7 @@ fn provider(issuer: &str, multi_tenant: bool) -> ProviderConfig {
         multi_tenant,
         accepted_audiences: vec![],
         extra_auth_params: Default::default(),
+        frontchannel_logout_id: Default::default(),
     }
 }
 

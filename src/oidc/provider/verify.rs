@@ -44,6 +44,29 @@ impl Provider {
         now: i64,
         skew: Duration,
     ) -> Result<Identity, VerifyError> {
+        // A symmetric (or no) signature is refused below anyway; say plainly
+        // which setting to change, the most common misconfiguration of a new
+        // client (LemonLDAP::NG's default is HS512).
+        if let Ok(alg) = token.signing_alg()
+            && matches!(
+                alg,
+                CoreJwsSigningAlgorithm::HmacSha256
+                    | CoreJwsSigningAlgorithm::HmacSha384
+                    | CoreJwsSigningAlgorithm::HmacSha512
+                    | CoreJwsSigningAlgorithm::None
+            )
+        {
+            let name = serde_json::to_value(&alg)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            return Err(VerifyError::Invalid(format!(
+                "the ID token is signed with {name}: symmetric algorithms (and none) are not accepted; \
+                 set this client's ID token signature algorithm to RS256 or ES256 at the identity provider \
+                 (provider {})",
+                self.config.id
+            )));
+        }
         let client = self
             .client("https://unused.invalid/")
             .map_err(|e| VerifyError::Other(e.to_string()))?;
@@ -214,6 +237,7 @@ fn identity(config: &ProviderConfig, claims: &IdTokenClaimsT) -> Result<Identity
             .map(|n| n.as_str().to_string()),
         email: claims.email().map(|e| e.as_str().to_string()),
         email_verified: claims.email_verified().unwrap_or(false),
+        email_verified_stated: claims.email_verified().is_some(),
         preferred_username: claims.preferred_username().map(|u| u.as_str().to_string()),
         auth_time: claims.auth_time().map(|t| t.timestamp()),
         expires_at: claims.expiration().timestamp(),

@@ -57,6 +57,7 @@ export function httpsGetJson(url, ca) {
  * { issuer, clientId, clientSecret } or null.
  */
 export async function startChatgate({ dir, host, port, tls, caFile, provider, apps, extraToml = "", env = {} }) {
+  // `provider.toml`: extra lines of the [[providers]] table.
   const bin = chatgateBinary();
   const vaultKey = execFileSync(bin, ["keys", "generate", "vault"]).toString().trim();
   writeFileSync(join(dir, "vault.key"), vaultKey, { mode: 0o600 });
@@ -82,6 +83,7 @@ id = "oidc"
 issuer = "${provider.issuer}"
 client_id = "${provider.clientId}"
 client_secret_env = "E2E_CLIENT_SECRET"
+${provider.toml ?? ""}
 ` : ""}
 ${apps}
 `;

@@ -32,6 +32,8 @@ export function llngMissing() {
     if (!existsSync(path)) return `${path} (apt-get install --no-install-recommends lemonldap-ng lemonldap-ng-fastcgi-server nginx-light ...; see .ci/run)`;
   }
   if (spawnSync(NGINX, ["-v"]).status !== 0) return "nginx (apt-get install nginx-light)";
+  // The FastCGI server refuses root and must switch to www-data itself.
+  if (process.getuid?.() !== 0) return "root (the portal's FastCGI server is started as www-data)";
   return null;
 }
 

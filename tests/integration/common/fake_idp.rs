@@ -113,6 +113,10 @@ pub struct IdpState {
     pub access_token_ttl: i64,
     /// Discovery names no `end_session_endpoint`.
     pub no_end_session: bool,
+    /// Discovery names no `revocation_endpoint` (LemonLDAP::NG 2.16).
+    pub no_revocation: bool,
+    /// The revocation endpoint answers with this status (it fails), when set.
+    pub revocation_status: Option<u16>,
     /// The queries `end_session_endpoint` received.
     pub end_session_queries: Vec<HashMap<String, String>>,
     /// ID tokens issued, in order.
@@ -268,7 +272,7 @@ async fn discovery(State(state): State<Arc<Mutex<IdpState>>>) -> Json<Value> {
         "authorization_endpoint": format!("{iss}/authorize"),
         "token_endpoint": s.token_endpoint_override.clone().unwrap_or(format!("{iss}/token")),
         "jwks_uri": format!("{iss}/jwks"),
-        "revocation_endpoint": format!("{iss}/revoke"),
+        "revocation_endpoint": (!s.no_revocation).then(|| format!("{iss}/revoke")),
         "response_types_supported": ["code"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["ES256", "HS256", "none"],
@@ -566,6 +570,9 @@ async fn revoke(
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     let mut s = state.lock().unwrap();
+    if let Some(status) = s.revocation_status {
+        return StatusCode::from_u16(status).unwrap().into_response();
+    }
     if !client_ok(&s, &headers, &form) {
         return (
             StatusCode::UNAUTHORIZED,
