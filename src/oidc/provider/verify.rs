@@ -56,7 +56,7 @@ impl Provider {
                     | CoreJwsSigningAlgorithm::None
             )
         {
-            let name = serde_json::to_value(&alg)
+            let name = serde_json::to_value(alg)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_default();
