@@ -1,6 +1,7 @@
 //! chatgate: signs users of an embedded chat widget in, keeps their IdP tokens in
 //! an encrypted vault, and hands out short-lived chat tokens bound to the verified
-//! user id. See `DESIGN.md` (the external contract) and `README.md`.
+//! user id. See `docs/reference.md` (the external contract), `docs/architecture.md`
+//! and `README.md`.
 
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations)]
@@ -17,6 +18,7 @@ pub mod domain;
 pub mod dpop;
 pub mod events;
 pub(crate) mod host_session;
+pub mod lifecycle;
 pub(crate) mod metrics;
 pub mod oidc;
 pub(crate) mod rate_limits;

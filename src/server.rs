@@ -29,10 +29,12 @@ pub struct App {
 }
 
 impl App {
-    /// Builds the app and binds `config.listen`.
+    /// Builds the app and binds `config.listen` (with `SO_REUSEPORT` when
+    /// `listen_reuse_port` is set).
     pub async fn build(config: Config) -> Result<Self, AppError> {
         let addr = config.listen;
-        let listener = TcpListener::bind(addr).map_err(|source| AppError::Bind { addr, source })?;
+        let listener = bind(addr, config.listen_reuse_port)
+            .map_err(|source| AppError::Bind { addr, source })?;
         Self::build_on(config, listener).await
     }
 
@@ -84,13 +86,46 @@ impl App {
 
         let handle: Handle<SocketAddr> = Handle::new();
         let grace = config.shutdown_timeout;
+        let drain = config.shutdown_drain;
         let signal_handle = handle.clone();
+        let lifecycle = state.lifecycle.clone();
+        let tokens = state.tokens.clone();
         let (deadline_tx, deadline) = tokio::sync::oneshot::channel();
+        let report = std::sync::Arc::new(std::sync::Mutex::new(ShutdownReport::default()));
+        let reporting = report.clone();
         tokio::spawn(async move {
             shutdown.await;
-            tracing::info!(grace = ?grace, "shutting down: finishing in-flight requests and refreshes");
-            let _ = deadline_tx.send(tokio::time::Instant::now() + grace);
+            let began = tokio::time::Instant::now();
+            lifecycle.start_draining();
+            {
+                let mut r = reporting.lock().expect("report lock");
+                r.began = Some(began);
+                r.in_flight_at_signal = lifecycle.in_flight();
+            }
+            tracing::info!(
+                drain = ?drain,
+                requests_in_flight = lifecycle.in_flight(),
+                refreshes_in_flight = tokens.refreshes_in_flight(),
+                connections = signal_handle.connection_count(),
+                "shutting down: /readyz answers 503; still serving, each response closing its connection, for the drain"
+            );
+            tokio::time::sleep(drain).await;
+            let open = signal_handle.connection_count();
+            tracing::info!(
+                served_while_draining = lifecycle.served_while_draining(),
+                requests_in_flight = lifecycle.in_flight(),
+                refreshes_in_flight = tokens.refreshes_in_flight(),
+                connections = open,
+                grace = ?grace,
+                "drained: the listener closes; idle connections close, in-flight requests and refreshes get the grace period"
+            );
+            let deadline = tokio::time::Instant::now() + grace;
+            let _ = deadline_tx.send(deadline);
             signal_handle.graceful_shutdown(Some(grace));
+            reporting.lock().expect("report lock").open_at_close = open;
+            // Whatever is still open at the deadline is cut.
+            tokio::time::sleep_until(deadline).await;
+            reporting.lock().expect("report lock").cut = signal_handle.connection_count();
         });
 
         let scheme = if config.tls.is_some() {
@@ -143,9 +178,20 @@ impl App {
         for task in background {
             task.abort();
         }
+        let left = state.tokens.refreshes_in_flight();
         state.audit.flush().await;
         state.store.close().await;
-        tracing::info!("chatgate stopped");
+        let report = report.lock().expect("report lock").clone();
+        tracing::info!(
+            took = ?report.began.map(|b| b.elapsed()),
+            requests_in_flight_at_signal = report.in_flight_at_signal,
+            connections_at_listener_close = report.open_at_close,
+            connections_closed_politely = report.open_at_close.saturating_sub(report.cut),
+            connections_cut = report.cut,
+            served_while_draining = state.lifecycle.served_while_draining(),
+            refreshes_cut = left,
+            "chatgate stopped"
+        );
         served.map_err(AppError::Serve)
     }
 }
@@ -209,6 +255,31 @@ fn spawn_background(state: &AppState) -> Vec<JoinHandle<()>> {
         tasks.push(tokio::spawn(deliverer.run()));
     }
     tasks
+}
+
+/// What a shutdown did, for its last log line.
+#[derive(Debug, Clone, Default)]
+struct ShutdownReport {
+    began: Option<tokio::time::Instant>,
+    in_flight_at_signal: usize,
+    open_at_close: usize,
+    cut: usize,
+}
+
+/// A listening socket on `addr`; with `reuse_port`, `SO_REUSEPORT` lets a
+/// replacement process listen on the same address before this one stops.
+fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    if !reuse_port {
+        return TcpListener::bind(addr);
+    }
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    #[cfg(unix)]
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }
 
 /// Completes on Ctrl-C or SIGTERM.

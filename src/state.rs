@@ -40,6 +40,8 @@ pub struct AppState {
     pub audit: AuditLog,
     /// Sends the event outbox; `None` when no app takes events.
     pub(crate) deliverer: Option<Deliverer>,
+    /// Serving or draining, and the requests in flight.
+    pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +158,7 @@ impl AppState {
             rate_limits,
             audit,
             deliverer,
+            lifecycle: Arc::default(),
         })
     }
 }

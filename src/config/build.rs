@@ -137,6 +137,13 @@ pub(super) fn build(
         Duration::ZERO,
         10 * MINUTE,
     );
+    let shutdown_drain = c.duration(
+        "shutdown_drain",
+        &raw.shutdown_drain,
+        "5s",
+        Duration::ZERO,
+        10 * MINUTE,
+    );
     let read_cache_ttl = c.duration(
         "read_cache_ttl",
         &raw.read_cache_ttl,
@@ -299,6 +306,8 @@ pub(super) fn build(
         flow_ttl,
         request_timeout,
         shutdown_timeout,
+        shutdown_drain,
+        listen_reuse_port: raw.listen_reuse_port.unwrap_or(false),
         read_cache_ttl,
         audit_retention,
         max_body_bytes: max_body_bytes as usize,

@@ -36,6 +36,13 @@ pub struct Config {
     pub flow_ttl: Duration,
     pub request_timeout: Duration,
     pub shutdown_timeout: Duration,
+    /// After SIGTERM, how long `/readyz` answers 503 while everything else
+    /// keeps serving (each response saying `Connection: close`), before the
+    /// listener closes.
+    pub shutdown_drain: Duration,
+    /// Bind `listen` with `SO_REUSEPORT`: a replacement process can listen
+    /// on the same address before this one stops (an in-place restart).
+    pub listen_reuse_port: bool,
     /// How long the bot API may reuse a bot credential or a vault row it read
     /// (0 = never). Changes made on other replicas show up within this time.
     pub read_cache_ttl: Duration,

@@ -113,6 +113,8 @@ listen = "{chatgate_addr}"
 database_url = "sqlite://chatgate.db?mode=rwc"
 refresh_skew = "10s"
 log_level = "warn,chatgate=info"
+# One process on one machine: nothing to drain on Ctrl-C.
+shutdown_drain = "0s"
 
 [vault]
 keys = [{{ id = "demo", key_file = "vault.key" }}]

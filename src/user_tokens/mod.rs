@@ -360,6 +360,11 @@ impl TokenService {
         self.inner.wake_deliverer();
     }
 
+    /// Refreshes running now.
+    pub fn refreshes_in_flight(&self) -> usize {
+        self.inner.tasks.len()
+    }
+
     /// Waits up to `within` for the refreshes in flight (graceful shutdown).
     /// Returns how many were still running when it gave up.
     pub async fn drain(&self, within: Duration) -> usize {

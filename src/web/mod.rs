@@ -28,6 +28,28 @@ pub use error::ApiError;
 
 use crate::state::AppState;
 
+/// Counts the request in flight; while the process drains before it stops,
+/// asks HTTP/1 clients to close the connection after the response, so a
+/// load balancer's pooled connection is not reused and nothing is dropped
+/// when the listener closes (HTTP/2 gets GOAWAY at the graceful shutdown).
+async fn drain(
+    axum::extract::State(lifecycle): axum::extract::State<
+        std::sync::Arc<crate::lifecycle::Lifecycle>,
+    >,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let http1 = request.version() < axum::http::Version::HTTP_2;
+    let _in_flight = lifecycle.request();
+    let mut response = next.run(request).await;
+    if http1 && lifecycle.is_draining() {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
 /// The whole HTTP surface with its middleware.
 pub fn router(state: AppState) -> Router {
     let config = state.config.clone();
@@ -44,6 +66,10 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
             crate::metrics::track,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.lifecycle.clone(),
+            drain,
         ))
         .layer(TraceLayer::new_for_http().make_span_with(crate::telemetry::request_span))
         .layer(TimeoutLayer::with_status_code(

@@ -22,8 +22,17 @@ async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
-/// Ready for traffic: the database answers and every provider is discovered.
+/// Ready for traffic: the database answers and every provider is discovered —
+/// and the process is not draining before it stops.
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    if state.lifecycle.is_draining() {
+        let body = json!({"status": "draining"});
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CACHE_CONTROL, "no-store")],
+            Json(body),
+        );
+    }
     let database = match state.store.ping().await {
         Ok(()) => "ok".to_string(),
         Err(e) => {

@@ -15,6 +15,7 @@ mod cookieless;
 mod dev_idp;
 mod docs;
 mod dpop;
+mod drain;
 mod hardening;
 mod host_session;
 mod logout;

@@ -69,6 +69,7 @@ listen = "${host}:${port}"
 database_url = "sqlite://chatgate.db?mode=rwc"
 idp_ca_file = "${caFile}"
 log_level = "info,chatgate=debug"
+shutdown_drain = "0s"
 ${extraToml}
 [tls]
 cert_file = "${tls.certFile}"

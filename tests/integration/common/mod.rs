@@ -216,6 +216,8 @@ listen = "127.0.0.1:{{PORT}}"
 database_url = "{url}"
 # Tests change rows behind the server's back: read everything fresh.
 read_cache_ttl = "0s"
+# Tests stop their servers at once (the drain has tests of its own).
+shutdown_drain = "0s"
 # A replica that died holding a refresh lease is replaced after 1.5 x this.
 refresh_lease = "3s"
 [vault]
