@@ -213,6 +213,8 @@ pub struct Metrics {
     rate_limited: Family<ReasonLabels, Counter>,
     events: Family<OutcomeLabels, Counter>,
     events_pending: Gauge,
+    /// 1 while the process drains before it stops.
+    draining: Gauge,
     backchannel_logouts: Family<OutcomeLabels, Counter>,
     vault_ops: Family<OpLabels, Counter>,
     host_tokens: Family<OpLabels, Counter>,
@@ -324,6 +326,12 @@ impl Metrics {
             "Events neither delivered nor given up on",
             events_pending.clone(),
         );
+        let draining = Gauge::default();
+        registry.register(
+            "draining",
+            "1 while this replica drains before it stops (/readyz answers 503)",
+            draining.clone(),
+        );
         let backchannel_logouts = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "backchannel_logouts",
@@ -357,6 +365,7 @@ impl Metrics {
             rate_limited,
             events,
             events_pending,
+            draining,
             backchannel_logouts,
             vault_ops,
             host_tokens,
@@ -453,6 +462,11 @@ impl Metrics {
         self.backchannel_logouts
             .get_or_create(&OutcomeLabels { outcome })
             .inc();
+    }
+
+    /// The replica began to drain.
+    pub fn draining(&self) {
+        self.draining.set(1);
     }
 
     pub fn events_pending(&self, n: i64) {

@@ -90,6 +90,7 @@ impl App {
         let signal_handle = handle.clone();
         let lifecycle = state.lifecycle.clone();
         let tokens = state.tokens.clone();
+        let metrics = state.metrics.clone();
         let (deadline_tx, deadline) = tokio::sync::oneshot::channel();
         let report = std::sync::Arc::new(std::sync::Mutex::new(ShutdownReport::default()));
         let reporting = report.clone();
@@ -97,6 +98,7 @@ impl App {
             shutdown.await;
             let began = tokio::time::Instant::now();
             lifecycle.start_draining();
+            metrics.draining();
             {
                 let mut r = reporting.lock().expect("report lock");
                 r.began = Some(began);

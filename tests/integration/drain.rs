@@ -87,6 +87,15 @@ async fn a_drain_fails_readiness_and_keeps_serving_until_it_ends() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["connection"], "close");
+    let metrics = common::http_client()
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("chatgate_draining 1"), "{metrics}");
     // After the drain the listener is closed.
     tokio::time::sleep(Duration::from_millis(2200)).await;
     assert!(
