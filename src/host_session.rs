@@ -1,4 +1,5 @@
-//! Host-signed userinfo tokens (DESIGN.md, "The three ways in", 2): a host that
+//! Host-signed userinfo tokens (docs/signing-in.md, "Hosts that already know
+//! their user"): a host that
 //! already authenticated its user signs a short-lived JWT with a per-app key;
 //! chatgate verifies it and grants a chat token for `host:{app}:{sub}`.
 //!

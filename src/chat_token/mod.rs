@@ -34,7 +34,7 @@ pub enum Via {
     IdToken,
 }
 
-/// The claims of a chat token (DESIGN.md, "Chat tokens").
+/// The claims of a chat token (docs/reference.md, "Chat tokens").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChatClaims {
     pub iss: String,

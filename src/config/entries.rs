@@ -14,7 +14,8 @@ use super::check::Check;
 use super::types::*;
 
 const DEFAULT_SCOPES: [&str; 4] = ["openid", "profile", "email", "offline_access"];
-/// Claims that are not stable user ids (DESIGN.md: "never an email address").
+/// Claims that are not stable user ids (docs/reference.md, `user_id_claim`:
+/// "never an email").
 const UNSTABLE_CLAIMS: [&str; 5] = ["email", "upn", "preferred_username", "name", "unique_name"];
 
 pub(super) fn build_providers(

@@ -1,4 +1,4 @@
-//! Configuration: the TOML file of DESIGN.md, `CHATGATE_<KEY>` environment
+//! Configuration: the TOML file of docs/reference.md ("Configuration"), `CHATGATE_<KEY>` environment
 //! overrides, secrets from `*_env` / `*_file`, parsed once at start into typed
 //! values. Every problem is reported with the key it concerns, all at once.
 

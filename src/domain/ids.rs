@@ -100,7 +100,7 @@ slug_type!(
     64
 );
 
-/// A chatgate user id: `{provider_id}:{subject}` (DESIGN.md, "User ids").
+/// A chatgate user id: `{provider_id}:{subject}` (docs/reference.md, "Chat tokens").
 ///
 /// The subject comes from the IdP (`sub`, `oid`, `tid:oid`) or from a host
 /// (`host:{app}:{sub}`), so it may contain any printable character, including `:`.

@@ -2,7 +2,7 @@
 //! tokens (with the refresh that never loses a rotated refresh token), status,
 //! and sign-out with revocation at the IdP.
 //!
-//! What is guaranteed (the README's "Refresh safety" says it for operators):
+//! What is guaranteed (docs/bots.md, "Refresh safety", says it for operators):
 //!
 //! - **One refresh per user at a time**, across every replica: one task per
 //!   `(app, user)` in a process ([`inflight`]), a fenced lease in the vault row

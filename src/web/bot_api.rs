@@ -1,4 +1,4 @@
-//! The bot API (DESIGN.md, "Bot API"): a bot looks a user's fresh access token
+//! The bot API (docs/reference.md, "Bot API"): a bot looks a user's fresh access token
 //! up by user id. Routes and the OpenAPI document served at
 //! `/v1/openapi.json` come from the same annotated handlers, so they cannot
 //! drift apart.

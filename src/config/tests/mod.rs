@@ -78,7 +78,8 @@ keys = [{ id = "2026-11", key_file = "vault.key" }]
 key_file = "signing.pem"
 "#;
 
-/// The example of DESIGN.md, with files that exist in the fixture.
+/// A full configuration (as docs/reference.md describes it), with files that
+/// exist in the fixture.
 pub(super) const FULL: &str = r#"
 public_url   = "https://auth.example.com"
 listen       = "0.0.0.0:8443"
