@@ -125,6 +125,7 @@ impl AppState {
             refresh_settings(&config),
             events.clone(),
             deliverer.clone(),
+            audit.clone(),
         );
         let rate_limits = Arc::new(RateLimits::new(RateLimitConfig {
             per_second: config.rate_limit_per_second,

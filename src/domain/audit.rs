@@ -20,7 +20,7 @@ pub enum AuditAction {
     SignOut,
     /// The IdP ended the user's session (back-channel logout): tokens
     /// deleted, browser sessions ended.
-    IdpLogout,
+    IdpSignOut,
     BotCreate,
     BotRevoke,
 }
@@ -35,7 +35,7 @@ impl AuditAction {
             Self::StatusRead => "status.read",
             Self::TokenRefresh => "token.refresh",
             Self::SignOut => "signout",
-            Self::IdpLogout => "idp_logout",
+            Self::IdpSignOut => "idp_logout",
             Self::BotCreate => "bot.create",
             Self::BotRevoke => "bot.revoke",
         }

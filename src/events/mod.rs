@@ -54,7 +54,7 @@ pub enum SignOutReason {
     /// A bot (`DELETE /v1/users/{id}/token`).
     Bot,
     /// The IdP (back-channel logout).
-    IdpLogout,
+    IdpSignOut,
     /// An operator (`chatgate users sign-out`).
     Admin,
 }
@@ -64,7 +64,7 @@ impl SignOutReason {
         match self {
             Self::Widget => "widget",
             Self::Bot => "bot",
-            Self::IdpLogout => "idp_logout",
+            Self::IdpSignOut => "idp_logout",
             Self::Admin => "admin",
         }
     }

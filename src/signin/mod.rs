@@ -5,11 +5,12 @@
 //! HTTP (query parsing, cookies, pages) lives in `web::signin`; this module
 //! decides what is valid and what is stored. Every handler makes one call:
 //! [`SignInService::start`], [`SignInService::complete_callback`],
-//! [`SignInService::renew`], [`SignInService::redeem_ticket`]; and for apps
-//! that bind chat tokens to the browser's DPoP key, [`SignInService::bound_signin`].
+//! [`SignInService::renew`], [`SignInService::redeem_ticket`], and for the
+//! host page's fetch [`SignInService::renew_for_page`].
 
 mod callback;
 mod key_binding;
+mod page;
 mod signout;
 mod start;
 mod tickets;
@@ -19,7 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use callback::{CallbackFailure, CallbackResult};
-pub use signout::IdpSignoutError;
+pub use page::{PageRenewal, PageRenewalError, SessionUpdate};
+pub use signout::{IdpSignoutError, PageSignOut};
 pub use start::StartRequest;
 pub use types::{CallbackParams, FlowError, FlowTarget, Minted, Mode, SessionSignIn};
 

@@ -1,4 +1,5 @@
-//! Signing out at the IdP from the widget (OpenID Connect RP-Initiated
+//! The page's sign-out (`POST /v1/signout`: [`SignInService::sign_out_page`]),
+//! and signing out at the IdP from the widget (OpenID Connect RP-Initiated
 //! Logout 1.0), in three steps:
 //!
 //! 1. `POST /v1/signout` with `idp: true` (from the host page, before the
@@ -14,12 +15,15 @@
 //!    [`SignInService::finish_idp_signout`] names the app and exact origin the
 //!    popup then posts `chatgate:signed_out` to.
 
-use super::SignInService;
+use super::{SessionSignIn, SignInService};
 use crate::config::AppConfig;
 use crate::domain::{AppId, Origin, UserId};
+use crate::dpop::Jkt;
+use crate::events::SignOutReason;
 use crate::secret::ExposeSecret as _;
 use crate::secret::{SecretString, random_token, sha256_hex};
 use crate::store::{IdpSignoutRow, StoreError};
+use crate::user_tokens::Revocation;
 use crate::vault::Aad;
 
 /// How long an IdP sign-out may take, from the widget's request to the IdP's
@@ -33,6 +37,81 @@ fn aad<'a>(row: &'a [&'a str; 1]) -> Aad<'a> {
         table: "idp_signouts",
         row,
         column: ID_TOKEN_COLUMN,
+    }
+}
+
+/// What the page asked for at `POST /v1/signout`.
+#[derive(Debug)]
+pub struct PageSignOut<'a> {
+    pub app: &'a AppConfig,
+    pub origin: &'a Origin,
+    /// The sign-in chatgate's cookie named (already removed from the session).
+    pub from_cookie: Option<SessionSignIn>,
+    /// The browser key a checked DPoP proof showed.
+    pub key: Option<&'a Jkt>,
+    /// Also sign the user out of the app everywhere, revoking at the IdP.
+    pub revoke: bool,
+    /// Also start the sign-out at the IdP (the popup's URL).
+    pub idp: bool,
+    pub now: i64,
+}
+
+/// What a page's sign-out came to.
+#[derive(Debug)]
+pub struct PageSignedOut {
+    /// A sign-in (by cookie or key) ended.
+    pub signed_out: bool,
+    /// With `revoke`: what the IdP said of the grant.
+    pub revocation: Option<Revocation>,
+    /// With `idp`: the popup's next stop, or why there is none.
+    pub idp_signout: Option<Result<String, IdpSignoutError>>,
+}
+
+impl SignInService {
+    /// `POST /v1/signout`: forgets the page's browser key, starts the IdP
+    /// sign-out when asked (before the vault entry goes: it needs the ID
+    /// token), and with `revoke` signs the user out of the app everywhere.
+    pub async fn sign_out_page(
+        &self,
+        req: PageSignOut<'_>,
+    ) -> Result<PageSignedOut, crate::vault::VaultError> {
+        let mut ended = req.from_cookie;
+        if let Some(jkt) = req.key {
+            let bound = self
+                .bound_signin(req.app, req.origin, jkt, None, req.now)
+                .await?;
+            let forgotten = self.forget_key(req.app, jkt).await?;
+            if ended.is_none() && forgotten {
+                ended = bound;
+            }
+        }
+        let idp_signout = match req.idp {
+            true => Some(
+                self.start_idp_signout(
+                    req.app,
+                    req.origin,
+                    ended.as_ref().map(|s| &s.user_id),
+                    req.now,
+                )
+                .await,
+            ),
+            false => None,
+        };
+        let revocation = match (&ended, req.revoke) {
+            (Some(signin), true) => Some(
+                self.inner
+                    .tokens
+                    .sign_out(&req.app.id, &signin.user_id, "user", SignOutReason::Widget)
+                    .await?
+                    .revocation,
+            ),
+            _ => None,
+        };
+        Ok(PageSignedOut {
+            signed_out: ended.is_some(),
+            revocation,
+            idp_signout,
+        })
     }
 }
 
@@ -53,6 +132,14 @@ pub enum IdpSignoutError {
 }
 
 impl IdpSignoutError {
+    /// The code of `idp_signout_error`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unsupported => "idp_signout_unsupported",
+            _ => "temporarily_unavailable",
+        }
+    }
+
     /// What a response may say: never the database's own words.
     pub fn public_description(&self) -> String {
         match self {

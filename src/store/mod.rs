@@ -11,12 +11,12 @@ mod bots;
 mod flows;
 mod idp_signouts;
 mod key_bindings;
-mod logout;
 mod options;
 mod outbox;
 mod replay;
 mod sessions;
 mod signing_keys;
+mod signout;
 mod sweep;
 mod vault;
 
@@ -33,15 +33,14 @@ pub use bots::{BotCredential, BotRow};
 pub use flows::{NewFlow, PendingFlowRow};
 pub use idp_signouts::IdpSignoutRow;
 pub use key_bindings::{KEYS_PER_USER, KeyBindingRow};
-pub use logout::{Jti, LoggedOut, LogoutScope};
 pub use options::{DatabaseKind, DatabaseOptions};
 pub use outbox::{EventFilter, EventSettlement, OutboxRow, StoredEvent};
 pub use sessions::SessionUser;
 pub use signing_keys::SigningKeyRow;
+pub use signout::{Jti, SignOutScope, SignedOutAtIdp, UserSignedOut};
 pub use sweep::{Swept, Table};
 pub use vault::{
-    BULK_ROWS, LeaseTake, RefreshedEntry, Resealed, SealedEntry, SignInWrite, UserSignedOut,
-    VaultRow,
+    BULK_ROWS, LeaseTake, RefreshedEntry, Resealed, SealedEntry, SignInWrite, VaultRow,
 };
 
 /// The statements on request paths (bot lookups, sign-in, renewal, sign-out,
@@ -56,8 +55,8 @@ pub fn hot_queries() -> Vec<(String, &'static str)> {
         ("vault: sign-in, entry before", vault::UPSERT_BEFORE),
         ("vault: take the refresh lease", vault::TAKE_LEASE),
         ("vault: write refreshed tokens", vault::WRITE_REFRESHED),
-        ("vault: delete an entry", vault::DELETE_ENTRY),
-        ("vault: delete a user's tickets", vault::DELETE_USER_TICKETS),
+        ("sign-out: delete an entry", signout::DELETE_ENTRY),
+        ("sign-out: a user's tickets", signout::DELETE_USER_TICKETS),
         ("flows: take by state", flows::TAKE_FLOW),
         ("flows: take a key-bound flow", flows::TAKE_KEY_BOUND_FLOW),
         ("flows: peek", flows::PEEK_FLOW),
@@ -75,8 +74,8 @@ pub fn hot_queries() -> Vec<(String, &'static str)> {
         ("events: claim due (SQLite)", outbox::CLAIM_DUE_SQLITE),
         ("events: claim due (PostgreSQL)", outbox::CLAIM_DUE_POSTGRES),
         ("events: pending count", outbox::PENDING_COUNT),
-        ("logout: a user's sessions", logout::END_USER_SESSIONS),
-        ("logout: a user's key bindings", logout::END_USER_KEYS),
+        ("logout: a user's sessions", signout::END_USER_SESSIONS),
+        ("logout: a user's key bindings", signout::END_USER_KEYS),
     ]
     .into_iter()
     .map(|(name, sql)| (name.to_string(), sql))
@@ -84,15 +83,15 @@ pub fn hot_queries() -> Vec<(String, &'static str)> {
     for (form, by) in ["sub", "sid", "sub and sid"].iter().enumerate() {
         all.push((
             format!("logout by {by}: entries"),
-            logout::DELETE_ENTRIES[form],
+            signout::DELETE_ENTRIES[form],
         ));
         all.push((
             format!("logout by {by}: sessions"),
-            logout::DELETE_SESSIONS[form],
+            signout::DELETE_SESSIONS[form],
         ));
         all.push((
             format!("logout by {by}: key bindings"),
-            logout::DELETE_KEY_BINDINGS[form],
+            signout::DELETE_KEY_BINDINGS[form],
         ));
     }
     for table in Table::ALL {

@@ -77,17 +77,6 @@ pub struct SealedEntry<'a> {
     pub generation: String,
 }
 
-/// What a sign-out of a user ended.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct UserSignedOut {
-    /// There was a vault entry and it is gone.
-    pub entry: bool,
-    /// Browser sessions ended.
-    pub sessions: u64,
-    /// Browser keys forgotten.
-    pub keys: u64,
-}
-
 /// What a sign-in's write found and left.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignInWrite {
@@ -146,11 +135,6 @@ pub(super) const WRITE_REFRESHED: &str = "UPDATE vault_entries SET access_token 
                refresh_lease_owner = NULL, refresh_lease_until = NULL \
              WHERE app = $11 AND user_id = $12 AND refresh_lease_id = $13";
 
-/// Sign-out by the widget, a bot or the CLI.
-pub(super) const DELETE_ENTRY: &str = "DELETE FROM vault_entries WHERE app = $1 AND user_id = $2";
-/// ... and the user's tickets in the app with it.
-pub(super) const DELETE_USER_TICKETS: &str =
-    "DELETE FROM session_tickets WHERE app = $1 AND user_id = $2";
 /// A sign-in's write: the generation it left.
 const GENERATION: &str =
     "SELECT signin_generation FROM vault_entries WHERE app = $1 AND user_id = $2";
@@ -301,45 +285,6 @@ impl Store {
     pub async fn get_vault_entry(&self, app: &str, user_id: &str) -> Result<Option<VaultRow>> {
         Ok(with_pool!(self, pool => {
             sqlx::query_as::<_, VaultRow>(GET_ENTRY).bind(app).bind(user_id).fetch_optional(pool).await?
-        }))
-    }
-
-    /// Signs the user out of `app` everywhere, in one transaction: deletes
-    /// the entry, ends every browser session signed in as them, forgets every
-    /// browser key bound to them and every ticket not yet redeemed, and
-    /// records `signed_out` when there was an entry.
-    pub async fn delete_vault_entry(
-        &self,
-        app: &str,
-        user_id: &str,
-        signed_out: Option<&OutboxRow>,
-    ) -> Result<UserSignedOut> {
-        Ok(with_pool!(self, pool => {
-            let mut tx = pool.begin_write().await?;
-            let mut counts = [0; 4];
-            let statements = [
-                DELETE_ENTRY,
-                super::logout::END_USER_SESSIONS,
-                super::logout::END_USER_KEYS,
-                DELETE_USER_TICKETS,
-            ];
-            for (n, sql) in counts.iter_mut().zip(statements) {
-                *n = sqlx::query(sql)
-                    .bind(app)
-                    .bind(user_id)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-            }
-            if counts[0] > 0 && let Some(event) = signed_out {
-                insert_event!(&mut *tx, event);
-            }
-            tx.commit().await?;
-            UserSignedOut {
-                entry: counts[0] > 0,
-                sessions: counts[1],
-                keys: counts[2],
-            }
         }))
     }
 

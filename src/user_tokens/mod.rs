@@ -21,24 +21,24 @@
 
 mod inflight;
 mod lease;
-mod logout;
 mod refresh;
+mod signout;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::task::TaskTracker;
 
-use crate::domain::{AppId, AuditAction, AuditOutcome, UserId};
+use crate::domain::{AppId, UserId};
+use crate::events::Events;
 use crate::events::deliver::Deliverer;
-use crate::events::{Events, SignOutReason};
 use crate::metrics::{Metrics, VaultOp, VaultOutcome};
-use crate::oidc::{Providers, TokenKind};
+use crate::oidc::Providers;
 use crate::secret::SecretString;
-use crate::store::{AuditEvent, Store, StoreError};
+use crate::store::{Store, StoreError};
 use crate::vault::{Vault, VaultEntry, VaultError};
 use inflight::InFlight;
-pub use logout::LogoutError;
+pub use signout::{LogoutRequestError, Revocation};
 
 /// `Retry-After` when the IdP or the database is unavailable.
 pub const RETRY_AFTER_SECS: u64 = 5;
@@ -108,44 +108,6 @@ impl From<StoreError> for LookupError {
 /// The result every waiter of one refresh gets.
 type Outcome = Result<FreshToken, LookupError>;
 
-/// What became of the user's grant at the IdP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Revocation {
-    /// The IdP confirmed the revocation (RFC 7009) of the refresh token (or,
-    /// without one, of the access token).
-    Revoked,
-    /// The IdP has no revocation endpoint: its refresh token stays valid at
-    /// the IdP until it expires there (chatgate has forgotten it).
-    NoRevocationEndpoint,
-    /// The IdP could not be reached, or refused.
-    Failed,
-    /// chatgate held no tokens of the user.
-    NothingStored,
-}
-
-impl Revocation {
-    /// Why the IdP did not confirm a revocation, as the API says it.
-    pub fn error_code(self) -> Option<&'static str> {
-        match self {
-            Self::Revoked | Self::NothingStored => None,
-            Self::NoRevocationEndpoint => Some("no_revocation_endpoint"),
-            Self::Failed => Some("revocation_failed"),
-        }
-    }
-}
-
-/// What a sign-out did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SignOut {
-    /// There was a vault entry and it is gone.
-    pub deleted: bool,
-    /// What the IdP said of the grant.
-    pub revocation: Revocation,
-    /// Browser sessions ended and browser keys forgotten with it.
-    pub sessions: u64,
-    pub keys: u64,
-}
-
 /// Fresh tokens for bots, and sign-out. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct TokenService {
@@ -168,9 +130,12 @@ struct Inner {
     events: Events,
     /// Woken when an event was recorded.
     deliverer: Option<Deliverer>,
+    /// The batched writer of bots' token reads.
+    audit: crate::audit::AuditLog,
 }
 
 impl TokenService {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
         vault: Vault,
@@ -179,6 +144,7 @@ impl TokenService {
         settings: RefreshSettings,
         events: Events,
         deliverer: Option<Deliverer>,
+        audit: crate::audit::AuditLog,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -192,6 +158,7 @@ impl TokenService {
                 tasks: TaskTracker::new(),
                 events,
                 deliverer,
+                audit,
             }),
         }
     }
@@ -258,6 +225,40 @@ impl TokenService {
         }
     }
 
+    /// A bot's read of a user's fresh access token (the bot API and the Bot
+    /// Framework API alike), audited through the batched writer with how it
+    /// ended.
+    pub async fn read_for_bot(
+        &self,
+        app: &AppId,
+        user_id: &UserId,
+        actor: &str,
+    ) -> Result<FreshToken, LookupError> {
+        use crate::domain::{AuditAction, AuditOutcome};
+        let result = self.fresh_access_token(app, user_id, actor).await;
+        let outcome = match &result {
+            Ok(t) if t.refreshed => AuditOutcome::OkRefreshed,
+            Ok(_) => AuditOutcome::Ok,
+            Err(LookupError::NotFound(_)) => AuditOutcome::NotFound,
+            Err(LookupError::ReauthRequired(_)) => AuditOutcome::ReauthRequired,
+            Err(LookupError::Unavailable(_)) => AuditOutcome::Unavailable,
+            Err(LookupError::Failed(_)) => AuditOutcome::Error,
+        };
+        self.inner
+            .audit
+            .record(crate::audit::QueuedEvent {
+                at: crate::time::now(),
+                actor: actor.to_string(),
+                app: Some(app.clone()),
+                user_id: Some(user_id.clone()),
+                action: AuditAction::TokenRead,
+                outcome,
+                detail: None,
+            })
+            .await;
+        result
+    }
+
     /// Whether chatgate's session may stand in for the IdP for this user now:
     /// the vault holds a usable entry of the sign-in `generation` the session
     /// was made under (read afresh, never from the read cache: a sign-out
@@ -282,72 +283,6 @@ impl TokenService {
             Err(LookupError::NotFound(_) | LookupError::ReauthRequired(_)) => Ok(false),
             Err(e) => Err(e),
         }
-    }
-
-    /// Signs the user out of `app` everywhere: revokes their refresh token at
-    /// the IdP (RFC 7009, when the IdP has a revocation endpoint), then, in one
-    /// transaction, deletes the vault entry and ends every browser session,
-    /// key binding and ticket of theirs in the app. A failed revocation is
-    /// logged and does not keep the entry: the user asked to be signed out.
-    /// A refresh in flight finds the entry gone and revokes what it got; a
-    /// renewal racing the sign-out may write a session or binding back, but
-    /// that one belongs to the old sign-in generation and renews nothing.
-    pub async fn sign_out(
-        &self,
-        app: &AppId,
-        user_id: &UserId,
-        actor: &str,
-        reason: SignOutReason,
-    ) -> Result<SignOut, VaultError> {
-        let inner = &self.inner;
-        let entry = inner.vault.load(app, user_id).await?;
-        let revocation = match &entry {
-            Some(entry) => inner.revoke(entry.provider.as_str(), &entry.tokens).await,
-            None => Revocation::NothingStored,
-        };
-        let now = crate::time::now();
-        let event = inner.events.signed_out(app, user_id, reason, now);
-        let ended = inner.vault.delete(app, user_id, event.as_ref()).await?;
-        let deleted = ended.entry;
-        if deleted && event.is_some() {
-            inner.wake_deliverer();
-        }
-        inner.metrics.vault_op(
-            VaultOp::Delete,
-            if deleted {
-                VaultOutcome::Ok
-            } else {
-                VaultOutcome::Absent
-            },
-        );
-        inner
-            .store
-            .audit(AuditEvent {
-                actor,
-                app: Some(app),
-                user_id: Some(user_id),
-                action: AuditAction::SignOut,
-                outcome: if deleted {
-                    AuditOutcome::Ok
-                } else {
-                    AuditOutcome::Absent
-                },
-                detail: Some(match revocation {
-                    Revocation::Revoked => "revoked at idp",
-                    Revocation::NoRevocationEndpoint => {
-                        "not revoked: the idp has no revocation endpoint"
-                    }
-                    Revocation::Failed => "not revoked: the revocation failed",
-                    Revocation::NothingStored => "nothing stored",
-                }),
-            })
-            .await;
-        Ok(SignOut {
-            deleted,
-            revocation,
-            sessions: ended.sessions,
-            keys: ended.keys,
-        })
     }
 
     /// Which apps take events, and their outbox rows.
@@ -389,42 +324,6 @@ impl Inner {
         if let Some(d) = &self.deliverer {
             d.wake();
         }
-    }
-
-    /// Revokes a token set at its provider, the refresh token first (revoking
-    /// it ends the grant at most IdPs). The answer is about the refresh token
-    /// (the access token's, when there is none).
-    async fn revoke(&self, provider: &str, tokens: &crate::vault::TokenSet) -> Revocation {
-        let Some(provider) = self.providers.get(provider) else {
-            tracing::warn!(provider, "provider not loaded; cannot revoke at the IdP");
-            return Revocation::Failed;
-        };
-        if provider.revocation_endpoint().is_none() {
-            tracing::info!(provider = %provider.config().id, "the identity provider has no revocation endpoint: its refresh token stays valid there until it expires");
-            return Revocation::NoRevocationEndpoint;
-        }
-        let mut outcome = None;
-        let all = tokens
-            .refresh_token
-            .iter()
-            .map(|t| (t, TokenKind::Refresh))
-            .chain(std::iter::once((&tokens.access_token, TokenKind::Access)));
-        for (token, kind) in all {
-            let done = match provider.revoke(token, kind).await {
-                Ok(done) => done,
-                Err(e) => {
-                    tracing::warn!(provider = %provider.config().id, ?kind, error = %e, "revocation failed");
-                    false
-                }
-            };
-            // The first token tried (the refresh token, if any) decides.
-            outcome.get_or_insert(if done {
-                Revocation::Revoked
-            } else {
-                Revocation::Failed
-            });
-        }
-        outcome.unwrap_or(Revocation::Failed)
     }
 }
 

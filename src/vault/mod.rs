@@ -17,8 +17,8 @@ use crate::cache::TtlCache;
 use crate::domain::{AppId, ProviderId, UserId};
 use crate::secret::SecretString;
 use crate::store::{
-    Jti, LoggedOut, LogoutScope, OutboxRow, RefreshedEntry, Resealed, SealedEntry, SignInWrite,
-    Store, StoreError, UserSignedOut, VaultRow,
+    Jti, OutboxRow, RefreshedEntry, Resealed, SealedEntry, SignInWrite, SignOutScope,
+    SignedOutAtIdp, Store, StoreError, UserSignedOut, VaultRow,
 };
 
 pub type Result<T, E = VaultError> = std::result::Result<T, E>;
@@ -222,10 +222,10 @@ impl Vault {
     /// logout token's) was used before.
     pub async fn end_idp_sessions(
         &self,
-        scope: LogoutScope<'_>,
+        scope: SignOutScope<'_>,
         jti: Option<&Jti<'_>>,
         event: impl Fn(&str, &str) -> Option<OutboxRow>,
-    ) -> Result<Option<LoggedOut>> {
+    ) -> Result<Option<SignedOutAtIdp>> {
         let done = self.store.end_idp_sessions(scope, jti, event).await?;
         for (app, user_id) in done.iter().flat_map(|d| &d.entries) {
             self.forget_row(app, user_id);

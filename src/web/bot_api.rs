@@ -229,17 +229,8 @@ async fn get_token(
     let user = parse_user(user_id)?;
     let result = state
         .tokens
-        .fresh_access_token(&app.id, &user, &bot.0.actor())
+        .read_for_bot(&app.id, &user, &bot.0.actor())
         .await;
-    let outcome = match &result {
-        Ok(t) if t.refreshed => AuditOutcome::OkRefreshed,
-        Ok(_) => AuditOutcome::Ok,
-        Err(LookupError::NotFound(_)) => AuditOutcome::NotFound,
-        Err(LookupError::ReauthRequired(_)) => AuditOutcome::ReauthRequired,
-        Err(LookupError::Unavailable(_)) => AuditOutcome::Unavailable,
-        Err(LookupError::Failed(_)) => AuditOutcome::Error,
-    };
-    audit(&state, &bot.0, &user, AuditAction::TokenRead, outcome).await;
     let token = result.map_err(|e| match e {
         LookupError::NotFound(d) => ApiError::NotFound(d),
         LookupError::ReauthRequired(d) => ApiError::unauthorized("reauth_required", d),

@@ -14,7 +14,7 @@ use crate::web::ApiError;
 /// The request header of a proof.
 pub const HEADER_NAME: &str = dpop::HEADER;
 
-fn refused(e: &DpopError) -> ApiError {
+pub(super) fn refused(e: &DpopError) -> ApiError {
     ApiError::unauthorized("invalid_dpop_proof", e.to_string())
 }
 

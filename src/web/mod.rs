@@ -7,12 +7,12 @@ pub mod cors;
 mod dpop;
 pub mod error;
 mod host_session;
-mod logout;
 mod ops;
 pub mod pages;
 pub mod rate_limit;
 pub mod session;
 mod signin;
+mod signout;
 mod well_known;
 mod widget;
 
@@ -61,7 +61,7 @@ pub fn router(state: AppState) -> Router {
         .merge(bot_api::router())
         .merge(bot_framework::router())
         .merge(host_session::router(&state))
-        .merge(logout::router(&state))
+        .merge(signout::router(&state))
         .fallback(error::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),

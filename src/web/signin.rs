@@ -15,15 +15,13 @@ use tower_sessions::cookie::{Cookie, SameSite};
 use crate::config::AppConfig;
 use crate::domain::{AppId, Origin};
 use crate::dpop::Jkt;
-use crate::events::SignOutReason;
 use crate::metrics::FlowEvent;
 use crate::secret::random_token;
 use crate::signin::{
-    CallbackFailure, CallbackParams, CallbackResult, FlowError, FlowTarget, IdpSignoutError,
-    Minted, Mode, Renewal, SessionSignIn, StartRequest,
+    CallbackFailure, CallbackParams, CallbackResult, FlowError, FlowTarget, Minted, Mode,
+    PageRenewal, PageRenewalError, Renewal, SessionSignIn, SessionUpdate, StartRequest,
 };
 use crate::state::AppState;
-use crate::user_tokens::Revocation;
 use crate::web::pages::{Message, MessageUser, frame_ancestors, message_page, plain_page};
 use crate::web::session::{self, BrowserSession};
 use crate::web::{ApiError, cors, dpop, rate_limit};
@@ -42,7 +40,7 @@ pub fn router(state: &AppState) -> axum::Router<AppState> {
             axum::Router::new()
                 .route("/v1/session", post(redeem_ticket))
                 .route("/v1/session/token", post(session_token))
-                .route("/v1/signout", post(signout))
+                .route("/v1/signout", post(super::signout::page_signout))
                 .layer(cors::with_credentials(&state.config)),
         )
         .layer(session::layer(
@@ -512,90 +510,60 @@ async fn session_token(
     let (app, origin) = cors::app_and_origin(&state, &headers, &req.app)?;
     let proof = dpop::browser_key(&state, app, &headers, "/v1/session/token", None)?;
     let now = crate::time::now();
-    let login_required = || {
-        ApiError::unauthorized(
-            "login_required",
-            "chatgate's session cannot renew this sign-in; sign in through the identity provider",
-        )
-    };
     let browser = BrowserSession(session);
-    if let Some(ticket) = &req.ticket {
-        let Some(proof) = &proof else {
-            return Err(ApiError::unauthorized(
-                "invalid_dpop_proof",
-                "a ticket is redeemed with a DPoP proof of the key its sign-in was started with",
-            ));
-        };
-        dpop::spend(&state, proof).await?;
-        let redeemed = state
-            .signin
-            .redeem_ticket(app, &origin, ticket, Some(&proof.jkt), now)
-            .await?
-            .filter(|r| r.jkt.as_ref() == Some(&proof.jkt))
-            .ok_or_else(unknown_ticket)?;
-        if let Err(e) = browser.put(&app.id, &origin, redeemed.signin.clone()).await {
-            tracing::warn!(error = %e, "cannot record the sign-in in the browser session");
-        }
-        return match state
-            .signin
-            .renew(app, &redeemed.signin, None, Some(&proof.jkt), now)
+    let from_cookie = match req.ticket {
+        Some(_) => None,
+        None => browser
+            .get(
+                &app.id,
+                &origin,
+                now,
+                state.config.session_max.as_secs() as i64,
+            )
             .await
-        {
-            Renewal::Minted(minted) => Ok(success_json(&app.id, &redeemed.signin, minted)),
-            Renewal::AskTheIdp => Err(login_required()),
-            Renewal::Failed(error) => Err(renewal_failed(error)),
-        };
-    }
-    let from_cookie = browser
-        .get(
-            &app.id,
-            &origin,
-            now,
-            state.config.session_max.as_secs() as i64,
-        )
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let jkt = proof.as_ref().map(|p| &p.jkt);
-    let (signin, by_key) = match (from_cookie, jkt) {
-        (Some(signin), _) => (signin, false),
-        (None, Some(jkt)) => {
-            let signin = state
-                .signin
-                .bound_signin(app, &origin, jkt, req.chat_token.as_deref(), now)
-                .await?
-                .ok_or_else(login_required)?;
-            (signin, true)
-        }
-        (None, None) => return Err(login_required()),
+            .map_err(|e| ApiError::Internal(e.to_string()))?,
     };
-    if let Some(proof) = &proof {
-        dpop::spend(&state, proof).await?;
-    }
-    match state.signin.renew(app, &signin, None, jkt, now).await {
-        Renewal::AskTheIdp => Err(login_required()),
-        Renewal::Failed(error) => Err(renewal_failed(error)),
-        Renewal::Minted(minted) => {
-            // The session (or the key's binding) slides: idle time counts
-            // from this renewal. A cookie renewal with a proof binds the key.
-            let slid = match jkt {
-                Some(jkt) if by_key => state.signin.touch_binding(app, jkt, now).await,
-                Some(jkt) => {
-                    browser.touch(state.config.session_idle);
-                    state
-                        .signin
-                        .bind_confirmed(app, &origin, jkt, &signin, now)
-                        .await
-                }
-                None => {
-                    browser.touch(state.config.session_idle);
-                    Ok(())
-                }
-            };
-            if let Err(e) = slid {
-                tracing::warn!(error = %e, "cannot record the use of a browser key");
+    let renewed = state
+        .signin
+        .renew_for_page(PageRenewal {
+            app,
+            origin: &origin,
+            from_cookie,
+            proof: proof.as_ref(),
+            chat_token: req.chat_token.as_deref(),
+            ticket: req.ticket.as_deref(),
+            now,
+        })
+        .await
+        .map_err(page_renewal_refused)?;
+    match renewed.session {
+        SessionUpdate::Keep => {}
+        SessionUpdate::Touch => browser.touch(state.config.session_idle),
+        SessionUpdate::Put => {
+            if let Err(e) = browser.put(&app.id, &origin, renewed.signin.clone()).await {
+                tracing::warn!(error = %e, "cannot record the sign-in in the browser session");
             }
-            Ok(success_json(&app.id, &signin, minted))
         }
+    }
+    Ok(success_json(&app.id, &renewed.signin, renewed.minted))
+}
+
+/// A page renewal's refusal as the fetch's answer.
+fn page_renewal_refused(error: PageRenewalError) -> ApiError {
+    let description = error.to_string();
+    match error {
+        PageRenewalError::LoginRequired => ApiError::unauthorized("login_required", description),
+        PageRenewalError::ProofRequired => {
+            ApiError::unauthorized("invalid_dpop_proof", description)
+        }
+        PageRenewalError::ProofReplayed => dpop::refused(&crate::dpop::DpopError::Replayed),
+        PageRenewalError::UnknownTicket => unknown_ticket(),
+        PageRenewalError::Unavailable(description) => ApiError::Unavailable {
+            description,
+            retry_after_secs: crate::user_tokens::RETRY_AFTER_SECS,
+        },
+        PageRenewalError::Failed(description) => ApiError::Internal(description),
+        PageRenewalError::Store(e) => e.into(),
     }
 }
 
@@ -606,109 +574,4 @@ fn success_json(app: &AppId, signin: &SessionSignIn, minted: Minted) -> Response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
-}
-
-/// A renewal that cannot be told now is `503`; anything else failed here.
-fn renewal_failed(error: FlowError) -> ApiError {
-    if error.code == "temporarily_unavailable" {
-        ApiError::Unavailable {
-            description: error.description,
-            retry_after_secs: crate::user_tokens::RETRY_AFTER_SECS,
-        }
-    } else {
-        ApiError::Internal(error.description)
-    }
-}
-
-#[derive(Debug, Deserialize)]
-struct SignOutRequest {
-    app: String,
-    #[serde(default)]
-    revoke: bool,
-    /// Also sign out at the IdP (RP-initiated logout, in a popup).
-    #[serde(default)]
-    idp: bool,
-}
-
-/// `POST /v1/signout`: ends chatgate's session for the calling origin; with
-/// `revoke` also revokes at the IdP and deletes the vault entry; with `idp`
-/// answers the URL of the popup that signs out at the IdP
-/// (`idp_signout_url`), or why there is none (`idp_signout_error`).
-async fn signout(
-    State(state): State<AppState>,
-    session: Session,
-    headers: HeaderMap,
-    body: Result<Json<SignOutRequest>, JsonRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let (app, origin) = cors::app_and_origin(&state, &headers, &req.app)?;
-    // A proof is optional here: a page that lost its key can still sign out.
-    let proof = match headers.contains_key(dpop::HEADER_NAME) {
-        true => dpop::browser_key(&state, app, &headers, "/v1/signout", None)?,
-        false => None,
-    };
-    let mut removed = BrowserSession(session)
-        .remove(&app.id, &origin)
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    if let Some(proof) = proof {
-        dpop::spend(&state, &proof).await?;
-        let now = crate::time::now();
-        let bound = state
-            .signin
-            .bound_signin(app, &origin, &proof.jkt, None, now)
-            .await?;
-        let forgotten = state.signin.forget_key(app, &proof.jkt).await?;
-        if removed.is_none() && forgotten {
-            removed = bound;
-        }
-    }
-    let signed_out = removed.is_some();
-    // Before the vault entry goes: the IdP sign-out needs its ID token.
-    let idp_signout = if req.idp {
-        let user = removed.as_ref().map(|s| &s.user_id);
-        Some(
-            state
-                .signin
-                .start_idp_signout(app, &origin, user, crate::time::now())
-                .await,
-        )
-    } else {
-        None
-    };
-    let mut revocation = None;
-    if req.revoke
-        && let Some(signin) = removed
-    {
-        revocation = Some(
-            state
-                .tokens
-                .sign_out(&app.id, &signin.user_id, "user", SignOutReason::Widget)
-                .await?
-                .revocation,
-        );
-    }
-    let mut answer = serde_json::json!({
-        "signed_out": signed_out,
-        "revoked": revocation == Some(Revocation::Revoked),
-    });
-    if let Some(code) = revocation.and_then(Revocation::error_code) {
-        answer["revocation_error"] = code.into();
-    }
-    match idp_signout {
-        None => {}
-        Some(Ok(url)) => answer["idp_signout_url"] = url.into(),
-        Some(Err(e)) => {
-            let code = match &e {
-                IdpSignoutError::Unsupported => "idp_signout_unsupported",
-                _ => "temporarily_unavailable",
-            };
-            if let IdpSignoutError::Store(e) = &e {
-                tracing::warn!(error = %e, "cannot start an IdP sign-out");
-            }
-            answer["idp_signout_error"] = code.into();
-            answer["idp_signout_error_description"] = e.public_description().into();
-        }
-    }
-    Ok(Json(answer))
 }

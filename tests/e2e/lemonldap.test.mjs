@@ -97,12 +97,18 @@ async function popupSignIn(page) {
   const which = await Promise.race([
     popup.waitForSelector("#userfield", { timeout: 15000 }).then(() => "login"),
     popup.waitForEvent("close", { timeout: 15000 }).then(() => "closed"),
-  ]);
+  ]).catch((e) => {
+    if (popup.isClosed()) return "closed"; // closed before the listener was registered
+    throw e;
+  });
   if (which === "login") {
     await popup.fill("#userfield", LLNG_USER.username);
     await popup.fill("#passwordfield", LLNG_USER.password);
+    // Listen for the close before submitting: the popup may close before a
+    // listener registered afterwards would ever hear it.
+    const closed = popup.waitForEvent("close", { timeout: 15000 });
     await popup.click("#lform button[type=submit]");
-    await popup.waitForEvent("close", { timeout: 15000 }).catch(async (e) => {
+    await closed.catch(async (e) => {
       const url = popup.isClosed() ? "(closed)" : popup.url();
       const text = popup.isClosed() ? "" : (await popup.content()).replace(/\s+/g, " ").slice(0, 3000);
       throw new Error(`${e.message}; the popup is at ${url}: ${text}`);
@@ -247,8 +253,9 @@ describe("LemonLDAP::NG, a second real identity provider", { skip: !REQUIRE && m
     const [popup] = await Promise.all([page.context().waitForEvent("page"), page.click("#signout-everywhere")]);
     // LemonLDAP::NG's logout page frames each relying party's front-channel
     // logout and waits for a click (or 16 s) before going back.
+    const closed = popup.waitForEvent("close", { timeout: 15000 });
     await popup.click("#form button[type=submit]", { timeout: 15000 });
-    await popup.waitForEvent("close", { timeout: 15000 }).catch(async (e) => {
+    await closed.catch(async (e) => {
       const text = popup.isClosed() ? "" : (await popup.content()).replace(/\s+/g, " ");
       throw new Error(`${e.message}; the sign-out popup is at ${popup.isClosed() ? "(closed)" : popup.url()}: ${text.slice(text.indexOf("<body"), text.indexOf("<body") + 2500)}`);
     });

@@ -18,7 +18,7 @@ mod dpop;
 mod drain;
 mod hardening;
 mod host_session;
-mod logout;
+mod idp_signout;
 mod ops;
 mod query_plans;
 mod refresh_faults;

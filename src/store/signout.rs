@@ -1,6 +1,7 @@
-//! SQL of a back-channel logout: the vault entries and browser sessions of a
-//! user (`sub`) or an IdP session (`sid`) at one provider, deleted in one
-//! transaction with the events that report it.
+//! SQL of sign-out: a user signed out of an app everywhere (the vault entry,
+//! browser sessions, key bindings and tickets, in one transaction), and the
+//! IdP's logout of a user (`sub`) or an IdP session (`sid`) at one provider,
+//! deleted in one transaction with the events that report it.
 
 use super::outbox::insert_event;
 use super::{BeginWrite as _, OutboxRow, Result, Store, with_pool};
@@ -9,7 +10,7 @@ use super::{BeginWrite as _, OutboxRow, Result, Store, with_pool};
 /// with both, the user's sign-ins in that session (and those whose session
 /// chatgate does not know, when the ID token named none).
 #[derive(Debug, Clone, Copy)]
-pub struct LogoutScope<'a> {
+pub struct SignOutScope<'a> {
     pub provider: &'a str,
     pub sub: Option<&'a str>,
     pub sid: Option<&'a str>,
@@ -53,7 +54,24 @@ pub(super) const END_USER_SESSIONS: &str = "DELETE FROM browser_sessions WHERE i
      (SELECT id_hash FROM browser_session_users WHERE app = $1 AND user_id = $2)";
 pub(super) const END_USER_KEYS: &str = "DELETE FROM dpop_bindings WHERE app = $1 AND user_id = $2";
 
-impl LogoutScope<'_> {
+/// Sign-out by the widget, a bot or the CLI.
+pub(super) const DELETE_ENTRY: &str = "DELETE FROM vault_entries WHERE app = $1 AND user_id = $2";
+/// ... and the user's tickets in the app with it.
+pub(super) const DELETE_USER_TICKETS: &str =
+    "DELETE FROM session_tickets WHERE app = $1 AND user_id = $2";
+
+/// What a sign-out of a user ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UserSignedOut {
+    /// There was a vault entry and it is gone.
+    pub entry: bool,
+    /// Browser sessions ended.
+    pub sessions: u64,
+    /// Browser keys forgotten.
+    pub keys: u64,
+}
+
+impl SignOutScope<'_> {
     /// Which form of a [`by_scope!`] statement, and its parameters after the
     /// provider; `None` when neither sub nor sid is named.
     fn form(&self) -> Option<(usize, Vec<&str>)> {
@@ -89,7 +107,7 @@ pub struct Jti<'a> {
 
 /// What a logout deleted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LoggedOut {
+pub struct SignedOutAtIdp {
     /// `(app, user_id)` of the vault entries deleted.
     pub entries: Vec<(String, String)>,
     /// Browser sessions ended.
@@ -104,13 +122,13 @@ impl Store {
     /// nothing done) when that id was used before.
     pub async fn end_idp_sessions(
         &self,
-        scope: LogoutScope<'_>,
+        scope: SignOutScope<'_>,
         jti: Option<&Jti<'_>>,
         event: impl Fn(&str, &str) -> Option<OutboxRow>,
-    ) -> Result<Option<LoggedOut>> {
+    ) -> Result<Option<SignedOutAtIdp>> {
         // Without sub or sid nothing would be selective: refuse to match all.
         let Some((form, params)) = scope.form() else {
-            return Ok(Some(LoggedOut::default()));
+            return Ok(Some(SignedOutAtIdp::default()));
         };
         let logged_out = with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
@@ -140,7 +158,7 @@ impl Store {
                 }
             }
             for (app, user_id) in &entries {
-                sqlx::query(super::vault::DELETE_USER_TICKETS)
+                sqlx::query(DELETE_USER_TICKETS)
                     .bind(app)
                     .bind(user_id)
                     .execute(&mut *tx)
@@ -155,9 +173,48 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
-            LoggedOut { entries, sessions }
+            SignedOutAtIdp { entries, sessions }
         });
         Ok(Some(logged_out))
+    }
+
+    /// Signs the user out of `app` everywhere, in one transaction: deletes
+    /// the entry, ends every browser session signed in as them, forgets every
+    /// browser key bound to them and every ticket not yet redeemed, and
+    /// records `signed_out` when there was an entry.
+    pub async fn delete_vault_entry(
+        &self,
+        app: &str,
+        user_id: &str,
+        signed_out: Option<&OutboxRow>,
+    ) -> Result<UserSignedOut> {
+        Ok(with_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let mut counts = [0; 4];
+            let statements = [
+                DELETE_ENTRY,
+                END_USER_SESSIONS,
+                END_USER_KEYS,
+                DELETE_USER_TICKETS,
+            ];
+            for (n, sql) in counts.iter_mut().zip(statements) {
+                *n = sqlx::query(sql)
+                    .bind(app)
+                    .bind(user_id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            }
+            if counts[0] > 0 && let Some(event) = signed_out {
+                insert_event!(&mut *tx, event);
+            }
+            tx.commit().await?;
+            UserSignedOut {
+                entry: counts[0] > 0,
+                sessions: counts[1],
+                keys: counts[2],
+            }
+        }))
     }
 
     /// Ends every browser session signed in as `user_id` in `app`, and

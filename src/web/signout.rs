@@ -14,13 +14,21 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use tower_http::set_header::SetResponseHeaderLayer;
 
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use tower_sessions::Session;
+
 use crate::domain::Origin;
 use crate::oidc::unverified_issuer;
+use crate::signin::PageSignOut;
 use crate::signin::{IdpSignoutError, Mode};
 use crate::state::AppState;
-use crate::user_tokens::{LogoutError, RETRY_AFTER_SECS};
+use crate::user_tokens::Revocation;
+use crate::user_tokens::{LogoutRequestError, RETRY_AFTER_SECS};
 use crate::web::pages::{Message, message_page, plain_page};
+use crate::web::session::BrowserSession;
 use crate::web::{ApiError, rate_limit};
+use crate::web::{cors, dpop};
 
 pub fn router(state: &AppState) -> axum::Router<AppState> {
     axum::Router::new()
@@ -97,11 +105,11 @@ async fn backchannel_logout(
     })?;
     match state.tokens.backchannel_logout(&token).await {
         Ok(_) => Ok(StatusCode::OK),
-        Err(e @ (LogoutError::Invalid(_) | LogoutError::Replayed)) => {
+        Err(e @ (LogoutRequestError::Invalid(_) | LogoutRequestError::Replayed)) => {
             tracing::info!(reason = %e, "logout token refused");
             Err(ApiError::bad_request(e.to_string()).into_response())
         }
-        Err(LogoutError::Unavailable(description)) => Err(ApiError::Unavailable {
+        Err(LogoutRequestError::Unavailable(description)) => Err(ApiError::Unavailable {
             description,
             retry_after_secs: RETRY_AFTER_SECS,
         }
@@ -157,7 +165,7 @@ async fn frontchannel_logout(
             "Signed out",
             "chatgate has ended this sign-in.",
         ),
-        Err(LogoutError::Unavailable(_)) => page(
+        Err(LogoutRequestError::Unavailable(_)) => page(
             StatusCode::SERVICE_UNAVAILABLE,
             "Sign-out failed",
             "chatgate is unavailable; the sign-out did not reach it.",
@@ -270,4 +278,71 @@ fn signout_failed(e: &IdpSignoutError) -> Response {
         e => format!("{e}. You can close this window."),
     };
     plain_page(status, "Sign-out did not complete", &message, &[])
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct SignOutRequest {
+    app: String,
+    #[serde(default)]
+    revoke: bool,
+    /// Also sign out at the IdP (RP-initiated logout, in a popup).
+    #[serde(default)]
+    idp: bool,
+}
+
+/// `POST /v1/signout`: ends chatgate's session for the calling origin (and,
+/// with a proof, the page's browser key); with `revoke` signs the user out
+/// of the app everywhere; with `idp` answers the URL of the popup that signs
+/// out at the IdP (`idp_signout_url`), or why there is none.
+pub(super) async fn page_signout(
+    State(state): State<AppState>,
+    session: Session,
+    headers: HeaderMap,
+    body: Result<Json<SignOutRequest>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let (app, origin) = cors::app_and_origin(&state, &headers, &req.app)?;
+    // A proof is optional here: a page that lost its key can still sign out.
+    let proof = match headers.contains_key(dpop::HEADER_NAME) {
+        true => dpop::browser_key(&state, app, &headers, "/v1/signout", None)?,
+        false => None,
+    };
+    if let Some(proof) = &proof {
+        dpop::spend(&state, proof).await?;
+    }
+    let from_cookie = BrowserSession(session)
+        .remove(&app.id, &origin)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let done = state
+        .signin
+        .sign_out_page(PageSignOut {
+            app,
+            origin: &origin,
+            from_cookie,
+            key: proof.as_ref().map(|p| &p.jkt),
+            revoke: req.revoke,
+            idp: req.idp,
+            now: crate::time::now(),
+        })
+        .await?;
+    let mut answer = serde_json::json!({
+        "signed_out": done.signed_out,
+        "revoked": done.revocation == Some(Revocation::Revoked),
+    });
+    if let Some(code) = done.revocation.and_then(Revocation::error_code) {
+        answer["revocation_error"] = code.into();
+    }
+    match done.idp_signout {
+        None => {}
+        Some(Ok(url)) => answer["idp_signout_url"] = url.into(),
+        Some(Err(e)) => {
+            if let IdpSignoutError::Store(e) = &e {
+                tracing::warn!(error = %e, "cannot start an IdP sign-out");
+            }
+            answer["idp_signout_error"] = e.code().into();
+            answer["idp_signout_error_description"] = e.public_description().into();
+        }
+    }
+    Ok(Json(answer))
 }
