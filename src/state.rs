@@ -85,11 +85,6 @@ impl AppState {
             &config.vault_keys,
         ));
         keys.refresh(&store, crate::time::now()).await?;
-        let vault = Vault::with_read_cache(
-            store.clone(),
-            config.vault_keys.clone(),
-            config.read_cache_ttl,
-        );
         let bots = Arc::new(BotDirectory::new(
             store.clone(),
             &config.vault_keys,
@@ -117,6 +112,12 @@ impl AppState {
                 metrics.clone(),
             )
         });
+        let vault = Vault::with_read_cache(
+            store.clone(),
+            config.vault_keys.clone(),
+            config.read_cache_ttl,
+        )
+        .reporting(metrics.clone(), deliverer.clone());
         let tokens = TokenService::new(
             store.clone(),
             vault.clone(),
@@ -124,7 +125,6 @@ impl AppState {
             metrics.clone(),
             refresh_settings(&config),
             events.clone(),
-            deliverer.clone(),
             audit.clone(),
         );
         let rate_limits = Arc::new(RateLimits::new(RateLimitConfig {
@@ -184,9 +184,10 @@ pub async fn migrate(store: &Store, config: &Config) -> Result<(), StoreError> {
         // Entries stored before migration 5 never learnt their IdP `sub`, so a
         // back-channel logout by `sub` would not find them. Where the user id
         // is the `sub` itself, it can be read off the user id.
+        let vault = Vault::new(store.clone(), config.vault_keys.clone());
         for provider in &config.providers {
             if provider.user_id_claim == "sub" && !provider.multi_tenant {
-                let n = store.backfill_idp_sub(provider.id.as_str()).await?;
+                let n = vault.backfill_idp_sub(&provider.id).await?;
                 if n > 0 {
                     tracing::info!(provider = %provider.id, entries = n, "filled in the IdP sub of entries from before back-channel logout");
                 }

@@ -21,6 +21,50 @@ use super::check::{Check, HOUR, MINUTE};
 use super::entries::{build_apps, build_providers};
 use super::types::*;
 
+/// Every duration key: its default, shortest and longest value. `build`
+/// walks this table; a new key is one line here (and its raw field).
+macro_rules! durations {
+    ($($key:ident: $default:literal, $min:expr, $max:expr;)*) => {
+        /// The checked durations, one field per key.
+        struct Durations {
+            $($key: Duration,)*
+        }
+
+        /// The table as data: `(key, default, min, max)`.
+        #[cfg(test)]
+        pub(super) const DURATION_LIMITS: &[(&str, &str, Duration, Duration)] =
+            &[$((stringify!($key), $default, $min, $max),)*];
+
+        fn durations(c: &mut Check<'_>, raw: &RawConfig) -> Durations {
+            Durations {
+                $($key: c.duration(stringify!($key), &raw.$key, $default, $min, $max),)*
+            }
+        }
+    };
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+durations! {
+    chat_token_ttl: "15m", MINUTE, DAY;
+    refresh_skew: "60s", Duration::ZERO, HOUR;
+    refresh_lease: "30s", Duration::from_secs(2), Duration::from_secs(600);
+    session_idle: "1h", MINUTE, Duration::from_secs(30 * 24 * 3600);
+    session_max: "12h", MINUTE, Duration::from_secs(90 * 24 * 3600);
+    max_host_token_ttl: "5m", Duration::from_secs(10), HOUR;
+    max_id_token_age: "5m", MINUTE, DAY;
+    clock_skew: "30s", Duration::ZERO, Duration::from_secs(300);
+    flow_ttl: "10m", MINUTE, HOUR;
+    request_timeout: "30s", SECOND, Duration::from_secs(600);
+    shutdown_timeout: "30s", Duration::ZERO, Duration::from_secs(600);
+    shutdown_drain: "5s", Duration::ZERO, Duration::from_secs(600);
+    read_cache_ttl: "1s", Duration::ZERO, MINUTE;
+    audit_retention: "90d", DAY, Duration::from_secs(3650 * 24 * 3600);
+    header_read_timeout: "10s", SECOND, Duration::from_secs(300);
+    idle_timeout: "60s", SECOND, HOUR;
+}
+
 pub(super) fn build(
     raw: RawConfig,
     overrides: &Overrides,
@@ -63,115 +107,10 @@ pub(super) fn build(
         DatabaseOptions::parse(db_url, src.dir, max_connections.max(1)),
     );
 
-    let chat_token_ttl = c.duration(
-        "chat_token_ttl",
-        &raw.chat_token_ttl,
-        "15m",
-        MINUTE,
-        24 * HOUR,
-    );
-    let refresh_skew = c.duration(
-        "refresh_skew",
-        &raw.refresh_skew,
-        "60s",
-        Duration::ZERO,
-        HOUR,
-    );
-    let refresh_lease = c.duration(
-        "refresh_lease",
-        &raw.refresh_lease,
-        "30s",
-        Duration::from_secs(2),
-        10 * MINUTE,
-    );
-    let session_idle = c.duration(
-        "session_idle",
-        &raw.session_idle,
-        "1h",
-        MINUTE,
-        30 * 24 * HOUR,
-    );
-    let session_max = c.duration(
-        "session_max",
-        &raw.session_max,
-        "12h",
-        MINUTE,
-        90 * 24 * HOUR,
-    );
-    if session_idle > session_max {
+    let d = durations(&mut c, &raw);
+    if d.session_idle > d.session_max {
         c.error("session_idle", "must not be longer than session_max");
     }
-    let max_host_token_ttl = c.duration(
-        "max_host_token_ttl",
-        &raw.max_host_token_ttl,
-        "5m",
-        Duration::from_secs(10),
-        HOUR,
-    );
-    let max_id_token_age = c.duration(
-        "max_id_token_age",
-        &raw.max_id_token_age,
-        "5m",
-        MINUTE,
-        24 * HOUR,
-    );
-    let clock_skew = c.duration(
-        "clock_skew",
-        &raw.clock_skew,
-        "30s",
-        Duration::ZERO,
-        5 * MINUTE,
-    );
-    let flow_ttl = c.duration("flow_ttl", &raw.flow_ttl, "10m", MINUTE, HOUR);
-    let request_timeout = c.duration(
-        "request_timeout",
-        &raw.request_timeout,
-        "30s",
-        Duration::from_secs(1),
-        10 * MINUTE,
-    );
-    let shutdown_timeout = c.duration(
-        "shutdown_timeout",
-        &raw.shutdown_timeout,
-        "30s",
-        Duration::ZERO,
-        10 * MINUTE,
-    );
-    let shutdown_drain = c.duration(
-        "shutdown_drain",
-        &raw.shutdown_drain,
-        "5s",
-        Duration::ZERO,
-        10 * MINUTE,
-    );
-    let read_cache_ttl = c.duration(
-        "read_cache_ttl",
-        &raw.read_cache_ttl,
-        "1s",
-        Duration::ZERO,
-        MINUTE,
-    );
-    let audit_retention = c.duration(
-        "audit_retention",
-        &raw.audit_retention,
-        "90d",
-        24 * HOUR,
-        3650 * 24 * HOUR,
-    );
-    let header_read_timeout = c.duration(
-        "header_read_timeout",
-        &raw.header_read_timeout,
-        "10s",
-        Duration::from_secs(1),
-        5 * MINUTE,
-    );
-    let idle_timeout = c.duration(
-        "idle_timeout",
-        &raw.idle_timeout,
-        "60s",
-        Duration::from_secs(1),
-        HOUR,
-    );
     let max_connections = raw.max_connections.unwrap_or(4096);
     if !(1..=1_000_000).contains(&max_connections) {
         c.error("max_connections", "must be between 1 and 1000000");
@@ -295,24 +234,24 @@ pub(super) fn build(
         public_url: public_url?,
         listen: listen?,
         database: database?,
-        chat_token_ttl,
-        refresh_skew,
-        refresh_lease,
-        session_idle,
-        session_max,
-        max_host_token_ttl,
-        max_id_token_age,
-        clock_skew,
-        flow_ttl,
-        request_timeout,
-        shutdown_timeout,
-        shutdown_drain,
+        chat_token_ttl: d.chat_token_ttl,
+        refresh_skew: d.refresh_skew,
+        refresh_lease: d.refresh_lease,
+        session_idle: d.session_idle,
+        session_max: d.session_max,
+        max_host_token_ttl: d.max_host_token_ttl,
+        max_id_token_age: d.max_id_token_age,
+        clock_skew: d.clock_skew,
+        flow_ttl: d.flow_ttl,
+        request_timeout: d.request_timeout,
+        shutdown_timeout: d.shutdown_timeout,
+        shutdown_drain: d.shutdown_drain,
         listen_reuse_port: raw.listen_reuse_port.unwrap_or(false),
-        read_cache_ttl,
-        audit_retention,
+        read_cache_ttl: d.read_cache_ttl,
+        audit_retention: d.audit_retention,
         max_body_bytes: max_body_bytes as usize,
-        header_read_timeout,
-        idle_timeout,
+        header_read_timeout: d.header_read_timeout,
+        idle_timeout: d.idle_timeout,
         max_connections: max_connections as usize,
         max_connections_per_address: max_connections_per_address as usize,
         trusted_proxies,

@@ -5,7 +5,7 @@
 //! validation), store the tokens, mint the chat token. Nothing is stored
 //! unless every check passed.
 
-use crate::metrics::{FlowEvent, VaultOp, VaultOutcome};
+use crate::metrics::FlowEvent;
 use crate::secret::ExposeSecret as _;
 use std::sync::Arc;
 
@@ -487,19 +487,8 @@ impl SignInService {
         })
         .await;
         match saved {
-            Ok(written) => {
-                self.inner
-                    .metrics
-                    .vault_op(VaultOp::Write, VaultOutcome::Ok);
-                if written.fresh && signed_in.is_some() {
-                    self.inner.tokens.wake_deliverer();
-                }
-                Ok(written.generation)
-            }
+            Ok(written) => Ok(written.generation),
             Err(e) => {
-                self.inner
-                    .metrics
-                    .vault_op(VaultOp::Write, VaultOutcome::Error);
                 tracing::error!(error = %e, "cannot store tokens in the vault");
                 Err(FlowError::database(e.is_transient()))
             }

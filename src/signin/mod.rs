@@ -9,6 +9,7 @@
 //! host page's fetch [`SignInService::renew_for_page`].
 
 mod callback;
+mod host;
 mod key_binding;
 mod page;
 mod signout;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use callback::{CallbackFailure, CallbackResult};
+pub use host::{HostSignIn, HostSignInError};
 pub use page::{PageRenewal, PageRenewalError, SessionUpdate};
 pub use signout::{IdpSignoutError, PageSignOut};
 pub use start::StartRequest;
@@ -95,6 +97,22 @@ impl SignInService {
         }
     }
 
+    /// Records a DPoP proof's `jti` as used (in the database, so across
+    /// replicas); `false` when it was used before.
+    async fn spend_proof(
+        &self,
+        proof: &crate::dpop::Proof,
+    ) -> Result<bool, crate::store::StoreError> {
+        self.inner
+            .store
+            .remember_jti(
+                &proof.replay_scope(),
+                &proof.jti,
+                proof.remember_until(self.inner.config.clock_skew),
+            )
+            .await
+    }
+
     fn redirect_uri(&self) -> String {
         self.inner.config.public_url.join("/v1/callback")
     }
@@ -110,6 +128,25 @@ impl SignInService {
         jkt: Option<&Jkt>,
         now: i64,
     ) -> Result<Minted, FlowError> {
+        let user = ChatUser {
+            user_id: &signin.user_id,
+            via: Via::Oidc,
+            auth_time: signin.auth_time,
+            name: signin.name.as_deref(),
+            email: signin.email.as_deref(),
+            email_verified: signin.email_verified,
+        };
+        self.mint_user(app, &user, jkt, now)
+    }
+
+    /// The one place a chat token is minted, for any way in.
+    fn mint_user(
+        &self,
+        app: &AppConfig,
+        user: &ChatUser<'_>,
+        jkt: Option<&Jkt>,
+        now: i64,
+    ) -> Result<Minted, FlowError> {
         let jkt = jkt.filter(|_| app.binds_dpop());
         let (chat_token, claims) = self
             .inner
@@ -119,14 +156,7 @@ impl SignInService {
                 &ChatSubject {
                     app: &app.id,
                     audience: &app.chat_audience,
-                    user: &ChatUser {
-                        user_id: &signin.user_id,
-                        via: Via::Oidc,
-                        auth_time: signin.auth_time,
-                        name: signin.name.as_deref(),
-                        email: signin.email.as_deref(),
-                        email_verified: signin.email_verified,
-                    },
+                    user,
                     jkt,
                 },
                 now,
@@ -139,6 +169,7 @@ impl SignInService {
             chat_token,
             expires_at: claims.exp,
             jti: claims.jti,
+            email_verified: claims.email_verified,
         })
     }
 

@@ -150,18 +150,9 @@ impl SignInService {
         }
     }
 
-    /// Records a proof's `jti` as used (in the database, so across replicas).
+    /// Records a proof's `jti` as used; a second use is refused.
     async fn spend(&self, proof: &Proof) -> Result<(), PageRenewalError> {
-        let first = self
-            .inner
-            .store
-            .remember_jti(
-                &proof.replay_scope(),
-                &proof.jti,
-                proof.remember_until(self.inner.config.clock_skew),
-            )
-            .await?;
-        if first {
+        if self.spend_proof(proof).await? {
             Ok(())
         } else {
             Err(PageRenewalError::ProofReplayed)

@@ -197,4 +197,6 @@ pub struct Minted {
     pub expires_at: i64,
     /// The token's `jti` (what confirms a pending key binding).
     pub jti: String,
+    /// The token's `email_verified` claim.
+    pub email_verified: Option<bool>,
 }

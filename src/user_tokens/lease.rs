@@ -19,8 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 
 use crate::domain::{AppId, UserId};
-use crate::store::{LeaseTake, Store};
-use crate::vault::Lease;
+use crate::vault::{Lease, LeaseTake, Vault};
 
 /// A holder retries a failed heartbeat at least this often.
 const HEARTBEAT_RETRY: Duration = Duration::from_secs(1);
@@ -44,7 +43,7 @@ pub(super) struct LeaseKeeper {
 
 impl LeaseKeeper {
     pub(super) fn start(
-        store: Store,
+        vault: Vault,
         app: AppId,
         user: UserId,
         lease_id: String,
@@ -58,10 +57,7 @@ impl LeaseKeeper {
             loop {
                 tokio::time::sleep(delay).await;
                 let until = crate::time::now() + lease.as_secs() as i64;
-                match store
-                    .extend_refresh_lease(app.as_str(), user.as_str(), &lease_id, until)
-                    .await
-                {
+                match vault.extend_lease(&app, &user, &lease_id, until).await {
                     Ok(true) => delay = every,
                     Ok(false) => {
                         // A newer sign-in or a sign-out ended it; the write will say.

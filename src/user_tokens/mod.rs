@@ -31,12 +31,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::domain::{AppId, UserId};
 use crate::events::Events;
-use crate::events::deliver::Deliverer;
-use crate::metrics::{Metrics, VaultOp, VaultOutcome};
+use crate::metrics::Metrics;
 use crate::oidc::Providers;
 use crate::secret::SecretString;
 use crate::store::{Store, StoreError};
-use crate::vault::{Vault, VaultEntry, VaultError};
+use crate::vault::{GrantStatus, Vault, VaultEntry, VaultError};
 use inflight::InFlight;
 pub use signout::{LogoutRequestError, Revocation};
 
@@ -128,8 +127,6 @@ struct Inner {
     tasks: TaskTracker,
     /// Makes the events (sign-out, re-authentication, failing refreshes).
     events: Events,
-    /// Woken when an event was recorded.
-    deliverer: Option<Deliverer>,
     /// The batched writer of bots' token reads.
     audit: crate::audit::AuditLog,
 }
@@ -143,7 +140,6 @@ impl TokenService {
         metrics: Arc<Metrics>,
         settings: RefreshSettings,
         events: Events,
-        deliverer: Option<Deliverer>,
         audit: crate::audit::AuditLog,
     ) -> Self {
         Self {
@@ -157,7 +153,6 @@ impl TokenService {
                 inflight: InFlight::default(),
                 tasks: TaskTracker::new(),
                 events,
-                deliverer,
                 audit,
             }),
         }
@@ -182,14 +177,6 @@ impl TokenService {
         // The hot path may use a row read within `read_cache_ttl`; a token that
         // is due for refresh is always read again by the refresh task.
         let cached = inner.vault.load_for_read(app, user_id).await?;
-        inner.metrics.vault_op(
-            VaultOp::Read,
-            if cached.is_some() {
-                VaultOutcome::Ok
-            } else {
-                VaultOutcome::Absent
-            },
-        );
         let entry = cached.ok_or_else(|| not_found(app, user_id))?;
         if entry.needs_reauth {
             return Err(reauth());
@@ -244,6 +231,41 @@ impl TokenService {
             Err(LookupError::Unavailable(_)) => AuditOutcome::Unavailable,
             Err(LookupError::Failed(_)) => AuditOutcome::Error,
         };
+        self.audit_read(app, user_id, actor, AuditAction::TokenRead, outcome)
+            .await;
+        result
+    }
+
+    /// A bot's status read of a user's grant (no secret is opened), audited
+    /// like [`TokenService::read_for_bot`]. `None`: no entry.
+    pub async fn status_for_bot(
+        &self,
+        app: &AppId,
+        user_id: &UserId,
+        actor: &str,
+    ) -> Result<Option<GrantStatus>, VaultError> {
+        use crate::domain::{AuditAction, AuditOutcome};
+        let status = self.inner.vault.status(app, user_id).await?;
+        let outcome = if status.is_some() {
+            AuditOutcome::Ok
+        } else {
+            AuditOutcome::NotFound
+        };
+        self.audit_read(app, user_id, actor, AuditAction::StatusRead, outcome)
+            .await;
+        Ok(status)
+    }
+
+    /// A bot's read, through the batched writer (anyone with a bot secret
+    /// can cause many).
+    async fn audit_read(
+        &self,
+        app: &AppId,
+        user_id: &UserId,
+        actor: &str,
+        action: crate::domain::AuditAction,
+        outcome: crate::domain::AuditOutcome,
+    ) {
         self.inner
             .audit
             .record(crate::audit::QueuedEvent {
@@ -251,12 +273,11 @@ impl TokenService {
                 actor: actor.to_string(),
                 app: Some(app.clone()),
                 user_id: Some(user_id.clone()),
-                action: AuditAction::TokenRead,
+                action,
                 outcome,
                 detail: None,
             })
             .await;
-        result
     }
 
     /// Whether chatgate's session may stand in for the IdP for this user now:
@@ -290,11 +311,6 @@ impl TokenService {
         &self.inner.events
     }
 
-    /// An event was recorded: deliver it now rather than at the next poll.
-    pub fn wake_deliverer(&self) {
-        self.inner.wake_deliverer();
-    }
-
     /// Refreshes running now.
     pub fn refreshes_in_flight(&self) -> usize {
         self.inner.tasks.len()
@@ -315,15 +331,6 @@ impl TokenService {
              not stored yet is lost"
         );
         left
-    }
-}
-
-impl Inner {
-    /// An event was recorded: deliver it now rather than at the next poll.
-    fn wake_deliverer(&self) {
-        if let Some(d) = &self.deliverer {
-            d.wake();
-        }
     }
 }
 

@@ -17,7 +17,6 @@ use super::{Inner, TokenService};
 use crate::config::FrontchannelLogoutId;
 use crate::domain::{AppId, AuditAction, AuditOutcome, UserId};
 use crate::events::SignOutReason;
-use crate::metrics::{VaultOp, VaultOutcome};
 use crate::oidc::TokenKind;
 use crate::oidc::{LogoutTokenError, unverified_issuer};
 use crate::store::{AuditEvent, Jti, SignOutScope};
@@ -114,9 +113,6 @@ impl TokenService {
                 LogoutRequestError::Unavailable("the database is unavailable; retry".into())
             })?
             .ok_or(LogoutRequestError::Replayed)?;
-        if !done.entries.is_empty() && !events.is_empty() {
-            inner.wake_deliverer();
-        }
         tracing::info!(
             provider = %provider_id,
             by_sub = token.sub.is_some(),
@@ -232,9 +228,6 @@ impl TokenService {
             total.entries += done.entries.len();
             total.sessions += done.sessions;
         }
-        if total.entries > 0 && !events.is_empty() {
-            inner.wake_deliverer();
-        }
         Ok(total)
     }
 }
@@ -303,17 +296,6 @@ impl TokenService {
         let event = inner.events.signed_out(app, user_id, reason, now);
         let ended = inner.vault.delete(app, user_id, event.as_ref()).await?;
         let deleted = ended.entry;
-        if deleted && event.is_some() {
-            inner.wake_deliverer();
-        }
-        inner.metrics.vault_op(
-            VaultOp::Delete,
-            if deleted {
-                VaultOutcome::Ok
-            } else {
-                VaultOutcome::Absent
-            },
-        );
         inner
             .store
             .audit(AuditEvent {

@@ -3,22 +3,36 @@
 //! This layer turns plaintext tokens into sealed columns and back; the SQL is in
 //! `crate::store`. Every secret column is bound to its row and column through
 //! the AES-GCM associated data, so a ciphertext copied elsewhere does not open.
+//!
+//! [`Vault`] is the one owner of a `vault_entries` row: every read and write
+//! of one — sign-in, refresh (`refresh.rs`), status, sign-out of every kind,
+//! rekey (`rekey.rs`) — goes through it; it counts its operations
+//! (`chatgate_vault_operations_total`) and wakes the event deliverer when a
+//! write recorded an event. Nothing above this module calls `store::vault`.
 
 pub mod keyring;
 pub mod mac;
+mod refresh;
+mod rekey;
+mod types;
 
 use crate::secret::ExposeSecret as _;
-use std::ops::ControlFlow;
 use std::sync::Arc;
 
+pub use crate::store::LeaseTake;
 pub use keyring::{Aad, VaultKeyRing};
+pub use refresh::{RefreshResult, SealedRefresh};
+pub use rekey::RekeyReport;
+pub use types::{Lease, PendingIdToken, SignInIdentity, TokenSet, VaultEntry};
 
 use crate::cache::TtlCache;
 use crate::domain::{AppId, ProviderId, UserId};
+use crate::events::deliver::Deliverer;
+use crate::metrics::{Metrics, VaultOp, VaultOutcome};
 use crate::secret::SecretString;
 use crate::store::{
-    Jti, OutboxRow, RefreshedEntry, Resealed, SealedEntry, SignInWrite, SignOutScope,
-    SignedOutAtIdp, Store, StoreError, UserSignedOut, VaultRow,
+    Jti, OutboxRow, SealedEntry, SignInWrite, SignOutScope, SignedOutAtIdp, Store, StoreError,
+    UserSignedOut, VaultRow,
 };
 
 pub type Result<T, E = VaultError> = std::result::Result<T, E>;
@@ -61,132 +75,24 @@ const REFRESH: &str = "refresh_token";
 const PENDING_ID_TOKEN: &str = "pending_id_token";
 const ID_TOKEN: &str = "id_token";
 
-/// Tokens as the IdP returned them.
-#[derive(Debug, Clone)]
-pub struct TokenSet {
-    pub access_token: SecretString,
-    pub refresh_token: Option<SecretString>,
-    pub token_type: String,
-    pub scope: String,
-    /// Unix seconds; `None` when the IdP did not send `expires_in`.
-    pub expires_at: Option<i64>,
-}
-
-/// A decrypted vault entry.
-#[derive(Debug, Clone)]
-pub struct VaultEntry {
-    pub app: AppId,
-    pub user_id: UserId,
-    pub provider: ProviderId,
-    pub tokens: TokenSet,
-    pub needs_reauth: bool,
-    pub row_version: i64,
-    pub created_at: i64,
-    pub updated_at: i64,
-    /// The refresh lease, when one is live.
-    pub lease: Option<Lease>,
-    /// The ID token of a refresh that could not be verified yet.
-    pub pending_id_token: Option<PendingIdToken>,
-    /// The sign-in generation: set when the entry was created, so a browser
-    /// session or key from before a sign-out renews nothing after it.
-    pub generation: Option<String>,
-}
-
-/// A live refresh lease of a vault row.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lease {
-    pub owner: Option<String>,
-    /// The fencing value; `""` for a lease written without one.
-    pub id: String,
-    pub until: i64,
-}
-
-/// A refreshed ID token kept until it can be verified.
-#[derive(Debug, Clone)]
-pub struct PendingIdToken {
-    pub token: SecretString,
-    /// When chatgate received it: it is verified as of that time.
-    pub received_at: i64,
-}
-
-/// What a refresher stores, under the lease it refreshed with.
-#[derive(Debug)]
-pub struct RefreshResult<'a> {
-    pub lease_id: &'a str,
-    pub tokens: &'a TokenSet,
-    /// The refreshed ID token, when it could not be verified yet.
-    pub pending_id_token: Option<&'a PendingIdToken>,
-    /// The refreshed ID token was invalid: keep the tokens, require a sign-in.
-    pub needs_reauth: bool,
-    /// The refreshed ID token, once verified (the next `id_token_hint`).
-    pub id_token: Option<&'a SecretString>,
-    /// Its `sub`.
-    pub idp_sub: Option<&'a str>,
-    /// Recorded with the write.
-    pub event: Option<&'a OutboxRow>,
-}
-
-/// What a sign-in's ID token said, kept with the entry.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SignInIdentity<'a> {
-    /// The IdP's `sub` (the user id may come from another claim).
-    pub sub: Option<&'a str>,
-    /// The IdP session, when the ID token names one.
-    pub sid: Option<&'a str>,
-    pub id_token: Option<&'a SecretString>,
-}
-
-/// A refresh result, sealed for its row: what a refresher holds in memory
-/// until the database takes it.
-pub struct SealedRefresh {
-    app: AppId,
-    user_id: UserId,
-    lease_id: String,
-    access_token: Vec<u8>,
-    refresh_token: Option<Vec<u8>>,
-    token_type: String,
-    scope: String,
-    access_expires_at: Option<i64>,
-    pending_id_token: Option<Vec<u8>>,
-    pending_id_token_at: Option<i64>,
-    needs_reauth: bool,
-    id_token: Option<Vec<u8>>,
-    idp_sub: Option<String>,
-    event: Option<OutboxRow>,
-}
-
-impl std::fmt::Debug for SealedRefresh {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SealedRefresh")
-            .field("app", &self.app)
-            .field("user_id", &self.user_id)
-            .field("rotated", &self.refresh_token.is_some())
-            .finish_non_exhaustive()
-    }
-}
-
-/// What `vault rekey` did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RekeyReport {
-    /// Entries looked at.
-    pub scanned: u64,
-    /// Entries re-encrypted under the newest key.
-    pub moved: u64,
-    /// Entries that were already under the newest key.
-    pub current: u64,
-    /// Entries that changed while being re-encrypted (their writer sealed them
-    /// under its own key); a second run picks up any that still need it.
-    pub changed_meanwhile: u64,
-    /// Entries that could not be opened: `(app, user_id, reason)`.
-    pub failed: Vec<(String, String, String)>,
-}
-
 #[derive(Debug, Clone)]
 pub struct Vault {
     store: Store,
     keys: Arc<VaultKeyRing>,
     /// Sealed rows recently read by [`Vault::load_for_read`] (still encrypted).
     read_cache: Arc<TtlCache<(String, String), VaultRow>>,
+    metrics: Arc<Metrics>,
+    /// Told when a write recorded an event (`None`: no app takes events).
+    deliverer: Option<Deliverer>,
+}
+
+/// A grant's state as a status read sees it: no secret is opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantStatus {
+    pub needs_reauth: bool,
+    pub access_expires_at: Option<i64>,
+    pub scope: String,
+    pub updated_at: i64,
 }
 
 fn aad<'a>(row: &'a [&'a str; 2], column: &'a str) -> Aad<'a> {
@@ -213,7 +119,64 @@ impl Vault {
             store,
             keys,
             read_cache: Arc::new(TtlCache::new(ttl)),
+            metrics: Arc::new(Metrics::new()),
+            deliverer: None,
         }
+    }
+
+    /// Counts this vault's operations in `metrics` (the server's registry)
+    /// and wakes `deliverer` when a write recorded an event.
+    pub fn reporting(mut self, metrics: Arc<Metrics>, deliverer: Option<Deliverer>) -> Self {
+        self.metrics = metrics;
+        self.deliverer = deliverer;
+        self
+    }
+
+    /// An event was recorded: deliver it now rather than at the next poll.
+    fn wake_deliverer(&self) {
+        if let Some(d) = &self.deliverer {
+            d.wake();
+        }
+    }
+
+    /// Counts a read: found, absent or failed.
+    fn count_read<T>(&self, read: &Result<Option<T>>) {
+        self.metrics.vault_op(
+            VaultOp::Read,
+            match read {
+                Ok(Some(_)) => VaultOutcome::Ok,
+                Ok(None) => VaultOutcome::Absent,
+                Err(_) => VaultOutcome::Error,
+            },
+        );
+    }
+
+    /// Counts a write that landed or failed.
+    fn count_write<T>(&self, write: &std::result::Result<T, StoreError>) {
+        self.metrics.vault_op(
+            VaultOp::Write,
+            if write.is_ok() {
+                VaultOutcome::Ok
+            } else {
+                VaultOutcome::Error
+            },
+        );
+    }
+
+    /// The grant's status, without opening a secret (`None`: no entry).
+    pub async fn status(&self, app: &AppId, user_id: &UserId) -> Result<Option<GrantStatus>> {
+        let read = self
+            .store
+            .get_vault_entry(app.as_str(), user_id.as_str())
+            .await
+            .map_err(VaultError::from);
+        self.count_read(&read);
+        Ok(read?.map(|row| GrantStatus {
+            needs_reauth: row.needs_reauth,
+            access_expires_at: row.access_expires_at,
+            scope: row.scope,
+            updated_at: row.updated_at,
+        }))
     }
 
     /// A back- or front-channel logout: deletes the vault entries and browser
@@ -229,6 +192,10 @@ impl Vault {
         let done = self.store.end_idp_sessions(scope, jti, event).await?;
         for (app, user_id) in done.iter().flat_map(|d| &d.entries) {
             self.forget_row(app, user_id);
+            self.metrics.vault_op(VaultOp::Delete, VaultOutcome::Ok);
+        }
+        if done.as_ref().is_some_and(|d| !d.entries.is_empty()) {
+            self.wake_deliverer();
         }
         Ok(done)
     }
@@ -247,68 +214,23 @@ impl Vault {
     /// for the bot API's lookups of tokens that are not about to expire.
     pub async fn load_for_read(&self, app: &AppId, user_id: &UserId) -> Result<Option<VaultEntry>> {
         let key = (app.to_string(), user_id.to_string());
-        if let Some(row) = self.read_cache.get(&key) {
-            return self.open_row(row).map(Some);
-        }
-        match self
-            .store
-            .get_vault_entry(app.as_str(), user_id.as_str())
-            .await?
-        {
-            Some(row) => {
-                self.read_cache.insert(key, row.clone());
-                self.open_row(row).map(Some)
-            }
-            None => Ok(None),
-        }
-    }
-
-    /// Marks the entry's refresh token as refused by the IdP, if the row still
-    /// carries the lease it was refused under.
-    pub async fn mark_needs_reauth(
-        &self,
-        app: &AppId,
-        user_id: &UserId,
-        lease_id: &str,
-        now: i64,
-        reauth_required: Option<&OutboxRow>,
-    ) -> Result<bool> {
-        self.forget(app, user_id);
-        Ok(self
-            .store
-            .mark_needs_reauth(
-                app.as_str(),
-                user_id.as_str(),
-                lease_id,
-                now,
-                reauth_required,
-            )
-            .await?)
-    }
-
-    /// Settles a pending ID token once checked (see
-    /// [`crate::store::Store::settle_pending_id_token`]).
-    pub async fn settle_pending_id_token(
-        &self,
-        app: &AppId,
-        user_id: &UserId,
-        row_version: i64,
-        needs_reauth: bool,
-        now: i64,
-        reauth_required: Option<&OutboxRow>,
-    ) -> Result<bool> {
-        self.forget(app, user_id);
-        Ok(self
-            .store
-            .settle_pending_id_token(
-                app.as_str(),
-                user_id.as_str(),
-                row_version,
-                needs_reauth,
-                now,
-                reauth_required,
-            )
-            .await?)
+        let read = match self.read_cache.get(&key) {
+            Some(row) => self.open_row(row).map(Some),
+            None => match self
+                .store
+                .get_vault_entry(app.as_str(), user_id.as_str())
+                .await
+            {
+                Ok(Some(row)) => {
+                    self.read_cache.insert(key, row.clone());
+                    self.open_row(row).map(Some)
+                }
+                Ok(None) => Ok(None),
+                Err(e) => Err(e.into()),
+            },
+        };
+        self.count_read(&read);
+        read
     }
 
     /// The access and refresh token sealed for the row of `(app, user_id)`.
@@ -391,7 +313,13 @@ impl Vault {
     ) -> Result<SignInWrite> {
         self.forget(app, user_id);
         let entry = self.sealed_entry(app, user_id, provider, tokens, identity);
-        Ok(self.store.upsert_vault_entry(entry, now, signed_in).await?)
+        let written = self.store.upsert_vault_entry(entry, now, signed_in).await;
+        self.count_write(&written);
+        let written = written?;
+        if written.fresh && signed_in.is_some() {
+            self.wake_deliverer();
+        }
+        Ok(written)
     }
 
     /// The row of a sign-in: its tokens (and ID token) sealed for it.
@@ -425,6 +353,16 @@ impl Vault {
         }
     }
 
+    /// Fills in the IdP `sub` of `provider`'s entries stored before it was
+    /// kept, where the user id is the `sub` (a one-time step after migration
+    /// 7). Returns how many entries it filled in.
+    pub async fn backfill_idp_sub(
+        &self,
+        provider: &ProviderId,
+    ) -> std::result::Result<u64, StoreError> {
+        self.store.backfill_idp_sub(provider.as_str()).await
+    }
+
     /// The last ID token of the entry, for an IdP sign-out's `id_token_hint`.
     pub async fn id_token_hint(
         &self,
@@ -444,96 +382,18 @@ impl Vault {
         }
     }
 
-    /// Stores the result of a refresh: the new access token and (when rotated)
-    /// the new refresh token together, before anyone is handed the new access
-    /// token — only while the row still carries the refresher's lease.
-    /// `false` when it does not (a newer sign-in, a sign-out, or another
-    /// replica took the lapsed lease): nothing was written.
-    pub async fn save_refreshed(
-        &self,
-        app: &AppId,
-        user_id: &UserId,
-        result: &RefreshResult<'_>,
-        now: i64,
-    ) -> Result<bool> {
-        let sealed = self.seal_refreshed(app, user_id, result);
-        self.write_refreshed(&sealed, now).await
-    }
-
-    /// A refresh result sealed once, to be written (again and again, while
-    /// the database is away) by [`Vault::write_refreshed`].
-    pub fn seal_refreshed(
-        &self,
-        app: &AppId,
-        user_id: &UserId,
-        result: &RefreshResult<'_>,
-    ) -> SealedRefresh {
-        let (access, refresh) = self.seal_tokens(app, user_id, result.tokens);
-        let row = [app.as_str(), user_id.as_str()];
-        let pending = result.pending_id_token.map(|p| {
-            self.keys.seal(
-                &aad(&row, PENDING_ID_TOKEN),
-                p.token.expose_secret().as_bytes(),
-            )
-        });
-        let id_token = result.id_token.map(|t| {
-            self.keys
-                .seal(&aad(&row, ID_TOKEN), t.expose_secret().as_bytes())
-        });
-        SealedRefresh {
-            app: app.clone(),
-            user_id: user_id.clone(),
-            lease_id: result.lease_id.to_string(),
-            access_token: access,
-            refresh_token: refresh,
-            token_type: result.tokens.token_type.clone(),
-            scope: result.tokens.scope.clone(),
-            access_expires_at: result.tokens.expires_at,
-            pending_id_token: pending,
-            pending_id_token_at: result.pending_id_token.map(|p| p.received_at),
-            needs_reauth: result.needs_reauth,
-            id_token,
-            idp_sub: result.idp_sub.map(str::to_string),
-            event: result.event.cloned(),
-        }
-    }
-
-    /// Writes a sealed refresh result; see [`Vault::save_refreshed`].
-    pub async fn write_refreshed(&self, sealed: &SealedRefresh, now: i64) -> Result<bool> {
-        self.forget(&sealed.app, &sealed.user_id);
-        Ok(self
-            .store
-            .write_refreshed(
-                RefreshedEntry {
-                    app: sealed.app.as_str(),
-                    user_id: sealed.user_id.as_str(),
-                    lease_id: &sealed.lease_id,
-                    access_token: &sealed.access_token,
-                    refresh_token: sealed.refresh_token.as_deref(),
-                    token_type: &sealed.token_type,
-                    scope: &sealed.scope,
-                    access_expires_at: sealed.access_expires_at,
-                    pending_id_token: sealed.pending_id_token.as_deref(),
-                    pending_id_token_at: sealed.pending_id_token_at,
-                    needs_reauth: sealed.needs_reauth,
-                    id_token: sealed.id_token.as_deref(),
-                    idp_sub: sealed.idp_sub.as_deref(),
-                    event: sealed.event.as_ref(),
-                },
-                now,
-            )
-            .await?)
-    }
-
     pub async fn load(&self, app: &AppId, user_id: &UserId) -> Result<Option<VaultEntry>> {
-        match self
+        let read = match self
             .store
             .get_vault_entry(app.as_str(), user_id.as_str())
-            .await?
+            .await
         {
-            Some(row) => self.open_row(row).map(Some),
-            None => Ok(None),
-        }
+            Ok(Some(row)) => self.open_row(row).map(Some),
+            Ok(None) => Ok(None),
+            Err(e) => Err(e.into()),
+        };
+        self.count_read(&read);
+        read
     }
 
     /// Signs the user out of the app everywhere: deletes the entry, the
@@ -546,10 +406,22 @@ impl Vault {
         signed_out: Option<&OutboxRow>,
     ) -> Result<UserSignedOut> {
         self.forget(app, user_id);
-        Ok(self
+        let ended = self
             .store
             .delete_vault_entry(app.as_str(), user_id.as_str(), signed_out)
-            .await?)
+            .await?;
+        self.metrics.vault_op(
+            VaultOp::Delete,
+            if ended.entry {
+                VaultOutcome::Ok
+            } else {
+                VaultOutcome::Absent
+            },
+        );
+        if ended.entry && signed_out.is_some() {
+            self.wake_deliverer();
+        }
+        Ok(ended)
     }
 
     /// Decrypts a stored row.
@@ -620,97 +492,6 @@ impl Vault {
             app: row.app.clone(),
             user_id: row.user_id.clone(),
             column,
-        })
-    }
-
-    /// Re-encrypts every entry that is not under the newest key, `batch_size`
-    /// rows per transaction. `after_batch` sees the running report after each
-    /// batch and may stop the run (`ControlFlow::Break`); every finished batch is
-    /// committed, so an interrupted run loses nothing and the next run continues.
-    pub async fn rekey(
-        &self,
-        batch_size: u32,
-        now: i64,
-        mut after_batch: impl FnMut(&RekeyReport) -> ControlFlow<()>,
-    ) -> Result<RekeyReport> {
-        let current = self.keys.current_key_id().as_str();
-        let mut report = RekeyReport::default();
-        let mut cursor: Option<(String, String)> = None;
-        loop {
-            let rows = self
-                .store
-                .vault_entries_after(
-                    cursor.as_ref().map(|(a, u)| (a.as_str(), u.as_str())),
-                    batch_size.max(1),
-                )
-                .await?;
-            let Some(last) = rows.last() else { break };
-            cursor = Some((last.app.clone(), last.user_id.clone()));
-            let mut resealed = Vec::new();
-            for row in &rows {
-                report.scanned += 1;
-                let columns = std::iter::once(row.access_token.as_slice())
-                    .chain(row.refresh_token.as_deref())
-                    .chain(row.pending_id_token.as_deref())
-                    .chain(row.id_token.as_deref());
-                let all_current = columns
-                    .map(VaultKeyRing::sealed_key_id)
-                    .all(|id| id.is_ok_and(|id| id == current));
-                if all_current {
-                    report.current += 1;
-                    continue;
-                }
-                match self.reseal_row(row) {
-                    Ok(r) => resealed.push(r),
-                    Err(e) => {
-                        report
-                            .failed
-                            .push((row.app.clone(), row.user_id.clone(), e.to_string()))
-                    }
-                }
-            }
-            let written = self.store.write_resealed(&resealed, now).await?;
-            report.moved += written;
-            report.changed_meanwhile += resealed.len() as u64 - written;
-            if after_batch(&report).is_break() {
-                break;
-            }
-        }
-        Ok(report)
-    }
-
-    fn reseal_row(&self, row: &VaultRow) -> Result<Resealed> {
-        let ids = [row.app.as_str(), row.user_id.as_str()];
-        let reseal = |column: &'static str, sealed: &[u8]| {
-            self.keys
-                .reseal(&aad(&ids, column), sealed)
-                .map_err(|source| VaultError::Crypto {
-                    app: row.app.clone(),
-                    user_id: row.user_id.clone(),
-                    column,
-                    source,
-                })
-        };
-        Ok(Resealed {
-            app: row.app.clone(),
-            user_id: row.user_id.clone(),
-            row_version: row.row_version,
-            access_token: reseal(ACCESS, &row.access_token)?,
-            refresh_token: row
-                .refresh_token
-                .as_deref()
-                .map(|s| reseal(REFRESH, s))
-                .transpose()?,
-            pending_id_token: row
-                .pending_id_token
-                .as_deref()
-                .map(|s| reseal(PENDING_ID_TOKEN, s))
-                .transpose()?,
-            id_token: row
-                .id_token
-                .as_deref()
-                .map(|s| reseal(ID_TOKEN, s))
-                .transpose()?,
         })
     }
 }

@@ -24,10 +24,9 @@ use crate::audit::QueuedEvent;
 use crate::bots::{Bot, Refused};
 use crate::chat_token::ChatClaims;
 use crate::config::AppConfig;
-use crate::domain::{AppId, AuditAction, AuditOutcome, UserId};
+use crate::domain::{AuditAction, AuditOutcome, UserId};
 use crate::dpop;
 use crate::state::AppState;
-use crate::store::{StoreError, VaultRow};
 use crate::user_tokens::{LookupError, RETRY_AFTER_SECS};
 use crate::web::ApiError;
 use crate::web::error::ErrorBody;
@@ -181,27 +180,6 @@ pub(super) async fn audit(
         .await;
 }
 
-/// The user's vault row as a status read sees it (no secret is opened), the
-/// read audited: for `GET /v1/users/{id}` and Bot Framework's GetTokenStatus.
-pub(super) async fn status_row(
-    state: &AppState,
-    bot: &Bot,
-    app: &AppId,
-    user: &UserId,
-) -> Result<Option<VaultRow>, StoreError> {
-    let row = state
-        .store
-        .get_vault_entry(app.as_str(), user.as_str())
-        .await?;
-    let outcome = if row.is_some() {
-        AuditOutcome::Ok
-    } else {
-        AuditOutcome::NotFound
-    };
-    audit(state, bot, user, AuditAction::StatusRead, outcome).await;
-    Ok(row)
-}
-
 /// A user's fresh access token.
 ///
 /// Served from the vault while it is valid for longer than `refresh_skew`, else
@@ -304,15 +282,18 @@ async fn user_status(
 ) -> Result<Json<UserStatus>, ApiError> {
     let app = bot.app(&state)?;
     let user = parse_user(user_id)?;
-    let row = status_row(&state, &bot.0, &app.id, &user).await?;
-    Ok(Json(match row {
-        Some(row) => UserStatus {
+    let status = state
+        .tokens
+        .status_for_bot(&app.id, &user, &bot.0.actor())
+        .await?;
+    Ok(Json(match status {
+        Some(grant) => UserStatus {
             user_id: user.to_string(),
-            signed_in: !row.needs_reauth,
-            expires_at: row.access_expires_at,
-            scope: Some(row.scope),
-            updated_at: Some(row.updated_at),
-            needs_reauth: row.needs_reauth,
+            signed_in: !grant.needs_reauth,
+            expires_at: grant.access_expires_at,
+            scope: Some(grant.scope),
+            updated_at: Some(grant.updated_at),
+            needs_reauth: grant.needs_reauth,
         },
         None => UserStatus {
             user_id: user.to_string(),

@@ -22,7 +22,7 @@ use axum::routing::{delete, get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::bot_api::{BotAuth, audit, status_row};
+use super::bot_api::{BotAuth, audit};
 use crate::domain::{AuditAction, AuditOutcome, UserId};
 use crate::events::SignOutReason;
 use crate::secret::ExposeSecret as _;
@@ -293,7 +293,9 @@ async fn token_status(
     if !included {
         return Ok(Json(json!([])));
     }
-    let row = status_row(&state, &bot.0, &app.id, &user)
+    let status = state
+        .tokens
+        .status_for_bot(&app.id, &user, &bot.0.actor())
         .await
         .map_err(|e| {
             tracing::warn!(error = %e, "Bot Framework token status failed");
@@ -306,7 +308,7 @@ async fn token_status(
     Ok(Json(json!([{
         "channelId": q.channel_id,
         "connectionName": app.id.as_str(),
-        "hasToken": row.is_some_and(|r| !r.needs_reauth),
+        "hasToken": status.is_some_and(|s| !s.needs_reauth),
         "serviceProviderDisplayName": app.provider.as_ref().map(|p| p.as_str()),
     }])))
 }

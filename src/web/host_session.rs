@@ -16,16 +16,11 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use crate::audit::QueuedEvent;
-use crate::chat_token::{ChatSubject, ChatUser, Via};
 use crate::config::AppConfig;
-use crate::domain::{AuditAction, AuditOutcome, UserId};
 use crate::dpop::Proof;
-use crate::host_session::{self, HostTokenError, Limits};
-use crate::metrics::FlowEvent;
+use crate::signin::{HostSignIn, HostSignInError};
 use crate::state::AppState;
-use crate::store::AuditEvent;
-use crate::token_exchange::{self, ExchangeError};
+use crate::token_exchange::ExchangeError;
 use crate::web::{ApiError, cors, dpop, rate_limit};
 
 pub fn router(state: &AppState) -> Router<AppState> {
@@ -77,87 +72,6 @@ struct User {
     email_verified: Option<bool>,
 }
 
-fn token_error(e: &HostTokenError) -> ApiError {
-    ApiError::unauthorized(e.code(), e.to_string())
-}
-
-/// A successful way in, written directly.
-async fn audit_ok(state: &AppState, app: &AppConfig, user: &UserId, action: AuditAction) {
-    state
-        .store
-        .audit(AuditEvent {
-            actor: "user",
-            app: Some(&app.id),
-            user_id: Some(user),
-            action,
-            outcome: AuditOutcome::Ok,
-            detail: None,
-        })
-        .await;
-}
-
-/// A failed attempt, which anyone can cause: through the batched writer.
-async fn audit_failed(
-    state: &AppState,
-    app: &AppConfig,
-    action: AuditAction,
-    detail: &'static str,
-) {
-    state
-        .audit
-        .record(QueuedEvent {
-            at: crate::time::now(),
-            actor: "user".into(),
-            app: Some(app.id.clone()),
-            user_id: None,
-            action,
-            outcome: AuditOutcome::Failed,
-            detail: Some(detail),
-        })
-        .await;
-}
-
-/// Mints the chat token; for a DPoP app, bound to the proof's key (the
-/// proof is spent here, after the request's token was accepted).
-async fn mint(
-    state: &AppState,
-    app: &AppConfig,
-    user: &ChatUser<'_>,
-    proof: Option<&Proof>,
-) -> Result<Response, ApiError> {
-    if let Some(proof) = proof {
-        dpop::spend(state, proof).await?;
-    }
-    let (chat_token, claims) = state
-        .keys
-        .issuer()
-        .mint(
-            &ChatSubject {
-                app: &app.id,
-                audience: &app.chat_audience,
-                user,
-                jkt: proof.map(|p| &p.jkt),
-            },
-            crate::time::now(),
-        )
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let mut response = Json(ChatTokenResponse {
-        chat_token,
-        expires_at: claims.exp,
-        user: User {
-            id: user.user_id.to_string(),
-            name: user.name.map(str::to_string),
-            email: user.email.map(str::to_string),
-            email_verified: claims.email_verified,
-        },
-    })
-    .into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
-}
-
 /// `POST /v1/host-session`: a host-signed userinfo token for a chat token.
 async fn host_session(
     State(state): State<AppState>,
@@ -168,35 +82,8 @@ async fn host_session(
     let (app, _) = cors::app_and_origin(&state, &headers, &req.app)
         .inspect_err(|e| state.metrics.host_token(e.code()))?;
     let proof = dpop::for_app(&state, app, &headers, "/v1/host-session", None)?;
-    let limits = Limits {
-        clock_skew: state.config.clock_skew,
-        max_ttl: state.config.max_host_token_ttl,
-    };
-    match host_session::verify(&state.store, app, &req.token, limits, crate::time::now()).await? {
-        Ok(user) => {
-            state.metrics.host_token("ok");
-            audit_ok(&state, app, &user.user_id, AuditAction::HostSession).await;
-            mint(
-                &state,
-                app,
-                &ChatUser {
-                    user_id: &user.user_id,
-                    via: Via::Host,
-                    auth_time: user.issued_at,
-                    name: user.name.as_deref(),
-                    email: user.email.as_deref(),
-                    email_verified: user.email_verified,
-                },
-                proof.as_ref(),
-            )
-            .await
-        }
-        Err(e) => {
-            state.metrics.host_token(e.code());
-            audit_failed(&state, app, AuditAction::HostSession, e.code()).await;
-            Err(token_error(&e))
-        }
-    }
+    let way = HostSignIn::UserinfoToken(&req.token);
+    signed_in(&state, app, way, proof.as_ref()).await
 }
 
 /// `POST /v1/token-exchange`: see [`crate::token_exchange`].
@@ -208,55 +95,61 @@ async fn token_exchange(
     let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let (app, _) = cors::app_and_origin(&state, &headers, &req.app)?;
     let proof = dpop::for_app(&state, app, &headers, "/v1/token-exchange", None)?;
-    let now = crate::time::now();
-    let exchanged = token_exchange::exchange(
-        &state.store,
-        &state.providers,
-        app,
-        &req.id_token,
-        state.config.max_id_token_age,
-        state.config.clock_skew,
-        now,
-    )
-    .await;
-    let user = match exchanged {
-        Ok(user) => user,
-        Err(e) => {
-            if !matches!(e, ExchangeError::NotEnabled | ExchangeError::NoProvider) {
-                state.metrics.flow(FlowEvent::Failed, "token_exchange");
-                audit_failed(&state, app, AuditAction::TokenExchange, e.audit_detail()).await;
-            }
-            return Err(match e {
-                ExchangeError::NotEnabled => ApiError::Forbidden {
-                    code: "access_denied",
-                    description: e.to_string(),
-                },
-                ExchangeError::NoProvider => ApiError::bad_request(e.to_string()),
-                ExchangeError::Unavailable(why) => ApiError::Unavailable {
-                    description: why.into(),
-                    retry_after_secs: 5,
-                },
-                ExchangeError::Invalid(why) => ApiError::unauthorized("invalid_token", why),
-                ExchangeError::Expired(why) => ApiError::unauthorized("token_expired", why),
-                ExchangeError::Replayed => ApiError::unauthorized("token_replayed", e.to_string()),
-                ExchangeError::Store(e) => e.into(),
-            });
-        }
-    };
-    state.metrics.flow(FlowEvent::Completed, "token_exchange");
-    audit_ok(&state, app, &user.user_id, AuditAction::TokenExchange).await;
-    mint(
-        &state,
-        app,
-        &ChatUser {
-            user_id: &user.user_id,
-            via: Via::IdToken,
-            auth_time: user.auth_time.unwrap_or(now),
-            name: user.name.as_deref(),
-            email: user.email.as_deref(),
-            email_verified: user.email_verified,
+    let way = HostSignIn::IdToken(&req.id_token);
+    signed_in(&state, app, way, proof.as_ref()).await
+}
+
+/// The one call both make, and its answer.
+async fn signed_in(
+    state: &AppState,
+    app: &AppConfig,
+    way: HostSignIn<'_>,
+    proof: Option<&Proof>,
+) -> Result<Response, ApiError> {
+    let signed_in = state
+        .signin
+        .host_sign_in(app, way, proof, crate::time::now())
+        .await
+        .map_err(refused)?;
+    let mut response = Json(ChatTokenResponse {
+        chat_token: signed_in.minted.chat_token,
+        expires_at: signed_in.minted.expires_at,
+        user: User {
+            id: signed_in.user_id.to_string(),
+            name: signed_in.name,
+            email: signed_in.email,
+            email_verified: signed_in.minted.email_verified,
         },
-        proof.as_ref(),
-    )
-    .await
+    })
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// A refusal as the answer: each check's own code.
+fn refused(e: HostSignInError) -> ApiError {
+    let description = e.to_string();
+    match e {
+        HostSignInError::UserinfoToken(e) => ApiError::unauthorized(e.code(), description),
+        HostSignInError::IdToken(e) => match e {
+            ExchangeError::NotEnabled => ApiError::Forbidden {
+                code: "access_denied",
+                description,
+            },
+            ExchangeError::NoProvider => ApiError::bad_request(description),
+            ExchangeError::Unavailable(why) => ApiError::Unavailable {
+                description: why.into(),
+                retry_after_secs: 5,
+            },
+            ExchangeError::Invalid(why) => ApiError::unauthorized("invalid_token", why),
+            ExchangeError::Expired(why) => ApiError::unauthorized("token_expired", why),
+            ExchangeError::Replayed => ApiError::unauthorized("token_replayed", description),
+            ExchangeError::Store(e) => e.into(),
+        },
+        HostSignInError::ProofReplayed => dpop::refused(&crate::dpop::DpopError::Replayed),
+        HostSignInError::Store(e) => e.into(),
+        HostSignInError::Failed(e) => ApiError::Internal(e.description),
+    }
 }

@@ -8,6 +8,7 @@
 #[macro_use]
 mod common;
 
+mod architecture;
 mod bot_api;
 mod cli;
 mod cookieless;

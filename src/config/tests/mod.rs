@@ -345,3 +345,20 @@ scopes = ["profile"]
         "{printed}"
     );
 }
+
+/// The duration table `build` walks is the one the reference documents:
+/// every key has its row, with its default.
+#[test]
+fn every_duration_key_is_documented_with_its_default() {
+    let reference =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/reference.md")).unwrap();
+    assert!(super::build::DURATION_LIMITS.len() >= 16);
+    for (key, default, min, max) in super::build::DURATION_LIMITS {
+        assert!(min <= max, "{key}: {min:?} > {max:?}");
+        let row = format!("| `{key}` | `{default}` |");
+        assert!(
+            reference.contains(&row),
+            "docs/reference.md has no row starting {row}"
+        );
+    }
+}

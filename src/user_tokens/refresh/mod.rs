@@ -1,11 +1,17 @@
 //! One refresh task: wait for or take the user's lease, use the refresh token
 //! once, check the refreshed ID token, and store the answer — holding on to it
-//! until the database takes it.
+//! until the database takes it. The ID token is judged in `identity.rs`;
+//! every failure ends through `failure.rs`.
+
+mod failure;
+mod identity;
 
 use crate::secret::ExposeSecret as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use self::failure::Failure;
+use self::identity::Identity;
 use super::inflight::Publisher;
 use super::lease::{LeaseKeeper, Watch, takeover_window};
 use super::{
@@ -13,12 +19,11 @@ use super::{
     view,
 };
 use crate::domain::{AppId, AuditAction, AuditOutcome, UserId};
-use crate::events::{EventType, REFRESH_FAILING_AFTER};
-use crate::metrics::{RefreshOutcome, VaultOp, VaultOutcome};
-use crate::oidc::{IdTokenCheck, IdTokenT, IdpTokens, OidcError, Provider};
+use crate::metrics::RefreshOutcome;
+use crate::oidc::{IdpTokens, OidcError, Provider};
 use crate::secret::SecretString;
-use crate::store::{AuditEvent, LeaseTake, OutboxRow};
-use crate::vault::{PendingIdToken, RefreshResult, SealedRefresh, TokenSet, VaultEntry};
+use crate::store::AuditEvent;
+use crate::vault::{LeaseTake, PendingIdToken, RefreshResult, SealedRefresh, TokenSet, VaultEntry};
 
 /// How often a task waiting for another replica's refresh reads the row.
 const POLL: Duration = Duration::from_millis(100);
@@ -71,19 +76,6 @@ fn refusal(code: &str) -> Refusal {
     }
 }
 
-/// How the refreshed ID token compares with the user.
-enum Identity {
-    /// The same user (with the ID token's `sub`), or the IdP sent no ID
-    /// token (`None`).
-    Same(Option<String>),
-    /// Verified, and about somebody else (or another issuer).
-    Other,
-    /// Not verifiable now (JWKS unreachable, key not published yet).
-    Unverifiable(String),
-    /// Verifiably wrong (signature, audience, expiry...).
-    Invalid(String),
-}
-
 impl Task {
     pub(super) async fn run(self, publisher: Publisher) {
         let _gauge = self.inner.metrics.refresh_in_flight();
@@ -126,10 +118,10 @@ impl Task {
                 let until = now + settings.lease.as_secs() as i64;
                 let taken = self
                     .inner
-                    .store
-                    .take_refresh_lease(
-                        self.app.as_str(),
-                        self.user.as_str(),
+                    .vault
+                    .take_lease(
+                        &self.app,
+                        &self.user,
                         entry.row_version,
                         &take,
                         &self.inner.replica_id,
@@ -167,16 +159,8 @@ impl Task {
 
     /// The row, read from the database (never the read cache).
     async fn load(&self) -> Result<VaultEntry, LookupError> {
-        let entry = self.inner.vault.load(&self.app, &self.user).await;
-        self.inner.metrics.vault_op(
-            VaultOp::Read,
-            match &entry {
-                Ok(Some(_)) => VaultOutcome::Ok,
-                Ok(None) => VaultOutcome::Absent,
-                Err(_) => VaultOutcome::Error,
-            },
-        );
-        entry?.ok_or_else(|| not_found(&self.app, &self.user))
+        let entry = self.inner.vault.load(&self.app, &self.user).await?;
+        entry.ok_or_else(|| not_found(&self.app, &self.user))
     }
 
     async fn audit(&self, outcome: AuditOutcome, detail: Option<&str>) {
@@ -193,7 +177,10 @@ impl Task {
             .await;
     }
 
-    /// Refreshes while holding the lease `lease_id`.
+    /// Refreshes while holding the lease `lease_id`, in four steps: call the
+    /// IdP, judge the identity its answer names, persist the answer, report.
+    /// Every way it can end without a stored answer goes through
+    /// [`Task::fail`].
     async fn under_lease(
         &self,
         entry: VaultEntry,
@@ -203,96 +190,100 @@ impl Task {
     ) -> Step {
         let inner = &self.inner;
         let keeper = LeaseKeeper::start(
-            inner.store.clone(),
+            inner.vault.clone(),
             self.app.clone(),
             self.user.clone(),
             lease_id.clone(),
             inner.settings.lease,
         );
         let Some(provider) = inner.providers.get(entry.provider.as_str()) else {
-            drop(keeper);
-            self.release(&lease_id).await;
-            inner.metrics.refresh(RefreshOutcome::IdpUnavailable);
-            self.audit(AuditOutcome::Failed, Some("provider not loaded"))
+            return self
+                .fail(&entry, &lease_id, keeper, Failure::ProviderNotLoaded)
                 .await;
-            return Step::Done(self.transient(&entry, "the identity provider is not loaded yet"));
         };
-        let started = Instant::now();
-        let mut answer = provider
-            .refresh(&refresh_token, &inner.settings.redirect_uri)
-            .await;
-        // An error whose meaning is not certain is asked again a few times
-        // (nothing was spent: the IdP refused) before it counts as a refusal.
-        let mut tries = 1;
-        while tries < AMBIGUOUS_TRIES
-            && matches!(&answer, Err(OidcError::Idp { code, .. }) if refusal(code) == Refusal::Ambiguous)
-        {
-            tokio::time::sleep(AMBIGUOUS_RETRY_DELAY).await;
-            answer = provider
-                .refresh(&refresh_token, &inner.settings.redirect_uri)
-                .await;
-            tries += 1;
-        }
-        inner
-            .metrics
-            .refresh_phase("idp", started.elapsed().as_secs_f64());
-        let tokens = match answer {
+        // 1. Call the IdP.
+        let tokens = match self.call_idp(&provider, &refresh_token).await {
             Ok(tokens) => tokens,
-            Err(OidcError::Idp { code, .. }) if refusal(&code) != Refusal::Transient => {
-                drop(keeper);
-                let (reason, outcome) = if code == "invalid_grant" {
-                    ("invalid_grant", RefreshOutcome::InvalidGrant)
-                } else {
-                    ("refresh_refused", RefreshOutcome::Refused)
-                };
-                tracing::warn!(
-                    provider = %entry.provider,
-                    user = %self.user,
-                    idp_error = %code,
-                    tries,
-                    "the identity provider refused the refresh token: the user must sign in again"
-                );
-                self.mark_needs_reauth(&lease_id, reason).await;
-                inner.metrics.refresh(outcome);
-                self.audit(AuditOutcome::Failed, Some(reason)).await;
-                return Step::Done(Err(reauth()));
-            }
-            Err(e) => {
-                drop(keeper);
-                self.release(&lease_id).await;
-                inner.metrics.refresh(RefreshOutcome::IdpUnavailable);
-                tracing::warn!(provider = %entry.provider, error = %e, "refresh failed");
-                let detail = match &e {
-                    OidcError::Idp { code, .. } if code.len() <= 64 => code.as_str(),
-                    _ => "unavailable",
-                };
-                self.audit(AuditOutcome::Failed, Some(detail)).await;
-                self.note_failure().await;
-                return Step::Done(self.transient(&entry, "the identity provider is unavailable"));
-            }
+            Err(failure) => return self.fail(&entry, &lease_id, keeper, failure).await,
         };
         // From here on the IdP may have rotated the refresh token: its answer is
         // the only live one, and it is kept until it is stored.
         let answered = Instant::now();
         let _unsaved = inner.metrics.refresh_unsaved();
         let received_at = crate::time::now();
+        // 2. Judge the identity: somebody else's tokens are not stored as
+        // this user's.
         let identity = self.check_identity(&provider, &tokens, received_at).await;
         if let Identity::Other = identity {
-            // Somebody else's tokens are not stored as this user's.
-            drop(keeper);
-            self.mark_needs_reauth(&lease_id, "identity_changed").await;
-            inner.metrics.refresh(RefreshOutcome::IdentityChanged);
-            self.audit(
-                AuditOutcome::Failed,
-                Some("refreshed ID token names another user"),
-            )
-            .await;
-            return Step::Done(Err(LookupError::ReauthRequired(
-                "the identity provider's refreshed ID token does not match this user; the user must sign in again"
-                    .into(),
-            )));
+            return self
+                .fail(&entry, &lease_id, keeper, Failure::IdentityChanged)
+                .await;
         }
-        let pending = match &identity {
+        let (set, sealed) = self.seal(&entry, tokens, &identity, &lease_id, received_at);
+        // 3. Persist.
+        let stored = self.store(&sealed, publisher, &keeper).await;
+        inner
+            .metrics
+            .refresh_phase("store", answered.elapsed().as_secs_f64());
+        match stored {
+            Stored::Landed { retried } => {
+                drop(keeper);
+                // 4. Report.
+                Step::Done(self.report(&identity, retried, set).await)
+            }
+            Stored::Refused => {
+                drop(keeper);
+                self.refused(&entry, &refresh_token, &set).await
+            }
+            Stored::GaveUp => {
+                self.fail(&entry, &lease_id, keeper, Failure::NotStored)
+                    .await
+            }
+        }
+    }
+
+    /// Uses the refresh token at the IdP. An error whose meaning is not
+    /// certain is asked again a few times (nothing was spent: the IdP
+    /// refused) before it counts as a refusal.
+    async fn call_idp(
+        &self,
+        provider: &Provider,
+        refresh_token: &SecretString,
+    ) -> Result<IdpTokens, Failure> {
+        let redirect_uri = &self.inner.settings.redirect_uri;
+        let started = Instant::now();
+        let mut answer = provider.refresh(refresh_token, redirect_uri).await;
+        let mut tries = 1;
+        while tries < AMBIGUOUS_TRIES
+            && matches!(&answer, Err(OidcError::Idp { code, .. }) if refusal(code) == Refusal::Ambiguous)
+        {
+            tokio::time::sleep(AMBIGUOUS_RETRY_DELAY).await;
+            answer = provider.refresh(refresh_token, redirect_uri).await;
+            tries += 1;
+        }
+        self.inner
+            .metrics
+            .refresh_phase("idp", started.elapsed().as_secs_f64());
+        answer.map_err(|e| match e {
+            OidcError::Idp { code, .. } if refusal(&code) != Refusal::Transient => {
+                Failure::Refused { code, tries }
+            }
+            e => Failure::IdpUnavailable(e),
+        })
+    }
+
+    /// The IdP's answer as the tokens to hand out and the row to write
+    /// (sealed once; only the access token stays in the clear, for the
+    /// answer).
+    fn seal(
+        &self,
+        entry: &VaultEntry,
+        tokens: IdpTokens,
+        identity: &Identity,
+        lease_id: &str,
+        received_at: i64,
+    ) -> (TokenSet, SealedRefresh) {
+        let pending = match identity {
             Identity::Unverifiable(why) => {
                 tracing::warn!(user = %self.user, reason = %why, "the refreshed ID token cannot be verified now; storing the tokens and verifying later");
                 tokens
@@ -317,69 +308,31 @@ impl Task {
             scope: tokens.scope.unwrap_or_else(|| entry.tokens.scope.clone()),
             expires_at: tokens.expires_in.map(|d| received_at + d.as_secs() as i64),
         };
-        // Sealed once; only the access token stays in the clear, for the answer.
-        let sealed = inner.vault.seal_refreshed(
+        let sealed = self.inner.vault.seal_refreshed(
             &self.app,
             &self.user,
             &RefreshResult {
-                lease_id: &lease_id,
+                lease_id,
                 tokens: &set,
                 pending_id_token: pending.as_ref(),
                 needs_reauth,
                 id_token: verified_id_token.as_ref(),
-                idp_sub: match &identity {
+                idp_sub: match identity {
                     Identity::Same(sub) => sub.as_deref(),
                     _ => None,
                 },
                 event: reauth_event.as_ref(),
             },
         );
-        drop(verified_id_token);
-        let TokenSet {
-            access_token,
-            refresh_token: rotated,
-            token_type,
-            scope,
-            expires_at,
-        } = set;
-        drop(pending);
-        let stored = self.store(&sealed, publisher, &keeper).await;
-        inner
-            .metrics
-            .refresh_phase("store", answered.elapsed().as_secs_f64());
-        drop(keeper);
-        let retried = match stored {
-            Stored::Landed { retried } => retried,
-            Stored::Refused => {
-                let got = TokenSet {
-                    access_token,
-                    refresh_token: rotated,
-                    token_type,
-                    scope,
-                    expires_at,
-                };
-                return self.refused(&entry, &refresh_token, &got).await;
-            }
-            Stored::GaveUp => {
-                self.release(&lease_id).await;
-                inner.metrics.refresh(RefreshOutcome::Lost);
-                self.audit(
-                    AuditOutcome::Failed,
-                    Some("refreshed tokens could not be stored"),
-                )
-                .await;
-                return Step::Done(Err(LookupError::Unavailable(
-                    "the database is unavailable; retry".into(),
-                )));
-            }
-        };
-        inner.metrics.vault_op(VaultOp::Write, VaultOutcome::Ok);
-        if reauth_event.is_some() {
-            inner.wake_deliverer();
-        }
-        let outcome = match &identity {
+        (set, sealed)
+    }
+
+    /// What a stored answer means for the bot that asked.
+    async fn report(&self, identity: &Identity, retried: bool, set: TokenSet) -> Outcome {
+        let metrics = &self.inner.metrics;
+        match identity {
             Identity::Unverifiable(_) => {
-                inner.metrics.refresh(RefreshOutcome::IdTokenUnverified);
+                metrics.refresh(RefreshOutcome::IdTokenUnverified);
                 self.audit(AuditOutcome::Ok, Some("ID token to be verified"))
                     .await;
                 Err(LookupError::Unavailable(
@@ -389,7 +342,7 @@ impl Task {
             }
             Identity::Invalid(why) => {
                 tracing::warn!(user = %self.user, reason = %why, "refreshed ID token rejected; the user must sign in again");
-                inner.metrics.refresh(RefreshOutcome::IdTokenInvalid);
+                metrics.refresh(RefreshOutcome::IdTokenInvalid);
                 self.audit(AuditOutcome::Failed, Some("refreshed ID token rejected"))
                     .await;
                 Err(LookupError::ReauthRequired(
@@ -398,22 +351,21 @@ impl Task {
                 ))
             }
             Identity::Same(_) | Identity::Other => {
-                inner.metrics.refresh(if retried {
+                metrics.refresh(if retried {
                     RefreshOutcome::StoredAfterRetry
                 } else {
                     RefreshOutcome::Ok
                 });
                 self.audit(AuditOutcome::Ok, None).await;
                 Ok(super::FreshToken {
-                    access_token,
-                    token_type,
-                    expires_at,
-                    scope,
+                    access_token: set.access_token,
+                    token_type: set.token_type,
+                    expires_at: set.expires_at,
+                    scope: set.scope,
                     refreshed: true,
                 })
             }
-        };
-        Step::Done(outcome)
+        }
     }
 
     /// Writes the refresh result until it lands, the row refuses it, or
@@ -516,204 +468,6 @@ impl Task {
                 self.audit(AuditOutcome::Ok, Some("superseded by a newer sign-in"))
                     .await;
                 Step::Again
-            }
-        }
-    }
-
-    /// Compares a refreshed ID token with the user, as of `received_at`.
-    async fn check_identity(
-        &self,
-        provider: &Provider,
-        tokens: &IdpTokens,
-        received_at: i64,
-    ) -> Identity {
-        match &tokens.id_token {
-            Some(id_token) => self.compare(provider, id_token, received_at).await,
-            None => Identity::Same(None),
-        }
-    }
-
-    async fn compare(&self, provider: &Provider, id_token: &IdTokenT, at: i64) -> Identity {
-        let verified = provider
-            .verify_id_token(
-                id_token,
-                &IdTokenCheck::ours(None),
-                at,
-                self.inner.settings.clock_skew,
-            )
-            .await;
-        match verified {
-            Ok(identity) => {
-                let same = UserId::new(&provider.config().id, &identity.subject)
-                    .is_ok_and(|u| u == self.user);
-                if same {
-                    Identity::Same(Some(identity.sub))
-                } else {
-                    Identity::Other
-                }
-            }
-            Err(e @ (OidcError::Unavailable(_) | OidcError::UnknownKey)) => {
-                Identity::Unverifiable(e.to_string())
-            }
-            Err(e) => Identity::Invalid(e.to_string()),
-        }
-    }
-
-    /// Verifies a refreshed ID token kept for later, and settles it.
-    async fn settle_pending(
-        &self,
-        entry: &VaultEntry,
-        pending: &PendingIdToken,
-    ) -> Result<(), LookupError> {
-        let unavailable = || {
-            LookupError::Unavailable(
-                "the identity provider's last refresh answer is not verified yet; retry shortly"
-                    .into(),
-            )
-        };
-        let Some(provider) = self.inner.providers.get(entry.provider.as_str()) else {
-            return Err(unavailable());
-        };
-        let identity = match pending.token.expose_secret().parse::<IdTokenT>() {
-            Ok(id_token) => {
-                self.compare(&provider, &id_token, pending.received_at)
-                    .await
-            }
-            Err(e) => Identity::Invalid(format!("unreadable: {e}")),
-        };
-        let needs_reauth = match identity {
-            Identity::Same(_) => false,
-            Identity::Unverifiable(why) => {
-                tracing::debug!(user = %self.user, reason = %why, "the pending ID token still cannot be verified");
-                return Err(unavailable());
-            }
-            Identity::Other | Identity::Invalid(_) => true,
-        };
-        let reauth_event = needs_reauth
-            .then(|| self.reauth_event("id_token_invalid"))
-            .flatten();
-        self.inner
-            .vault
-            .settle_pending_id_token(
-                &self.app,
-                &self.user,
-                entry.row_version,
-                needs_reauth,
-                crate::time::now(),
-                reauth_event.as_ref(),
-            )
-            .await?;
-        if needs_reauth {
-            if reauth_event.is_some() {
-                self.inner.wake_deliverer();
-            }
-            tracing::warn!(user = %self.user, "the refreshed ID token, verified later, does not match this user; the user must sign in again");
-            self.audit(
-                AuditOutcome::Failed,
-                Some("refreshed ID token rejected on a later check"),
-            )
-            .await;
-            return Err(reauth());
-        }
-        Ok(())
-    }
-
-    /// A failure that does not condemn the refresh token: serve the stored
-    /// access token while it is still valid, else tell the bot to retry.
-    fn transient(&self, entry: &VaultEntry, why: &str) -> Outcome {
-        if still_valid(entry, crate::time::now()) {
-            tracing::warn!(user = %self.user, reason = why, "refresh failed; serving the still-valid access token");
-            Ok(view(entry, false))
-        } else {
-            Err(LookupError::Unavailable(format!("{why}; retry")))
-        }
-    }
-
-    async fn release(&self, lease_id: &str) {
-        if let Err(e) = self
-            .inner
-            .store
-            .release_refresh_lease(self.app.as_str(), self.user.as_str(), lease_id)
-            .await
-        {
-            // It lapses by itself.
-            tracing::warn!(user = %self.user, error = %e, "cannot release the refresh lease");
-        }
-    }
-
-    /// The `user.reauth_required` event for this user, if the app takes events.
-    fn reauth_event(&self, reason: &str) -> Option<OutboxRow> {
-        self.inner.events.row(
-            &self.app,
-            &self.user,
-            EventType::ReauthRequired,
-            serde_json::json!({ "reason": reason }),
-            crate::time::now(),
-        )
-    }
-
-    /// Notes a refresh that failed for a passing reason; once they have failed
-    /// for [`REFRESH_FAILING_AFTER`], `token.refresh_failing` goes out (once
-    /// per stretch of failures). Best effort: the failure is already reported.
-    async fn note_failure(&self) {
-        let now = crate::time::now();
-        let event = self.inner.events.row(
-            &self.app,
-            &self.user,
-            EventType::RefreshFailing,
-            serde_json::json!({ "failing_for_secs": REFRESH_FAILING_AFTER.as_secs() }),
-            now,
-        );
-        match self
-            .inner
-            .store
-            .note_refresh_failure(
-                self.app.as_str(),
-                self.user.as_str(),
-                now,
-                REFRESH_FAILING_AFTER.as_secs() as i64,
-                event.as_ref(),
-            )
-            .await
-        {
-            Ok(true) if event.is_some() => self.inner.wake_deliverer(),
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(user = %self.user, error = %e, "cannot note the failed refresh")
-            }
-        }
-    }
-
-    /// Marks the refused refresh token; a few tries, since a failure means the
-    /// next refresher sends the refused token once more (harmless, but noisy).
-    async fn mark_needs_reauth(&self, lease_id: &str, reason: &str) {
-        let event = self.reauth_event(reason);
-        for attempt in 1..=5u32 {
-            match self
-                .inner
-                .vault
-                .mark_needs_reauth(
-                    &self.app,
-                    &self.user,
-                    lease_id,
-                    crate::time::now(),
-                    event.as_ref(),
-                )
-                .await
-            {
-                Ok(marked) => {
-                    if marked && event.is_some() {
-                        self.inner.wake_deliverer();
-                    }
-                    return;
-                }
-                Err(e) if attempt < 5 => {
-                    tracing::warn!(user = %self.user, error = %e, "cannot mark the entry for re-authentication; retrying");
-                    tokio::time::sleep(STORE_RETRY_FIRST * attempt).await;
-                }
-                Err(e) => {
-                    tracing::error!(user = %self.user, error = %e, "cannot mark the entry for re-authentication")
-                }
             }
         }
     }

@@ -15,22 +15,24 @@ use tower_sessions::cookie::{Cookie, SameSite};
 use crate::config::AppConfig;
 use crate::domain::{AppId, Origin};
 use crate::dpop::Jkt;
-use crate::metrics::FlowEvent;
 use crate::secret::random_token;
 use crate::signin::{
     CallbackFailure, CallbackParams, CallbackResult, FlowError, FlowTarget, Minted, Mode,
-    PageRenewal, PageRenewalError, Renewal, SessionSignIn, SessionUpdate, StartRequest,
+    PageRenewal, PageRenewalError, Renewal, SessionSignIn, SessionUpdate,
 };
 use crate::state::AppState;
 use crate::web::pages::{Message, MessageUser, frame_ancestors, message_page, plain_page};
 use crate::web::session::{self, BrowserSession};
 use crate::web::{ApiError, cors, dpop, rate_limit};
 
+mod request;
+
+use request::{AuthorizeQuery, AuthorizeRequest};
+
 /// The browser-binding cookie of pending flows, per mode: partitioned for the
 /// third-party iframe, Lax for the first-party popup.
 const BINDING_SILENT: &str = "__Host-chatgate-flow";
 const BINDING_POPUP: &str = "__Host-chatgate-flow-popup";
-const MAX_HINT_LEN: usize = 256;
 
 pub fn router(state: &AppState) -> axum::Router<AppState> {
     axum::Router::new()
@@ -53,17 +55,6 @@ pub fn router(state: &AppState) -> axum::Router<AppState> {
             state.clone(),
             rate_limit::limit,
         ))
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct AuthorizeQuery {
-    app: Option<String>,
-    origin: Option<String>,
-    mode: Option<String>,
-    login_hint: Option<String>,
-    domain_hint: Option<String>,
-    prompt: Option<String>,
-    dpop_jkt: Option<String>,
 }
 
 fn bad_request(message: &str, ancestors: &[Origin]) -> Response {
@@ -193,120 +184,54 @@ async fn authorize(
     let Ok(Query(q)) = query else {
         return bad_request("The sign-in request is malformed.", &[]);
     };
-    let Some(app) = q.app.as_deref().and_then(|a| state.config.app(a)) else {
-        return bad_request("Unknown app.", &[]);
-    };
-    let Some(origin) = q
-        .origin
-        .as_deref()
-        .and_then(|o| Origin::parse(o).ok())
-        .filter(|o| app.allows_origin(o))
-    else {
-        return bad_request(
-            "This origin is not allowed to sign in to this app.",
-            &app.origins,
-        );
-    };
-    let Some(mode) = q.mode.as_deref().and_then(Mode::parse) else {
-        return bad_request("mode must be silent or popup.", &app.origins);
-    };
-    let fail = |e: FlowError| {
-        state.metrics.flow(FlowEvent::Failed, &e.code);
-        error_page(mode, &app.id, &origin, &app.origins, &e)
-    };
-    let prompt = q.prompt.as_deref().filter(|p| !p.is_empty());
-    match (mode, prompt) {
-        (Mode::Silent, Some(_)) => {
-            return fail(FlowError::invalid_request(
-                "prompt is only for mode=popup; silent sign-in uses prompt=none",
-            ));
-        }
-        (Mode::Popup, Some(p)) if !matches!(p, "login" | "consent" | "select_account") => {
-            return fail(FlowError::invalid_request(
-                "prompt must be login, consent or select_account",
-            ));
-        }
-        _ => {}
-    }
-    let hint = |h: &Option<String>| h.as_deref().filter(|h| !h.is_empty()).map(str::to_string);
-    let (login_hint, domain_hint) = (hint(&q.login_hint), hint(&q.domain_hint));
-    if login_hint
-        .iter()
-        .chain(domain_hint.iter())
-        .any(|h| h.len() > MAX_HINT_LEN || h.chars().any(char::is_control))
-    {
-        return fail(FlowError::invalid_request(
-            "login_hint and domain_hint must be short printable text",
-        ));
-    }
-    // Every app's widget names its browser key, which renews the sign-in
-    // where the browser keeps no cookie; DPoP apps must.
-    let dpop_jkt = match (
-        app.binds_dpop(),
-        q.dpop_jkt.as_deref().filter(|j| !j.is_empty()),
-    ) {
-        (_, Some(jkt)) => match Jkt::parse(jkt) {
-            Some(jkt) => Some(jkt),
-            None => {
-                return fail(FlowError::invalid_request(
-                    "dpop_jkt is not a JWK thumbprint",
-                ));
-            }
-        },
-        (false, None) => None,
-        (true, None) => {
-            return fail(FlowError::invalid_request(
-                "this app binds chat tokens to the browser's key: dpop_jkt is required",
-            ));
-        }
+    let req = match AuthorizeRequest::parse(&state, q) {
+        Ok(req) => req,
+        Err(page) => return *page,
     };
     let now = crate::time::now();
-
-    if mode == Mode::Silent
+    if req.mode == Mode::Silent
         && let Some(response) = renew(
             &state,
             &session,
-            app,
-            &origin,
-            login_hint.as_deref(),
-            dpop_jkt.as_ref(),
+            req.app,
+            &req.origin,
+            req.login_hint.as_deref(),
+            req.dpop_jkt.as_ref(),
             now,
         )
         .await
     {
         return response;
     }
-
-    let binding = cookie_values(&headers, binding_name(mode))
+    let binding = cookie_values(&headers, binding_name(req.mode))
         .into_iter()
         .find(|v| v.len() == 43)
         .unwrap_or_else(random_token::<32>);
-    let request = StartRequest {
-        app,
-        origin: &origin,
-        mode,
-        login_hint: login_hint.as_deref(),
-        domain_hint: domain_hint.as_deref(),
-        prompt,
-        dpop_jkt: dpop_jkt.as_ref(),
-    };
-    match state.signin.start(request, &binding, now).await {
-        Ok(url) => {
-            let mut response = StatusCode::FOUND.into_response();
-            flow_headers(&mut response, app);
-            let h = response.headers_mut();
-            match HeaderValue::from_str(url.as_str()) {
-                Ok(location) => h.insert(header::LOCATION, location),
-                Err(_) => return fail(FlowError::server_error()),
-            };
-            h.append(
-                header::SET_COOKIE,
-                binding_cookie(mode, &binding, state.config.flow_ttl),
-            );
-            response
-        }
-        Err(e) => fail(e),
+    match state.signin.start(req.start(), &binding, now).await {
+        Ok(url) => to_the_idp(&state, &req, &url, &binding),
+        Err(e) => req.fail(&state, e),
     }
+}
+
+/// The redirect to the IdP, with the flow's browser-binding cookie.
+fn to_the_idp(
+    state: &AppState,
+    req: &AuthorizeRequest<'_>,
+    url: &url::Url,
+    binding: &str,
+) -> Response {
+    let Ok(location) = HeaderValue::from_str(url.as_str()) else {
+        return req.fail(state, FlowError::server_error());
+    };
+    let mut response = StatusCode::FOUND.into_response();
+    flow_headers(&mut response, req.app);
+    let h = response.headers_mut();
+    h.insert(header::LOCATION, location);
+    h.append(
+        header::SET_COOKIE,
+        binding_cookie(req.mode, binding, state.config.flow_ttl),
+    );
+    response
 }
 
 fn binding_name(mode: Mode) -> &'static str {
