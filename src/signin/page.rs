@@ -143,7 +143,7 @@ impl SignInService {
         match self.renew(app, signin, None, jkt, now).await {
             Renewal::Minted(minted) => Ok(minted),
             Renewal::AskTheIdp => Err(PageRenewalError::LoginRequired),
-            Renewal::Failed(error) if error.code == "temporarily_unavailable" => {
+            Renewal::Failed(error) if error.is_unavailable() => {
                 Err(PageRenewalError::Unavailable(error.description))
             }
             Renewal::Failed(error) => Err(PageRenewalError::Failed(error.description)),

@@ -65,6 +65,12 @@ impl FlowError {
         Self::new("temporarily_unavailable", description)
     }
 
+    /// It cannot be told now (the IdP or the database is unavailable): the
+    /// widget may retry.
+    pub fn is_unavailable(&self) -> bool {
+        self.code == "temporarily_unavailable"
+    }
+
     /// A failed database write: `temporarily_unavailable` when the database is
     /// down (the widget may retry), else `server_error`.
     pub(super) fn database(transient: bool) -> Self {

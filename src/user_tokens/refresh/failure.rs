@@ -2,7 +2,7 @@
 //! what it leaves in the row: the lease given back, or the refresh token
 //! marked refused; a passing failure noted (`token.refresh_failing`).
 
-use super::{STORE_RETRY_FIRST, Step, Task};
+use super::{Refusal, STORE_RETRY_FIRST, Step, Task, refusal};
 use crate::domain::AuditOutcome;
 use crate::events::{EventType, REFRESH_FAILING_AFTER};
 use crate::metrics::RefreshOutcome;
@@ -81,7 +81,7 @@ impl Task {
                 answer: self.transient(entry, "the identity provider is not loaded yet"),
             },
             Failure::Refused { code, tries } => {
-                let (reason, metric) = if code == "invalid_grant" {
+                let (reason, metric) = if refusal(&code) == Refusal::Definitive {
                     ("invalid_grant", RefreshOutcome::InvalidGrant)
                 } else {
                     ("refresh_refused", RefreshOutcome::Refused)
