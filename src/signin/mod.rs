@@ -23,7 +23,7 @@ use std::time::Duration;
 pub use callback::{CallbackFailure, CallbackResult};
 pub use host::{HostSignIn, HostSignInError};
 pub use page::{PageRenewal, PageRenewalError, SessionUpdate};
-pub use signout::{IdpSignoutError, PageSignOut};
+pub use signout::{IdpSignoutError, PageSignOut, PageSignedOut};
 pub use start::StartRequest;
 pub use types::{CallbackParams, FlowError, FlowTarget, Minted, Mode, SessionSignIn};
 
@@ -171,6 +171,27 @@ impl SignInService {
             jti: claims.jti,
             email_verified: claims.email_verified,
         })
+    }
+
+    /// A silent renewal in the hidden frame: [`SignInService::renew`], and
+    /// the browser key the frame named recorded as pending under the new
+    /// token (confirmed when the page presents that token).
+    pub async fn renew_in_frame(
+        &self,
+        app: &AppConfig,
+        origin: &crate::domain::Origin,
+        signin: &SessionSignIn,
+        login_hint: Option<&str>,
+        jkt: Option<&Jkt>,
+        now: i64,
+    ) -> Renewal {
+        let renewal = self.renew(app, signin, login_hint, jkt, now).await;
+        if let (Renewal::Minted(minted), Some(jkt)) = (&renewal, jkt)
+            && let Err(e) = self.bind_pending(app, origin, jkt, signin, minted).await
+        {
+            tracing::warn!(error = %e, "cannot record the browser key of a renewal");
+        }
+        renewal
     }
 
     /// A silent sign-in answered from chatgate's session: when the vault

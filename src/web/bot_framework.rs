@@ -205,6 +205,15 @@ async fn get_token(
         .tokens
         .read_for_bot(&app.id, &user, &bot.0.actor())
         .await;
+    token_answer(&q, app, result)
+}
+
+/// GetToken's answer to a lookup.
+fn token_answer(
+    q: &TokenQuery,
+    app: &crate::config::AppConfig,
+    result: Result<crate::user_tokens::FreshToken, LookupError>,
+) -> Result<Response, BfError> {
     match result {
         Ok(token) => {
             let expiration = token

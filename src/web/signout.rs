@@ -20,8 +20,8 @@ use tower_sessions::Session;
 
 use crate::domain::Origin;
 use crate::oidc::unverified_issuer;
-use crate::signin::PageSignOut;
 use crate::signin::{IdpSignoutError, Mode};
+use crate::signin::{PageSignOut, PageSignedOut};
 use crate::state::AppState;
 use crate::user_tokens::Revocation;
 use crate::user_tokens::{LogoutRequestError, RETRY_AFTER_SECS};
@@ -326,6 +326,11 @@ pub(super) async fn page_signout(
             now: crate::time::now(),
         })
         .await?;
+    Ok(Json(signout_answer(done)))
+}
+
+/// `POST /v1/signout`'s answer.
+fn signout_answer(done: PageSignedOut) -> serde_json::Value {
     let mut answer = serde_json::json!({
         "signed_out": done.signed_out,
         "revoked": done.revocation == Some(Revocation::Revoked),
@@ -344,5 +349,5 @@ pub(super) async fn page_signout(
             answer["idp_signout_error_description"] = e.public_description().into();
         }
     }
-    Ok(Json(answer))
+    answer
 }

@@ -261,7 +261,11 @@ async fn renew(
             return None;
         }
     };
-    match state.signin.renew(app, &signin, login_hint, jkt, now).await {
+    let renewal = state
+        .signin
+        .renew_in_frame(app, origin, &signin, login_hint, jkt, now)
+        .await;
+    match renewal {
         Renewal::AskTheIdp => None,
         Renewal::Failed(error) => Some(error_page(
             Mode::Silent,
@@ -273,14 +277,6 @@ async fn renew(
         Renewal::Minted(minted) => {
             // The session slides: idle time counts from this renewal.
             browser.touch(state.config.session_idle);
-            if let Some(jkt) = jkt
-                && let Err(e) = state
-                    .signin
-                    .bind_pending(app, origin, jkt, &signin, &minted)
-                    .await
-            {
-                tracing::warn!(error = %e, "cannot record the browser key of a renewal");
-            }
             Some(success_page(
                 Mode::Silent,
                 &app.id,
