@@ -81,6 +81,23 @@ impl Proof {
     pub fn remember_until(&self, clock_skew: Duration) -> i64 {
         self.iat + (PROOF_MAX_AGE + clock_skew).as_secs() as i64 + 1
     }
+
+    /// Records the proof's `jti` as used, in the database (so across
+    /// replicas); `false` when it was used before. Call it once the request
+    /// is otherwise authorized: random keys and proofs then store nothing.
+    pub async fn spend(
+        &self,
+        store: &crate::store::Store,
+        clock_skew: Duration,
+    ) -> Result<bool, crate::store::StoreError> {
+        store
+            .remember_jti(
+                &self.replay_scope(),
+                &self.jti,
+                self.remember_until(clock_skew),
+            )
+            .await
+    }
 }
 
 /// Why a proof was refused (the `error_description` of `invalid_dpop_proof`).

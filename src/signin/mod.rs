@@ -97,19 +97,13 @@ impl SignInService {
         }
     }
 
-    /// Records a DPoP proof's `jti` as used (in the database, so across
-    /// replicas); `false` when it was used before.
+    /// Records a DPoP proof's `jti` as used; `false` when it was used before.
     async fn spend_proof(
         &self,
         proof: &crate::dpop::Proof,
     ) -> Result<bool, crate::store::StoreError> {
-        self.inner
-            .store
-            .remember_jti(
-                &proof.replay_scope(),
-                &proof.jti,
-                proof.remember_until(self.inner.config.clock_skew),
-            )
+        proof
+            .spend(&self.inner.store, self.inner.config.clock_skew)
             .await
     }
 

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use tokio_util::task::TaskTracker;
 
-use crate::domain::{AppId, UserId};
+use crate::domain::{AppId, AuditAction, AuditOutcome, UserId};
 use crate::events::Events;
 use crate::metrics::Metrics;
 use crate::oidc::Providers;
@@ -221,7 +221,6 @@ impl TokenService {
         user_id: &UserId,
         actor: &str,
     ) -> Result<FreshToken, LookupError> {
-        use crate::domain::{AuditAction, AuditOutcome};
         let result = self.fresh_access_token(app, user_id, actor).await;
         let outcome = match &result {
             Ok(t) if t.refreshed => AuditOutcome::OkRefreshed,
@@ -244,7 +243,6 @@ impl TokenService {
         user_id: &UserId,
         actor: &str,
     ) -> Result<Option<GrantStatus>, VaultError> {
-        use crate::domain::{AuditAction, AuditOutcome};
         let status = self.inner.vault.status(app, user_id).await?;
         let outcome = if status.is_some() {
             AuditOutcome::Ok
@@ -257,14 +255,14 @@ impl TokenService {
     }
 
     /// A bot's read, through the batched writer (anyone with a bot secret
-    /// can cause many).
-    async fn audit_read(
+    /// can cause many); also one refused before the vault was read.
+    pub async fn audit_read(
         &self,
         app: &AppId,
         user_id: &UserId,
         actor: &str,
-        action: crate::domain::AuditAction,
-        outcome: crate::domain::AuditOutcome,
+        action: AuditAction,
+        outcome: AuditOutcome,
     ) {
         self.inner
             .audit

@@ -19,7 +19,7 @@ use crate::domain::{AppId, AuditAction, AuditOutcome, UserId};
 use crate::events::SignOutReason;
 use crate::oidc::TokenKind;
 use crate::oidc::{LogoutTokenError, unverified_issuer};
-use crate::store::{AuditEvent, Jti, SignOutScope};
+use crate::store::{AuditEvent, Jti, SignOutScope, SignedOutAtIdp};
 use crate::vault::VaultError;
 
 /// What a logout ended.
@@ -98,20 +98,9 @@ impl TokenService {
             id: &token.jti,
             expires_at: token.remember_until,
         };
-        let events = &inner.events;
-        let event = |app: &str, user_id: &str| {
-            let app = AppId::parse(app).ok()?;
-            let user_id = UserId::parse(user_id).ok()?;
-            events.signed_out(&app, &user_id, SignOutReason::IdpSignOut, now)
-        };
         let done = inner
-            .vault
-            .end_idp_sessions(scope, Some(&jti), event)
-            .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "cannot carry out a back-channel logout");
-                LogoutRequestError::Unavailable("the database is unavailable; retry".into())
-            })?
+            .end_idp_sessions(scope, Some(&jti), now, "back-channel logout")
+            .await?
             .ok_or(LogoutRequestError::Replayed)?;
         tracing::info!(
             provider = %provider_id,
@@ -121,22 +110,6 @@ impl TokenService {
             sessions = done.sessions,
             "back-channel logout"
         );
-        for (app, user_id) in &done.entries {
-            let (Ok(app), Ok(user_id)) = (AppId::parse(app), UserId::parse(user_id)) else {
-                continue;
-            };
-            inner
-                .store
-                .audit(AuditEvent {
-                    actor: "idp",
-                    app: Some(&app),
-                    user_id: Some(&user_id),
-                    action: AuditAction::IdpSignOut,
-                    outcome: AuditOutcome::Ok,
-                    detail: Some("back-channel logout"),
-                })
-                .await;
-        }
         // Other replicas may hold a deleted entry in their read caches for
         // this long; the IdP hears "done" only when none can serve it.
         tokio::time::sleep(inner.settings.read_cache_ttl).await;
@@ -170,12 +143,6 @@ impl TokenService {
             });
         }
         let now = crate::time::now();
-        let events = &inner.events;
-        let event = |app: &str, user_id: &str| {
-            let app = AppId::parse(app).ok()?;
-            let user_id = UserId::parse(user_id).ok()?;
-            events.signed_out(&app, &user_id, SignOutReason::IdpSignOut, now)
-        };
         let mut total = IdpSignOut {
             entries: 0,
             sessions: 0,
@@ -195,13 +162,8 @@ impl TokenService {
                 },
             };
             let done = inner
-                .vault
-                .end_idp_sessions(scope, None, event)
-                .await
-                .map_err(|e| {
-                    tracing::warn!(error = %e, "cannot carry out a front-channel logout");
-                    LogoutRequestError::Unavailable("the database is unavailable; retry".into())
-                })?
+                .end_idp_sessions(scope, None, now, "front-channel logout")
+                .await?
                 .unwrap_or_default();
             tracing::info!(
                 provider = %provider_id,
@@ -209,22 +171,6 @@ impl TokenService {
                 sessions = done.sessions,
                 "front-channel logout"
             );
-            for (app, user_id) in &done.entries {
-                let (Ok(app), Ok(user_id)) = (AppId::parse(app), UserId::parse(user_id)) else {
-                    continue;
-                };
-                inner
-                    .store
-                    .audit(AuditEvent {
-                        actor: "idp",
-                        app: Some(&app),
-                        user_id: Some(&user_id),
-                        action: AuditAction::IdpSignOut,
-                        outcome: AuditOutcome::Ok,
-                        detail: Some("front-channel logout"),
-                    })
-                    .await;
-            }
             total.entries += done.entries.len();
             total.sessions += done.sessions;
         }
@@ -328,6 +274,49 @@ impl TokenService {
 }
 
 impl Inner {
+    /// Ends what chatgate holds of an IdP session (`scope`), for a back- or
+    /// front-channel logout (`channel`): the vault entries and browser
+    /// sessions go, with a `user.signed_out` event (reason `idp_signout`)
+    /// and an audit record for each entry. `None` when `jti` was used before.
+    async fn end_idp_sessions(
+        &self,
+        scope: SignOutScope<'_>,
+        jti: Option<&Jti<'_>>,
+        now: i64,
+        channel: &'static str,
+    ) -> Result<Option<SignedOutAtIdp>, LogoutRequestError> {
+        let events = &self.events;
+        let event = |app: &str, user_id: &str| {
+            let app = AppId::parse(app).ok()?;
+            let user_id = UserId::parse(user_id).ok()?;
+            events.signed_out(&app, &user_id, SignOutReason::IdpSignOut, now)
+        };
+        let done = self
+            .vault
+            .end_idp_sessions(scope, jti, event)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "cannot carry out a {channel}");
+                LogoutRequestError::Unavailable("the database is unavailable; retry".into())
+            })?;
+        for (app, user_id) in done.iter().flat_map(|d| &d.entries) {
+            let (Ok(app), Ok(user_id)) = (AppId::parse(app), UserId::parse(user_id)) else {
+                continue;
+            };
+            self.store
+                .audit(AuditEvent {
+                    actor: "idp",
+                    app: Some(&app),
+                    user_id: Some(&user_id),
+                    action: AuditAction::IdpSignOut,
+                    outcome: AuditOutcome::Ok,
+                    detail: Some(channel),
+                })
+                .await;
+        }
+        Ok(done)
+    }
+
     /// Revokes a token set at its provider, the refresh token first (revoking
     /// it ends the grant at most IdPs). The answer is about the refresh token
     /// (the access token's, when there is none).

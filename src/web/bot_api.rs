@@ -20,11 +20,10 @@ use utoipa::{Modify, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::audit::QueuedEvent;
 use crate::bots::{Bot, Refused};
 use crate::chat_token::ChatClaims;
 use crate::config::AppConfig;
-use crate::domain::{AuditAction, AuditOutcome, UserId};
+use crate::domain::UserId;
 use crate::dpop;
 use crate::state::AppState;
 use crate::user_tokens::{LookupError, RETRY_AFTER_SECS};
@@ -158,27 +157,6 @@ crate::redacted_debug!(VerifyRequest {
     show: [htm, htu],
     hide: [token, proof]
 });
-
-pub(super) async fn audit(
-    state: &AppState,
-    bot: &Bot,
-    user: &UserId,
-    action: AuditAction,
-    outcome: AuditOutcome,
-) {
-    state
-        .audit
-        .record(QueuedEvent {
-            at: crate::time::now(),
-            actor: bot.actor(),
-            app: Some(bot.app.clone()),
-            user_id: Some(user.clone()),
-            action,
-            outcome,
-            detail: None,
-        })
-        .await;
-}
 
 /// A user's fresh access token.
 ///

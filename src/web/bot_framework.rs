@@ -22,7 +22,7 @@ use axum::routing::{delete, get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::bot_api::{BotAuth, audit};
+use super::bot_api::BotAuth;
 use crate::domain::{AuditAction, AuditOutcome, UserId};
 use crate::events::SignOutReason;
 use crate::secret::ExposeSecret as _;
@@ -58,12 +58,10 @@ fn bf_error(status: StatusCode, code: &'static str, message: impl Into<String>) 
 
 impl IntoResponse for BfError {
     fn into_response(self) -> Response {
-        let mut response = (
+        let mut response = super::no_store((
             self.status,
             Json(json!({ "error": { "code": self.code, "message": self.message } })),
-        )
-            .into_response();
-        no_store(&mut response);
+        ));
         if self.status == StatusCode::SERVICE_UNAVAILABLE
             && let Ok(v) = HeaderValue::from_str(&RETRY_AFTER_SECS.to_string())
         {
@@ -71,12 +69,6 @@ impl IntoResponse for BfError {
         }
         response
     }
-}
-
-fn no_store(response: &mut Response) {
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
 }
 
 #[derive(Deserialize)]
@@ -191,14 +183,12 @@ async fn get_token(
 ) -> Result<Response, BfError> {
     let (app, user) = target(&bot, &state, &q)?;
     if let Err(refused) = require_presence(&state, app, &user, q.code.as_deref()) {
-        audit(
-            &state,
-            &bot.0,
-            &user,
-            AuditAction::TokenRead,
-            AuditOutcome::Refused,
-        )
-        .await;
+        let actor = bot.0.actor();
+        let (action, outcome) = (AuditAction::TokenRead, AuditOutcome::Refused);
+        state
+            .tokens
+            .audit_read(&app.id, &user, &actor, action, outcome)
+            .await;
         return Err(refused);
     }
     let result = state
@@ -220,21 +210,16 @@ fn token_answer(
                 .expires_at
                 .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
                 .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-            let mut response = Json(json!({
+            Ok(super::no_store(Json(json!({
                 "channelId": q.channel_id,
                 "connectionName": app.id.as_str(),
                 "token": token.access_token.expose_secret(),
                 "expiration": expiration,
-            }))
-            .into_response();
-            no_store(&mut response);
-            Ok(response)
+            }))))
         }
         // The user must sign in (again) through the widget.
         Err(LookupError::NotFound(_) | LookupError::ReauthRequired(_)) => {
-            let mut response = StatusCode::NOT_FOUND.into_response();
-            no_store(&mut response);
-            Ok(response)
+            Ok(super::no_store(StatusCode::NOT_FOUND))
         }
         Err(LookupError::Unavailable(d)) => Err(bf_error(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -74,14 +74,7 @@ pub fn browser_key(
 /// Records the proof's `jti` as used (in the database, so across replicas);
 /// a second use is `401 invalid_dpop_proof`.
 pub async fn spend(state: &AppState, proof: &Proof) -> Result<(), ApiError> {
-    let first = state
-        .store
-        .remember_jti(
-            &proof.replay_scope(),
-            &proof.jti,
-            proof.remember_until(state.config.clock_skew),
-        )
-        .await?;
+    let first = proof.spend(&state.store, state.config.clock_skew).await?;
     if first {
         Ok(())
     } else {

@@ -10,8 +10,8 @@
 
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
-use axum::http::{HeaderMap, HeaderValue, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::response::Response;
 use axum::routing::post;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -111,7 +111,7 @@ async fn signed_in(
         .host_sign_in(app, way, proof, crate::time::now())
         .await
         .map_err(refused)?;
-    let mut response = Json(ChatTokenResponse {
+    Ok(super::no_store(Json(ChatTokenResponse {
         chat_token: signed_in.minted.chat_token,
         expires_at: signed_in.minted.expires_at,
         user: User {
@@ -120,12 +120,7 @@ async fn signed_in(
             email: signed_in.email,
             email_verified: signed_in.minted.email_verified,
         },
-    })
-    .into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
+    })))
 }
 
 /// A refusal as the answer: each check's own code.

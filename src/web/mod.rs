@@ -50,6 +50,16 @@ async fn drain(
     response
 }
 
+/// A response no cache may keep (`Cache-Control: no-store`): tokens, and
+/// answers about them.
+pub(crate) fn no_store(response: impl axum::response::IntoResponse) -> axum::response::Response {
+    let mut response = response.into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
 /// The whole HTTP surface with its middleware.
 pub fn router(state: AppState) -> Router {
     let config = state.config.clone();

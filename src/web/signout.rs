@@ -142,11 +142,7 @@ async fn frontchannel_logout(
     });
     let ancestors = idp_origins(&state, q.iss.as_deref());
     let page = |status: StatusCode, title: &str, message: &str| {
-        let mut response = plain_page(status, title, message, &ancestors);
-        response
-            .headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        response
+        super::no_store(plain_page(status, title, message, &ancestors))
     };
     let Some(sid) = q.sid.as_deref().filter(|s| !s.is_empty() && s.len() <= 512) else {
         return page(
@@ -212,7 +208,7 @@ async fn idp_signout(
         .await
     {
         Ok(url) => {
-            let mut response = StatusCode::SEE_OTHER.into_response();
+            let mut response = super::no_store(StatusCode::SEE_OTHER);
             let headers = response.headers_mut();
             if let Ok(location) = HeaderValue::from_str(url.as_str()) {
                 headers.insert(header::LOCATION, location);
@@ -222,7 +218,6 @@ async fn idp_signout(
                 header::REFERRER_POLICY,
                 HeaderValue::from_static("no-referrer"),
             );
-            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             response
         }
         Err(e) => signout_failed(&e),

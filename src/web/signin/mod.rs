@@ -490,9 +490,5 @@ fn page_renewal_refused(error: PageRenewalError) -> ApiError {
 
 /// The success message as the JSON answer of a fetch.
 fn success_json(app: &AppId, signin: &SessionSignIn, minted: Minted) -> Response {
-    let mut response = Json(success_message(app, signin, minted, None)).into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    super::no_store(Json(success_message(app, signin, minted, None)))
 }
