@@ -165,15 +165,11 @@ async fn a_valid_token_is_served_without_the_idp(db: &TestDb) {
 async fn fifty_concurrent_lookups_of_an_expired_token_cause_one_refresh(db: &TestDb) {
     let s = setup(db).await;
     s.seed("support", USER, -10, "rt-a").await;
-    let sub_of = |row: Option<chatgate::store::VaultRow>| row.unwrap().idp_sub;
-    let row = s
-        .app
-        .state
-        .store
-        .get_vault_entry("support", USER)
-        .await
-        .unwrap();
-    assert_eq!(sub_of(row), None, "seeded without the IdP's sub");
+    let stored_sub = async || {
+        let row = s.app.state.store.get_vault_entry("support", USER).await;
+        row.unwrap().unwrap().idp_sub
+    };
+    assert_eq!(stored_sub().await, None, "seeded without the IdP's sub");
     let urls = vec![s.app.url(&format!("/v1/users/{USER}/token")); 50];
     let responses = concurrent_lookups(urls, &s.secret).await;
     let mut tokens = std::collections::HashSet::new();
@@ -185,14 +181,7 @@ async fn fifty_concurrent_lookups_of_an_expired_token_cause_one_refresh(db: &Tes
     assert_eq!(tokens.len(), 1, "all 50 get the same new token: {tokens:?}");
     assert!(!tokens.contains("at-seed-rt-a"));
     // The refreshed ID token's sub is kept: a back-channel logout finds the user.
-    let row = s
-        .app
-        .state
-        .store
-        .get_vault_entry("support", USER)
-        .await
-        .unwrap();
-    assert_eq!(sub_of(row).as_deref(), Some("user-123"));
+    assert_eq!(stored_sub().await.as_deref(), Some("user-123"));
     assert_eq!(s.idp.token_calls(), 1, "exactly one refresh at the IdP");
     let metrics = s.app.get("/metrics").await.text().await.unwrap();
     assert!(

@@ -10,8 +10,8 @@ use crate::common;
 use crate::signin::{Setup, setup_with};
 
 use chatgate::dpop::ProofSigner;
-use common::TestDb;
 use common::browser::{Browser, posted_message};
+use common::{TestDb, claims_of, error_of};
 use serde_json::{Value, json};
 
 const ORIGIN: &str = "https://www.contoso.com";
@@ -19,24 +19,6 @@ const USER: &str = "idp:user-123";
 
 async fn setup(db: &TestDb) -> Setup {
     setup_with(db, "", |c| c).await
-}
-
-fn claims_of(token: &str) -> Value {
-    use base64::Engine as _;
-    let part = token.split('.').nth(1).unwrap();
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(part)
-        .unwrap();
-    serde_json::from_slice(&bytes).unwrap()
-}
-
-async fn error_of(r: reqwest::Response) -> (u16, String) {
-    let status = r.status().as_u16();
-    let body: Value = r.json().await.unwrap();
-    (
-        status,
-        body["error"].as_str().unwrap_or_default().to_string(),
-    )
 }
 
 impl Setup {
@@ -66,6 +48,20 @@ impl Setup {
         Browser::new()
             .post_json_dpop(&url, ORIGIN, &body, &proof)
             .await
+    }
+
+    /// Redeems a `chatgate:ticket` with a proof of `key`.
+    pub(crate) async fn redeem_with_key(
+        &self,
+        key: &ProofSigner,
+        ticket: &str,
+    ) -> reqwest::Response {
+        self.post_with_key(
+            "/v1/session/token",
+            key,
+            json!({"app": "support", "ticket": ticket}),
+        )
+        .await
     }
 
     pub(crate) async fn renew_by_key(&self, key: &ProofSigner) -> reqwest::Response {
@@ -107,22 +103,10 @@ async fn a_flow_finished_without_the_cookie_is_redeemed_by_its_key(db: &TestDb) 
         .await;
     assert_eq!(error_of(r).await, (401, "invalid_dpop_proof".into()));
     let thief = ProofSigner::generate();
-    let r = s
-        .post_with_key(
-            "/v1/session/token",
-            &thief,
-            json!({"app": "support", "ticket": ticket}),
-        )
-        .await;
+    let r = s.redeem_with_key(&thief, &ticket).await;
     assert_eq!(error_of(r).await.0, 400);
     // ... and a ticket works once: the thief's attempt used it up.
-    let r = s
-        .post_with_key(
-            "/v1/session/token",
-            &key,
-            json!({"app": "support", "ticket": ticket}),
-        )
-        .await;
+    let r = s.redeem_with_key(&key, &ticket).await;
     assert_eq!(error_of(r).await.0, 400);
     let r = s.renew_by_key(&thief).await;
     assert_eq!(error_of(r).await, (401, "login_required".into()));
@@ -130,13 +114,7 @@ async fn a_flow_finished_without_the_cookie_is_redeemed_by_its_key(db: &TestDb) 
     // Again, redeemed by the right key.
     let envelope = s.flow_without_cookie("silent", Some(&key)).await;
     let ticket = ticket_of(&envelope);
-    let r = s
-        .post_with_key(
-            "/v1/session/token",
-            &key,
-            json!({"app": "support", "ticket": ticket}),
-        )
-        .await;
+    let r = s.redeem_with_key(&key, &ticket).await;
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["type"], "chatgate:success");
@@ -194,13 +172,7 @@ async fn popups_bind_the_key_with_or_without_their_cookie(db: &TestDb) {
     let envelope = s.flow_without_cookie("popup", Some(&key)).await;
     assert_eq!(envelope["mode"], "popup");
     let ticket = ticket_of(&envelope);
-    let r = s
-        .post_with_key(
-            "/v1/session/token",
-            &key,
-            json!({"app": "support", "ticket": ticket}),
-        )
-        .await;
+    let r = s.redeem_with_key(&key, &ticket).await;
     assert_eq!(r.status(), 200);
     assert_eq!(s.renew_by_key(&key).await.status(), 200);
 

@@ -9,8 +9,8 @@ use crate::signin::{Setup, exec, setup_with};
 use chatgate::domain::AppId;
 use chatgate::dpop::ProofSigner;
 use chatgate::secret::ExposeSecret as _;
-use common::TestDb;
 use common::browser::{Browser, posted_message};
+use common::{TestDb, claims_of, error_of};
 use serde_json::{Value, json};
 
 const ORIGIN: &str = "https://www.contoso.com";
@@ -25,25 +25,6 @@ async fn setup(db: &TestDb) -> Setup {
         c
     })
     .await
-}
-
-/// The unverified claims of a JWT (the tests' own tokens).
-fn claims_of(token: &str) -> Value {
-    use base64::Engine as _;
-    let part = token.split('.').nth(1).unwrap();
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(part)
-        .unwrap();
-    serde_json::from_slice(&bytes).unwrap()
-}
-
-async fn error_of(r: reqwest::Response) -> (u16, String) {
-    let status = r.status().as_u16();
-    let body: Value = r.json().await.unwrap();
-    (
-        status,
-        body["error"].as_str().unwrap_or_default().to_string(),
-    )
 }
 
 impl Setup {

@@ -112,6 +112,19 @@ async fn renews_from_session(
 }
 
 impl Setup {
+    /// The user signed in from two browsers, in two IdP sessions:
+    /// `idp-session-1` (the laptop) and `idp-session-2` (the phone).
+    async fn two_idp_sessions(&self) -> (Browser, Browser) {
+        let mut laptop = Browser::new();
+        sign_in(&self.app, &mut laptop, "support", SUPPORT).await;
+        self.idp.with(|st| {
+            st.user.insert("sid".into(), json!("idp-session-2"));
+        });
+        let mut phone = Browser::new();
+        sign_in(&self.app, &mut phone, "support", SUPPORT).await;
+        (laptop, phone)
+    }
+
     async fn logout(&self, token: &str) -> (u16, Value, String) {
         let r = self
             .app
@@ -341,13 +354,7 @@ async fn invalid_or_replayed_logout_tokens_change_nothing(db: &TestDb) {
 async fn a_logout_by_sid_ends_only_that_idp_session(db: &TestDb) {
     let s = setup(db).await;
     // Two browsers, two IdP sessions of the same user.
-    let mut laptop = Browser::new();
-    sign_in(&s.app, &mut laptop, "support", SUPPORT).await;
-    s.idp.with(|st| {
-        st.user.insert("sid".into(), json!("idp-session-2"));
-    });
-    let mut phone = Browser::new();
-    sign_in(&s.app, &mut phone, "support", SUPPORT).await;
+    let (mut laptop, mut phone) = s.two_idp_sessions().await;
 
     let (status, _, _) = s
         .logout(&s.idp.logout_token(json!({"sid": "idp-session-1"})))
@@ -386,13 +393,7 @@ async fn a_logout_by_sid_ends_only_that_idp_session(db: &TestDb) {
 /// `user.signed_out`, and the page may be framed by the IdP only.
 async fn a_front_channel_logout_ends_that_idp_session(db: &TestDb) {
     let s = setup(db).await;
-    let mut laptop = Browser::new();
-    sign_in(&s.app, &mut laptop, "support", SUPPORT).await;
-    s.idp.with(|st| {
-        st.user.insert("sid".into(), json!("idp-session-2"));
-    });
-    let mut phone = Browser::new();
-    sign_in(&s.app, &mut phone, "support", SUPPORT).await;
+    let (mut laptop, mut phone) = s.two_idp_sessions().await;
     let iss = url::form_urlencoded::byte_serialize(s.idp.issuer.as_bytes()).collect::<String>();
     let frontchannel = |query: String| {
         let url = s.app.url(&format!("/v1/frontchannel-logout?{query}"));

@@ -56,13 +56,7 @@ impl Setup {
         let key = ProofSigner::generate();
         let envelope = self.flow_without_cookie("silent", Some(&key)).await;
         let ticket = ticket_of(&envelope);
-        let r = self
-            .post_with_key(
-                "/v1/session/token",
-                &key,
-                json!({"app": "support", "ticket": ticket}),
-            )
-            .await;
+        let r = self.redeem_with_key(&key, &ticket).await;
         assert_eq!(r.status(), 200);
         key
     }
