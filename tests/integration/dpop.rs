@@ -270,14 +270,7 @@ async fn sign_out_idle_expiry_and_logout_forget_the_key(db: &TestDb) {
     // The IdP's back-channel logout of the user.
     let key = s.confirmed_key().await;
     let logout_token = s.idp.logout_token(json!({"sub": "user-123"}));
-    let r = s
-        .app
-        .client
-        .post(s.app.url("/v1/backchannel-logout"))
-        .form(&[("logout_token", logout_token.as_str())])
-        .send()
-        .await
-        .unwrap();
+    let r = s.app.backchannel_logout(&logout_token).await;
     assert_eq!(r.status(), 200);
     let r = s.renew(&mut Browser::new(), &key, None).await;
     assert_eq!(error_of(r).await, (401, "login_required".into()));

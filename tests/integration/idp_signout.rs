@@ -126,14 +126,7 @@ impl Setup {
     }
 
     async fn logout(&self, token: &str) -> (u16, Value, String) {
-        let r = self
-            .app
-            .client
-            .post(self.app.url("/v1/backchannel-logout"))
-            .form(&[("logout_token", token)])
-            .send()
-            .await
-            .unwrap();
+        let r = self.app.backchannel_logout(token).await;
         let status = r.status().as_u16();
         let cache = r
             .headers()
@@ -794,18 +787,12 @@ async fn a_logout_token_is_matched_by_issuer_and_audience(db: &TestDb) {
         idp.issuer
     ));
     let app = spawn_app(&cfg).await;
-    let post = |token: String| {
-        app.client
-            .post(app.url("/v1/backchannel-logout"))
-            .form(&[("logout_token", token)])
-            .send()
-    };
     for aud in ["second-client", common::fake_idp::CLIENT_ID] {
         let token = idp.logout_token(json!({"sub": "user-123", "aud": aud}));
-        assert_eq!(post(token).await.unwrap().status(), 200, "{aud}");
+        assert_eq!(app.backchannel_logout(&token).await.status(), 200, "{aud}");
     }
     let token = idp.logout_token(json!({"sub": "user-123", "aud": "nobody"}));
-    assert_eq!(post(token).await.unwrap().status(), 400);
+    assert_eq!(app.backchannel_logout(&token).await.status(), 400);
 }
 
 /// A receiver that takes connections and never answers holds only its own

@@ -144,14 +144,7 @@ impl Setup {
             }
             Way::BackchannelLogout => {
                 let token = self.idp.logout_token(json!({"sub": "user-123"}));
-                let r = self
-                    .app
-                    .client
-                    .post(self.app.url("/v1/backchannel-logout"))
-                    .form(&[("logout_token", token.as_str())])
-                    .send()
-                    .await
-                    .unwrap();
+                let r = self.app.backchannel_logout(&token).await;
                 assert_eq!(r.status(), 200);
             }
         }

@@ -370,6 +370,17 @@ impl TestApp {
             .expect("request")
     }
 
+    /// The IdP's back-channel logout: `POST /v1/backchannel-logout` with
+    /// `logout_token`.
+    pub async fn backchannel_logout(&self, logout_token: &str) -> reqwest::Response {
+        self.client
+            .post(self.url("/v1/backchannel-logout"))
+            .form(&[("logout_token", logout_token)])
+            .send()
+            .await
+            .expect("request")
+    }
+
     /// Signals shutdown without waiting for it.
     pub fn begin_shutdown(&mut self) {
         if let Some(tx) = self.shutdown.take() {
