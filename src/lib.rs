@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod direct_line;
 pub mod domain;
 pub mod dpop;
 pub mod events;

@@ -33,6 +33,8 @@ pub struct AppState {
     pub(crate) tokens: TokenService,
     /// The authorization-code flow.
     pub(crate) signin: SignInService,
+    /// Direct Line tokens bound to users, and whose Direct Line user id is whose.
+    pub(crate) direct_line: crate::direct_line::DirectLine,
     pub bots: Arc<BotDirectory>,
     /// Per-client-address limits of the endpoints anyone can call.
     pub(crate) rate_limits: Arc<RateLimits>,
@@ -136,6 +138,7 @@ impl AppState {
             forwarded_header: config.forwarded_header,
         }));
         let config = Arc::new(config);
+        let direct_line = crate::direct_line::DirectLine::new(store.clone(), http.client().clone());
         let signin = SignInService::new(
             config.clone(),
             store.clone(),
@@ -145,6 +148,7 @@ impl AppState {
             tokens.clone(),
             metrics.clone(),
             audit.clone(),
+            direct_line.clone(),
         );
         Ok(Self {
             config,
@@ -155,6 +159,7 @@ impl AppState {
             metrics,
             tokens,
             signin,
+            direct_line,
             bots,
             rate_limits,
             audit,

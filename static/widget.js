@@ -13,7 +13,8 @@
  *       })
  *       .then(start);
  *     function start(result) {
- *       // result: { type, app, chat_token, expires_at, user: { id, name, email } }
+ *       // result: { type, app, chat_token, expires_at, user: { id, name, email },
+ *       //           direct_line (apps with Direct Line) }
  *       ChatGate.keepSignedIn({ ...opts, initial: result, onToken: useToken, onError: showButton });
  *     }
  *   </script>
@@ -48,6 +49,16 @@
  *       Gets a new chat token (silently) before the current one expires, calls
  *       onToken(result) with each, onError(err) when renewal needs the user.
  *       Returns { stop(), renewNow() }.
+ *   ChatGate.directLine({ broker, app })
+ *       Apps with [apps.direct_line]: the Direct Line token bound to the
+ *       signed-in user that the latest sign-in brought, while it has more
+ *       than 5 minutes to live, else null. Every success message carries it
+ *       too, as result.direct_line = { token, conversation_id, expires_at,
+ *       domain, user_id }: WebChat.createDirectLine({ token, domain }) runs
+ *       on it as is (and refreshes it itself). When Direct Line could not be
+ *       reached the chat token still comes, with result.direct_line_error =
+ *       { error: "direct_line_unavailable" | "direct_line_refused",
+ *       error_description }; the next renewal asks again.
  *   ChatGate.proof({ broker, app, htm, htu, token })
  *       For apps whose chat tokens are bound to this browser's key
  *       (bind_chat_tokens = "dpop"): a DPoP proof for one request of the page
@@ -114,6 +125,10 @@
   var DB_STORE = "keys";
   var keys = {}; // keyName -> Promise of { pair, jwk, jkt } or null
   var lastTokens = {}; // keyName -> the latest chat token
+  var directLines = {}; // keyName -> the latest Direct Line grant
+  // A Direct Line token closer than this to its expiry is not handed out
+  // again: the next renewal asks chatgate for a new one.
+  var DIRECT_LINE_RENEW_MS = 5 * 60 * 1000;
 
   function keyName(opts) {
     return new URL(required(opts, "broker")).origin + " " + required(opts, "app");
@@ -274,9 +289,29 @@
     }
   }
 
+  // Records the latest chat token and Direct Line grant; a success message
+  // without a Direct Line token (a renewal that did not need one) gets the
+  // fresh one this page holds.
   function remember(opts, data) {
-    if (data && data.chat_token) lastTokens[keyName(opts)] = data.chat_token;
+    if (!data || data.type !== "chatgate:success") return data;
+    var name = keyName(opts);
+    if (data.chat_token) lastTokens[name] = data.chat_token;
+    if (data.direct_line) {
+      directLines[name] = data.direct_line;
+    } else if (!data.direct_line_error && freshDirectLine(opts)) {
+      data.direct_line = directLines[name];
+    }
     return data;
+  }
+
+  // The Direct Line grant this page holds, if it is not about to expire.
+  function freshDirectLine(opts) {
+    var grant = directLines[keyName(opts)];
+    return grant && grant.expires_at * 1000 - Date.now() > DIRECT_LINE_RENEW_MS ? grant : null;
+  }
+
+  function directLine(opts) {
+    return freshDirectLine(opts || {});
   }
 
   // After an iframe sign-in that posted a chat token: presenting it with a
@@ -394,6 +429,9 @@
     var body = { app: required(opts, "app") };
     if (from.chat_token) body.chat_token = from.chat_token;
     if (from.ticket) body.ticket = from.ticket;
+    // Apps with Direct Line: a new Direct Line token only when this page
+    // holds none that is fresh (Web Chat refreshes the one it runs on).
+    if (!freshDirectLine(opts)) body.direct_line = true;
     return postHeaders(opts, "/v1/session/token")
       .then(function (headers) {
         return global.fetch(brokerUrl(opts, "/v1/session/token"), {
@@ -433,7 +471,7 @@
         return openIframe(opts, authorizeUrl(opts, "silent", key && key.jkt));
       })
       .then(function (data) {
-        return data.type === "chatgate:ticket" ? redeemFlowTicket(opts, data) : confirmKey(opts, data);
+        return data.type === "chatgate:ticket" ? redeemFlowTicket(opts, data) : confirmKey(opts, remember(opts, data));
       })
       .then(function (data) {
         return remember(opts, data);
@@ -577,6 +615,7 @@
         delete data.session_ticket;
         // The ticket's redemption binds this page's key; without one, the
         // token confirms it.
+        remember(opts, data);
         return (ticket ? redeemTicket(opts, ticket).then(function () { return data; }) : confirmKey(opts, data)).then(
           function (result) {
             return remember(opts, result);
@@ -617,6 +656,8 @@
             chat_token: answer.chat_token,
             expires_at: answer.expires_at,
             user: answer.user,
+            direct_line: answer.direct_line,
+            direct_line_error: answer.direct_line_error,
           });
         });
       });
@@ -758,5 +799,6 @@
     signOut: signOut,
     keepSignedIn: keepSignedIn,
     proof: proof,
+    directLine: directLine,
   };
 })(window);

@@ -12,7 +12,10 @@
 //   - the user id is the chatgate user id: Web Chat attaches the chat token to
 //     each activity (channelData.chatToken), and the bot verifies it against
 //     chatgate's JWKS and uses its `sub` — never activity.from.id, which the
-//     page chooses;
+//     page chooses; except a Direct Line user id (dl_...) that chatgate bound
+//     the conversation's Direct Line token to ([apps.direct_line], see
+//     examples/webchat): Direct Line sets that from.id itself, and chatgate
+//     maps it back to the user;
 //   - the chat token also goes to chatgate as the magic code of getUserToken:
 //     chatgate hands out a user's token only with proof that the user is
 //     present (their chat token), so a bot cannot be talked into fetching
@@ -107,30 +110,51 @@ class Bot extends ActivityHandler {
   }
 
   async answer(context) {
-    const chatToken = context.activity.channelData?.chatToken;
-    if (!chatToken) return "Sign in to chat first (no chat token came with the message).";
-    let user;
-    try {
-      ({ payload: user } = await jwtVerify(chatToken, chatgateKeys, {
-        issuer: CHATGATE_URL,
-        audience: env.CHAT_AUDIENCE,
-      }));
-    } catch (err) {
-      return `That chat token does not verify (${err.code || err.message}).`;
-    }
+    const who = await this.user(context);
+    if (who.refusal) return who.refusal;
     const tokens = context.turnState.get(context.adapter.UserTokenClientKey);
     const channelId = context.activity.channelId;
     if ((context.activity.text || "").trim().toLowerCase() === "sign out") {
-      await tokens.signOutUser(user.sub, APP, channelId);
+      await tokens.signOutUser(who.userId, APP, channelId);
       return "Signed out: chatgate revoked your tokens.";
     }
-    // The chat token is the proof chatgate asks for (the "magic code").
-    const token = await tokens.getUserToken(user.sub, APP, channelId, chatToken);
+    // With a chat token, the token is the proof chatgate asks for (the
+    // "magic code"); a Direct Line user id is its own proof.
+    const token = await tokens.getUserToken(who.userId, APP, channelId, who.chatToken);
     if (!token?.token) return "You are not signed in (chatgate holds no token for you).";
     const info = await fetch(env.USERINFO_URL, { headers: { authorization: `Bearer ${token.token}` } });
     if (!info.ok) return `The identity provider refused the token (${info.status}).`;
     const profile = await info.json();
-    return `Hi ${profile.name} <${profile.email}>! (${user.sub}; token valid until ${token.expiration})`;
+    return `Hi ${profile.name} <${profile.email}>! (${who.shown}; token valid until ${token.expiration})`;
+  }
+
+  /**
+   * Whom the activity comes from, by what chatgate accepts as proof:
+   *   - the chat token Web Chat attached (channelData.chatToken), verified
+   *     against chatgate's keys: its `sub`;
+   *   - else a Direct Line user id chatgate bound the conversation's token to
+   *     (`dl_...`, [apps.direct_line]): Direct Line (with Enhanced
+   *     authentication) puts it in from.id, and chatgate knows whose it is.
+   * Any other from.id is the page's say-so: nothing.
+   */
+  async user(context) {
+    const chatToken = context.activity.channelData?.chatToken;
+    if (chatToken) {
+      try {
+        const { payload } = await jwtVerify(chatToken, chatgateKeys, {
+          issuer: CHATGATE_URL,
+          audience: env.CHAT_AUDIENCE,
+        });
+        return { userId: payload.sub, chatToken, shown: payload.sub };
+      } catch (err) {
+        return { refusal: `That chat token does not verify (${err.code || err.message}).` };
+      }
+    }
+    const fromId = context.activity.from?.id ?? "";
+    if (context.activity.channelId === "directline" && fromId.startsWith("dl_")) {
+      return { userId: fromId, chatToken: undefined, shown: `Direct Line user ${fromId}` };
+    }
+    return { refusal: "Sign in to chat first (no chat token came with the message)." };
   }
 }
 const bot = new Bot();

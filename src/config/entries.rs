@@ -249,6 +249,10 @@ pub(super) fn build_apps(
             }),
         };
         let events = build_events(c, &base, a, src);
+        let direct_line = a
+            .direct_line
+            .as_ref()
+            .and_then(|d| build_direct_line(c, &base, d, src));
         if token_exchange && a.provider.is_none() {
             c.error(
                 &k("token_exchange"),
@@ -270,6 +274,7 @@ pub(super) fn build_apps(
                 channel_binds_user_ids: a.channel_binds_user_ids.unwrap_or(false),
                 events,
                 host_keys,
+                direct_line,
             });
         }
     }
@@ -412,6 +417,63 @@ fn host_key_material(
             None
         }
     }
+}
+
+/// `[apps.direct_line]`: the secret (`secret_env` / `secret_file`, required)
+/// and the endpoint (https, or http on loopback for a local stand-in).
+fn build_direct_line(
+    c: &mut Check<'_>,
+    base: &str,
+    d: &super::raw::RawDirectLine,
+    src: Sources<'_>,
+) -> Option<super::DirectLineConfig> {
+    let k = |name: &str| format!("{base}.direct_line.{name}");
+    let secret = match src.secret(
+        (&k("secret_env"), d.secret_env.as_ref()),
+        (&k("secret_file"), d.secret_file.as_ref()),
+    ) {
+        Ok(Some(secret)) => Some(secret),
+        Ok(None) => {
+            c.error(
+                &format!("{base}.direct_line"),
+                "needs secret_env or secret_file (the Direct Line channel's secret)",
+            );
+            None
+        }
+        Err(e) => {
+            c.error(&format!("{base}.direct_line"), e);
+            None
+        }
+    };
+    let text = d
+        .endpoint
+        .as_deref()
+        .unwrap_or(super::types::DEFAULT_DIRECT_LINE_ENDPOINT);
+    let endpoint = match Url::parse(text) {
+        Ok(u) if u.scheme() == "https" || (u.scheme() == "http" && origin_is_loopback(&u)) => {
+            if u.query().is_some() || u.fragment().is_some() {
+                c.error(&k("endpoint"), "must have no query or fragment");
+                None
+            } else {
+                Some(u)
+            }
+        }
+        Ok(_) => {
+            c.error(
+                &k("endpoint"),
+                "must be an https URL (http only on loopback)",
+            );
+            None
+        }
+        Err(e) => {
+            c.error(&k("endpoint"), format!("is not a URL: {e}"));
+            None
+        }
+    };
+    Some(super::DirectLineConfig {
+        secret: secret?,
+        endpoint: endpoint?,
+    })
 }
 
 /// `events_url` with its `events_secret_env` / `events_secret_file`.

@@ -15,8 +15,9 @@ use std::path::{Path, PathBuf};
 pub use raw::env_name;
 pub use sources::{EnvFn, process_env};
 pub use types::{
-    AppConfig, ChatTokenBinding, ClientAuth, Config, ForwardedHeader, FrontchannelLogoutId,
-    HostKeyAlg, HostKeyConfig, HostKeyMaterial, LogConfig, LogFormat, ProviderConfig, PublicUrl,
+    AppConfig, ChatTokenBinding, ClientAuth, Config, DirectLineConfig, ForwardedHeader,
+    FrontchannelLogoutId, HostKeyAlg, HostKeyConfig, HostKeyMaterial, LogConfig, LogFormat,
+    ProviderConfig, PublicUrl,
 };
 
 /// The file `--config` points at when it is not given.

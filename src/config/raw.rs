@@ -115,6 +115,15 @@ pub struct RawApp {
     pub events_secret_file: Option<String>,
     #[serde(default)]
     pub host_keys: Vec<RawHostKey>,
+    pub direct_line: Option<RawDirectLine>,
+}
+
+/// `[apps.direct_line]`: Direct Line tokens bound to the verified user.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawDirectLine {
+    pub secret_env: Option<String>,
+    pub secret_file: Option<String>,
+    pub endpoint: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -205,6 +214,8 @@ pub const APP_KEYS: &[(&str, Kind)] = &[
     ("events_secret_env", Str),
     ("events_secret_file", Str),
 ];
+pub const DIRECT_LINE_KEYS: &[(&str, Kind)] =
+    &[("secret_env", Str), ("secret_file", Str), ("endpoint", Str)];
 pub const HOST_KEY_KEYS: &[(&str, Kind)] = &[
     ("alg", Str),
     ("secret_env", Str),
@@ -306,6 +317,13 @@ pub fn apply_env_overrides(
     });
     for_each_entry(root, "apps", "id", |id, app| {
         set(app, vec!["apps".into(), id.clone()], APP_KEYS);
+        if let Some(Value::Table(direct_line)) = app.get_mut("direct_line") {
+            set(
+                direct_line,
+                vec!["apps".into(), id.clone(), "direct_line".into()],
+                DIRECT_LINE_KEYS,
+            );
+        }
         for_each_entry(app, "host_keys", "kid", |kid, key| {
             set(
                 key,

@@ -209,7 +209,24 @@ pub struct AppConfig {
     /// Where this app's events go (`events_url`, `events_secret_*`).
     pub events: Option<crate::events::EventTarget>,
     pub host_keys: Vec<HostKeyConfig>,
+    /// `[apps.direct_line]`: a Direct Line token bound to the verified user
+    /// comes with every sign-in.
+    pub direct_line: Option<DirectLineConfig>,
 }
+
+/// `[apps.direct_line]`: where and with which secret chatgate asks Direct
+/// Line 3.0 for tokens bound to the verified user.
+#[derive(Debug, Clone)]
+pub struct DirectLineConfig {
+    /// The Direct Line channel's secret (`secret_env` / `secret_file`).
+    pub secret: crate::secret::SecretString,
+    /// `https://directline.botframework.com` by default; a regional
+    /// endpoint, or a local stand-in (http only on loopback).
+    pub endpoint: Url,
+}
+
+/// Azure's public Direct Line endpoint.
+pub const DEFAULT_DIRECT_LINE_ENDPOINT: &str = "https://directline.botframework.com";
 
 impl AppConfig {
     pub fn allows_origin(&self, origin: &Origin) -> bool {

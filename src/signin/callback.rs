@@ -179,6 +179,9 @@ impl SignInService {
             },
             Mode::Silent => None,
         };
+        let minted = self
+            .with_direct_line(taken.app, &signin.user_id, minted, now)
+            .await;
         Ok(Completed {
             target: taken.target,
             result: CallbackResult::Token {

@@ -104,6 +104,9 @@ impl SignInService {
         let minted = self
             .mint_user(app, &user, proof.map(|p| &p.jkt), now)
             .map_err(HostSignInError::Failed)?;
+        let minted = self
+            .with_direct_line(app, &vouched.user_id, minted, now)
+            .await;
         Ok(HostSignedIn {
             user_id: vouched.user_id,
             name: vouched.name,

@@ -30,6 +30,7 @@ pub use types::{CallbackParams, FlowError, FlowTarget, Minted, Mode, SessionSign
 use crate::audit::AuditLog;
 use crate::chat_token::{ChatSubject, ChatUser, KeyDirectory, Via};
 use crate::config::{AppConfig, Config};
+use crate::direct_line::DirectLine;
 use crate::dpop::Jkt;
 use crate::metrics::{FlowEvent, Metrics};
 use crate::oidc::Providers;
@@ -57,6 +58,7 @@ struct Inner {
     tokens: TokenService,
     metrics: Arc<Metrics>,
     audit: AuditLog,
+    direct_line: DirectLine,
 }
 
 /// What a silent renewal from chatgate's session came to.
@@ -82,6 +84,7 @@ impl SignInService {
         tokens: TokenService,
         metrics: Arc<Metrics>,
         audit: AuditLog,
+        direct_line: DirectLine,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -93,6 +96,7 @@ impl SignInService {
                 tokens,
                 metrics,
                 audit,
+                direct_line,
             }),
         }
     }
@@ -164,7 +168,22 @@ impl SignInService {
             expires_at: claims.exp,
             jti: claims.jti,
             email_verified: claims.email_verified,
+            direct_line: None,
         })
+    }
+
+    /// `minted` with a Direct Line token bound to the user, for an app with
+    /// `[apps.direct_line]`. A Direct Line failure leaves the chat token
+    /// usable and says why in `direct_line` (the page shows it).
+    pub async fn with_direct_line(
+        &self,
+        app: &AppConfig,
+        user: &crate::domain::UserId,
+        mut minted: Minted,
+        now: i64,
+    ) -> Minted {
+        minted.direct_line = self.inner.direct_line.token_for(app, user, now).await;
+        minted
     }
 
     /// A silent renewal in the hidden frame: [`SignInService::renew`], and
@@ -185,7 +204,14 @@ impl SignInService {
         {
             tracing::warn!(error = %e, "cannot record the browser key of a renewal");
         }
-        renewal
+        match renewal {
+            // A page that loads signs in here: Web Chat needs its Direct Line token.
+            Renewal::Minted(minted) => Renewal::Minted(
+                self.with_direct_line(app, &signin.user_id, minted, now)
+                    .await,
+            ),
+            other => other,
+        }
     }
 
     /// A silent sign-in answered from chatgate's session: when the vault

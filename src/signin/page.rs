@@ -24,6 +24,9 @@ pub struct PageRenewal<'a> {
     pub chat_token: Option<&'a str>,
     /// The ticket of a `chatgate:ticket` message.
     pub ticket: Option<&'a str>,
+    /// The page asks for a Direct Line token (it holds none that is fresh);
+    /// a redeemed ticket is a sign-in and always gets one.
+    pub direct_line: bool,
     pub now: i64,
 }
 
@@ -89,6 +92,9 @@ impl SignInService {
                 .filter(|r| r.jkt.as_ref() == Some(&proof.jkt))
                 .ok_or(PageRenewalError::UnknownTicket)?;
             let minted = self.minted(app, &redeemed.signin, jkt, now).await?;
+            let minted = self
+                .with_direct_line(app, &redeemed.signin.user_id, minted, now)
+                .await;
             return Ok(PageRenewed {
                 signin: redeemed.signin,
                 minted,
@@ -125,6 +131,12 @@ impl SignInService {
         if let Err(e) = slid {
             tracing::warn!(error = %e, "cannot record the use of a browser key");
         }
+        let minted = if req.direct_line {
+            self.with_direct_line(app, &signin.user_id, minted, now)
+                .await
+        } else {
+            minted
+        };
         Ok(PageRenewed {
             signin,
             minted,

@@ -205,4 +205,9 @@ pub struct Minted {
     pub jti: String,
     /// The token's `email_verified` claim.
     pub email_verified: Option<bool>,
+    /// For an app with `[apps.direct_line]`: a Direct Line token bound to the
+    /// user, or why there is none (see [`SignInService::with_direct_line`]).
+    ///
+    /// [`SignInService::with_direct_line`]: super::SignInService::with_direct_line
+    pub direct_line: Option<crate::direct_line::DirectLineOutcome>,
 }

@@ -8,6 +8,7 @@
 
 mod audit;
 mod bots;
+mod direct_line;
 mod flows;
 mod idp_signouts;
 mod key_bindings;
@@ -64,6 +65,16 @@ pub fn hot_queries() -> Vec<(String, &'static str)> {
         ("sessions: save", sessions::SAVE_SESSION),
         ("sessions: replace users", sessions::DELETE_SESSION_USERS),
         ("replay: remember a jti", replay::REMEMBER_JTI),
+        ("direct line: a user's id", direct_line::DL_USER_OF),
+        (
+            "direct line: record a user's id",
+            direct_line::INSERT_DL_USER,
+        ),
+        ("direct line: whose id", direct_line::USER_OF_DL),
+        (
+            "sign-out: a user's direct line id",
+            direct_line::DELETE_DL_USER,
+        ),
         ("key bindings: read", key_bindings::GET_BINDING),
         ("key bindings: confirm", key_bindings::TAKE_PENDING),
         ("key bindings: touch", key_bindings::TOUCH_BINDING),

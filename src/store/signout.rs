@@ -1,8 +1,10 @@
 //! SQL of sign-out: a user signed out of an app everywhere (the vault entry,
-//! browser sessions, key bindings and tickets, in one transaction), and the
+//! browser sessions, key bindings, tickets and Direct Line user id, in one
+//! transaction), and the
 //! IdP's logout of a user (`sub`) or an IdP session (`sid`) at one provider,
 //! deleted in one transaction with the events that report it.
 
+use super::direct_line::DELETE_DL_USER;
 use super::outbox::insert_event;
 use super::{BeginWrite as _, OutboxRow, Result, Store, with_pool};
 
@@ -158,11 +160,13 @@ impl Store {
                 }
             }
             for (app, user_id) in &entries {
-                sqlx::query(DELETE_USER_TICKETS)
-                    .bind(app)
-                    .bind(user_id)
-                    .execute(&mut *tx)
-                    .await?;
+                for sql in [DELETE_USER_TICKETS, DELETE_DL_USER] {
+                    sqlx::query(sql)
+                        .bind(app)
+                        .bind(user_id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
             }
             let sessions = bind_scope!(sqlx::query(DELETE_SESSIONS[form]), scope, &params)
                 .execute(&mut *tx)
@@ -190,12 +194,13 @@ impl Store {
     ) -> Result<UserSignedOut> {
         Ok(with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
-            let mut counts = [0; 4];
+            let mut counts = [0; 5];
             let statements = [
                 DELETE_ENTRY,
                 END_USER_SESSIONS,
                 END_USER_KEYS,
                 DELETE_USER_TICKETS,
+                DELETE_DL_USER,
             ];
             for (n, sql) in counts.iter_mut().zip(statements) {
                 *n = sqlx::query(sql)

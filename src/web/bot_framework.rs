@@ -4,7 +4,10 @@
 //! from chatgate by pointing `OAuthUrl` at `{public_url}/bf` and sending its
 //! chatgate bot secret as `Authorization: Bearer`.
 //!
-//! - `userId` is the chatgate user id (the `sub` of the user's chat token);
+//! - `userId` is the chatgate user id (the `sub` of the user's chat token),
+//!   or, for an app with `[apps.direct_line]`, the user's Direct Line user id
+//!   (`activity.from.id` in a conversation whose token chatgate had bound to
+//!   the user);
 //! - `connectionName` is the bot's app id;
 //! - `channelId` is echoed back and otherwise ignored.
 //!
@@ -56,8 +59,15 @@ fn bf_error(status: StatusCode, code: &'static str, message: impl Into<String>) 
     }
 }
 
+/// A Direct Line user id chatgate gave nobody (or forgot at a sign-out):
+/// there is no token for it (`404` with no body, as for a user without one).
+const NO_TOKEN: &str = "NoToken";
+
 impl IntoResponse for BfError {
     fn into_response(self) -> Response {
+        if self.code == NO_TOKEN {
+            return super::no_store(StatusCode::NOT_FOUND);
+        }
         let mut response = super::no_store((
             self.status,
             Json(json!({ "error": { "code": self.code, "message": self.message } })),
@@ -135,29 +145,32 @@ fn require_presence(
     Ok(())
 }
 
+/// Who `userId` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Named {
+    /// A chatgate user id (the chat token's `sub`): the bot must show the
+    /// user is present.
+    UserId,
+    /// The user's Direct Line user id (`dl_…`, `[apps.direct_line]`): Direct
+    /// Line put it in `activity.from.id` because the conversation's token is
+    /// bound to it — the user is present.
+    DirectLineUser,
+}
+
 /// The user and connection of a request, checked against the bot's app.
-fn target<'a>(
+async fn target<'a>(
     bot: &BotAuth,
     state: &'a AppState,
     q: &TokenQuery,
-) -> Result<(&'a crate::config::AppConfig, UserId), BfError> {
+) -> Result<(&'a crate::config::AppConfig, UserId, Named), BfError> {
     let app = bot
         .app(state)
         .map_err(|e| bf_error(StatusCode::FORBIDDEN, "Forbidden", e.to_string()))?;
-    let user = q
+    let named = q
         .user_id
         .as_deref()
         .filter(|u| !u.is_empty())
-        .ok_or_else(|| bf_error(StatusCode::BAD_REQUEST, "BadArgument", "userId is required"))
-        .and_then(|u| {
-            UserId::parse(u).map_err(|e| {
-                bf_error(
-                    StatusCode::BAD_REQUEST,
-                    "BadArgument",
-                    format!("userId must be a chatgate user id (the chat token's sub): {e}"),
-                )
-            })
-        })?;
+        .ok_or_else(|| bf_error(StatusCode::BAD_REQUEST, "BadArgument", "userId is required"))?;
     if let Some(connection) = &q.connection_name
         && connection != app.id.as_str()
     {
@@ -170,7 +183,32 @@ fn target<'a>(
             ),
         ));
     }
-    Ok((app, user))
+    let by_direct_line = state.direct_line.user_of(app, named).await.map_err(|e| {
+        tracing::warn!(error = %e, "cannot resolve a Direct Line user id");
+        bf_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "the database is unavailable; retry",
+        )
+    })?;
+    if let Some(user) = by_direct_line {
+        return Ok((app, user, Named::DirectLineUser));
+    }
+    if app.direct_line.is_some() && crate::direct_line::is_user_id(named) {
+        return Err(bf_error(
+            StatusCode::NOT_FOUND,
+            NO_TOKEN,
+            "no user has this Direct Line user id",
+        ));
+    }
+    let user = UserId::parse(named).map_err(|e| {
+        bf_error(
+            StatusCode::BAD_REQUEST,
+            "BadArgument",
+            format!("userId must be a chatgate user id (the chat token's sub): {e}"),
+        )
+    })?;
+    Ok((app, user, Named::UserId))
 }
 
 /// `GET api/usertoken/GetToken`: `200 {channelId, connectionName, token,
@@ -181,8 +219,12 @@ async fn get_token(
     State(state): State<AppState>,
     Query(q): Query<TokenQuery>,
 ) -> Result<Response, BfError> {
-    let (app, user) = target(&bot, &state, &q)?;
-    if let Err(refused) = require_presence(&state, app, &user, q.code.as_deref()) {
+    let (app, user, named) = target(&bot, &state, &q).await?;
+    let present = match named {
+        Named::DirectLineUser => Ok(()),
+        Named::UserId => require_presence(&state, app, &user, q.code.as_deref()),
+    };
+    if let Err(refused) = present {
         let actor = bot.0.actor();
         let (action, outcome) = (AuditAction::TokenRead, AuditOutcome::Refused);
         state
@@ -244,7 +286,12 @@ async fn sign_out(
     State(state): State<AppState>,
     Query(q): Query<TokenQuery>,
 ) -> Result<Json<Value>, BfError> {
-    let (app, user) = target(&bot, &state, &q)?;
+    let (app, user) = match target(&bot, &state, &q).await {
+        Ok((app, user, _)) => (app, user),
+        // Nobody's (any more): nothing to sign out.
+        Err(e) if e.code == NO_TOKEN => return Ok(Json(json!({}))),
+        Err(e) => return Err(e),
+    };
     state
         .tokens
         .sign_out(&app.id, &user, &bot.0.actor(), SignOutReason::Bot)
@@ -280,7 +327,7 @@ async fn token_status(
         channel_id: q.channel_id.clone(),
         code: None,
     };
-    let (app, user) = target(&bot, &state, &query)?;
+    let (app, user, _) = target(&bot, &state, &query).await?;
     let included = q.include.as_deref().is_none_or(|list| {
         list.trim().is_empty() || list.split(',').any(|c| c.trim() == app.id.as_str())
     });

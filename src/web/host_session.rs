@@ -61,6 +61,8 @@ struct ChatTokenResponse {
     chat_token: String,
     expires_at: i64,
     user: User,
+    #[serde(flatten)]
+    direct_line: crate::direct_line::DirectLineFields,
 }
 
 #[derive(Debug, Serialize)]
@@ -120,6 +122,7 @@ async fn signed_in(
             email: signed_in.email,
             email_verified: signed_in.minted.email_verified,
         },
+        direct_line: signed_in.minted.direct_line.into(),
     })))
 }
 

@@ -24,6 +24,9 @@ pub enum Message {
         /// Popup only: redeemed by the widget at `POST /v1/session`.
         #[serde(skip_serializing_if = "Option::is_none")]
         session_ticket: Option<String>,
+        /// Apps with `[apps.direct_line]`: the user's Direct Line token.
+        #[serde(flatten)]
+        direct_line: crate::direct_line::DirectLineFields,
     },
     /// A flow the browser finished without chatgate's cookie (the browser
     /// blocks it), started with the page's browser key: the widget redeems

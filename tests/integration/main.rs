@@ -14,6 +14,7 @@ mod cli;
 mod cookieless;
 #[cfg(feature = "demo")]
 mod dev_idp;
+mod direct_line;
 mod docs;
 mod dpop;
 mod drain;

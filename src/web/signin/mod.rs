@@ -118,6 +118,7 @@ fn success_message(
         app: app.to_string(),
         chat_token: minted.chat_token,
         expires_at: minted.expires_at,
+        direct_line: minted.direct_line.into(),
         user: MessageUser {
             id: signin.user_id.to_string(),
             name: signin.name.clone(),
@@ -409,10 +410,14 @@ struct SessionTokenRequest {
     /// without chatgate's cookie); redeemed only with a proof of the flow's key.
     #[serde(default)]
     ticket: Option<String>,
+    /// Ask for a Direct Line token too (apps with `[apps.direct_line]`): the
+    /// page holds none that is fresh.
+    #[serde(default)]
+    direct_line: bool,
 }
 
 crate::redacted_debug!(SessionTokenRequest {
-    show: [app],
+    show: [app, direct_line],
     hide: [chat_token, ticket]
 });
 
@@ -453,6 +458,7 @@ async fn session_token(
             proof: proof.as_ref(),
             chat_token: req.chat_token.as_deref(),
             ticket: req.ticket.as_deref(),
+            direct_line: req.direct_line,
             now,
         })
         .await
