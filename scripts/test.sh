@@ -51,6 +51,10 @@ else
     [ -x "$engine" ] || echo "NOTE: $engine is missing: its browser tests will be SKIPPED (sudo apt-get install firefox-esr webkit2gtk-driver xvfb)."
   done
   cargo build --locked --bin chatgate --features demo
+  # The examples' npm workspace (the Web Chat test runs examples/webchat).
+  if [ ! -d examples/node_modules ] || [ examples/package-lock.json -nt examples/node_modules/.package-lock.json ]; then
+    (cd examples && npm ci --no-audit --no-fund)
+  fi
   (
     cd tests/e2e
     # Install the pinned npm packages when missing or when the lock file changed.

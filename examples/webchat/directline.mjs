@@ -61,6 +61,7 @@ export async function startDirectLine({ host = "127.0.0.1", port = 0, secret, bo
   const conversations = new Map(); // id -> { id, userId, trustedOrigins, activities }
   const tokens = new Map(); // token -> { conversationId, userId, expiresAt }
   const generated = [];
+  const requests = []; // "METHOD path -> status", for a test's failure message
   let base = "";
 
   function issue(conversation) {
@@ -119,10 +120,11 @@ export async function startDirectLine({ host = "127.0.0.1", port = 0, secret, bo
   const server = createServer(async (req, res) => {
     const url = new URL(req.url, base);
     const path = url.pathname.replace(/\/+$/, "");
+    res.on("finish", () => requests.push(`${req.method} ${path} -> ${res.statusCode}`));
     // CORS: Web Chat calls from the page; the origin check is `authorized`'s.
     if (req.headers.origin) {
       res.setHeader("access-control-allow-origin", req.headers.origin);
-      res.setHeader("access-control-allow-headers", "authorization, content-type, x-ms-bot-agent");
+      res.setHeader("access-control-allow-headers", req.headers["access-control-request-headers"] || "authorization, content-type");
       res.setHeader("access-control-allow-methods", "GET, POST");
       res.setHeader("vary", "origin");
     }
@@ -198,6 +200,7 @@ export async function startDirectLine({ host = "127.0.0.1", port = 0, secret, bo
     domain: `${base}/v3/directline`,
     generated,
     conversations,
+    requests,
     close: () =>
       new Promise((resolve) => {
         server.closeAllConnections?.();

@@ -59,6 +59,7 @@ async function startIdp({ port, redirectUri, clientSecret }) {
     claims: { openid: ["sub"], profile: ["name"], email: ["email"] },
     features: { devInteractions: { enabled: true }, userinfo: { enabled: true }, revocation: { enabled: true } },
     pkce: { required: () => true },
+    ttl: { AccessToken: 3600, AuthorizationCode: 60, IdToken: 3600, RefreshToken: 14 * 86400, Interaction: 600, Session: 14 * 86400, Grant: 14 * 86400 },
     issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed("refresh_token"),
     // Whatever login one types is a user: "alice" is Alice <alice@example.com>.
     findAccount: async (_ctx, sub) => ({

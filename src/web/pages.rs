@@ -26,7 +26,7 @@ pub enum Message {
         session_ticket: Option<String>,
         /// Apps with `[apps.direct_line]`: the user's Direct Line token.
         #[serde(flatten)]
-        direct_line: crate::direct_line::DirectLineFields,
+        direct_line: Box<crate::direct_line::DirectLineFields>,
     },
     /// A flow the browser finished without chatgate's cookie (the browser
     /// blocks it), started with the page's browser key: the widget redeems

@@ -118,7 +118,7 @@ fn success_message(
         app: app.to_string(),
         chat_token: minted.chat_token,
         expires_at: minted.expires_at,
-        direct_line: minted.direct_line.into(),
+        direct_line: Box::new(minted.direct_line.into()),
         user: MessageUser {
             id: signin.user_id.to_string(),
             name: signin.name.clone(),
