@@ -93,9 +93,10 @@ describe("Web Chat signed in through chatgate, with a Direct Line token bound to
     assert.equal(conversations.length, 1);
     assert.equal(conversations[0].userId, aliceDl);
     assert.ok(conversations[0].activities.some((a) => a.from.id === aliceDl && a.text === "hello"));
-    // The Direct Line secret never reaches the page.
+    // The Direct Line secret never reaches the page or chatgate's log.
     const pageText = await alice.content();
     assert.ok(!pageText.includes(example.directLineSecret));
+    assert.ok(!example.chatgate.logs.join("").includes(example.directLineSecret));
 
     // Bob, in another browser, sees only his own conversation.
     const bob = await signedInPage("bob");
