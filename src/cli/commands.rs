@@ -311,14 +311,17 @@ pub(super) async fn audit(
     };
     let code = match store.list_audit(&filter).await {
         Ok(rows) => {
+            // `count`: identical bot reads within one batch of the audit
+            // writer (the same second) are one row with their number.
             println!(
-                "{:<22} {:<22} {:<12} {:<36} {:<16} {:<16} detail",
-                "time", "actor", "app", "user", "action", "outcome"
+                "{:<22} {:>6} {:<22} {:<12} {:<36} {:<16} {:<16} detail",
+                "time", "count", "actor", "app", "user", "action", "outcome"
             );
             for r in rows {
                 println!(
-                    "{:<22} {:<22} {:<12} {:<36} {:<16} {:<16} {}",
+                    "{:<22} {:>6} {:<22} {:<12} {:<36} {:<16} {:<16} {}",
                     timestamp(r.at),
+                    r.count,
                     r.actor,
                     r.app.unwrap_or_default(),
                     r.user_id.unwrap_or_default(),

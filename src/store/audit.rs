@@ -21,6 +21,9 @@ pub struct AuditEvent<'a> {
 pub struct AuditRow {
     pub id: i64,
     pub at: i64,
+    /// How many identical events this row stands for (bot reads the batched
+    /// writer aggregated; 1 for every other row).
+    pub count: i64,
     pub actor: String,
     pub app: Option<String>,
     pub user_id: Option<String>,
@@ -65,16 +68,18 @@ impl Store {
         }
     }
 
-    /// Writes several events with one multi-row `INSERT`.
-    pub async fn record_audit_batch(&self, events: &[(AuditEvent<'_>, i64)]) -> Result<()> {
-        // 7 parameters a row; both databases take thousands per statement.
+    /// Writes several events with one multi-row `INSERT`: each `(event, at,
+    /// count)` is one row standing for `count` identical events.
+    pub async fn record_audit_batch(&self, events: &[(AuditEvent<'_>, i64, i64)]) -> Result<()> {
+        // 8 parameters a row; both databases take thousands per statement.
         for chunk in events.chunks(500) {
             with_pool!(self, pool => {
                 let mut query = sqlx::QueryBuilder::new(
-                    "INSERT INTO audit_events (at, actor, app, user_id, action, outcome, detail) ",
+                    "INSERT INTO audit_events (at, count, actor, app, user_id, action, outcome, detail) ",
                 );
-                query.push_values(chunk, |mut row, (event, at)| {
+                query.push_values(chunk, |mut row, (event, at, count)| {
                     row.push_bind(*at)
+                        .push_bind(*count)
                         .push_bind(event.actor)
                         .push_bind(event.app.map(AppId::as_str))
                         .push_bind(event.user_id.map(UserId::as_str))
@@ -91,7 +96,7 @@ impl Store {
 
     /// The newest events first.
     pub async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRow>> {
-        const SQL: &str = "SELECT id, at, actor, app, user_id, action, outcome, detail \
+        const SQL: &str = "SELECT id, at, count, actor, app, user_id, action, outcome, detail \
              FROM audit_events \
              WHERE ($1 IS NULL OR user_id = $1) AND ($2 IS NULL OR actor = $2) \
              ORDER BY id DESC LIMIT $3";

@@ -742,6 +742,7 @@ async fn audit_batches_are_written_whole(db: &TestDb) {
                     detail: None,
                 },
                 i as i64,
+                1 + i as i64 % 3,
             )
         })
         .collect();
@@ -757,6 +758,11 @@ async fn audit_batches_are_written_whole(db: &TestDb) {
     assert_eq!(all.len(), 1200);
     assert_eq!(all[0].user_id.as_deref(), Some("entra:u1199"));
     assert_eq!(all[0].at, 1199);
+    assert_eq!(
+        all[0].count,
+        1 + 1199 % 3,
+        "a row keeps the number it stands for"
+    );
 }
 
 async fn signing_key_heartbeats_keep_keys_listed(db: &TestDb) {
