@@ -136,14 +136,22 @@ async fn bench(label: &str, database_url: &str, connections: usize, seconds: u64
             name, f.rps, f.p50_ms, f.p99_ms, f.errors
         );
     }
+    let throughput = token.rps / health.rps.max(1.0);
+    let tail = token.p99_ms / health.p99_ms.max(0.001);
+    let verdict = |met: bool| if met { "met" } else { "NOT met" };
     println!(
-        "  token lookup / healthz throughput: {:.0}%   (target >= 40%, p99 < 10 ms)",
-        100.0 * token.rps / health.rps.max(1.0)
+        "  lookup / healthz req/s: {throughput:.2}   (target >= 0.80: {})",
+        verdict(throughput >= 0.8)
     );
     println!(
-        "  resident memory: idle {:.1} MiB, peak under load {:.1} MiB   (target < 64 MiB)",
+        "  lookup p99 / healthz p99: {tail:.2}   (target <= 1.20: {})",
+        verdict(tail <= 1.2)
+    );
+    println!(
+        "  resident memory: idle {:.1} MiB, peak under load {:.1} MiB   (target < 48 MiB: {})",
         mib(idle),
-        mib(peak)
+        mib(peak),
+        verdict(mib(peak) < 48.0)
     );
     let _ = std::io::stdout().flush();
 }

@@ -484,7 +484,7 @@ async fn expired_rows_are_swept_in_bounded_batches(db: &TestDb) {
             .await
             .unwrap();
     }
-    let audit: Vec<(AuditEvent<'_>, i64)> = (0..OLD)
+    let audit: Vec<(AuditEvent<'_>, i64, i64)> = (0..OLD)
         .map(|_| {
             (
                 AuditEvent {
@@ -496,6 +496,7 @@ async fn expired_rows_are_swept_in_bounded_batches(db: &TestDb) {
                     detail: None,
                 },
                 10,
+                1,
             )
         })
         .collect();
