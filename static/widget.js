@@ -226,12 +226,13 @@
         return global.crypto.subtle
           .generateKey({ name: "ECDSA", namedCurve: "P-256" }, false, ["sign", "verify"])
           .then(function (fresh) {
-            return keyStore("readwrite", function (store) {
+            // Stored while the sign-in goes on (a failed write only means
+            // the next visit makes another key).
+            keyStore("readwrite", function (store) {
               return store.put(fresh, name);
-            }).then(function () {
-              unbound[name] = true;
-              return fresh;
             });
+            unbound[name] = true;
+            return fresh;
           });
       })
       .then(describeKey)
