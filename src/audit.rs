@@ -1,25 +1,34 @@
-//! The audit writer for high-volume events (bot token reads): events are queued
-//! and written in batches, one transaction per batch, so a busy bot API does not
-//! pay a database write per request. A batch holds what arrives within 20 ms
-//! of its first event (or 500 events, or until a flush). Identical events of one batch — the same second, actor, app, user,
-//! action, outcome and detail — are one row with their `count` (a bot reading
-//! one user's token 500 times in a few milliseconds is one row that says 500):
-//! every read is counted, fewer rows are written. The queue is flushed on shutdown; a crash can lose the events of
-//! the batch being written. Rare, security-relevant events (sign-in, sign-out,
-//! refresh, credential changes) are written directly with `Store::record_audit`.
+//! The audit writer for high-volume events (bot token reads). A read is not a
+//! database write: it is counted in memory under its key — the second it
+//! happened in, actor, app, user, action, outcome and detail — and a writer
+//! task writes what was counted 20 ms after the first count (at once on a
+//! flush), one multi-row insert, one row per key with its `count`. A bot
+//! reading one user's token 500 times in that window is one row that says
+//! 500: every read is accounted for, and a busy bot API pays a hash-map
+//! increment per request, not a row. The tally is written on shutdown
+//! (`flush`); a crash loses what was counted in the last 20 ms. Rare,
+//! security-relevant events (sign-in, sign-out, refresh, credential changes)
+//! are written directly with `Store::record_audit`.
 
-use tokio::sync::{mpsc, oneshot};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use indexmap::{Equivalent, IndexMap};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::domain::{AppId, AuditAction, AuditOutcome, UserId};
 use crate::store::{AuditEvent, Store};
 
-const QUEUE: usize = 10_000;
-const MAX_BATCH: usize = 500;
-/// How long a batch waits for more events after its first.
-const LINGER: std::time::Duration = std::time::Duration::from_millis(20);
+/// How long the writer waits after the first count before it writes.
+const LINGER: Duration = Duration::from_millis(20);
+/// Distinct keys the tally holds before a new key waits for a write (a
+/// database that does not keep up slows the readers down instead of
+/// growing the tally without bound).
+const MAX_KEYS: usize = 10_000;
 
-/// An audit event that owns its text, for the queue.
+/// An audit event that owns its text.
 #[derive(Debug, Clone)]
 pub struct QueuedEvent {
     pub at: i64,
@@ -31,117 +40,186 @@ pub struct QueuedEvent {
     pub detail: Option<&'static str>,
 }
 
-enum Msg {
-    Event(QueuedEvent),
-    Flush(oneshot::Sender<()>),
+/// An event as a request has it (borrowed), to count without allocating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventRef<'a> {
+    pub at: i64,
+    pub actor: &'a str,
+    pub app: Option<&'a AppId>,
+    pub user_id: Option<&'a UserId>,
+    pub action: AuditAction,
+    pub outcome: AuditOutcome,
+    pub detail: Option<&'static str>,
+}
+
+impl QueuedEvent {
+    fn as_ref(&self) -> EventRef<'_> {
+        EventRef {
+            at: self.at,
+            actor: &self.actor,
+            app: self.app.as_ref(),
+            user_id: self.user_id.as_ref(),
+            action: self.action,
+            outcome: self.outcome,
+            detail: self.detail,
+        }
+    }
+}
+
+impl EventRef<'_> {
+    fn to_owned(self) -> QueuedEvent {
+        QueuedEvent {
+            at: self.at,
+            actor: self.actor.to_string(),
+            app: self.app.cloned(),
+            user_id: self.user_id.cloned(),
+            action: self.action,
+            outcome: self.outcome,
+            detail: self.detail,
+        }
+    }
+}
+
+impl Hash for EventRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.at.hash(state);
+        self.actor.hash(state);
+        self.app.map(AppId::as_str).hash(state);
+        self.user_id.map(UserId::as_str).hash(state);
+        self.action.hash(state);
+        self.outcome.hash(state);
+        self.detail.hash(state);
+    }
+}
+
+// The tally's key: an owned event, hashed and compared as its borrowed form.
+impl Hash for QueuedEvent {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_ref().hash(state);
+    }
+}
+
+impl PartialEq for QueuedEvent {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_ref() == other.as_ref()
+    }
+}
+
+impl Eq for QueuedEvent {}
+
+impl Equivalent<QueuedEvent> for EventRef<'_> {
+    fn equivalent(&self, key: &QueuedEvent) -> bool {
+        *self == key.as_ref()
+    }
+}
+
+/// What was counted and not yet written, in the order first seen.
+#[derive(Debug, Default)]
+struct Tally {
+    counts: Mutex<IndexMap<QueuedEvent, i64>>,
+    /// Something was counted (wakes the writer).
+    counted: Notify,
+    /// The tally was taken for writing (wakes readers waiting for room).
+    taken: Notify,
+}
+
+impl Tally {
+    /// Counts `event`; `false` (and nothing counted) when it is a new key
+    /// and the tally is full.
+    fn count(&self, event: EventRef<'_>) -> bool {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(&event) {
+            *n += 1;
+            return true;
+        }
+        if counts.len() >= MAX_KEYS {
+            return false;
+        }
+        let first = counts.is_empty();
+        counts.insert(event.to_owned(), 1);
+        drop(counts);
+        if first {
+            self.counted.notify_one();
+        }
+        true
+    }
+
+    fn take(&self) -> IndexMap<QueuedEvent, i64> {
+        let taken = std::mem::take(&mut *self.counts.lock().unwrap_or_else(|e| e.into_inner()));
+        self.taken.notify_waiters();
+        taken
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct AuditLog {
-    tx: mpsc::Sender<Msg>,
+    tally: Arc<Tally>,
+    flushes: mpsc::Sender<oneshot::Sender<()>>,
 }
 
 impl AuditLog {
     /// Starts the writer task.
     pub fn start(store: Store) -> (Self, JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(write_batches(store, rx));
-        (Self { tx }, task)
+        let tally = Arc::new(Tally::default());
+        let (flushes, rx) = mpsc::channel(64);
+        let task = tokio::spawn(write_batches(store, tally.clone(), rx));
+        (Self { tally, flushes }, task)
     }
 
-    /// Queues an event; waits only when the queue is full (backpressure).
+    /// Counts an event; waits only while the tally is full (backpressure).
     pub async fn record(&self, event: QueuedEvent) {
-        if self.tx.send(Msg::Event(event)).await.is_err() {
-            tracing::warn!("the audit writer has stopped; an event was not recorded");
+        self.count(event.as_ref()).await;
+    }
+
+    /// Counts an event without copying it unless its key is new.
+    pub async fn count(&self, event: EventRef<'_>) {
+        loop {
+            let room = self.tally.taken.notified();
+            if self.tally.count(event) {
+                return;
+            }
+            self.tally.counted.notify_one();
+            room.await;
         }
     }
 
-    /// Returns once every event queued before the call is in the database.
+    /// Returns once every event counted before the call is in the database.
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Msg::Flush(tx)).await.is_ok() {
+        if self.flushes.send(tx).await.is_ok() {
             let _ = rx.await;
         }
     }
 }
 
-/// The events of a batch, identical ones once with their number, in the
-/// order each was first seen.
-fn aggregate(events: &[QueuedEvent]) -> Vec<(&QueuedEvent, i64)> {
-    let mut rows: Vec<(&QueuedEvent, i64)> = Vec::new();
-    let mut index: std::collections::HashMap<Key<'_>, usize> = std::collections::HashMap::new();
-    for event in events {
-        let key = Key::of(event);
-        match index.get(&key) {
-            Some(&i) => rows[i].1 += 1,
-            None => {
-                index.insert(key, rows.len());
-                rows.push((event, 1));
-            }
-        }
-    }
-    rows
-}
-
-/// What makes two events the same row.
-#[derive(PartialEq, Eq, Hash)]
-struct Key<'a> {
-    at: i64,
-    actor: &'a str,
-    app: Option<&'a str>,
-    user_id: Option<&'a str>,
-    action: &'static str,
-    outcome: &'static str,
-    detail: Option<&'static str>,
-}
-
-impl<'a> Key<'a> {
-    fn of(e: &'a QueuedEvent) -> Self {
-        Self {
-            at: e.at,
-            actor: &e.actor,
-            app: e.app.as_ref().map(AppId::as_str),
-            user_id: e.user_id.as_ref().map(UserId::as_str),
-            action: e.action.as_str(),
-            outcome: e.outcome.as_str(),
-            detail: e.detail,
-        }
-    }
-}
-
-async fn write_batches(store: Store, mut rx: mpsc::Receiver<Msg>) {
-    while let Some(first) = rx.recv().await {
-        let mut events = Vec::new();
+async fn write_batches(
+    store: Store,
+    tally: Arc<Tally>,
+    mut flushes: mpsc::Receiver<oneshot::Sender<()>>,
+) {
+    let mut open = true;
+    while open {
         let mut acks = Vec::new();
-        // A batch collects for up to LINGER after its first event (less when
-        // full, flushed or shut down): under load that is what makes
-        // identical reads one row, and one write serve hundreds of reads.
-        let deadline = tokio::time::Instant::now() + LINGER;
-        let mut next = Some(first);
-        while let Some(msg) = next.take() {
-            match msg {
-                Msg::Event(e) => events.push(e),
-                Msg::Flush(ack) => acks.push(ack),
-            }
-            if events.len() >= MAX_BATCH {
-                break;
-            }
-            next = match rx.try_recv() {
-                Ok(msg) => Some(msg),
-                Err(mpsc::error::TryRecvError::Disconnected) => None,
-                // A flush is waiting: write what there is.
-                Err(mpsc::error::TryRecvError::Empty) if !acks.is_empty() => None,
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    tokio::time::timeout_at(deadline, rx.recv())
-                        .await
-                        .ok()
-                        .flatten()
+        tokio::select! {
+            flush = flushes.recv() => match flush {
+                Some(ack) => acks.push(ack),
+                None => open = false,
+            },
+            _ = tally.counted.notified() => {
+                // Linger so more reads share the write; a flush cuts it short.
+                tokio::select! {
+                    _ = tokio::time::sleep(LINGER) => {}
+                    flush = flushes.recv() => match flush {
+                        Some(ack) => acks.push(ack),
+                        None => open = false,
+                    },
                 }
-            };
+            }
         }
-        if !events.is_empty() {
-            let rows: Vec<(AuditEvent<'_>, i64, i64)> = aggregate(&events)
-                .into_iter()
+        let counted = tally.take();
+        if !counted.is_empty() {
+            let rows: Vec<(AuditEvent<'_>, i64, i64)> = counted
+                .iter()
                 .map(|(e, count)| {
                     (
                         AuditEvent {
@@ -153,12 +231,12 @@ async fn write_batches(store: Store, mut rx: mpsc::Receiver<Msg>) {
                             detail: e.detail,
                         },
                         e.at,
-                        count,
+                        *count,
                     )
                 })
                 .collect();
             if let Err(e) = store.record_audit_batch(&rows).await {
-                tracing::error!(error = %e, events = events.len(), "cannot write audit events");
+                tracing::error!(error = %e, rows = rows.len(), "cannot write audit events");
             }
         }
         for ack in acks {
@@ -184,8 +262,9 @@ mod tests {
     }
 
     #[test]
-    fn identical_reads_of_a_batch_are_one_row_with_their_number() {
+    fn identical_reads_are_one_row_with_their_number() {
         use AuditOutcome::{NotFound, Ok};
+        let tally = Tally::default();
         let events = [
             read(10, "bot:a", "idp:u1", Ok),
             read(10, "bot:a", "idp:u1", Ok),
@@ -195,29 +274,41 @@ mod tests {
             read(11, "bot:a", "idp:u1", Ok),       // another second
             read(10, "bot:a", "idp:u1", Ok),
         ];
-        let rows: Vec<_> = aggregate(&events)
+        for e in &events {
+            assert!(tally.count(e.as_ref()));
+        }
+        let rows: Vec<_> = tally
+            .take()
             .into_iter()
-            .map(|(e, n)| {
-                (
-                    e.at,
-                    e.actor.as_str(),
-                    e.user_id.as_ref().unwrap().as_str(),
-                    e.outcome,
-                    n,
-                )
-            })
+            .map(|(e, n)| (e.at, e.actor, e.user_id.unwrap().to_string(), e.outcome, n))
             .collect();
+        let row = |at, actor: &str, user: &str, outcome, n| {
+            (at, actor.to_string(), user.to_string(), outcome, n)
+        };
         assert_eq!(
             rows,
             [
-                (10, "bot:a", "idp:u1", Ok, 3),
-                (10, "bot:a", "idp:u2", Ok, 1),
-                (10, "bot:b", "idp:u1", Ok, 1),
-                (10, "bot:a", "idp:u1", NotFound, 1),
-                (11, "bot:a", "idp:u1", Ok, 1),
+                row(10, "bot:a", "idp:u1", Ok, 3),
+                row(10, "bot:a", "idp:u2", Ok, 1),
+                row(10, "bot:b", "idp:u1", Ok, 1),
+                row(10, "bot:a", "idp:u1", NotFound, 1),
+                row(11, "bot:a", "idp:u1", Ok, 1),
             ]
         );
-        // Every event is counted.
-        assert_eq!(aggregate(&events).iter().map(|(_, n)| n).sum::<i64>(), 7);
+        assert!(tally.take().is_empty(), "taken once");
+    }
+
+    #[test]
+    fn a_full_tally_counts_known_keys_and_refuses_new_ones() {
+        let tally = Tally::default();
+        for i in 0..MAX_KEYS {
+            assert!(tally.count(read(i as i64, "bot:a", "idp:u1", AuditOutcome::Ok).as_ref()));
+        }
+        assert!(tally.count(read(0, "bot:a", "idp:u1", AuditOutcome::Ok).as_ref()));
+        assert!(!tally.count(read(-1, "bot:a", "idp:u1", AuditOutcome::Ok).as_ref()));
+        let taken = tally.take();
+        assert_eq!(taken.len(), MAX_KEYS);
+        assert_eq!(taken.values().sum::<i64>(), MAX_KEYS as i64 + 1);
+        assert!(tally.count(read(-1, "bot:a", "idp:u1", AuditOutcome::Ok).as_ref()));
     }
 }

@@ -266,11 +266,11 @@ impl TokenService {
     ) {
         self.inner
             .audit
-            .record(crate::audit::QueuedEvent {
+            .count(crate::audit::EventRef {
                 at: crate::time::now(),
-                actor: actor.to_string(),
-                app: Some(app.clone()),
-                user_id: Some(user_id.clone()),
+                actor,
+                app: Some(app),
+                user_id: Some(user_id),
                 action,
                 outcome,
                 detail: None,
