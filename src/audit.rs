@@ -1,12 +1,12 @@
 //! The audit writer for high-volume events (bot token reads). A read is not a
 //! database write: it is counted in memory under its key — the second it
 //! happened in, actor, app, user, action, outcome and detail — and a writer
-//! task writes what was counted 20 ms after the first count (at once on a
+//! task writes what was counted 100 ms after the first count (at once on a
 //! flush), one multi-row insert, one row per key with its `count`. A bot
 //! reading one user's token 500 times in that window is one row that says
 //! 500: every read is accounted for, and a busy bot API pays a hash-map
 //! increment per request, not a row. The tally is written on shutdown
-//! (`flush`); a crash loses what was counted in the last 20 ms. Rare,
+//! (`flush`); a crash loses what was counted in the last 100 ms. Rare,
 //! security-relevant events (sign-in, sign-out, refresh, credential changes)
 //! are written directly with `Store::record_audit`.
 
@@ -22,7 +22,7 @@ use crate::domain::{AppId, AuditAction, AuditOutcome, UserId};
 use crate::store::{AuditEvent, Store};
 
 /// How long the writer waits after the first count before it writes.
-const LINGER: Duration = Duration::from_millis(20);
+const LINGER: Duration = Duration::from_millis(100);
 /// Distinct keys the tally holds before a new key waits for a write (a
 /// database that does not keep up slows the readers down instead of
 /// growing the tally without bound).
