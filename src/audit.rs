@@ -37,58 +37,45 @@ pub struct QueuedEvent {
     pub user_id: Option<UserId>,
     pub action: AuditAction,
     pub outcome: AuditOutcome,
-    pub detail: Option<&'static str>,
+    pub detail: Option<String>,
 }
 
-/// An event as a request has it (borrowed), to count without allocating.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// An event as a request has it (borrowed), to count without allocating:
+/// when it happened (Unix seconds) and what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct EventRef<'a> {
     pub at: i64,
-    pub actor: &'a str,
-    pub app: Option<&'a AppId>,
-    pub user_id: Option<&'a UserId>,
-    pub action: AuditAction,
-    pub outcome: AuditOutcome,
-    pub detail: Option<&'static str>,
+    pub event: AuditEvent<'a>,
 }
 
 impl QueuedEvent {
     fn as_ref(&self) -> EventRef<'_> {
         EventRef {
             at: self.at,
-            actor: &self.actor,
-            app: self.app.as_ref(),
-            user_id: self.user_id.as_ref(),
-            action: self.action,
-            outcome: self.outcome,
-            detail: self.detail,
+            event: AuditEvent {
+                actor: &self.actor,
+                app: self.app.as_ref(),
+                user_id: self.user_id.as_ref(),
+                action: self.action,
+                outcome: self.outcome,
+                detail: self.detail.as_deref(),
+            },
         }
     }
 }
 
 impl EventRef<'_> {
     fn to_owned(self) -> QueuedEvent {
+        let e = self.event;
         QueuedEvent {
             at: self.at,
-            actor: self.actor.to_string(),
-            app: self.app.cloned(),
-            user_id: self.user_id.cloned(),
-            action: self.action,
-            outcome: self.outcome,
-            detail: self.detail,
+            actor: e.actor.to_string(),
+            app: e.app.cloned(),
+            user_id: e.user_id.cloned(),
+            action: e.action,
+            outcome: e.outcome,
+            detail: e.detail.map(str::to_string),
         }
-    }
-}
-
-impl Hash for EventRef<'_> {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.at.hash(state);
-        self.actor.hash(state);
-        self.app.map(AppId::as_str).hash(state);
-        self.user_id.map(UserId::as_str).hash(state);
-        self.action.hash(state);
-        self.outcome.hash(state);
-        self.detail.hash(state);
     }
 }
 
@@ -221,18 +208,8 @@ async fn write_batches(
             let rows: Vec<(AuditEvent<'_>, i64, i64)> = counted
                 .iter()
                 .map(|(e, count)| {
-                    (
-                        AuditEvent {
-                            actor: &e.actor,
-                            app: e.app.as_ref(),
-                            user_id: e.user_id.as_ref(),
-                            action: e.action,
-                            outcome: e.outcome,
-                            detail: e.detail,
-                        },
-                        e.at,
-                        *count,
-                    )
+                    let EventRef { at, event } = e.as_ref();
+                    (event, at, *count)
                 })
                 .collect();
             if let Err(e) = store.record_audit_batch(&rows).await {

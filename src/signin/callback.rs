@@ -514,7 +514,8 @@ impl SignInService {
                         .iter()
                         .find(|r| **r == error.code)
                         .copied()
-                        .unwrap_or("other"),
+                        .unwrap_or("other")
+                        .to_string(),
                 ),
             })
             .await;

@@ -203,7 +203,7 @@ impl SignInService {
                 user_id: None,
                 action,
                 outcome: AuditOutcome::Failed,
-                detail: Some(detail),
+                detail: Some(detail.to_string()),
             })
             .await;
     }

@@ -6,7 +6,7 @@ use super::{Result, Store, with_pool};
 use crate::domain::{AppId, AuditAction, AuditOutcome, UserId};
 
 /// One thing that happened to a user's tokens or to a credential. Never a token.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct AuditEvent<'a> {
     /// `bot:<id>`, `user`, `cli` or `system`.
     pub actor: &'a str,

@@ -268,12 +268,14 @@ impl TokenService {
             .audit
             .count(crate::audit::EventRef {
                 at: crate::time::now(),
-                actor,
-                app: Some(app),
-                user_id: Some(user_id),
-                action,
-                outcome,
-                detail: None,
+                event: crate::store::AuditEvent {
+                    actor,
+                    app: Some(app),
+                    user_id: Some(user_id),
+                    action,
+                    outcome,
+                    detail: None,
+                },
             })
             .await;
     }
