@@ -11,14 +11,12 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use chatgate::domain::AppId;
-use chatgate::secret::ExposeSecret as _;
-use serde_json::{Value, json};
 
 use crate::common::TestDb;
 use crate::common::browser::posted_message;
 use crate::common::proxy::{Proxy, Switch};
 use crate::signin::{Setup, setup_with};
+use serde_json::{Value, json};
 
 const ORIGIN: &str = "https://www.contoso.com";
 const USER: &str = "idp:user-123";
@@ -116,14 +114,7 @@ async fn setup(db: &TestDb, dl: &DirectLine) -> (Setup, String) {
         c
     })
     .await;
-    let bot = s
-        .app
-        .state
-        .bots
-        .create(&AppId::parse("support").unwrap(), "webchat-bot", 1)
-        .await
-        .unwrap();
-    let secret = bot.secret.expose_secret().to_string();
+    let secret = s.app.support_bot("webchat-bot").await;
     (s, secret)
 }
 

@@ -6,9 +6,7 @@
 use crate::common;
 use crate::signin::{Setup, exec, setup_with};
 
-use chatgate::domain::AppId;
 use chatgate::dpop::ProofSigner;
-use chatgate::secret::ExposeSecret as _;
 use common::browser::{Browser, posted_message};
 use common::{TestDb, claims_of, error_of};
 use serde_json::{Value, json};
@@ -281,14 +279,7 @@ async fn sign_out_idle_expiry_and_logout_forget_the_key(db: &TestDb) {
 /// wants a proof of its key for the request it came with.
 async fn verify_wants_an_unused_proof_of_the_tokens_key(db: &TestDb) {
     let mut s = setup(db).await;
-    let bot = s
-        .app
-        .state
-        .bots
-        .create(&AppId::parse("support").unwrap(), "helpdesk", 1)
-        .await
-        .unwrap();
-    let secret = bot.secret.expose_secret().to_string();
+    let secret = s.app.support_bot("helpdesk").await;
     let key = ProofSigner::generate();
     let token = s.signed_in_with(&key).await;
     let backend = "https://chat.contoso.com/api/messages";

@@ -9,8 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::common;
-use chatgate::domain::AppId;
-use chatgate::secret::ExposeSecret as _;
 use common::{TestConfig, TestDb, spawn_app};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -235,15 +233,7 @@ async fn a_rolling_restart_of_two_replicas_loses_no_request(db: &TestDb) {
     let cfg = with_drain(db, "1s");
     let a = spawn_app(&cfg).await;
     let b = spawn_app(&cfg).await;
-    let secret = a
-        .state
-        .bots
-        .create(&AppId::parse("support").unwrap(), "load", 1)
-        .await
-        .unwrap()
-        .secret
-        .expose_secret()
-        .to_string();
+    let secret = a.support_bot("load").await;
     let balancer = Balancer::start().await;
     for app in [&a, &b] {
         balancer.add(&app.base_url);

@@ -9,9 +9,7 @@ use crate::common;
 use crate::cookieless::ticket_of;
 use crate::signin::{Setup, exec, setup_with};
 
-use chatgate::domain::AppId;
 use chatgate::dpop::ProofSigner;
-use chatgate::secret::ExposeSecret as _;
 use common::TestDb;
 use common::browser::{Browser, posted_message};
 use serde_json::{Value, json};
@@ -183,14 +181,7 @@ async fn a_sign_out_ends_every_browser_and_key(db: &TestDb) {
         c
     })
     .await;
-    let bot = s
-        .app
-        .state
-        .bots
-        .create(&AppId::parse("support").unwrap(), "helpdesk", 1)
-        .await
-        .unwrap();
-    let bot_secret = bot.secret.expose_secret().to_string();
+    let bot_secret = s.app.support_bot("helpdesk").await;
     let store = s.app.state.store.clone();
     for way in [
         Way::WidgetRevoke,

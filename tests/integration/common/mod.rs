@@ -358,6 +358,13 @@ pub async fn spawn_app(config: &TestConfig) -> TestApp {
 }
 
 impl TestApp {
+    /// A new bot of app `support` named `name`: its secret.
+    pub async fn support_bot(&self, name: &str) -> String {
+        let app = chatgate::domain::AppId::parse("support").unwrap();
+        let bot = self.state.bots.create(&app, name, 1).await.unwrap();
+        bot.secret.expose_secret().to_string()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base_url)
     }
