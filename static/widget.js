@@ -22,7 +22,9 @@
  * API (every function takes { broker, app, ... }; `broker` is chatgate's URL):
  *   ChatGate.signIn({ broker, app, loginHint, domainHint, timeoutMs = 10000 })
  *       Silent sign-in: first in one fetch from chatgate's session
- *       (POST /v1/session/token), else in a hidden iframe. Resolves with the success message;
+ *       (POST /v1/session/token), else in a hidden iframe, whose outcome a
+ *       fetch waits for (where the browser keeps chatgate's partitioned
+ *       cookie, no page of chatgate's then loads in the frame). Resolves with the success message;
  *       rejects with an Error whose .code is the IdP's error (login_required, ...)
  *       or "timeout".
  *   ChatGate.signInWithPopup({ broker, app, loginHint, domainHint, prompt, timeoutMs = 300000 })
@@ -385,7 +387,7 @@
 
   // ---- sign-in ----------------------------------------------------------
 
-  function authorizeUrl(opts, mode, jkt) {
+  function authorizeUrl(opts, mode, jkt, ticketHash) {
     var url = new URL("/v1/authorize", required(opts, "broker"));
     url.searchParams.set("app", required(opts, "app"));
     url.searchParams.set("origin", global.location.origin);
@@ -394,12 +396,14 @@
     if (opts.domainHint) url.searchParams.set("domain_hint", opts.domainHint);
     if (mode === "popup" && opts.prompt) url.searchParams.set("prompt", opts.prompt);
     if (jkt) url.searchParams.set("dpop_jkt", jkt);
+    if (ticketHash) url.searchParams.set("ticket_hash", ticketHash);
     return url.toString();
   }
 
   // Waits for the one chatgate message from `sourceWindow()`; settles once.
-  // `watch()`, polled, may end the wait with an error.
-  function waitForResult(opts, sourceWindow, timeoutMs, watch, pollMs) {
+  // `watch()`, polled, may end the wait with an error; `control.cancel()`
+  // (set here when `control` is given) ends it with code "cancelled".
+  function waitForResult(opts, sourceWindow, timeoutMs, watch, pollMs, control) {
     var expectedOrigin = new URL(required(opts, "broker")).origin;
     return new Promise(function (resolve, reject) {
       var settled = false;
@@ -428,6 +432,11 @@
         }
       }
 
+      if (control) {
+        control.cancel = function () {
+          finish(reject, chatgateError("cancelled"));
+        };
+      }
       global.addEventListener("message", onMessage);
       timer = setTimeout(function () {
         finish(reject, chatgateError("timeout", "chatgate did not answer within " + timeoutMs + " ms"));
@@ -461,6 +470,7 @@
     var pending = (!ofThisSignIn && confirming[keyName(opts)]) || Promise.resolve();
     if (from.chat_token) body.chat_token = from.chat_token;
     if (from.ticket) body.ticket = from.ticket;
+    if (from.wait) body.wait = true;
     // Apps with Direct Line: a new Direct Line token only when this page
     // holds none that is fresh (Web Chat refreshes the one it runs on).
     if (!freshDirectLine(opts)) body.direct_line = true;
@@ -475,12 +485,17 @@
           headers: headers,
           body: JSON.stringify(body),
           keepalive: !!from.keepalive,
+          signal: from.signal,
         });
       })
       .then(function (response) {
         return response.json().then(function (body) {
           if (!response.ok || !body || body.type !== "chatgate:success" || body.app !== opts.app) {
-            throw chatgateError((body && body.error) || "server_error", body && body.error_description);
+            var err = chatgateError((body && body.error) || "server_error", body && body.error_description);
+            // The error a flow the page waited for ended with (not a refusal
+            // of the fetch itself).
+            err.ofFlow = !!body && body.type === "chatgate:error" && body.app === opts.app;
+            throw err;
           }
           return remember(opts, body);
         });
@@ -494,10 +509,12 @@
     } catch (e) {
       return Promise.reject(e);
     }
+    // The ticket an iframe sign-in would wait for, picked meanwhile.
+    var ticket = pickTicket();
     return browserKey(opts).then(function (key) {
       // A key made on this visit has no sign-in: straight to the iframe
       // (which also tries chatgate's cookie), without a fetch that cannot succeed.
-      if (key && unbound[keyName(opts)]) return signInWithIframe(opts);
+      if (key && unbound[keyName(opts)]) return signInWithIframe(opts, ticket);
       return renewByFetch(opts).catch(function (err) {
         // chatgate answered but cannot tell now: the iframe would say the same.
         if (err.code === "temporarily_unavailable") throw err;
@@ -506,17 +523,97 @@
     });
   }
 
-  function signInWithIframe(opts) {
-    return browserKey(opts)
-      .then(function (key) {
-        return openIframe(opts, authorizeUrl(opts, "silent", key && key.jkt));
-      })
+  // A ticket for an iframe sign-in's outcome: { ticket, hash } (hex SHA-256),
+  // or null without WebCrypto.
+  function pickTicket() {
+    if (!global.crypto || !global.crypto.subtle) return Promise.resolve(null);
+    var bytes = new Uint8Array(32);
+    global.crypto.getRandomValues(bytes);
+    var ticket = b64url(bytes);
+    return global.crypto.subtle.digest("SHA-256", utf8(ticket)).then(function (digest) {
+      var hash = Array.prototype.map
+        .call(new Uint8Array(digest), function (b) {
+          return (b < 16 ? "0" : "") + b.toString(16);
+        })
+        .join("");
+      return { ticket: ticket, hash: hash };
+    }, function () {
+      return null;
+    });
+  }
+
+  function signInWithIframe(opts, ticket) {
+    return browserKey(opts).then(function (key) {
+      if (!key || typeof global.fetch !== "function" || typeof global.AbortController !== "function") {
+        return framed(opts, openIframe(opts, authorizeUrl(opts, "silent", key && key.jkt)).result);
+      }
+      return signInWithIframeAndFetch(opts, key, ticket || pickTicket());
+    });
+  }
+
+  // What the frame's page posted, as the success message: a ticket is
+  // redeemed with the key; a token confirms the key later.
+  function framed(opts, posted) {
+    return posted
       .then(function (data) {
         return data.type === "chatgate:ticket" ? redeemFlowTicket(opts, data) : confirmKeyLater(opts, remember(opts, data));
       })
       .then(function (data) {
         return remember(opts, data);
       });
+  }
+
+  // The hidden frame runs the flow, and a fetch waits for its outcome under
+  // a ticket this page picked (only its hash goes into the frame's URL):
+  // where the flow ends in the frame, chatgate answers the frame 204 and no
+  // page of chatgate's loads in it (loading one, in a process of its own, was
+  // most of a first sign-in's time). The outcome goes only to a fetch with a
+  // proof of this page's key and the flows' binding cookie, which this page
+  // gets first (POST /v1/flow-binding) in its own site's cookie partition.
+  // Whichever answers first wins: the fetch, or a page the frame posts from
+  // (chatgate's session renewed in the frame; a browser that keeps no
+  // cookie; one without Sec-Fetch-Dest), or the frame's timeout or fail-fast.
+  function signInWithIframeAndFetch(opts, key, picked) {
+    var binding = global
+      .fetch(brokerUrl(opts, "/v1/flow-binding?app=" + encodeURIComponent(opts.app)), {
+        method: "POST",
+        credentials: "include",
+      })
+      .catch(function () {});
+    return picked.then(function (pick) {
+      if (!pick) return framed(opts, openIframe(opts, authorizeUrl(opts, "silent", key.jkt)).result);
+      var ticket = pick.ticket;
+      var frame = openIframe(opts, authorizeUrl(opts, "silent", key.jkt, pick.hash));
+      var abort = new global.AbortController();
+      var waited = binding.then(function () {
+        return renewByFetch(opts, { ticket: ticket, wait: true, signal: abort.signal });
+      });
+      return new Promise(function (resolve, reject) {
+        framed(opts, frame.result).then(
+          function (data) {
+            abort.abort();
+            resolve(data);
+          },
+          function (err) {
+            abort.abort();
+            reject(err);
+          }
+        );
+        waited.then(
+          function (data) {
+            frame.cancel();
+            resolve(data);
+          },
+          function (err) {
+            // The flow's own error ends the sign-in; a failed fetch leaves
+            // it to the frame.
+            if (!err.ofFlow) return;
+            frame.cancel();
+            reject(err);
+          }
+        );
+      });
+    });
   }
 
   function openIframe(opts, url) {
@@ -531,6 +628,7 @@
     iframe.addEventListener("load", function () {
       loadedAt = Date.now();
     });
+    var control = {};
     var result = waitForResult(
       opts,
       function () {
@@ -544,23 +642,30 @@
           "the sign-in page in the hidden frame did not answer (the identity provider wants the user, or the page cannot be framed)"
         );
       },
-      100
+      100,
+      control
     );
     iframe.src = url;
     global.document.body.appendChild(iframe);
     function cleanup() {
       if (iframe.parentNode) iframe.parentNode.removeChild(iframe);
     }
-    return result.then(
-      function (data) {
-        cleanup();
-        return data;
+    // { result: the message the frame posts, cancel(): remove the frame }
+    return {
+      result: result.then(
+        function (data) {
+          cleanup();
+          return data;
+        },
+        function (err) {
+          cleanup();
+          throw err;
+        }
+      ),
+      cancel: function () {
+        control.cancel();
       },
-      function (err) {
-        cleanup();
-        throw err;
-      }
-    );
+    };
   }
 
   // Carries a popup sign-in into this page's cookie partition and binds

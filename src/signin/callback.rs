@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use super::{
     CallbackParams, DB_RETRY_BUDGET, FlowError, FlowTarget, Minted, Mode, SessionSignIn,
-    SignInService, flow_aad,
+    SignInService, TicketHash, flow_aad,
 };
 use crate::audit::QueuedEvent;
 use crate::config::AppConfig;
@@ -57,6 +57,9 @@ pub enum CallbackResult {
     /// browser key: a one-time ticket that only a proof of that key redeems
     /// (`POST /v1/session/token`). No token or user data leaves in the page.
     KeyTicket(String),
+    /// The page waits for the outcome by fetch and has it now, as the ticket
+    /// it picked: the frame gets no page (`204 No Content`).
+    Waited,
 }
 
 /// How the browser showed that the flow is its own.
@@ -86,38 +89,87 @@ struct Redeemed {
 
 impl SignInService {
     /// Completes a flow; see the module documentation for the steps.
+    /// `in_frame`: the response goes to a hidden frame (`Sec-Fetch-Dest:
+    /// iframe`); a flow whose page waits for its outcome by fetch, finished
+    /// by the browser holding its binding cookie, then stores it as the
+    /// page's ticket instead ([`CallbackResult::Waited`]), for a fetch with
+    /// that cookie.
     pub async fn complete_callback(
         &self,
         params: CallbackParams,
         bindings: &[String],
+        in_frame: bool,
         now: i64,
     ) -> Result<Completed, CallbackFailure> {
         let taken = self.take_flow(&params, bindings, now).await?;
-        let fail = |error: FlowError| self.failed(&taken.target, error);
+        let waiter = taken
+            .flow
+            .ticket_hash
+            .as_deref()
+            .filter(|_| in_frame && taken.bound_by == BoundBy::Cookie)
+            .and_then(TicketHash::parse);
+        let binding_hash = Some(taken.flow.binding_hash.as_str());
+        match self.finish(&taken, &params, waiter.as_ref(), now).await {
+            Ok(result) => Ok(Completed {
+                target: taken.target,
+                result,
+            }),
+            Err(error) => {
+                self.inner.metrics.flow(FlowEvent::Failed, &error.code);
+                // Where the error cannot be stored, the frame's page posts it.
+                if let Some(hash) = &waiter
+                    && self
+                        .store_outcome(&taken.target, hash, binding_hash, Err(&error), now)
+                        .await
+                        .is_ok()
+                {
+                    return Ok(Completed {
+                        target: taken.target,
+                        result: CallbackResult::Waited,
+                    });
+                }
+                Err(CallbackFailure::Flow {
+                    target: taken.target,
+                    error,
+                })
+            }
+        }
+    }
+
+    /// Steps 2 to 5 of a taken flow; with `waiter`, the sign-in is stored as
+    /// the ticket the page waits for.
+    async fn finish(
+        &self,
+        taken: &Taken<'_>,
+        params: &CallbackParams,
+        waiter: Option<&TicketHash>,
+        now: i64,
+    ) -> Result<CallbackResult, FlowError> {
         let provider = self
             .inner
             .providers
             .get(&taken.flow.provider)
             .ok_or_else(|| {
-                fail(FlowError::unavailable(
-                    "the identity provider is not loaded; try again",
-                ))
+                FlowError::unavailable("the identity provider is not loaded; try again")
             })?;
-        let (code, iss_to_match) = match self.check_response(&params, &provider) {
+        let (code, iss_to_match) = match self.check_response(params, &provider) {
             Ok(checked) => checked,
             Err(error) => {
                 self.audit_failure(&taken.target, &error).await;
-                return Err(fail(error));
+                return Err(error);
             }
         };
         let redeemed = self
-            .redeem_code(&taken, &provider, code, iss_to_match, now)
-            .await
-            .map_err(fail)?;
-        let generation = self
-            .store_tokens(taken.app, &provider, &redeemed, now)
-            .await
-            .map_err(fail)?;
+            .redeem_code(taken, &provider, code, iss_to_match, now)
+            .await?;
+        // The profile (userinfo, when the ID token lacks it) only goes into
+        // the chat token: it is asked for while the tokens are stored.
+        let mut identity = redeemed.identity.clone();
+        let (_, generation) = tokio::join!(
+            provider.complete_profile(&mut identity, &redeemed.tokens.access_token),
+            self.store_tokens(taken.app, &provider, &redeemed, now),
+        );
+        let generation = generation?;
         self.inner
             .store
             .audit(AuditEvent {
@@ -132,7 +184,6 @@ impl SignInService {
         self.inner
             .metrics
             .flow(FlowEvent::Completed, taken.target.mode.as_str());
-        let identity = redeemed.identity;
         let signin = SessionSignIn {
             user_id: redeemed.user_id,
             name: identity.name.or(identity.preferred_username),
@@ -145,19 +196,25 @@ impl SignInService {
             generation,
         };
         let jkt = taken.flow.dpop_jkt.as_deref().and_then(Jkt::parse);
+        if let Some(hash) = waiter {
+            let binding_hash = Some(taken.flow.binding_hash.as_str());
+            self.store_outcome(
+                &taken.target,
+                hash,
+                binding_hash,
+                Ok((&signin, jkt.as_ref())),
+                now,
+            )
+            .await?;
+            return Ok(CallbackResult::Waited);
+        }
         if taken.bound_by == BoundBy::Key {
             let ticket = self
                 .issue_ticket(&taken.target, &signin, jkt.as_ref(), now)
-                .await
-                .map_err(fail)?;
-            return Ok(Completed {
-                target: taken.target,
-                result: CallbackResult::KeyTicket(ticket),
-            });
+                .await?;
+            return Ok(CallbackResult::KeyTicket(ticket));
         }
-        let minted = self
-            .mint(taken.app, &signin, jkt.as_ref(), now)
-            .map_err(fail)?;
+        let minted = self.mint(taken.app, &signin, jkt.as_ref(), now)?;
         if let Some(jkt) = &jkt
             && let Err(e) = self
                 .bind_pending(taken.app, &taken.target.origin, jkt, &signin, &minted)
@@ -182,13 +239,10 @@ impl SignInService {
         let minted = self
             .with_direct_line(taken.app, &signin.user_id, minted, now)
             .await;
-        Ok(Completed {
-            target: taken.target,
-            result: CallbackResult::Token {
-                signin: Box::new(signin),
-                minted,
-                session_ticket,
-            },
+        Ok(CallbackResult::Token {
+            signin: Box::new(signin),
+            minted,
+            session_ticket,
         })
     }
 
@@ -393,7 +447,7 @@ impl SignInService {
             tracing::warn!(provider = %provider_id, "token response without an ID token");
             return Err(FlowError::server_error());
         };
-        let mut identity = provider
+        let identity = provider
             .verify_id_token(
                 id_token,
                 &IdTokenCheck::ours(Some(&nonce)),
@@ -412,9 +466,6 @@ impl SignInService {
                 "the authorization response names another issuer",
             ));
         }
-        provider
-            .complete_profile(&mut identity, &tokens.access_token)
-            .await;
         if tokens.refresh_token.is_none() && taken.app.scopes.iter().any(|s| s == "offline_access")
         {
             provider.report_once(

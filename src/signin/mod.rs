@@ -25,6 +25,7 @@ pub use host::{HostSignIn, HostSignInError};
 pub use page::{PageRenewal, PageRenewalError, SessionUpdate};
 pub use signout::{IdpSignoutError, PageSignOut, PageSignedOut};
 pub use start::StartRequest;
+pub use tickets::{Ticket, TicketHash};
 pub use types::{CallbackParams, FlowError, FlowTarget, Minted, Mode, SessionSignIn};
 
 use crate::audit::AuditLog;
@@ -59,6 +60,9 @@ struct Inner {
     metrics: Arc<Metrics>,
     audit: AuditLog,
     direct_line: DirectLine,
+    /// Woken whenever this process stores a ticket: fetches waiting for a
+    /// flow's outcome look again.
+    tickets_stored: tokio::sync::Notify,
 }
 
 /// What a silent renewal from chatgate's session came to.
@@ -97,6 +101,7 @@ impl SignInService {
                 metrics,
                 audit,
                 direct_line,
+                tickets_stored: tokio::sync::Notify::new(),
             }),
         }
     }

@@ -5,7 +5,7 @@
 //! cookie. One call, [`SignInService::renew_for_page`]; the handler reads and
 //! writes the cookie session and turns the answer into JSON.
 
-use super::{Minted, Renewal, SessionSignIn, SignInService};
+use super::{FlowError, Minted, Renewal, SessionSignIn, SignInService, Ticket};
 use crate::config::AppConfig;
 use crate::domain::Origin;
 use crate::dpop::{Jkt, Proof};
@@ -22,8 +22,14 @@ pub struct PageRenewal<'a> {
     pub proof: Option<&'a Proof>,
     /// The chat token an iframe sign-in just delivered (confirms its key).
     pub chat_token: Option<&'a str>,
-    /// The ticket of a `chatgate:ticket` message.
+    /// The ticket of a `chatgate:ticket` message, or the one the page
+    /// picked for a silent flow's outcome.
     pub ticket: Option<&'a str>,
+    /// Wait (up to 10 s) for the outcome of the flow the ticket was picked for.
+    pub wait: bool,
+    /// The flow-binding cookie values the request carries (a waited-for
+    /// flow's ticket goes only to the browser holding its cookie).
+    pub bindings: &'a [String],
     /// The page asks for a Direct Line token (it holds none that is fresh);
     /// a redeemed ticket is a sign-in and always gets one.
     pub direct_line: bool,
@@ -64,6 +70,9 @@ pub enum PageRenewalError {
     ProofReplayed,
     #[error("the ticket is unknown, used or expired")]
     UnknownTicket,
+    /// The flow the page waited for ended with this error.
+    #[error("{}", .0.description)]
+    Flow(FlowError),
     /// The IdP or the database cannot be reached now.
     #[error("{0}")]
     Unavailable(String),
@@ -86,11 +95,22 @@ impl SignInService {
         if let Some(ticket) = req.ticket {
             let proof = req.proof.ok_or(PageRenewalError::ProofRequired)?;
             self.spend(proof).await?;
-            let redeemed = self
-                .redeem_ticket(app, origin, ticket, Some(&proof.jkt), now)
+            let redeemed = match self
+                .redeem_ticket(
+                    app,
+                    origin,
+                    ticket,
+                    Some(&proof.jkt),
+                    req.bindings,
+                    req.wait,
+                )
                 .await?
-                .filter(|r| r.jkt.as_ref() == Some(&proof.jkt))
-                .ok_or(PageRenewalError::UnknownTicket)?;
+            {
+                Some(Ticket::SignIn(r)) if r.jkt.as_ref() == Some(&proof.jkt) => r,
+                Some(Ticket::Failed(error)) => return Err(PageRenewalError::Flow(error)),
+                _ => return Err(PageRenewalError::UnknownTicket),
+            };
+            let now = crate::time::now();
             let minted = self.minted(app, &redeemed.signin, jkt, now).await?;
             let minted = self
                 .with_direct_line(app, &redeemed.signin.user_id, minted, now)

@@ -3,7 +3,7 @@
 
 use url::Url;
 
-use super::{DB_RETRY_BUDGET, FlowError, Mode, SignInService, flow_aad};
+use super::{DB_RETRY_BUDGET, FlowError, Mode, SignInService, TicketHash, flow_aad};
 use crate::config::AppConfig;
 use crate::domain::Origin;
 use crate::dpop::Jkt;
@@ -24,6 +24,9 @@ pub struct StartRequest<'a> {
     pub prompt: Option<&'a str>,
     /// The browser key to bind the chat token to (`dpop_jkt`).
     pub dpop_jkt: Option<&'a Jkt>,
+    /// The ticket the page waits for the flow's outcome by (`ticket_hash`;
+    /// silent flows with a browser key only).
+    pub ticket_hash: Option<&'a TicketHash>,
 }
 
 impl SignInService {
@@ -81,6 +84,7 @@ impl SignInService {
                 origin: req.origin.as_str(),
                 mode: req.mode.as_str(),
                 dpop_jkt: req.dpop_jkt.map(Jkt::as_str),
+                ticket_hash: req.ticket_hash.map(TicketHash::as_str),
                 nonce: sealed_nonce.clone(),
                 pkce_verifier: sealed_verifier.clone(),
                 created_at: now,

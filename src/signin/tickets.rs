@@ -1,7 +1,19 @@
-//! After a popup sign-in, a one-time ticket the widget redeems from the host
-//! page (`POST /v1/session`), so chatgate's session also exists in the host
-//! site's cookie partition and later silent sign-ins need no IdP round trip,
-//! even where the browser blocks third-party cookies.
+//! One-time tickets the widget redeems from the host page with a fetch
+//! (`POST /v1/session/token`, `POST /v1/session`):
+//!
+//! - after a popup sign-in, so chatgate's session also exists in the host
+//!   site's cookie partition and later silent sign-ins need no IdP round trip;
+//! - after a flow the browser finished without chatgate's cookie but with a
+//!   browser key, which only a proof of that key redeems;
+//! - for a silent flow whose page waits for its outcome by fetch: the page
+//!   picked the ticket and named its hash ([`TicketHash`]) when it started the
+//!   flow; the callback stores the outcome, a sign-in or the flow's error,
+//!   under that hash and the hidden frame loads no page at all. Such a ticket
+//!   goes only to a fetch that presents the flow's browser-binding cookie
+//!   (in the host site's cookie partition) as well as a proof of its key: no
+//!   page of chatgate's, framed only by the app's origins, guards it.
+
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -10,9 +22,35 @@ use crate::config::AppConfig;
 use crate::domain::{AppId, Origin};
 use crate::dpop::Jkt;
 use crate::secret::{random_token, sha256_hex};
+use crate::store::NewTicket;
 
 /// How long a session ticket may wait to be redeemed.
 const TICKET_TTL: i64 = 60;
+
+/// How long a page's fetch waits for a flow's outcome (`"wait": true`) before
+/// it answers that the ticket is unknown; the widget's own silent timeout is
+/// as long.
+const TICKET_WAIT: Duration = Duration::from_secs(10);
+
+/// How often a waiting fetch looks for its ticket in the database, for an
+/// outcome stored by another replica (this process's own wake it at once).
+const TICKET_POLL: Duration = Duration::from_millis(100);
+
+/// The SHA-256, in 64 lowercase hex digits, of a ticket the page picked for
+/// the outcome of its silent flow (`ticket_hash` of `GET /v1/authorize`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TicketHash(String);
+
+impl TicketHash {
+    pub fn parse(hex: &str) -> Option<Self> {
+        (hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+            .then(|| Self(hex.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
 
 /// What a ticket stands for: the sign-in, and the browser key the flow was
 /// started with (if any), which a proof at redemption binds to it.
@@ -24,6 +62,21 @@ struct TicketPayload {
     jkt: Option<String>,
 }
 
+/// A flow's error, kept for the page that waits for its outcome.
+#[derive(Serialize, Deserialize)]
+struct FailedFlow {
+    error: String,
+    error_description: String,
+}
+
+/// A ticket as stored: a sign-in, or (waited flows only) the flow's error.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum Stored {
+    Failed { failed: FailedFlow },
+    SignIn(TicketPayload),
+}
+
 /// A redeemed ticket.
 #[derive(Debug)]
 pub struct TicketSignIn {
@@ -32,11 +85,16 @@ pub struct TicketSignIn {
     pub jkt: Option<Jkt>,
 }
 
+/// What a taken ticket held.
+#[derive(Debug)]
+pub enum Ticket {
+    SignIn(TicketSignIn),
+    /// The flow the page waited for ended with this error.
+    Failed(FlowError),
+}
+
 impl SignInService {
-    /// After a popup sign-in, a one-time ticket the widget redeems from the host
-    /// page (`POST /v1/session`), so chatgate's session also exists in the host
-    /// site's cookie partition and later silent sign-ins need no IdP round trip,
-    /// even where the browser blocks third-party cookies.
+    /// A one-time ticket for `signin` (see the module documentation).
     /// `jkt`: the browser key the flow was started with.
     pub(super) async fn issue_ticket(
         &self,
@@ -46,31 +104,67 @@ impl SignInService {
         now: i64,
     ) -> Result<String, FlowError> {
         let ticket = random_token::<32>();
-        let payload = TicketPayload {
-            signin: signin.clone(),
-            jkt: jkt.map(ToString::to_string),
+        let hash = TicketHash(sha256_hex(ticket.as_bytes()));
+        self.store_outcome(target, &hash, None, Ok((signin, jkt)), now)
+            .await?;
+        Ok(ticket)
+    }
+
+    /// Stores a flow's outcome under the ticket the page waits for (only a
+    /// fetch with the binding cookie of `binding_hash`, if given, takes it),
+    /// and wakes the waiting fetch if it waits in this process.
+    pub(super) async fn store_outcome(
+        &self,
+        target: &FlowTarget,
+        hash: &TicketHash,
+        binding_hash: Option<&str>,
+        outcome: Result<(&SessionSignIn, Option<&Jkt>), &FlowError>,
+        now: i64,
+    ) -> Result<(), FlowError> {
+        let (stored, user_id) = match outcome {
+            Ok((signin, jkt)) => (
+                Stored::SignIn(TicketPayload {
+                    signin: signin.clone(),
+                    jkt: jkt.map(ToString::to_string),
+                }),
+                Some(signin.user_id.as_str()),
+            ),
+            Err(error) => (
+                Stored::Failed {
+                    failed: FailedFlow {
+                        error: error.code.clone(),
+                        error_description: error.description.clone(),
+                    },
+                },
+                None,
+            ),
         };
-        let json = serde_json::to_vec(&payload).map_err(|_| FlowError::server_error())?;
+        let json = serde_json::to_vec(&stored).map_err(|_| FlowError::server_error())?;
         self.inner
             .store
-            .insert_session_ticket(
-                &sha256_hex(ticket.as_bytes()),
-                target.app.as_str(),
-                target.origin.as_str(),
-                signin.user_id.as_str(),
-                &json,
-                now + TICKET_TTL,
-            )
+            .insert_session_ticket(NewTicket {
+                ticket_hash: hash.as_str(),
+                app: target.app.as_str(),
+                origin: target.origin.as_str(),
+                user_id,
+                binding_hash,
+                signin: &json,
+                expires_at: now + TICKET_TTL,
+            })
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, "cannot store a session ticket");
                 FlowError::server_error()
             })?;
-        Ok(ticket)
+        self.inner.tickets_stored.notify_waiters();
+        Ok(())
     }
 
-    /// Redeems a ticket for `(app, origin)`; `None` when unknown, used or
-    /// expired. With `proven` (the key a DPoP proof of the request shows) equal
+    /// Redeems a ticket for `(app, origin)`; `None` when unknown, used,
+    /// expired (after waiting up to [`TICKET_WAIT`] for it, with `wait`), or
+    /// bound to a flow-binding cookie that is not among `bindings` (the
+    /// values the request's cookies hold).
+    /// With `proven` (the key a DPoP proof of the request shows) equal
     /// to the key the flow was started with, that key renews the sign-in from
     /// now on, cookie or not: the ticket went only to the app's page, the
     /// proof shows the page holds the key.
@@ -80,42 +174,76 @@ impl SignInService {
         origin: &Origin,
         ticket: &str,
         proven: Option<&Jkt>,
-        now: i64,
-    ) -> Result<Option<TicketSignIn>, crate::store::StoreError> {
-        let Some(redeemed) = self.take_ticket(&app.id, origin, ticket, now).await? else {
-            return Ok(None);
+        bindings: &[String],
+        wait: bool,
+    ) -> Result<Option<Ticket>, crate::store::StoreError> {
+        let deadline =
+            tokio::time::Instant::now() + if wait { TICKET_WAIT } else { Duration::ZERO };
+        let taken = loop {
+            // Armed before the look, so an outcome stored in between wakes it.
+            let stored = self.inner.tickets_stored.notified();
+            tokio::pin!(stored);
+            stored.as_mut().enable();
+            match self.take_ticket(&app.id, origin, ticket, bindings).await? {
+                Some(Some(taken)) => break taken,
+                Some(None) => return Ok(None),
+                None => {}
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            let _ = tokio::time::timeout(left.min(TICKET_POLL), stored).await;
         };
-        if let (Some(jkt), Some(proven)) = (&redeemed.jkt, proven)
-            && jkt == proven
+        if let (Ticket::SignIn(redeemed), Some(proven)) = (&taken, proven)
+            && redeemed.jkt.as_ref() == Some(proven)
         {
-            self.bind_confirmed(app, origin, jkt, &redeemed.signin, now)
+            self.bind_confirmed(app, origin, proven, &redeemed.signin, crate::time::now())
                 .await?;
         }
-        Ok(Some(redeemed))
+        Ok(Some(taken))
     }
 
+    /// `Some(None)`: taken, but this browser does not hold its binding cookie.
     async fn take_ticket(
         &self,
         app: &AppId,
         origin: &Origin,
         ticket: &str,
-        now: i64,
-    ) -> Result<Option<TicketSignIn>, crate::store::StoreError> {
-        let json = self
+        bindings: &[String],
+    ) -> Result<Option<Option<Ticket>>, crate::store::StoreError> {
+        let taken = self
             .inner
             .store
             .take_session_ticket(
                 &sha256_hex(ticket.as_bytes()),
                 app.as_str(),
                 origin.as_str(),
-                now,
+                crate::time::now(),
             )
             .await?;
-        Ok(json
-            .and_then(|j| serde_json::from_slice::<TicketPayload>(&j).ok())
-            .map(|p| TicketSignIn {
-                signin: p.signin,
-                jkt: p.jkt.as_deref().and_then(Jkt::parse),
-            }))
+        let Some(taken) = taken else {
+            return Ok(None);
+        };
+        if let Some(required) = &taken.binding_hash
+            && !bindings
+                .iter()
+                .any(|b| sha256_hex(b.as_bytes()) == *required)
+        {
+            return Ok(Some(None));
+        }
+        Ok(Some(
+            serde_json::from_slice::<Stored>(&taken.signin)
+                .ok()
+                .map(|stored| match stored {
+                    Stored::SignIn(p) => Ticket::SignIn(TicketSignIn {
+                        signin: p.signin,
+                        jkt: p.jkt.as_deref().and_then(Jkt::parse),
+                    }),
+                    Stored::Failed { failed } => {
+                        Ticket::Failed(FlowError::new(&failed.error, failed.error_description))
+                    }
+                }),
+        ))
     }
 }

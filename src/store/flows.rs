@@ -13,6 +13,9 @@ pub struct NewFlow<'a> {
     pub mode: &'a str,
     /// The browser key the chat token is to be bound to.
     pub dpop_jkt: Option<&'a str>,
+    /// The SHA-256 (hex) of the ticket the page waits for (silent flows
+    /// with a browser key only).
+    pub ticket_hash: Option<&'a str>,
     pub nonce: Vec<u8>,
     pub pkce_verifier: Vec<u8>,
     pub created_at: i64,
@@ -28,6 +31,7 @@ pub struct PendingFlowRow {
     pub origin: String,
     pub mode: String,
     pub dpop_jkt: Option<String>,
+    pub ticket_hash: Option<String>,
     pub nonce: Vec<u8>,
     pub pkce_verifier: Vec<u8>,
     pub created_at: i64,
@@ -48,8 +52,8 @@ impl std::fmt::Debug for PendingFlowRow {
 
 macro_rules! columns {
     () => {
-        "state_hash, binding_hash, app, provider, origin, mode, dpop_jkt, nonce, \
-         pkce_verifier, created_at, expires_at"
+        "state_hash, binding_hash, app, provider, origin, mode, dpop_jkt, ticket_hash, \
+         nonce, pkce_verifier, created_at, expires_at"
     };
 }
 
@@ -75,8 +79,8 @@ pub(super) const PEEK_FLOW: &str = concat!(
 impl Store {
     pub async fn insert_flow(&self, flow: NewFlow<'_>) -> Result<()> {
         const SQL: &str = "INSERT INTO pending_flows (state_hash, binding_hash, app, provider, \
-               origin, mode, dpop_jkt, nonce, pkce_verifier, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+               origin, mode, dpop_jkt, ticket_hash, nonce, pkce_verifier, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
         with_pool!(self, pool => {
             sqlx::query(SQL)
                 .bind(flow.state_hash)
@@ -86,6 +90,7 @@ impl Store {
                 .bind(flow.origin)
                 .bind(flow.mode)
                 .bind(flow.dpop_jkt)
+                .bind(flow.ticket_hash)
                 .bind(flow.nonce)
                 .bind(flow.pkce_verifier)
                 .bind(flow.created_at)

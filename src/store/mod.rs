@@ -36,7 +36,7 @@ pub use idp_signouts::IdpSignoutRow;
 pub use key_bindings::{KEYS_PER_USER, KeyBindingRow};
 pub use options::{DatabaseKind, DatabaseOptions};
 pub use outbox::{EventFilter, EventSettlement, OutboxRow, StoredEvent};
-pub use sessions::SessionUser;
+pub use sessions::{NewTicket, SessionUser, TakenTicket};
 pub use signing_keys::SigningKeyRow;
 pub use signout::{Jti, SignOutScope, SignedOutAtIdp, UserSignedOut};
 pub use sweep::{Swept, Table};

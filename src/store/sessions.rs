@@ -2,6 +2,27 @@
 
 use super::{BeginWrite as _, Result, Store, with_pool};
 
+/// A new ticket: for a sign-in (`user_id`; a sign-out of the user deletes
+/// it) or a flow's failure (`None`); `binding_hash` when only the browser
+/// holding that flow-binding cookie may take it.
+#[derive(Debug)]
+pub struct NewTicket<'a> {
+    pub ticket_hash: &'a str,
+    pub app: &'a str,
+    pub origin: &'a str,
+    pub user_id: Option<&'a str>,
+    pub binding_hash: Option<&'a str>,
+    pub signin: &'a [u8],
+    pub expires_at: i64,
+}
+
+/// A taken ticket: its JSON, and the binding cookie (hashed) it requires.
+#[derive(Debug, sqlx::FromRow)]
+pub struct TakenTicket {
+    pub signin: Vec<u8>,
+    pub binding_hash: Option<String>,
+}
+
 /// Who a browser session is signed in as, for back-channel logout.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct SessionUser {
@@ -132,47 +153,40 @@ impl Store {
         Ok(())
     }
 
-    /// A ticket for `user_id`'s sign-in (a sign-out of the user deletes it).
-    pub async fn insert_session_ticket(
-        &self,
-        ticket_hash: &str,
-        app: &str,
-        origin: &str,
-        user_id: &str,
-        signin: &[u8],
-        expires_at: i64,
-    ) -> Result<()> {
+    pub async fn insert_session_ticket(&self, ticket: NewTicket<'_>) -> Result<()> {
         with_pool!(self, pool => {
             sqlx::query(
-                "INSERT INTO session_tickets (ticket_hash, app, origin, user_id, signin, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
+                "INSERT INTO session_tickets \
+                 (ticket_hash, app, origin, user_id, binding_hash, signin, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
             )
-            .bind(ticket_hash)
-            .bind(app)
-            .bind(origin)
-            .bind(user_id)
-            .bind(signin)
-            .bind(expires_at)
+            .bind(ticket.ticket_hash)
+            .bind(ticket.app)
+            .bind(ticket.origin)
+            .bind(ticket.user_id)
+            .bind(ticket.binding_hash)
+            .bind(ticket.signin)
+            .bind(ticket.expires_at)
             .execute(pool)
             .await?;
         });
         Ok(())
     }
 
-    /// Consumes a ticket for `(app, origin)` that has not expired; returns its
-    /// sign-in JSON. A ticket is redeemed at most once.
+    /// Consumes a ticket for `(app, origin)` that has not expired. A ticket
+    /// is redeemed at most once.
     pub async fn take_session_ticket(
         &self,
         ticket_hash: &str,
         app: &str,
         origin: &str,
         now: i64,
-    ) -> Result<Option<Vec<u8>>> {
+    ) -> Result<Option<TakenTicket>> {
         Ok(with_pool!(self, pool => {
-            sqlx::query_scalar::<_, Vec<u8>>(
+            sqlx::query_as::<_, TakenTicket>(
                 "DELETE FROM session_tickets \
                  WHERE ticket_hash = $1 AND app = $2 AND origin = $3 AND expires_at > $4 \
-                 RETURNING signin",
+                 RETURNING signin, binding_hash",
             )
             .bind(ticket_hash)
             .bind(app)

@@ -86,10 +86,16 @@ for (const kind of IDP_KINDS) describe(`sign-in through a real OpenID provider (
       // whose session cookie the iframe can send.
       assert.equal((await signOut(page)).signed_out, true);
       const before = (await world.idp.stats()).authorizationRequests;
+      const pages = await world.chatgate.answered("GET", "/v1/callback", "200");
+      const waited = await world.chatgate.answered("GET", "/v1/callback", "204");
       const viaIdp = await silentSignIn(page);
       assert.ok(viaIdp.ok, JSON.stringify(viaIdp));
       assert.equal(viaIdp.ok.user.id, "oidc:alice");
       assert.equal((await world.idp.stats()).authorizationRequests, before + 1, "one prompt=none round trip to the IdP");
+      // The flow ended in the frame without a page of chatgate's: the
+      // callback answered 204 and the widget's fetch took the outcome.
+      assert.equal(await world.chatgate.answered("GET", "/v1/callback", "204"), waited + 1, "the callback answered the frame 204");
+      assert.equal(await world.chatgate.answered("GET", "/v1/callback", "200"), pages, "no result page loaded");
 
       // Silent renewal from chatgate's own session: no IdP round trip, and
       // no iframe either (one fetch of POST /v1/session/token).

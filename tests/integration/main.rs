@@ -27,3 +27,4 @@ mod refresh_faults;
 mod signin;
 mod signout;
 mod storage;
+mod waited_flows;

@@ -399,6 +399,18 @@ where
     count
 }
 
+fn ticket(hash: &str, expires_at: i64) -> chatgate::store::NewTicket<'_> {
+    chatgate::store::NewTicket {
+        ticket_hash: hash,
+        app: "support",
+        origin: "https://o",
+        user_id: Some("u:1"),
+        binding_hash: None,
+        signin: b"{}",
+        expires_at,
+    }
+}
+
 fn flow<'a>(state: &'a str, binding: &'a str, expires_at: i64) -> NewFlow<'a> {
     NewFlow {
         state_hash: state,
@@ -408,6 +420,7 @@ fn flow<'a>(state: &'a str, binding: &'a str, expires_at: i64) -> NewFlow<'a> {
         origin: "https://www.contoso.com",
         mode: "silent",
         dpop_jkt: None,
+        ticket_hash: None,
         nonce: vec![1, 2, 3],
         pkce_verifier: vec![4, 5, 6],
         created_at: 100,
@@ -467,7 +480,7 @@ async fn expired_rows_are_swept_in_bounded_batches(db: &TestDb) {
         let name = format!("old-{i}");
         store.insert_flow(flow(&name, "b", 50)).await.unwrap();
         store
-            .insert_session_ticket(&name, "support", "https://o", "u:1", b"{}", 50)
+            .insert_session_ticket(ticket(&name, 50))
             .await
             .unwrap();
         store.remember_jti("support", &name, 50).await.unwrap();
@@ -503,7 +516,7 @@ async fn expired_rows_are_swept_in_bounded_batches(db: &TestDb) {
     store.record_audit_batch(&audit).await.unwrap();
     store.insert_flow(flow("fresh", "b", 500)).await.unwrap();
     store
-        .insert_session_ticket("fresh", "support", "https://o", "u:1", b"{}", 500)
+        .insert_session_ticket(ticket("fresh", 500))
         .await
         .unwrap();
     assert!(store.remember_jti("support", "fresh", 500).await.unwrap());

@@ -18,7 +18,7 @@ use crate::dpop::Jkt;
 use crate::secret::random_token;
 use crate::signin::{
     CallbackFailure, CallbackParams, CallbackResult, FlowError, FlowTarget, Minted, Mode,
-    PageRenewal, PageRenewalError, Renewal, SessionSignIn, SessionUpdate,
+    PageRenewal, PageRenewalError, Renewal, SessionSignIn, SessionUpdate, Ticket,
 };
 use crate::state::AppState;
 use crate::web::pages::{Message, MessageUser, frame_ancestors, message_page, plain_page};
@@ -41,6 +41,7 @@ pub fn router(state: &AppState) -> axum::Router<AppState> {
         .merge(
             axum::Router::new()
                 .route("/v1/session", post(redeem_ticket))
+                .route("/v1/flow-binding", post(flow_binding))
                 .route("/v1/session/token", post(session_token))
                 .route("/v1/signout", post(super::signout::page_signout))
                 .layer(cors::with_credentials(&state.config)),
@@ -204,10 +205,17 @@ async fn authorize(
     {
         return response;
     }
-    let binding = cookie_values(&headers, binding_name(req.mode))
+    let presented = cookie_values(&headers, binding_name(req.mode))
         .into_iter()
-        .find(|v| v.len() == 43)
-        .unwrap_or_else(random_token::<32>);
+        .find(|v| v.len() == 43);
+    let mut req = req;
+    if presented.is_none() {
+        // A flow's outcome goes to a waiting fetch only with the binding
+        // cookie the page's browser held before the flow (`POST
+        // /v1/flow-binding`); without it, the result page posts it.
+        req.ticket_hash = None;
+    }
+    let binding = presented.unwrap_or_else(random_token::<32>);
     match state.signin.start(req.start(), &binding, now).await {
         Ok(url) => to_the_idp(&state, &req, &url, &binding),
         Err(e) => req.fail(&state, e),
@@ -233,6 +241,35 @@ fn to_the_idp(
         binding_cookie(req.mode, binding, state.config.flow_ttl),
     );
     response
+}
+
+#[derive(Deserialize)]
+struct FlowBindingQuery {
+    app: String,
+}
+
+/// `POST /v1/flow-binding?app=…`: the silent flows' browser-binding cookie,
+/// set from the host page (in its site's cookie partition) before a flow
+/// starts, so that the page's fetch holds the very cookie its flow in the
+/// hidden frame will be bound to. An existing one is kept. No body: a
+/// simple CORS request, which needs no preflight.
+async fn flow_binding(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<FlowBindingQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    cors::app_and_origin(&state, &headers, &q.app)?;
+    let binding = cookie_values(&headers, BINDING_SILENT)
+        .into_iter()
+        .find(|v| v.len() == 43)
+        .unwrap_or_else(random_token::<32>);
+    let mut response = super::no_store(StatusCode::NO_CONTENT);
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        binding_cookie(Mode::Silent, &binding, state.config.flow_ttl),
+    );
+    Ok(response)
 }
 
 fn binding_name(mode: Mode) -> &'static str {
@@ -303,8 +340,17 @@ async fn callback(
     };
     let mut bindings = cookie_values(&headers, BINDING_SILENT);
     bindings.extend(cookie_values(&headers, BINDING_POPUP));
+    // A hidden frame's navigation (every engine sends Sec-Fetch-Dest now; one
+    // that does not gets the result page, as a window does).
+    let in_frame = headers
+        .get("sec-fetch-dest")
+        .is_some_and(|v| v.as_bytes() == b"iframe");
     let now = crate::time::now();
-    let completed = match state.signin.complete_callback(params, &bindings, now).await {
+    let completed = match state
+        .signin
+        .complete_callback(params, &bindings, in_frame, now)
+        .await
+    {
         Ok(c) => c,
         Err(CallbackFailure::Untied(message)) => {
             return plain_page(StatusCode::BAD_REQUEST, "Sign-in failed", message, &[]);
@@ -338,6 +384,17 @@ async fn callback(
                 minted,
                 session_ticket,
             )
+        }
+        CallbackResult::Waited => {
+            // No page: the navigation ends here and the frame loads nothing.
+            let mut response = StatusCode::NO_CONTENT.into_response();
+            let h = response.headers_mut();
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            h.insert(
+                header::REFERRER_POLICY,
+                HeaderValue::from_static("no-referrer"),
+            );
+            response
         }
         CallbackResult::KeyTicket(ticket) => message_page(
             *mode,
@@ -380,18 +437,24 @@ async fn redeem_ticket(
     if let Some(proof) = &proof {
         dpop::spend(&state, proof).await?;
     }
-    let now = crate::time::now();
-    let redeemed = state
+    let proven = proof.as_ref().map(|p| &p.jkt);
+    // A ticket of a flow started with a browser key is redeemed only with a
+    // proof of that key; a flow's error is no sign-in.
+    let redeemed = match state
         .signin
         .redeem_ticket(
             app,
             &origin,
             &req.ticket,
-            proof.as_ref().map(|p| &p.jkt),
-            now,
+            proven,
+            &cookie_values(&headers, BINDING_SILENT),
+            false,
         )
         .await?
-        .ok_or_else(unknown_ticket)?;
+    {
+        Some(Ticket::SignIn(r)) if r.jkt.is_none() || r.jkt.as_ref() == proven => r,
+        _ => return Err(unknown_ticket()),
+    };
     BrowserSession(session)
         .put(&app.id, &origin, redeemed.signin)
         .await
@@ -410,6 +473,10 @@ struct SessionTokenRequest {
     /// without chatgate's cookie); redeemed only with a proof of the flow's key.
     #[serde(default)]
     ticket: Option<String>,
+    /// With `ticket`: the ticket the page picked for a silent flow it started
+    /// (`ticket_hash`); wait for the flow's outcome.
+    #[serde(default)]
+    wait: bool,
     /// Ask for a Direct Line token too (apps with `[apps.direct_line]`): the
     /// page holds none that is fresh.
     #[serde(default)]
@@ -417,7 +484,7 @@ struct SessionTokenRequest {
 }
 
 crate::redacted_debug!(SessionTokenRequest {
-    show: [app, direct_line],
+    show: [app, wait, direct_line],
     hide: [chat_token, ticket]
 });
 
@@ -458,11 +525,17 @@ async fn session_token(
             proof: proof.as_ref(),
             chat_token: req.chat_token.as_deref(),
             ticket: req.ticket.as_deref(),
+            wait: req.wait,
+            bindings: &cookie_values(&headers, BINDING_SILENT),
             direct_line: req.direct_line,
             now,
         })
-        .await
-        .map_err(page_renewal_refused)?;
+        .await;
+    let renewed = match renewed {
+        Ok(renewed) => renewed,
+        Err(PageRenewalError::Flow(error)) => return Ok(flow_failed_json(&app.id, &error)),
+        Err(e) => return Err(page_renewal_refused(e)),
+    };
     match renewed.session {
         SessionUpdate::Keep => {}
         SessionUpdate::Touch => browser.touch(state.config.session_idle),
@@ -475,6 +548,26 @@ async fn session_token(
     Ok(success_json(&app.id, &renewed.signin, renewed.minted))
 }
 
+/// The error a waited-for flow ended with, as the `chatgate:error` message a
+/// result page would have posted: 401 when the IdP wants the user
+/// (`login_required`, ...), 503 when it cannot be told now, else 400.
+fn flow_failed_json(app: &AppId, error: &FlowError) -> Response {
+    let status = match error.code.as_str() {
+        _ if error.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
+        "login_required"
+        | "interaction_required"
+        | "consent_required"
+        | "account_selection_required" => StatusCode::UNAUTHORIZED,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    let message = Message::Error {
+        app: app.to_string(),
+        error: error.code.clone(),
+        error_description: error.description.clone(),
+    };
+    super::no_store((status, Json(message)))
+}
+
 /// A page renewal's refusal as the fetch's answer.
 fn page_renewal_refused(error: PageRenewalError) -> ApiError {
     let description = error.to_string();
@@ -485,6 +578,7 @@ fn page_renewal_refused(error: PageRenewalError) -> ApiError {
         }
         PageRenewalError::ProofReplayed => dpop::refused(&crate::dpop::DpopError::Replayed),
         PageRenewalError::UnknownTicket => unknown_ticket(),
+        PageRenewalError::Flow(error) => ApiError::Internal(error.description),
         PageRenewalError::Unavailable(description) => ApiError::Unavailable {
             description,
             retry_after_secs: crate::user_tokens::RETRY_AFTER_SECS,

@@ -9,7 +9,7 @@ use crate::config::AppConfig;
 use crate::domain::Origin;
 use crate::dpop::Jkt;
 use crate::metrics::FlowEvent;
-use crate::signin::{FlowError, Mode, StartRequest};
+use crate::signin::{FlowError, Mode, StartRequest, TicketHash};
 use crate::state::AppState;
 
 /// Longest `login_hint` or `domain_hint` passed on to the IdP.
@@ -24,6 +24,7 @@ pub(super) struct AuthorizeQuery {
     domain_hint: Option<String>,
     prompt: Option<String>,
     dpop_jkt: Option<String>,
+    ticket_hash: Option<String>,
 }
 
 /// A sign-in request from an allowed origin of a known app.
@@ -38,6 +39,8 @@ pub(super) struct AuthorizeRequest<'a> {
     pub domain_hint: Option<String>,
     /// The browser key the widget names (required for DPoP apps).
     pub dpop_jkt: Option<Jkt>,
+    /// The ticket the page waits for the outcome by (silent, with a key).
+    pub ticket_hash: Option<TicketHash>,
 }
 
 impl<'a> AuthorizeRequest<'a> {
@@ -72,15 +75,41 @@ impl<'a> AuthorizeRequest<'a> {
             login_hint: nonempty(q.login_hint),
             domain_hint: nonempty(q.domain_hint),
             dpop_jkt: None,
+            ticket_hash: None,
         };
         let dpop_jkt = nonempty(q.dpop_jkt);
-        match req.check(dpop_jkt.as_deref()) {
-            Ok(jkt) => {
+        let checked = req.check(dpop_jkt.as_deref()).and_then(|jkt| {
+            let ticket_hash = req.check_ticket_hash(nonempty(q.ticket_hash), jkt.is_some())?;
+            Ok((jkt, ticket_hash))
+        });
+        match checked {
+            Ok((jkt, ticket_hash)) => {
                 req.dpop_jkt = jkt;
+                req.ticket_hash = ticket_hash;
                 Ok(req)
             }
             Err(e) => Err(req.fail(state, e).into()),
         }
+    }
+
+    /// `ticket_hash`: only a silent flow started with a browser key (whose
+    /// proof alone redeems the ticket) may have its outcome waited for.
+    fn check_ticket_hash(
+        &self,
+        ticket_hash: Option<String>,
+        has_key: bool,
+    ) -> Result<Option<TicketHash>, FlowError> {
+        let Some(hex) = ticket_hash else {
+            return Ok(None);
+        };
+        if self.mode != Mode::Silent || !has_key {
+            return Err(FlowError::invalid_request(
+                "ticket_hash is only for mode=silent with dpop_jkt",
+            ));
+        }
+        TicketHash::parse(&hex).map(Some).ok_or_else(|| {
+            FlowError::invalid_request("ticket_hash must be 64 lowercase hex digits (SHA-256)")
+        })
     }
 
     /// The checks whose refusal the widget hears; returns the browser key.
@@ -131,6 +160,7 @@ impl<'a> AuthorizeRequest<'a> {
             domain_hint: self.domain_hint.as_deref(),
             prompt: self.prompt.as_deref(),
             dpop_jkt: self.dpop_jkt.as_ref(),
+            ticket_hash: self.ticket_hash.as_ref(),
         }
     }
 

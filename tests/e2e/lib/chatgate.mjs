@@ -128,6 +128,22 @@ ${apps}
     async jwks() {
       return (await httpsGetJson(`${publicUrl}/.well-known/jwks.json`, ca)).body;
     },
+    /** How many `method route` requests chatgate answered with `status` (its /metrics). */
+    async answered(method, route, status) {
+      const text = await new Promise((resolvePromise, reject) => {
+        https
+          .get(`${publicUrl}/metrics`, { ca }, (res) => {
+            let body = "";
+            res.on("data", (c) => (body += c));
+            res.on("end", () => resolvePromise(body));
+          })
+          .on("error", reject);
+      });
+      const line = text
+        .split("\n")
+        .find((l) => l.startsWith("chatgate_http_requests_total{") && l.includes(`method="${method}"`) && l.includes(`route="${route}"`) && l.includes(`status="${status}"`));
+      return line ? Number(line.trim().split(/\s+/).pop()) : 0;
+    },
     stop: () =>
       new Promise((resolvePromise) => {
         if (child.exitCode !== null) return resolvePromise();

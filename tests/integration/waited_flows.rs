@@ -1,0 +1,353 @@
+//! A silent flow whose page waits for its outcome by fetch: the widget gets
+//! the flows' binding cookie (`POST /v1/flow-binding`), picks a ticket, names
+//! its SHA-256 (`ticket_hash`) when it starts the flow in the hidden frame,
+//! and asks `POST /v1/session/token {ticket, wait: true}` with a proof of its
+//! key and that cookie. Where the flow ends in the frame (`Sec-Fetch-Dest:
+//! iframe`) with that cookie, chatgate stores the outcome — the sign-in, or
+//! the flow's error — as that ticket and answers the frame `204`: no page of
+//! chatgate's loads. On SQLite and PostgreSQL.
+
+use crate::common;
+use crate::cookieless::ticket_of;
+use crate::signin::{Setup, setup_with};
+
+use chatgate::dpop::ProofSigner;
+use chatgate::secret::{random_token, sha256_hex};
+use common::browser::{Browser, posted_message};
+use common::{TestDb, claims_of, error_of};
+use serde_json::{Value, json};
+
+const ORIGIN: &str = "https://www.contoso.com";
+const USER: &str = "idp:user-123";
+const IN_FRAME: [(&str, &str); 1] = [("sec-fetch-dest", "iframe")];
+
+async fn setup(db: &TestDb) -> Setup {
+    setup_with(db, "", |c| c).await
+}
+
+/// A ticket and the `&dpop_jkt=…&ticket_hash=…` that start its flow.
+fn waited(key: &ProofSigner) -> (String, String) {
+    let ticket = random_token::<32>();
+    let extra = format!(
+        "&dpop_jkt={}&ticket_hash={}",
+        key.jkt(),
+        sha256_hex(ticket.as_bytes())
+    );
+    (ticket, extra)
+}
+
+async fn in_frame(browser: &mut Browser, url: &str) -> reqwest::Response {
+    browser
+        .request_with(reqwest::Method::GET, url, None, None, &IN_FRAME)
+        .await
+}
+
+/// The page's fetch that waits for the flow of `ticket`, from `browser`
+/// (with its cookies) and a proof of `key`.
+async fn wait_for(
+    s: &Setup,
+    browser: &mut Browser,
+    key: &ProofSigner,
+    ticket: &str,
+) -> reqwest::Response {
+    let url = s.app.url("/v1/session/token");
+    let proof = key.proof("POST", &url, None);
+    browser
+        .post_json_dpop(
+            &url,
+            ORIGIN,
+            &json!({"app": "support", "ticket": ticket, "wait": true}),
+            &proof,
+        )
+        .await
+}
+
+impl Setup {
+    /// `POST /v1/flow-binding`: the binding cookie, before the flow.
+    async fn bind_flows(&mut self) {
+        let url = self.app.url("/v1/flow-binding?app=support");
+        let r = self
+            .browser
+            .request(reqwest::Method::POST, &url, Some(ORIGIN), None)
+            .await;
+        assert_eq!(r.status(), 204);
+        assert!(
+            self.browser
+                .set_cookie_line(&self.app.base_url, "__Host-chatgate-flow")
+                .is_some_and(|l| l.contains("Partitioned") && l.contains("SameSite=None"))
+        );
+    }
+
+    /// A waited flow (binding cookie, key, ticket) up to the IdP's answer;
+    /// returns the ticket and the callback URL.
+    async fn waited_flow(&mut self, key: &ProofSigner) -> (String, String) {
+        self.bind_flows().await;
+        let (ticket, extra) = waited(key);
+        let idp_url = self.start("silent", &extra).await;
+        (ticket, self.at_idp(&idp_url).await)
+    }
+
+    /// Another browser, holding a binding cookie of its own.
+    async fn browser_with_binding(s: &Setup) -> Browser {
+        let mut b = Browser::new();
+        let url = s.app.url("/v1/flow-binding?app=support");
+        let r = b
+            .request(reqwest::Method::POST, &url, Some(ORIGIN), None)
+            .await;
+        assert_eq!(r.status(), 204);
+        b
+    }
+}
+
+/// The fetch, already waiting, gets the chat token the moment the callback
+/// stores it; the frame gets 204 and no page; the key is bound (it renews
+/// alone from now on).
+async fn the_outcome_goes_to_the_fetch_that_waits_and_the_frame_gets_no_page(db: &TestDb) {
+    let mut s = setup(db).await;
+    let key = ProofSigner::generate();
+    let (ticket, callback) = s.waited_flow(&key).await;
+    let mut frame_browser = s.browser.clone();
+    let mut page = s.browser.clone();
+
+    let (answer, frame) = tokio::join!(wait_for(&s, &mut page, &key, &ticket), async {
+        // The fetch is on its way first, as the widget sends it.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        in_frame(&mut frame_browser, &callback).await
+    });
+    assert_eq!(frame.status(), 204);
+    assert_eq!(frame.headers()["cache-control"], "no-store");
+    assert!(frame.text().await.unwrap().is_empty());
+
+    assert_eq!(answer.status(), 200);
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["type"], "chatgate:success", "{body}");
+    assert_eq!(body["user"]["id"], USER);
+    assert_eq!(claims_of(body["chat_token"].as_str().unwrap())["sub"], USER);
+    assert_eq!(s.idp.token_calls(), 1);
+
+    // The key renews now, with no cookie and no IdP round trip.
+    let r = s.renew_by_key(&key).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(s.idp.token_calls(), 1);
+    // The ticket worked once.
+    let r = s.redeem_with_key(&key, &ticket).await;
+    assert_eq!(error_of(r).await.0, 400);
+}
+
+/// Only the page's browser — its binding cookie and a proof of the flow's key
+/// — collects a waited-for outcome. The attack this stops: another site
+/// frames a flow for the app (its binding cookie then lives in that site's
+/// cookie partition) and collects the victim's sign-in from its server with
+/// its own ticket and key. No proof, another key, no cookie or another
+/// cookie, or `POST /v1/session` get nothing.
+async fn only_the_pages_browser_and_key_collect_the_outcome(db: &TestDb) {
+    let mut s = setup(db).await;
+    let key = ProofSigner::generate();
+    let (ticket, callback) = s.waited_flow(&key).await;
+    assert_eq!(
+        in_frame(&mut s.browser.clone(), &callback).await.status(),
+        204
+    );
+    // No proof (refused before the ticket is looked at).
+    let r = s
+        .browser
+        .clone()
+        .post_json(
+            &s.app.url("/v1/session/token"),
+            ORIGIN,
+            &json!({"app": "support", "ticket": ticket, "wait": true}),
+        )
+        .await;
+    assert_eq!(error_of(r).await, (401, "invalid_dpop_proof".into()));
+    // The ticket and the key, from elsewhere: without the binding cookie.
+    let r = wait_for(&s, &mut Browser::new(), &key, &ticket).await;
+    assert_eq!(error_of(r).await.0, 400);
+    assert_eq!(
+        error_of(s.renew_by_key(&key).await).await,
+        (401, "login_required".into())
+    );
+
+    // With another browser's binding cookie.
+    let (ticket, callback) = s.waited_flow(&key).await;
+    assert_eq!(
+        in_frame(&mut s.browser.clone(), &callback).await.status(),
+        204
+    );
+    let mut other = Setup::browser_with_binding(&s).await;
+    let r = wait_for(&s, &mut other, &key, &ticket).await;
+    assert_eq!(error_of(r).await.0, 400);
+
+    // Another key, with the right cookie.
+    let (ticket, callback) = s.waited_flow(&key).await;
+    assert_eq!(
+        in_frame(&mut s.browser.clone(), &callback).await.status(),
+        204
+    );
+    let thief = ProofSigner::generate();
+    let r = wait_for(&s, &mut s.browser.clone(), &thief, &ticket).await;
+    assert_eq!(error_of(r).await.0, 400);
+
+    // POST /v1/session (a popup's ticket, taken without a proof).
+    let (ticket, callback) = s.waited_flow(&key).await;
+    assert_eq!(
+        in_frame(&mut s.browser.clone(), &callback).await.status(),
+        204
+    );
+    let r = s
+        .browser
+        .clone()
+        .post_json(
+            &s.app.url("/v1/session"),
+            ORIGIN,
+            &json!({"app": "support", "ticket": ticket}),
+        )
+        .await;
+    assert_eq!(error_of(r).await.0, 400);
+    assert_eq!(
+        error_of(s.renew_by_key(&thief).await).await,
+        (401, "login_required".into())
+    );
+    assert_eq!(
+        error_of(s.renew_by_key(&key).await).await,
+        (401, "login_required".into())
+    );
+}
+
+/// The IdP's error (here `login_required`: the frame saw no IdP session)
+/// reaches the waiting fetch as the `chatgate:error` message the result page
+/// would have posted; the frame gets 204 and the code is never redeemed.
+async fn the_flows_error_goes_to_the_fetch_that_waits(db: &TestDb) {
+    let mut s = setup(db).await;
+    s.idp
+        .with(|st| st.authorize_error = Some("login_required".into()));
+    let key = ProofSigner::generate();
+    let (ticket, callback) = s.waited_flow(&key).await;
+    assert_eq!(
+        in_frame(&mut s.browser.clone(), &callback).await.status(),
+        204
+    );
+    let r = wait_for(&s, &mut s.browser.clone(), &key, &ticket).await;
+    assert_eq!(r.status(), 401);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["type"], "chatgate:error", "{body}");
+    assert_eq!(body["app"], "support");
+    assert_eq!(body["error"], "login_required");
+    assert_eq!(s.idp.token_calls(), 0);
+}
+
+/// Outside a frame (a window, or a browser that sends no Sec-Fetch-Dest)
+/// the result page posts as it always did, and the waited ticket holds
+/// nothing: the widget hears the page.
+async fn outside_a_frame_the_result_page_posts_as_before(db: &TestDb) {
+    let mut s = setup(db).await;
+    let key = ProofSigner::generate();
+    for dest in [None, Some("document")] {
+        // A browser without chatgate's session (which would renew in the frame).
+        s.browser = Browser::new();
+        let (ticket, callback) = s.waited_flow(&key).await;
+        let headers: Vec<(&str, &str)> = dest.map(|d| ("sec-fetch-dest", d)).into_iter().collect();
+        let r = s
+            .browser
+            .request_with(reqwest::Method::GET, &callback, None, None, &headers)
+            .await;
+        let envelope = posted_message(r).await.expect("a result page");
+        assert_eq!(
+            envelope["message"]["type"], "chatgate:success",
+            "{envelope}"
+        );
+        let r = s.redeem_with_key(&key, &ticket).await;
+        assert_eq!(error_of(r).await.0, 400);
+    }
+    // A frame that dropped the cookie gets a ticket page the same way.
+    s.browser = Browser::new();
+    let (_, callback) = s.waited_flow(&key).await;
+    let envelope = posted_message(in_frame(&mut Browser::new(), &callback).await)
+        .await
+        .unwrap();
+    ticket_of(&envelope);
+    // A flow started without the binding cookie (a browser that keeps no
+    // cookie, or the frame that outran POST /v1/flow-binding) is not waited
+    // for: its result page posts, even in a frame that now has the cookie.
+    s.browser = Browser::new();
+    let (ticket, extra) = waited(&key);
+    let idp_url = s.start("silent", &extra).await;
+    let callback = s.at_idp(&idp_url).await;
+    let envelope = posted_message(in_frame(&mut s.browser.clone(), &callback).await)
+        .await
+        .unwrap();
+    assert_eq!(
+        envelope["message"]["type"], "chatgate:success",
+        "{envelope}"
+    );
+    let r = s.redeem_with_key(&key, &ticket).await;
+    assert_eq!(error_of(r).await.0, 400);
+}
+
+/// `ticket_hash` is for silent flows started with a browser key (whose proof
+/// alone redeems the outcome), and is a SHA-256 in lowercase hex.
+async fn ticket_hash_needs_a_silent_flow_with_a_key(db: &TestDb) {
+    let mut s = setup(db).await;
+    let key = ProofSigner::generate();
+    let hash = sha256_hex(b"x");
+    for extra in [
+        format!("&ticket_hash={hash}"),
+        format!("&dpop_jkt={}&ticket_hash={}", key.jkt(), &hash[..63]),
+        format!(
+            "&dpop_jkt={}&ticket_hash={}",
+            key.jkt(),
+            hash.to_uppercase()
+        ),
+    ] {
+        let r = s.browser.get(&s.authorize_url("silent", &extra)).await;
+        let envelope = posted_message(r).await.expect("an error page");
+        assert_eq!(envelope["message"]["error"], "invalid_request", "{extra}");
+    }
+    let extra = format!("&dpop_jkt={}&ticket_hash={hash}", key.jkt());
+    let r = s.browser.get(&s.authorize_url("popup", &extra)).await;
+    let envelope = posted_message(r).await.expect("an error page");
+    assert_eq!(envelope["message"]["error"], "invalid_request");
+}
+
+/// `POST /v1/flow-binding` sets the cookie only for a page of the app's
+/// origins, and keeps the one the browser holds.
+async fn the_flow_binding_is_set_for_the_apps_origins_only(db: &TestDb) {
+    let mut s = setup(db).await;
+    let url = s.app.url("/v1/flow-binding?app=support");
+    for origin in [Some("https://evil.example"), None] {
+        let mut b = Browser::new();
+        let r = b.request(reqwest::Method::POST, &url, origin, None).await;
+        assert_eq!(r.status(), 403, "{origin:?}");
+        assert!(r.headers().get("set-cookie").is_none());
+    }
+    let r = Browser::new()
+        .request(
+            reqwest::Method::POST,
+            &s.app.url("/v1/flow-binding?app=nope"),
+            Some(ORIGIN),
+            None,
+        )
+        .await;
+    assert!(r.status().is_client_error());
+    s.bind_flows().await;
+    let first = s
+        .browser
+        .set_cookie_line(&s.app.base_url, "__Host-chatgate-flow");
+    s.bind_flows().await;
+    let value = |l: Option<String>| l.unwrap().split(';').next().unwrap().to_string();
+    assert_eq!(
+        value(first),
+        value(
+            s.browser
+                .set_cookie_line(&s.app.base_url, "__Host-chatgate-flow")
+        )
+    );
+}
+
+backend_tests!(
+    the_outcome_goes_to_the_fetch_that_waits_and_the_frame_gets_no_page,
+    only_the_pages_browser_and_key_collect_the_outcome,
+    the_flows_error_goes_to_the_fetch_that_waits,
+    outside_a_frame_the_result_page_posts_as_before,
+    ticket_hash_needs_a_silent_flow_with_a_key,
+    the_flow_binding_is_set_for_the_apps_origins_only,
+);
