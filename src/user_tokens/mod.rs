@@ -176,20 +176,26 @@ impl TokenService {
         let inner = &self.inner;
         // The hot path may use a row read within `read_cache_ttl`; a token that
         // is due for refresh is always read again by the refresh task.
-        let cached = inner.vault.load_for_read(app, user_id).await?;
-        let entry = cached.ok_or_else(|| not_found(app, user_id))?;
-        if entry.needs_reauth {
+        let read = inner.vault.read_access(app, user_id).await?;
+        let read = read.ok_or_else(|| not_found(app, user_id))?;
+        if read.needs_reauth {
             return Err(reauth());
         }
         let margin = inner.settings.read_cache_ttl;
-        if entry.pending_id_token.is_none()
-            && fresh_enough(
-                &entry,
+        if !read.pending_id_token
+            && valid_beyond(
+                read.expires_at,
                 crate::time::now(),
                 inner.settings.refresh_skew + margin,
             )
         {
-            return Ok(view(&entry, false));
+            return Ok(FreshToken {
+                access_token: read.access_token,
+                token_type: read.token_type,
+                expires_at: read.expires_at,
+                scope: read.scope,
+                refreshed: false,
+            });
         }
         let (mut result, publisher) = inner.inflight.join((app.clone(), user_id.clone()));
         if let Some(publisher) = publisher {
@@ -347,10 +353,13 @@ fn view(entry: &VaultEntry, refreshed: bool) -> FreshToken {
 /// Valid for longer than `skew` (or of unknown lifetime, which only the IdP
 /// could judge).
 fn fresh_enough(entry: &VaultEntry, now: i64, skew: Duration) -> bool {
-    entry
-        .tokens
-        .expires_at
-        .is_none_or(|exp| exp > now + skew.as_secs() as i64)
+    valid_beyond(entry.tokens.expires_at, now, skew)
+}
+
+/// An access token expiring at `expires_at` is valid for longer than `skew`
+/// (or of unknown lifetime, which only the IdP could judge).
+fn valid_beyond(expires_at: Option<i64>, now: i64, skew: Duration) -> bool {
+    expires_at.is_none_or(|exp| exp > now + skew.as_secs() as i64)
 }
 
 fn still_valid(entry: &VaultEntry, now: i64) -> bool {

@@ -23,7 +23,7 @@ pub use crate::store::LeaseTake;
 pub use keyring::{Aad, VaultKeyRing};
 pub use refresh::{RefreshResult, SealedRefresh};
 pub use rekey::RekeyReport;
-pub use types::{Lease, PendingIdToken, SignInIdentity, TokenSet, VaultEntry};
+pub use types::{AccessRead, Lease, PendingIdToken, SignInIdentity, TokenSet, VaultEntry};
 
 use crate::cache::TtlCache;
 use crate::domain::{AppId, ProviderId, UserId};
@@ -79,8 +79,8 @@ const ID_TOKEN: &str = "id_token";
 pub struct Vault {
     store: Store,
     keys: Arc<VaultKeyRing>,
-    /// Sealed rows recently read by [`Vault::load_for_read`] (still encrypted).
-    read_cache: Arc<TtlCache<(String, String), VaultRow>>,
+    /// Sealed rows recently read by [`Vault::read_access`] (still encrypted).
+    read_cache: Arc<TtlCache<(String, String), Arc<VaultRow>>>,
     metrics: Arc<Metrics>,
     /// Told when a write recorded an event (`None`: no app takes events).
     deliverer: Option<Deliverer>,
@@ -108,7 +108,7 @@ impl Vault {
         Self::with_read_cache(store, keys, std::time::Duration::ZERO)
     }
 
-    /// A vault whose [`Vault::load_for_read`] may answer from rows read within
+    /// A vault whose [`Vault::read_access`] may answer from rows read within
     /// `ttl`. Every write through this vault invalidates its cached row.
     pub fn with_read_cache(
         store: Store,
@@ -210,25 +210,40 @@ impl Vault {
             .remove(&(app.to_string(), user_id.to_string()));
     }
 
-    /// Like [`Vault::load`], but may use a row read within the read-cache TTL:
-    /// for the bot API's lookups of tokens that are not about to expire.
-    pub async fn load_for_read(&self, app: &AppId, user_id: &UserId) -> Result<Option<VaultEntry>> {
+    /// The access token of `(app, user_id)` and what decides whether it may
+    /// be handed out, from a row read within the read-cache TTL if there is
+    /// one: for the bot API's lookups of tokens that are not about to expire.
+    /// Only the access token is opened.
+    pub async fn read_access(&self, app: &AppId, user_id: &UserId) -> Result<Option<AccessRead>> {
         let key = (app.to_string(), user_id.to_string());
-        let read = match self.read_cache.get(&key) {
-            Some(row) => self.open_row(row).map(Some),
+        let row = match self.read_cache.get(&key) {
+            Some(row) => Ok(Some(row)),
             None => match self
                 .store
                 .get_vault_entry(app.as_str(), user_id.as_str())
                 .await
             {
                 Ok(Some(row)) => {
+                    let row = Arc::new(row);
                     self.read_cache.insert(key, row.clone());
-                    self.open_row(row).map(Some)
+                    Ok(Some(row))
                 }
                 Ok(None) => Ok(None),
-                Err(e) => Err(e.into()),
+                Err(e) => Err(VaultError::from(e)),
             },
         };
+        let read = row.and_then(|row| match row {
+            Some(row) => Ok(Some(AccessRead {
+                access_token: self.open_column(&row, ACCESS, &row.access_token)?,
+                token_type: row.token_type.clone(),
+                scope: row.scope.clone(),
+                expires_at: row.access_expires_at,
+                needs_reauth: row.needs_reauth,
+                pending_id_token: row.pending_id_token.is_some()
+                    && row.pending_id_token_at.is_some(),
+            })),
+            None => Ok(None),
+        });
         self.count_read(&read);
         read
     }

@@ -34,6 +34,20 @@ pub struct VaultEntry {
     pub generation: Option<String>,
 }
 
+/// What a bot's read of an entry needs ([`super::Vault::read_access`]): the
+/// access token opened, no other secret.
+#[derive(Debug)]
+pub struct AccessRead {
+    pub access_token: SecretString,
+    pub token_type: String,
+    pub scope: String,
+    /// Unix seconds; `None` when the IdP did not send `expires_in`.
+    pub expires_at: Option<i64>,
+    pub needs_reauth: bool,
+    /// A refreshed ID token waits to be verified (the refresh task does it).
+    pub pending_id_token: bool,
+}
+
 /// A live refresh lease of a vault row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
