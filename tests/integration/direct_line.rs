@@ -13,7 +13,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 
 use crate::common::TestDb;
-use crate::common::browser::posted_message;
 use crate::common::proxy::{Proxy, Switch};
 use crate::signin::{Setup, setup_with};
 use serde_json::{Value, json};
@@ -122,11 +121,7 @@ impl Setup {
     /// A silent sign-in in a fresh browser: the success message.
     async fn signed_in(&mut self) -> Value {
         self.browser = crate::common::browser::Browser::new();
-        let idp_url = self.start("silent", "").await;
-        let callback = self.at_idp(&idp_url).await;
-        let envelope = posted_message(self.browser.get(&callback).await)
-            .await
-            .unwrap();
+        let envelope = self.flow("silent").await;
         let message = envelope["message"].clone();
         assert_eq!(message["type"], "chatgate:success", "{envelope}");
         message

@@ -69,7 +69,7 @@ impl Setup {
     }
 
     /// A whole flow; returns what the result page posts.
-    async fn flow(&mut self, mode: &str) -> Value {
+    pub(crate) async fn flow(&mut self, mode: &str) -> Value {
         let idp_url = self.start(mode, "").await;
         let callback = self.at_idp(&idp_url).await;
         let r = self.browser.get(&callback).await;
