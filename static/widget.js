@@ -133,6 +133,10 @@
   // tries that cookie too.
   var unbound = {};
   var confirming = {}; // keyName -> the confirmation of the key in flight
+  // keyName -> POST /v1/flow-binding in flight or done: started as soon as a
+  // key is made on this visit (a first visit: its sign-in goes to the
+  // iframe), so it runs beside the key's making, not after it.
+  var flowBindings = {};
   var directLines = {}; // keyName -> the latest Direct Line grant
   // A Direct Line token closer than this to its expiry is not handed out
   // again: the next renewal asks chatgate for a new one.
@@ -234,6 +238,7 @@
               return store.put(fresh, name);
             });
             unbound[name] = true;
+            bindFlows(opts);
             return fresh;
           });
       })
@@ -523,6 +528,29 @@
     });
   }
 
+  // Sets the flows' binding cookie from this page, in its site's cookie
+  // partition (a simple CORS request: no preflight); resolves when done,
+  // failed or not. A flow started after it carries the cookie, which the
+  // fetch waiting for the flow's outcome must hold too.
+  function bindFlows(opts) {
+    var name = keyName(opts);
+    if (!flowBindings[name]) {
+      flowBindings[name] =
+        typeof global.fetch !== "function"
+          ? Promise.resolve()
+          : global
+              .fetch(brokerUrl(opts, "/v1/flow-binding?app=" + encodeURIComponent(opts.app)), {
+                method: "POST",
+                credentials: "include",
+              })
+              .then(
+                function () {},
+                function () {}
+              );
+    }
+    return flowBindings[name];
+  }
+
   // A ticket for an iframe sign-in's outcome: { ticket, hash } (hex SHA-256),
   // or null without WebCrypto.
   function pickTicket() {
@@ -569,25 +597,21 @@
   // page of chatgate's loads in it (loading one, in a process of its own, was
   // most of a first sign-in's time). The outcome goes only to a fetch with a
   // proof of this page's key and the flows' binding cookie, which this page
-  // gets first (POST /v1/flow-binding) in its own site's cookie partition.
+  // gets first (bindFlows) in its own site's cookie partition.
   // Whichever answers first wins: the fetch, or a page the frame posts from
   // (chatgate's session renewed in the frame; a browser that keeps no
   // cookie; one without Sec-Fetch-Dest), or the frame's timeout or fail-fast.
   function signInWithIframeAndFetch(opts, key, picked) {
-    var binding = global
-      .fetch(brokerUrl(opts, "/v1/flow-binding?app=" + encodeURIComponent(opts.app)), {
-        method: "POST",
-        credentials: "include",
-      })
-      .catch(function () {});
-    return picked.then(function (pick) {
+    // The frame starts once the binding cookie is set: its flow must carry it.
+    return Promise.all([picked, bindFlows(opts)]).then(function (ready) {
+      // Used: the next iframe sign-in sets it again (it lives for flow_ttl).
+      delete flowBindings[keyName(opts)];
+      var pick = ready[0];
       if (!pick) return framed(opts, openIframe(opts, authorizeUrl(opts, "silent", key.jkt)).result);
       var ticket = pick.ticket;
       var frame = openIframe(opts, authorizeUrl(opts, "silent", key.jkt, pick.hash));
       var abort = new global.AbortController();
-      var waited = binding.then(function () {
-        return renewByFetch(opts, { ticket: ticket, wait: true, signal: abort.signal });
-      });
+      var waited = renewByFetch(opts, { ticket: ticket, wait: true, signal: abort.signal });
       return new Promise(function (resolve, reject) {
         framed(opts, frame.result).then(
           function (data) {
