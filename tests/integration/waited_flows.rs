@@ -14,7 +14,7 @@ use crate::signin::{Setup, setup_with};
 use chatgate::dpop::ProofSigner;
 use chatgate::secret::{random_token, sha256_hex};
 use common::browser::{Browser, posted_message};
-use common::{TestDb, claims_of, error_of};
+use common::{TestApp, TestDb, claims_of, error_of};
 use serde_json::{Value, json};
 
 const ORIGIN: &str = "https://www.contoso.com";
@@ -62,14 +62,18 @@ async fn wait_for(
         .await
 }
 
+/// `POST /v1/flow-binding` from a page at ORIGIN in `browser`.
+async fn post_flow_binding(app: &TestApp, browser: &mut Browser) -> reqwest::Response {
+    let url = app.url("/v1/flow-binding?app=support");
+    browser
+        .request(reqwest::Method::POST, &url, Some(ORIGIN), None)
+        .await
+}
+
 impl Setup {
     /// `POST /v1/flow-binding`: the binding cookie, before the flow.
     async fn bind_flows(&mut self) {
-        let url = self.app.url("/v1/flow-binding?app=support");
-        let r = self
-            .browser
-            .request(reqwest::Method::POST, &url, Some(ORIGIN), None)
-            .await;
+        let r = post_flow_binding(&self.app, &mut self.browser).await;
         assert_eq!(r.status(), 204);
         assert!(
             self.browser
@@ -87,14 +91,19 @@ impl Setup {
         (ticket, self.at_idp(&idp_url).await)
     }
 
+    /// A waited flow finished in the frame (which gets 204); returns the
+    /// ticket whose outcome is stored.
+    async fn waited_flow_done(&mut self, key: &ProofSigner) -> String {
+        let (ticket, callback) = self.waited_flow(key).await;
+        let frame = in_frame(&mut self.browser.clone(), &callback).await;
+        assert_eq!(frame.status(), 204);
+        ticket
+    }
+
     /// Another browser, holding a binding cookie of its own.
-    async fn browser_with_binding(s: &Setup) -> Browser {
+    async fn browser_with_binding(&self) -> Browser {
         let mut b = Browser::new();
-        let url = s.app.url("/v1/flow-binding?app=support");
-        let r = b
-            .request(reqwest::Method::POST, &url, Some(ORIGIN), None)
-            .await;
-        assert_eq!(r.status(), 204);
+        assert_eq!(post_flow_binding(&self.app, &mut b).await.status(), 204);
         b
     }
 }
@@ -143,11 +152,7 @@ async fn the_outcome_goes_to_the_fetch_that_waits_and_the_frame_gets_no_page(db:
 async fn only_the_pages_browser_and_key_collect_the_outcome(db: &TestDb) {
     let mut s = setup(db).await;
     let key = ProofSigner::generate();
-    let (ticket, callback) = s.waited_flow(&key).await;
-    assert_eq!(
-        in_frame(&mut s.browser.clone(), &callback).await.status(),
-        204
-    );
+    let ticket = s.waited_flow_done(&key).await;
     // No proof (refused before the ticket is looked at).
     let r = s
         .browser
@@ -168,31 +173,19 @@ async fn only_the_pages_browser_and_key_collect_the_outcome(db: &TestDb) {
     );
 
     // With another browser's binding cookie.
-    let (ticket, callback) = s.waited_flow(&key).await;
-    assert_eq!(
-        in_frame(&mut s.browser.clone(), &callback).await.status(),
-        204
-    );
-    let mut other = Setup::browser_with_binding(&s).await;
+    let ticket = s.waited_flow_done(&key).await;
+    let mut other = s.browser_with_binding().await;
     let r = wait_for(&s, &mut other, &key, &ticket).await;
     assert_eq!(error_of(r).await.0, 400);
 
     // Another key, with the right cookie.
-    let (ticket, callback) = s.waited_flow(&key).await;
-    assert_eq!(
-        in_frame(&mut s.browser.clone(), &callback).await.status(),
-        204
-    );
+    let ticket = s.waited_flow_done(&key).await;
     let thief = ProofSigner::generate();
     let r = wait_for(&s, &mut s.browser.clone(), &thief, &ticket).await;
     assert_eq!(error_of(r).await.0, 400);
 
     // POST /v1/session (a popup's ticket, taken without a proof).
-    let (ticket, callback) = s.waited_flow(&key).await;
-    assert_eq!(
-        in_frame(&mut s.browser.clone(), &callback).await.status(),
-        204
-    );
+    let ticket = s.waited_flow_done(&key).await;
     let r = s
         .browser
         .clone()
@@ -221,11 +214,7 @@ async fn the_flows_error_goes_to_the_fetch_that_waits(db: &TestDb) {
     s.idp
         .with(|st| st.authorize_error = Some("login_required".into()));
     let key = ProofSigner::generate();
-    let (ticket, callback) = s.waited_flow(&key).await;
-    assert_eq!(
-        in_frame(&mut s.browser.clone(), &callback).await.status(),
-        204
-    );
+    let ticket = s.waited_flow_done(&key).await;
     let r = wait_for(&s, &mut s.browser.clone(), &key, &ticket).await;
     assert_eq!(r.status(), 401);
     let body: Value = r.json().await.unwrap();
