@@ -108,7 +108,6 @@ impl SignInService {
             .as_deref()
             .filter(|_| in_frame && taken.bound_by == BoundBy::Cookie)
             .and_then(TicketHash::parse);
-        let binding_hash = Some(taken.flow.binding_hash.as_str());
         match self.finish(&taken, &params, waiter.as_ref(), now).await {
             Ok(result) => Ok(Completed {
                 target: taken.target,
@@ -119,7 +118,7 @@ impl SignInService {
                 // Where the error cannot be stored, the frame's page posts it.
                 if let Some(hash) = &waiter
                     && self
-                        .store_outcome(&taken.target, hash, binding_hash, Err(&error), now)
+                        .store_waited(&taken, hash, Err(&error), now)
                         .await
                         .is_ok()
                 {
@@ -197,15 +196,8 @@ impl SignInService {
         };
         let jkt = taken.flow.dpop_jkt.as_deref().and_then(Jkt::parse);
         if let Some(hash) = waiter {
-            let binding_hash = Some(taken.flow.binding_hash.as_str());
-            self.store_outcome(
-                &taken.target,
-                hash,
-                binding_hash,
-                Ok((&signin, jkt.as_ref())),
-                now,
-            )
-            .await?;
+            self.store_waited(taken, hash, Ok((&signin, jkt.as_ref())), now)
+                .await?;
             return Ok(CallbackResult::Waited);
         }
         if taken.bound_by == BoundBy::Key {
@@ -244,6 +236,20 @@ impl SignInService {
             minted,
             session_ticket,
         })
+    }
+
+    /// A waited flow's outcome, as the page's ticket, for the browser
+    /// holding the flow's binding cookie.
+    async fn store_waited(
+        &self,
+        taken: &Taken<'_>,
+        hash: &TicketHash,
+        outcome: Result<(&SessionSignIn, Option<&Jkt>), &FlowError>,
+        now: i64,
+    ) -> Result<(), FlowError> {
+        let binding_hash = Some(taken.flow.binding_hash.as_str());
+        self.store_outcome(&taken.target, hash, binding_hash, outcome, now)
+            .await
     }
 
     fn failed(&self, target: &FlowTarget, error: FlowError) -> CallbackFailure {
