@@ -573,10 +573,15 @@
   function signInWithIframe(opts, ticket) {
     return browserKey(opts).then(function (key) {
       if (!key || typeof global.fetch !== "function" || typeof global.AbortController !== "function") {
-        return framed(opts, openIframe(opts, authorizeUrl(opts, "silent", key && key.jkt)).result);
+        return frameOnly(opts, key);
       }
       return signInWithIframeAndFetch(opts, key, ticket || pickTicket());
     });
+  }
+
+  // The flow in the frame alone: its page posts the result.
+  function frameOnly(opts, key) {
+    return framed(opts, openIframe(opts, authorizeUrl(opts, "silent", key && key.jkt)).result);
   }
 
   // What the frame's page posted, as the success message: a ticket is
@@ -607,7 +612,7 @@
       // Used: the next iframe sign-in sets it again (it lives for flow_ttl).
       delete flowBindings[keyName(opts)];
       var pick = ready[0];
-      if (!pick) return framed(opts, openIframe(opts, authorizeUrl(opts, "silent", key.jkt)).result);
+      if (!pick) return frameOnly(opts, key);
       var ticket = pick.ticket;
       var frame = openIframe(opts, authorizeUrl(opts, "silent", key.jkt, pick.hash));
       var abort = new global.AbortController();
