@@ -5,12 +5,13 @@ use chatgate::secret::ExposeSecret as _;
 
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use chatgate::domain::{AppId, KeyId, ProviderId, UserId};
 use chatgate::secret::SecretString;
 use chatgate::vault::{TokenSet, Vault, VaultKeyRing};
+use common::child::ServeChild;
 use common::{TestConfig, TestDb};
 
 fn chatgate(args: &[&str]) -> Output {
@@ -388,45 +389,19 @@ fn keys_generate_events_prints_a_standard_webhooks_secret() {
 
 /// Runs `chatgate serve` until it is ready, sends SIGTERM, returns its output.
 async fn serve_then_sigterm(cfg: &TestConfig) -> Output {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let path = cfg.write(port);
-    let child = Command::new(env!("CARGO_BIN_EXE_chatgate"))
-        .args(["serve", "--config", path.to_str().unwrap()])
-        .envs(&cfg.env)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let client = common::http_client();
-    let started = Instant::now();
-    loop {
-        if let Ok(r) = client
-            .get(format!("http://127.0.0.1:{port}/readyz"))
-            .send()
-            .await
-        {
-            assert_eq!(r.status(), 200);
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "serve did not come up"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    tokio::task::spawn_blocking(move || child.wait_with_output())
+    let served = ServeChild::start(cfg, "info").await;
+    let r = common::http_client()
+        .get(format!("{}/readyz", served.url()))
+        .send()
         .await
-        .unwrap()
-        .unwrap()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (status, log) = served.terminate().await;
+    Output {
+        status,
+        stdout: Vec::new(),
+        stderr: log.into_bytes(),
+    }
 }
 
 #[tokio::test]

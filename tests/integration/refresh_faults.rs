@@ -7,9 +7,9 @@
 //! Each test asserts that nothing was lost: the IdP never sees a refresh token
 //! twice, and later lookups answer 200 with the rotated token.
 
+use crate::common::child::ServeChild;
 use chatgate::secret::ExposeSecret as _;
 use std::ops::ControlFlow;
-use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -418,21 +418,8 @@ async fn graceful_shutdown_finishes_a_refresh_in_flight(db: &TestDb) {
 }
 
 /// `chatgate serve` as a child process on the same database.
-fn spawn_replica(w: &World) -> (Child, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let config = w.cfg.write(port);
-    let child = Command::new(env!("CARGO_BIN_EXE_chatgate"))
-        .args(["serve", "--config", config.to_str().unwrap()])
-        .envs(&w.cfg.env)
-        .env_remove("CHATGATE_CONFIG")
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .expect("run chatgate serve");
-    (child, format!("http://127.0.0.1:{port}"))
+async fn spawn_replica(w: &World) -> ServeChild {
+    ServeChild::start(&w.cfg, "warn,chatgate::server=info").await
 }
 
 async fn wait_ready(url: &str) {
@@ -455,7 +442,8 @@ async fn wait_ready(url: &str) {
 async fn a_replica_killed_after_the_idp_rotated_is_reported_honestly(db: &TestDb) {
     let w = world(db, "").await;
     slow_idp(&w.idp, Duration::from_secs(30));
-    let (mut child, url) = spawn_replica(&w);
+    let replica = spawn_replica(&w).await;
+    let url = replica.url();
     wait_ready(&url).await;
     let client = common::http_client();
     let doomed = client
@@ -464,8 +452,7 @@ async fn a_replica_killed_after_the_idp_rotated_is_reported_honestly(db: &TestDb
         .send();
     let doomed = tokio::spawn(doomed);
     w.idp.wait_for_refreshes(1).await;
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    replica.kill().await;
     assert!(doomed.await.unwrap().is_err());
     w.idp.with(|s| s.refresh_answer_delay = None);
     // refresh_lease = 3s: the survivor takes over within about 5 s.
@@ -493,7 +480,8 @@ async fn a_replica_killed_before_the_idp_answered_is_taken_over(db: &TestDb) {
     let w = world(db, "").await;
     w.idp
         .with(|s| s.refresh_arrival_delay = Some(Duration::from_secs(30)));
-    let (mut child, url) = spawn_replica(&w);
+    let replica = spawn_replica(&w).await;
+    let url = replica.url();
     wait_ready(&url).await;
     let client = common::http_client();
     let doomed = tokio::spawn(
@@ -508,8 +496,7 @@ async fn a_replica_killed_before_the_idp_answered_is_taken_over(db: &TestDb) {
         assert!(std::time::Instant::now() < deadline, "no lease taken");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    replica.kill().await;
     assert!(doomed.await.unwrap().is_err());
     w.idp.with(|s| s.refresh_arrival_delay = None);
     let r = w.lookup().await;
