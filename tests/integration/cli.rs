@@ -3,7 +3,7 @@
 use crate::common;
 use chatgate::secret::ExposeSecret as _;
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -533,6 +533,7 @@ fn the_development_provider_refuses_to_listen_beyond_loopback() {
 #[test]
 fn the_demo_ignores_chatgate_variables_from_the_shell() {
     use std::io::{BufRead as _, BufReader};
+    use std::process::Stdio;
     let dir = tempfile::tempdir().unwrap();
     let elsewhere = dir.path().join("production.db");
     let data = dir.path().join("demo");
