@@ -12,7 +12,8 @@
 //!     cargo bench --bench token_lookup
 //!     CHATGATE_BENCH_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/postgres cargo bench --bench token_lookup
 //!
-//! Environment: `CHATGATE_BENCH_SECONDS` (per measurement, default 10),
+//! Environment: `CHATGATE_BENCH_SECONDS` (per endpoint, default 10),
+//! `CHATGATE_BENCH_ROUNDS` (the endpoints take turns, default 5 rounds each),
 //! `CHATGATE_BENCH_CONNECTIONS` (default 32). The load generator runs in this
 //! process and chatgate (the release binary) in a child process, on the same
 //! machine: both share its cores, as with any single-machine load test.
@@ -34,7 +35,7 @@ use std::time::{Duration, Instant};
 use chatgate::domain::{AppId, ProviderId, UserId};
 use chatgate::secret::SecretString;
 use chatgate::vault::TokenSet;
-use common::{Server, env_or, join_all, load, rss_kib};
+use common::{Sample, Server, env_or, join_all, load, load_sample, rss_kib};
 
 const USER: &str = "bench:user-1";
 
@@ -88,16 +89,18 @@ async fn start_with(database_url: &str, idp: Option<&fake_idp::FakeIdp>) -> Serv
     setup.launch(secret).await
 }
 
-async fn bench(label: &str, database_url: &str, connections: usize, seconds: u64) {
+async fn bench(label: &str, database_url: &str, connections: usize, seconds: u64, rounds: u32) {
     let server = start(database_url).await;
     let pid = server.child.id();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle = rss_kib(pid);
-    let duration = Duration::from_secs(seconds);
+    let round = Duration::from_secs(seconds) / rounds;
     let token_url = format!("{}/v1/users/{USER}/token", server.base);
     let healthz_url = format!("{}/healthz", server.base);
     let token = move |_: usize, _: usize| token_url.clone();
+    let health = move |_: usize, _: usize| healthz_url.clone();
     // warm-up
+    load(health.clone(), None, connections, Duration::from_secs(1)).await;
     load(
         token.clone(),
         Some(&server.secret),
@@ -116,13 +119,21 @@ async fn bench(label: &str, database_url: &str, connections: usize, seconds: u64
             }
         })
     };
-    let health = load(move |_, _| healthz_url.clone(), None, connections, duration).await;
-    let token = load(token, Some(&server.secret), connections, duration).await;
+    // Interleaved rounds, so that drift on the machine (another process, the
+    // CPU's clock) hits both endpoints alike.
+    let (mut healths, mut tokens) = (Sample::default(), Sample::default());
+    for _ in 0..rounds {
+        healths.merge(load_sample(health.clone(), None, connections, round).await);
+        tokens.merge(load_sample(token.clone(), Some(&server.secret), connections, round).await);
+    }
+    let (health, token) = (healths.figures(), tokens.figures());
     sampler.abort();
     let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
 
     let mib = |kib: u64| kib as f64 / 1024.0;
-    println!("\n{label}: {connections} connections, {seconds} s per endpoint");
+    println!(
+        "\n{label}: {connections} connections, {seconds} s per endpoint in {rounds} interleaved rounds"
+    );
     println!(
         "  {:<28} {:>10} {:>9} {:>9} {:>7}",
         "endpoint", "req/s", "p50 ms", "p99 ms", "errors"
@@ -274,6 +285,7 @@ fn main() {
     }
     let connections = env_or("CHATGATE_BENCH_CONNECTIONS", 32usize);
     let seconds = env_or("CHATGATE_BENCH_SECONDS", 10u64);
+    let rounds = env_or("CHATGATE_BENCH_ROUNDS", 5u32).max(1);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -285,7 +297,7 @@ fn main() {
             "sqlite://{}?mode=rwc",
             dir.path().join("bench.db").display()
         );
-        bench("SQLite", &sqlite, connections, seconds).await;
+        bench("SQLite", &sqlite, connections, seconds, rounds).await;
         let refresh_db = format!(
             "sqlite://{}?mode=rwc",
             dir.path().join("refresh.db").display()
@@ -294,7 +306,7 @@ fn main() {
         match common::postgres_admin_url() {
             Some(admin) => {
                 let (url, name) = common::fresh_postgres_database(&admin).await;
-                bench("PostgreSQL", &url, connections, seconds).await;
+                bench("PostgreSQL", &url, connections, seconds, rounds).await;
                 common::drop_postgres_database(&admin, &name).await;
                 let (url, name) = common::fresh_postgres_database(&admin).await;
                 bench_refresh("PostgreSQL", &url).await;

@@ -51,6 +51,46 @@ pub async fn load(
     connections: usize,
     duration: Duration,
 ) -> Figures {
+    load_sample(url, bearer, connections, duration)
+        .await
+        .figures()
+}
+
+/// What one or more [`load_sample`] runs saw: every latency, the errors, the
+/// time they took together.
+#[derive(Default)]
+pub struct Sample {
+    latencies_us: Vec<u32>,
+    errors: usize,
+    duration: Duration,
+}
+
+impl Sample {
+    /// Adds another run's sample to this one (rounds of one endpoint).
+    pub fn merge(&mut self, other: Sample) {
+        self.latencies_us.extend(other.latencies_us);
+        self.errors += other.errors;
+        self.duration += other.duration;
+    }
+
+    pub fn figures(mut self) -> Figures {
+        self.latencies_us.sort_unstable();
+        Figures {
+            rps: self.latencies_us.len() as f64 / self.duration.as_secs_f64().max(1e-9),
+            p50_ms: percentile_us(&self.latencies_us, 0.50),
+            p99_ms: percentile_us(&self.latencies_us, 0.99),
+            errors: self.errors,
+        }
+    }
+}
+
+/// [`load`], keeping every latency.
+pub async fn load_sample(
+    url: impl Fn(usize, usize) -> String + Send + Sync + 'static,
+    bearer: Option<&str>,
+    connections: usize,
+    duration: Duration,
+) -> Sample {
     let deadline = Instant::now() + duration;
     let url = Arc::new(url);
     let tasks: Vec<_> = (0..connections)
@@ -84,20 +124,16 @@ pub async fn load(
             })
         })
         .collect();
-    let mut all = Vec::new();
-    let mut errors = 0;
+    let mut sample = Sample {
+        duration,
+        ..Sample::default()
+    };
     for t in tasks {
         let (l, e) = t.await.unwrap();
-        all.extend(l);
-        errors += e;
+        sample.latencies_us.extend(l);
+        sample.errors += e;
     }
-    all.sort_unstable();
-    Figures {
-        rps: all.len() as f64 / duration.as_secs_f64(),
-        p50_ms: percentile_us(&all, 0.50),
-        p99_ms: percentile_us(&all, 0.99),
-        errors,
-    }
+    sample
 }
 
 /// [`load`] for `warm_up` (not counted), then for `duration`.
