@@ -133,10 +133,6 @@
   // tries that cookie too.
   var unbound = {};
   var confirming = {}; // keyName -> the confirmation of the key in flight
-  // keyName -> POST /v1/flow-binding in flight or done: started as soon as a
-  // key is made on this visit (a first visit: its sign-in goes to the
-  // iframe), so it runs beside the key's making, not after it.
-  var flowBindings = {};
   var directLines = {}; // keyName -> the latest Direct Line grant
   // A Direct Line token closer than this to its expiry is not handed out
   // again: the next renewal asks chatgate for a new one.
@@ -238,7 +234,6 @@
               return store.put(fresh, name);
             });
             unbound[name] = true;
-            bindFlows(opts);
             return fresh;
           });
       })
@@ -517,38 +512,43 @@
     // The ticket an iframe sign-in would wait for, picked meanwhile.
     var ticket = pickTicket();
     return browserKey(opts).then(function (key) {
-      // A key made on this visit has no sign-in: straight to the iframe
-      // (which also tries chatgate's cookie), without a fetch that cannot succeed.
+      // A key made on this visit has no sign-in: straight to the iframe's
+      // flow (whose start also says whether chatgate holds a session for
+      // this page), without a fetch that cannot succeed.
       if (key && unbound[keyName(opts)]) return signInWithIframe(opts, ticket);
       return renewByFetch(opts).catch(function (err) {
         // chatgate answered but cannot tell now: the iframe would say the same.
         if (err.code === "temporarily_unavailable") throw err;
-        return signInWithIframe(opts);
+        return signInWithIframe(opts, null, true);
       });
     });
   }
 
-  // Sets the flows' binding cookie from this page, in its site's cookie
-  // partition (a simple CORS request: no preflight); resolves when done,
-  // failed or not. A flow started after it carries the cookie, which the
-  // fetch waiting for the flow's outcome must hold too.
-  function bindFlows(opts) {
-    var name = keyName(opts);
-    if (!flowBindings[name]) {
-      flowBindings[name] =
-        typeof global.fetch !== "function"
-          ? Promise.resolve()
-          : global
-              .fetch(brokerUrl(opts, "/v1/flow-binding?app=" + encodeURIComponent(opts.app)), {
-                method: "POST",
-                credentials: "include",
-              })
-              .then(
-                function () {},
-                function () {}
-              );
-    }
-    return flowBindings[name];
+  // Starts a silent flow from this page (POST /v1/authorize, a simple CORS
+  // request: no preflight) and resolves with { url }, the IdP's URL for the
+  // frame, one hop fewer than through chatgate's GET /v1/authorize; or with
+  // { session: true } when chatgate holds a session for this page instead.
+  // chatgate sets the flows' binding cookie in this site's cookie partition,
+  // and the fetch that waits for the outcome, sent after, holds it. null
+  // where that fails (no fetch, a network error, a refusal): the frame then
+  // starts at GET /v1/authorize, which says why in its page.
+  function startFlow(opts, jkt, ticketHash) {
+    if (typeof global.fetch !== "function") return Promise.resolve(null);
+    return global
+      .fetch(authorizeUrl(opts, "silent", jkt, ticketHash), { method: "POST", credentials: "include" })
+      .then(function (response) {
+        return response.ok ? response.json() : null;
+      })
+      .then(
+        function (body) {
+          if (body && body.session === true) return { session: true };
+          var url = body && body.authorize_url;
+          return typeof url === "string" && /^https?:\/\//.test(url) ? { url: url } : null;
+        },
+        function () {
+          return null;
+        }
+      );
   }
 
   // A ticket for an iframe sign-in's outcome: { ticket, hash } (hex SHA-256),
@@ -570,12 +570,13 @@
     });
   }
 
-  function signInWithIframe(opts, ticket) {
+  // `renewalTried`: a renewal by fetch has just failed.
+  function signInWithIframe(opts, ticket, renewalTried) {
     return browserKey(opts).then(function (key) {
       if (!key || typeof global.fetch !== "function" || typeof global.AbortController !== "function") {
         return frameOnly(opts, key);
       }
-      return signInWithIframeAndFetch(opts, key, ticket || pickTicket());
+      return signInWithIframeAndFetch(opts, key, ticket || pickTicket(), renewalTried);
     });
   }
 
@@ -597,51 +598,61 @@
   }
 
   // The hidden frame runs the flow, and a fetch waits for its outcome under
-  // a ticket this page picked (only its hash goes into the frame's URL):
+  // a ticket this page picked (only its hash goes into the flow's URL):
   // where the flow ends in the frame, chatgate answers the frame 204 and no
   // page of chatgate's loads in it (loading one, in a process of its own, was
   // most of a first sign-in's time). The outcome goes only to a fetch with a
   // proof of this page's key and the flows' binding cookie, which this page
-  // gets first (bindFlows) in its own site's cookie partition.
+  // gets as it starts the flow (startFlow) in its own site's cookie partition.
   // Whichever answers first wins: the fetch, or a page the frame posts from
-  // (chatgate's session renewed in the frame; a browser that keeps no
-  // cookie; one without Sec-Fetch-Dest), or the frame's timeout or fail-fast.
-  function signInWithIframeAndFetch(opts, key, picked) {
-    // The frame starts once the binding cookie is set: its flow must carry it.
-    return Promise.all([picked, bindFlows(opts)]).then(function (ready) {
-      // Used: the next iframe sign-in sets it again (it lives for flow_ttl).
-      delete flowBindings[keyName(opts)];
-      var pick = ready[0];
+  // (a browser that keeps no cookie; one without Sec-Fetch-Dest), or the
+  // frame's timeout or fail-fast.
+  function signInWithIframeAndFetch(opts, key, picked, renewalTried) {
+    return Promise.resolve(picked).then(function (pick) {
       if (!pick) return frameOnly(opts, key);
-      var ticket = pick.ticket;
-      var frame = openIframe(opts, authorizeUrl(opts, "silent", key.jkt, pick.hash));
-      var abort = new global.AbortController();
-      var waited = renewByFetch(opts, { ticket: ticket, wait: true, signal: abort.signal });
-      return new Promise(function (resolve, reject) {
-        framed(opts, frame.result).then(
-          function (data) {
-            abort.abort();
-            resolve(data);
-          },
-          function (err) {
-            abort.abort();
-            reject(err);
-          }
-        );
-        waited.then(
-          function (data) {
-            frame.cancel();
-            resolve(data);
-          },
-          function (err) {
-            // The flow's own error ends the sign-in; a failed fetch leaves
-            // it to the frame.
-            if (!err.ofFlow) return;
-            frame.cancel();
-            reject(err);
-          }
-        );
+      var viaChatgate = authorizeUrl(opts, "silent", key.jkt, pick.hash);
+      return startFlow(opts, key.jkt, pick.hash).then(function (started) {
+        if (!started || !started.session) return waitedFlow(opts, pick, (started && started.url) || viaChatgate);
+        // chatgate holds a session for this page (its key is new): renewed
+        // by fetch, or else through GET /v1/authorize in the frame.
+        if (renewalTried) return waitedFlow(opts, pick, viaChatgate);
+        return renewByFetch(opts).catch(function (err) {
+          if (err.code === "temporarily_unavailable") throw err;
+          return waitedFlow(opts, pick, viaChatgate);
+        });
       });
+    });
+  }
+
+  // The frame at `url`, and the fetch that waits for its outcome.
+  function waitedFlow(opts, pick, url) {
+    var frame = openIframe(opts, url);
+    var abort = new global.AbortController();
+    var waited = renewByFetch(opts, { ticket: pick.ticket, wait: true, signal: abort.signal });
+    return new Promise(function (resolve, reject) {
+      framed(opts, frame.result).then(
+        function (data) {
+          abort.abort();
+          resolve(data);
+        },
+        function (err) {
+          abort.abort();
+          reject(err);
+        }
+      );
+      waited.then(
+        function (data) {
+          frame.cancel();
+          resolve(data);
+        },
+        function (err) {
+          // The flow's own error ends the sign-in; a failed fetch leaves
+          // it to the frame.
+          if (!err.ofFlow) return;
+          frame.cancel();
+          reject(err);
+        }
+      );
     });
   }
 

@@ -1,6 +1,8 @@
-//! A silent flow whose page waits for its outcome by fetch: the widget gets
-//! the flows' binding cookie (`POST /v1/flow-binding`), picks a ticket, names
-//! its SHA-256 (`ticket_hash`) when it starts the flow in the hidden frame,
+//! A silent flow whose page waits for its outcome by fetch: the widget picks
+//! a ticket and starts the flow with its SHA-256 (`ticket_hash`) by `POST
+//! /v1/authorize`, which sets the flows' binding cookie and answers the IdP's
+//! URL for the hidden frame (or gets the cookie by `POST /v1/flow-binding`
+//! and starts the flow in the frame at `GET /v1/authorize`),
 //! and asks `POST /v1/session/token {ticket, wait: true}` with a proof of its
 //! key and that cookie. Where the flow ends in the frame (`Sec-Fetch-Dest:
 //! iframe`) with that cookie, chatgate stores the outcome — the sign-in, or
@@ -332,6 +334,143 @@ async fn the_flow_binding_is_set_for_the_apps_origins_only(db: &TestDb) {
     );
 }
 
+/// `POST /v1/authorize` from the page at ORIGIN in `browser`, with `query`
+/// after `app=support`.
+async fn post_authorize(
+    app: &TestApp,
+    browser: &mut Browser,
+    origin: Option<&str>,
+    query: &str,
+) -> reqwest::Response {
+    let url = app.url(&format!("/v1/authorize?app=support{query}"));
+    browser
+        .request(reqwest::Method::POST, &url, origin, None)
+        .await
+}
+
+/// `&origin=ORIGIN&mode=silent`, URL-encoded.
+fn silent_from_origin() -> String {
+    let origin = url::form_urlencoded::byte_serialize(ORIGIN.as_bytes()).collect::<String>();
+    format!("&origin={origin}&mode=silent")
+}
+
+/// The widget starts the flow by fetch: chatgate sets the binding cookie in
+/// the page's partition and answers the IdP's URL, the frame goes straight
+/// there, and the fetch that waits gets the sign-in; the frame gets 204.
+async fn a_flow_started_by_fetch_goes_straight_to_the_idp(db: &TestDb) {
+    let mut s = setup(db).await;
+    let key = ProofSigner::generate();
+    let (ticket, extra) = waited(&key);
+    let r = post_authorize(
+        &s.app,
+        &mut s.browser,
+        Some(ORIGIN),
+        &format!("{}{extra}", silent_from_origin()),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["access-control-allow-origin"], ORIGIN);
+    assert_eq!(r.headers()["access-control-allow-credentials"], "true");
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    assert!(
+        s.browser
+            .set_cookie_line(&s.app.base_url, "__Host-chatgate-flow")
+            .is_some_and(|l| l.contains("Partitioned") && l.contains("SameSite=None"))
+    );
+    let body: Value = r.json().await.unwrap();
+    let idp_url = body["authorize_url"].as_str().unwrap().to_string();
+    assert!(idp_url.starts_with(&s.idp.issuer), "{idp_url}");
+    assert!(idp_url.contains("prompt=none"), "{idp_url}");
+    assert!(
+        !idp_url.contains(&ticket),
+        "the ticket itself never goes into a URL"
+    );
+
+    let callback = s.at_idp(&idp_url).await;
+    let mut frame_browser = s.browser.clone();
+    let mut page = s.browser.clone();
+    let (answer, frame) = tokio::join!(wait_for(&s, &mut page, &key, &ticket), async {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        in_frame(&mut frame_browser, &callback).await
+    });
+    assert_eq!(frame.status(), 204);
+    assert_eq!(answer.status(), 200);
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["type"], "chatgate:success", "{body}");
+    assert_eq!(body["user"]["id"], USER);
+
+    // Started again, the flow keeps the browser's binding cookie.
+    let line = |b: &Browser| {
+        b.set_cookie_line(&s.app.base_url, "__Host-chatgate-flow")
+            .map(|l| l.split(';').next().unwrap().to_string())
+    };
+    let before = line(&s.browser);
+    let (_, extra) = waited(&key);
+    let again = post_authorize(
+        &s.app,
+        &mut s.browser,
+        Some(ORIGIN),
+        &format!("{}{extra}", silent_from_origin()),
+    )
+    .await;
+    assert_eq!(again.status(), 200);
+    assert_eq!(line(&s.browser), before);
+}
+
+/// `POST /v1/authorize` starts nothing for another origin (its answer
+/// unreadable to it, no cookie), for an origin the query does not name, or
+/// without the key and ticket a waited flow needs; where chatgate holds a
+/// session for the page it answers `session` and starts nothing.
+async fn a_flow_is_started_by_fetch_only_for_the_apps_page(db: &TestDb) {
+    let mut s = setup(db).await;
+    let key = ProofSigner::generate();
+    let (_, extra) = waited(&key);
+    let good = format!("{}{extra}", silent_from_origin());
+    for origin in [Some("https://evil.example"), None] {
+        let mut b = Browser::new();
+        let r = post_authorize(&s.app, &mut b, origin, &good).await;
+        assert_eq!(r.status(), 403, "{origin:?}");
+        assert!(r.headers().get("set-cookie").is_none());
+        assert!(r.headers().get("access-control-allow-origin").is_none());
+    }
+    let evil_param = good.replace("www.contoso.com", "evil.example");
+    let no_ticket = format!("{}&dpop_jkt={}", silent_from_origin(), key.jkt());
+    for query in [
+        evil_param,
+        good.replace("mode=silent", "mode=popup"),
+        silent_from_origin(),
+        no_ticket,
+        format!(
+            "{}&dpop_jkt={}&ticket_hash=ABC",
+            silent_from_origin(),
+            key.jkt()
+        ),
+        format!("{good}&prompt=login"),
+    ] {
+        let mut b = Browser::new();
+        let r = post_authorize(&s.app, &mut b, Some(ORIGIN), &query).await;
+        assert_eq!(r.status(), 400, "{query}");
+        assert!(r.headers().get("set-cookie").is_none(), "{query}");
+        assert_eq!(error_of(r).await.1, "invalid_request", "{query}");
+    }
+    assert_eq!(s.idp.token_calls(), 0);
+
+    // Signed in through chatgate in this browser (its session cookie): the
+    // page renews by fetch instead; no flow starts.
+    let signed_in = s.flow("silent").await;
+    assert_eq!(
+        signed_in["message"]["type"], "chatgate:success",
+        "{signed_in}"
+    );
+    let calls = s.idp.token_calls();
+    let r = post_authorize(&s.app, &mut s.browser, Some(ORIGIN), &good).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("set-cookie").is_none());
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body, json!({"session": true}));
+    assert_eq!(s.idp.token_calls(), calls);
+}
+
 backend_tests!(
     the_outcome_goes_to_the_fetch_that_waits_and_the_frame_gets_no_page,
     only_the_pages_browser_and_key_collect_the_outcome,
@@ -339,4 +478,6 @@ backend_tests!(
     outside_a_frame_the_result_page_posts_as_before,
     ticket_hash_needs_a_silent_flow_with_a_key,
     the_flow_binding_is_set_for_the_apps_origins_only,
+    a_flow_started_by_fetch_goes_straight_to_the_idp,
+    a_flow_is_started_by_fetch_only_for_the_apps_page,
 );

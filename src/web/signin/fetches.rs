@@ -1,4 +1,5 @@
 //! The host page's fetches of the sign-in flow (CORS, with credentials):
+//! `POST /v1/authorize` (a silent flow started for a waiting fetch),
 //! `POST /v1/flow-binding` (the flow-binding cookie, before a silent flow),
 //! `POST /v1/session` (a popup's ticket into this partition) and
 //! `POST /v1/session/token` (a renewal in one fetch, a ticket's redemption,
@@ -12,6 +13,7 @@ use axum::response::Response;
 use serde::Deserialize;
 use tower_sessions::Session;
 
+use super::request::{AuthorizeQuery, AuthorizeRequest};
 use super::{BINDING_SILENT, binding_cookie, cookie_values, success_message};
 use crate::domain::AppId;
 use crate::secret::random_token;
@@ -50,6 +52,81 @@ pub(super) async fn flow_binding(
         binding_cookie(Mode::Silent, &binding, state.config.flow_ttl),
     );
     Ok(response)
+}
+
+/// `POST /v1/authorize?…` (the query of `GET /v1/authorize`, `mode=silent`
+/// with `dpop_jkt` and `ticket_hash`): starts a silent flow whose outcome the
+/// page waits for, and answers `{"authorize_url"}`, the IdP's URL, so that
+/// the hidden frame goes straight there, one hop fewer than through `GET
+/// /v1/authorize`. Sets the flows' browser-binding cookie (an existing one is
+/// kept) in the page's site's cookie partition: the flow is bound to it, and
+/// the fetch that waits for the outcome must hold it. No body: a simple CORS
+/// request, which needs no preflight. Where chatgate holds a session for
+/// the page it starts nothing and answers `{"session": true}`: the page
+/// renews by `POST /v1/session/token`.
+pub(super) async fn start_waited_flow(
+    State(state): State<AppState>,
+    session: Session,
+    headers: HeaderMap,
+    query: Result<Query<AuthorizeQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let app = q.app().unwrap_or_default().to_string();
+    let (app, origin) = cors::app_and_origin(&state, &headers, &app)?;
+    let req = AuthorizeRequest::parse_waited(app, origin, q).map_err(flow_refused)?;
+    let now = crate::time::now();
+    let held = BrowserSession(session)
+        .get(
+            &app.id,
+            &req.origin,
+            now,
+            state.config.session_max.as_secs() as i64,
+        )
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    if held.is_some() {
+        return Ok(crate::web::no_store(Json(
+            serde_json::json!({ "session": true }),
+        )));
+    }
+    let binding = cookie_values(&headers, BINDING_SILENT)
+        .into_iter()
+        .find(|v| v.len() == 43)
+        .unwrap_or_else(random_token::<32>);
+    let url = state
+        .signin
+        .start(req.start(), &binding, now)
+        .await
+        .map_err(flow_refused)?;
+    let mut response = crate::web::no_store(Json(StartedFlow {
+        authorize_url: url.to_string(),
+    }));
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        binding_cookie(Mode::Silent, &binding, state.config.flow_ttl),
+    );
+    Ok(response)
+}
+
+#[derive(serde::Serialize)]
+struct StartedFlow {
+    authorize_url: String,
+}
+
+/// `Retry-After` of a flow that cannot start now (the IdP not loaded yet,
+/// a database blip).
+const FLOW_RETRY_AFTER_SECS: u64 = 1;
+
+/// A flow that could not start, as the fetch's JSON error.
+fn flow_refused(error: FlowError) -> ApiError {
+    if error.is_unavailable() {
+        ApiError::Unavailable {
+            description: error.description,
+            retry_after_secs: FLOW_RETRY_AFTER_SECS,
+        }
+    } else {
+        ApiError::bad_request(error.description)
+    }
 }
 
 #[derive(Deserialize)]

@@ -26,7 +26,7 @@ use crate::web::{cors, rate_limit};
 mod fetches;
 mod request;
 
-use fetches::{flow_binding, redeem_ticket, session_token};
+use fetches::{flow_binding, redeem_ticket, session_token, start_waited_flow};
 use request::{AuthorizeQuery, AuthorizeRequest};
 
 /// The browser-binding cookie of pending flows, per mode: partitioned for the
@@ -40,6 +40,7 @@ pub fn router(state: &AppState) -> axum::Router<AppState> {
         .route("/v1/callback", get(callback))
         .merge(
             axum::Router::new()
+                .route("/v1/authorize", post(start_waited_flow))
                 .route("/v1/session", post(redeem_ticket))
                 .route("/v1/flow-binding", post(flow_binding))
                 .route("/v1/session/token", post(session_token))

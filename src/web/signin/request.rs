@@ -27,6 +27,12 @@ pub(super) struct AuthorizeQuery {
     ticket_hash: Option<String>,
 }
 
+impl AuthorizeQuery {
+    pub fn app(&self) -> Option<&str> {
+        self.app.as_deref()
+    }
+}
+
 /// A sign-in request from an allowed origin of a known app.
 #[derive(Debug)]
 pub(super) struct AuthorizeRequest<'a> {
@@ -66,6 +72,50 @@ impl<'a> AuthorizeRequest<'a> {
         let Some(mode) = q.mode.as_deref().and_then(Mode::parse) else {
             return Err(bad_request("mode must be silent or popup.", &app.origins).into());
         };
+        let (req, checked) = Self::checked(app, origin, mode, q);
+        match checked {
+            Ok(()) => Ok(req),
+            Err(e) => Err(req.fail(state, e).into()),
+        }
+    }
+
+    /// `POST /v1/authorize`'s query: a silent flow whose outcome the page
+    /// waits for, from `origin` (the request's `Origin`, an origin of `app`),
+    /// which the query must name too; `dpop_jkt` and `ticket_hash` required.
+    pub fn parse_waited(
+        app: &'a AppConfig,
+        origin: Origin,
+        q: AuthorizeQuery,
+    ) -> Result<Self, FlowError> {
+        if q.origin.as_deref() != Some(origin.as_str()) {
+            return Err(FlowError::invalid_request(
+                "origin must be the page's own origin",
+            ));
+        }
+        if q.mode.as_deref() != Some(Mode::Silent.as_str()) {
+            return Err(FlowError::invalid_request(
+                "POST /v1/authorize starts silent flows only (mode=silent)",
+            ));
+        }
+        if q.dpop_jkt.as_deref().is_none_or(str::is_empty)
+            || q.ticket_hash.as_deref().is_none_or(str::is_empty)
+        {
+            return Err(FlowError::invalid_request(
+                "POST /v1/authorize needs dpop_jkt and ticket_hash",
+            ));
+        }
+        let (req, checked) = Self::checked(app, origin, Mode::Silent, q);
+        checked.map(|()| req)
+    }
+
+    /// The request, and whether its parameters pass the checks whose refusal
+    /// the widget hears.
+    fn checked(
+        app: &'a AppConfig,
+        origin: Origin,
+        mode: Mode,
+        q: AuthorizeQuery,
+    ) -> (Self, Result<(), FlowError>) {
         let nonempty = |v: Option<String>| v.filter(|v| !v.is_empty());
         let mut req = Self {
             app,
@@ -82,14 +132,11 @@ impl<'a> AuthorizeRequest<'a> {
             let ticket_hash = req.check_ticket_hash(nonempty(q.ticket_hash), jkt.is_some())?;
             Ok((jkt, ticket_hash))
         });
-        match checked {
-            Ok((jkt, ticket_hash)) => {
-                req.dpop_jkt = jkt;
-                req.ticket_hash = ticket_hash;
-                Ok(req)
-            }
-            Err(e) => Err(req.fail(state, e).into()),
-        }
+        let checked = checked.map(|(jkt, ticket_hash)| {
+            req.dpop_jkt = jkt;
+            req.ticket_hash = ticket_hash;
+        });
+        (req, checked)
     }
 
     /// `ticket_hash`: only a silent flow started with a browser key (whose
