@@ -85,6 +85,8 @@ try {
         await page.evaluate(() => ChatGate.signOut(window.chatgateOptions));
         await page.goto(world.host.url);
         await makeSpa();
+        // The page has loaded and settled, as for every other run.
+        await page.waitForTimeout(100);
       }
       const ms = await page.evaluate(async (src) => {
         const run = eval(`(${src})`);

@@ -1,0 +1,71 @@
+// Where a first silent sign-in's time goes, request by request: a diagnostic
+// beside bench-renewal.mjs, measured, not asserted. Each round signs out
+// locally (the IdP's session stays), reloads the page, and times
+// ChatGate.signIn and then oidc-client-ts's signinSilent; for each it prints
+// every request the browser made in that time, relative to the call: when it
+// started, when it was sent, when the answer's first byte came and when it
+// ended (Chromium's own resource timing, in ms).
+//
+//   node tests/e2e/timeline-first-visit.mjs [rounds]   (default 6; the first two are warm-up)
+//
+// A request that ends without a response (the callback's 204 to the frame,
+// which aborts the frame's navigation) shows as "no response".
+import { startWorld } from "./lib/world.mjs";
+import { launch, openPopup, completeIdpInteraction } from "./lib/browser.mjs";
+
+const ROUNDS = Number(process.argv[2] || 6);
+const world = await startWorld({ spa: true, chatgateToml: "[rate_limit]\nper_second = 100000\nburst = 100000" });
+const browser = await launch({ thirdPartyCookies: "allow" });
+const requests = [];
+try {
+  const page = await browser.context.newPage();
+  browser.context.on("requestfinished", (r) => requests.push({ r, timing: r.timing() }));
+  browser.context.on("requestfailed", (r) => requests.push({ r, timing: r.timing(), failed: true }));
+  await page.goto(world.host.url);
+  // Signed in through chatgate and through oidc-client-ts (login, consent).
+  await completeIdpInteraction(await openPopup(page), world.idp.user);
+  const makeSpa = () => page.evaluate(() => { window.spa = new oidc.UserManager(window.spaSettings); });
+  await makeSpa();
+  await page.evaluate(() => {
+    const button = document.createElement("button");
+    button.id = "spa-signin";
+    button.onclick = () => { window.spaPopup = window.spa.signinPopup().then((u) => !!u.access_token, String); };
+    document.body.appendChild(button);
+  });
+  const [spaPopup] = await Promise.all([browser.context.waitForEvent("page"), page.click("#spa-signin")]);
+  await completeIdpInteraction(spaPopup, world.idp.user);
+  if ((await page.evaluate(() => window.spaPopup)) !== true) throw new Error("oidc-client-ts did not sign in");
+
+  for (let round = 0; round < ROUNDS; round++) {
+    await page.evaluate(() => ChatGate.signOut(window.chatgateOptions));
+    await page.goto(world.host.url);
+    await makeSpa();
+    await page.waitForTimeout(100);
+    for (const [name, src] of [
+      ["chatgate, first visit", "() => ChatGate.signIn(window.chatgateOptions)"],
+      ["oidc-client-ts signinSilent", "() => window.spa.signinSilent()"],
+    ]) {
+      requests.length = 0;
+      const [t0, t1] = await page.evaluate(async (src) => {
+        const run = eval(`(${src})`);
+        const at = () => performance.timeOrigin + performance.now();
+        const a = at();
+        await run();
+        return [a, at()];
+      }, src);
+      await page.waitForTimeout(200);
+      if (round < 2) continue;
+      console.log(`${name}, round ${round - 1}: ${(t1 - t0).toFixed(1)} ms`);
+      console.log("    start     sent    first byte    end");
+      for (const { r, timing: t, failed } of requests.sort((a, b) => a.timing.startTime - b.timing.startTime)) {
+        if (t.startTime < t0 - 5 || t.startTime > t1 + 5) continue;
+        const at = (x) => (x >= 0 && !failed ? (t.startTime + x - t0).toFixed(1) : "").padStart(9);
+        const what = `${r.method()} ${r.url().replace(/\?.*/, "")}${failed ? " (no response)" : ""}`;
+        console.log(`${(t.startTime - t0).toFixed(1).padStart(9)}${at(t.requestStart)}${at(t.responseStart)}${at(t.responseEnd)}   ${what}`);
+      }
+    }
+  }
+} finally {
+  await browser.close();
+  await world.stop();
+}
