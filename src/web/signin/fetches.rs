@@ -8,14 +8,14 @@
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
 use tower_sessions::Session;
 
 use super::request::{AuthorizeQuery, AuthorizeRequest};
-use super::{BINDING_SILENT, binding_cookie, cookie_values, success_message};
-use crate::domain::AppId;
+use super::{BINDING_SILENT, cookie_values, presented_binding, set_binding, success_message};
+use crate::domain::{AppId, Origin};
 use crate::secret::random_token;
 use crate::signin::{
     FlowError, Minted, Mode, PageRenewal, PageRenewalError, SessionSignIn, SessionUpdate, Ticket,
@@ -42,16 +42,31 @@ pub(super) async fn flow_binding(
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     cors::app_and_origin(&state, &headers, &q.app)?;
-    let binding = cookie_values(&headers, BINDING_SILENT)
-        .into_iter()
-        .find(|v| v.len() == 43)
-        .unwrap_or_else(random_token::<32>);
+    let binding = silent_binding(&headers);
     let mut response = crate::web::no_store(StatusCode::NO_CONTENT);
-    response.headers_mut().append(
-        header::SET_COOKIE,
-        binding_cookie(Mode::Silent, &binding, state.config.flow_ttl),
-    );
+    set_binding(&mut response, Mode::Silent, &binding, state.config.flow_ttl);
     Ok(response)
+}
+
+/// The silent flows' binding cookie the request carries, or a new one.
+fn silent_binding(headers: &HeaderMap) -> String {
+    presented_binding(headers, Mode::Silent).unwrap_or_else(random_token::<32>)
+}
+
+/// The sign-in of chatgate's session for `(app, origin)` in this browser's
+/// cookie, if it is younger than `session_max`.
+async fn held_session(
+    state: &AppState,
+    browser: &BrowserSession,
+    app: &AppId,
+    origin: &Origin,
+    now: i64,
+) -> Result<Option<SessionSignIn>, ApiError> {
+    let max_age = state.config.session_max.as_secs() as i64;
+    browser
+        .get(app, origin, now, max_age)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 /// `POST /v1/authorize?…` (the query of `GET /v1/authorize`, `mode=silent`
@@ -75,24 +90,16 @@ pub(super) async fn start_waited_flow(
     let (app, origin) = cors::app_and_origin(&state, &headers, &app)?;
     let req = AuthorizeRequest::parse_waited(app, origin, q).map_err(flow_refused)?;
     let now = crate::time::now();
-    let held = BrowserSession(session)
-        .get(
-            &app.id,
-            &req.origin,
-            now,
-            state.config.session_max.as_secs() as i64,
-        )
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    if held.is_some() {
+    let browser = BrowserSession(session);
+    if held_session(&state, &browser, &app.id, &req.origin, now)
+        .await?
+        .is_some()
+    {
         return Ok(crate::web::no_store(Json(
             serde_json::json!({ "session": true }),
         )));
     }
-    let binding = cookie_values(&headers, BINDING_SILENT)
-        .into_iter()
-        .find(|v| v.len() == 43)
-        .unwrap_or_else(random_token::<32>);
+    let binding = silent_binding(&headers);
     let url = state
         .signin
         .start(req.start(), &binding, now)
@@ -101,10 +108,7 @@ pub(super) async fn start_waited_flow(
     let mut response = crate::web::no_store(Json(StartedFlow {
         authorize_url: url.to_string(),
     }));
-    response.headers_mut().append(
-        header::SET_COOKIE,
-        binding_cookie(Mode::Silent, &binding, state.config.flow_ttl),
-    );
+    set_binding(&mut response, Mode::Silent, &binding, state.config.flow_ttl);
     Ok(response)
 }
 
@@ -227,15 +231,7 @@ pub(super) async fn session_token(
     let browser = BrowserSession(session);
     let from_cookie = match req.ticket {
         Some(_) => None,
-        None => browser
-            .get(
-                &app.id,
-                &origin,
-                now,
-                state.config.session_max.as_secs() as i64,
-            )
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?,
+        None => held_session(&state, &browser, &app.id, &origin, now).await?,
     };
     let renewed = state
         .signin

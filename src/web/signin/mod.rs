@@ -206,9 +206,7 @@ async fn authorize(
     {
         return response;
     }
-    let presented = cookie_values(&headers, binding_name(req.mode))
-        .into_iter()
-        .find(|v| v.len() == 43);
+    let presented = presented_binding(&headers, req.mode);
     let mut req = req;
     if presented.is_none() {
         // A flow's outcome goes to a waiting fetch only with the binding
@@ -235,13 +233,23 @@ fn to_the_idp(
     };
     let mut response = StatusCode::FOUND.into_response();
     flow_headers(&mut response, req.app);
-    let h = response.headers_mut();
-    h.insert(header::LOCATION, location);
-    h.append(
-        header::SET_COOKIE,
-        binding_cookie(req.mode, binding, state.config.flow_ttl),
-    );
+    response.headers_mut().insert(header::LOCATION, location);
+    set_binding(&mut response, req.mode, binding, state.config.flow_ttl);
     response
+}
+
+/// The flows' browser-binding cookie of `mode` the request carries.
+fn presented_binding(headers: &HeaderMap, mode: Mode) -> Option<String> {
+    cookie_values(headers, binding_name(mode))
+        .into_iter()
+        .find(|v| v.len() == 43)
+}
+
+/// Sets the flows' browser-binding cookie of `mode` on `response`.
+fn set_binding(response: &mut Response, mode: Mode, value: &str, max_age: std::time::Duration) {
+    response
+        .headers_mut()
+        .append(header::SET_COOKIE, binding_cookie(mode, value, max_age));
 }
 
 fn binding_name(mode: Mode) -> &'static str {
