@@ -77,11 +77,33 @@ impl Setup {
     async fn bind_flows(&mut self) {
         let r = post_flow_binding(&self.app, &mut self.browser).await;
         assert_eq!(r.status(), 204);
+        self.assert_partitioned_binding();
+    }
+
+    /// The browser holds the silent flows' binding cookie, partitioned.
+    fn assert_partitioned_binding(&self) {
         assert!(
             self.browser
                 .set_cookie_line(&self.app.base_url, "__Host-chatgate-flow")
                 .is_some_and(|l| l.contains("Partitioned") && l.contains("SameSite=None"))
         );
+    }
+
+    /// The page's fetch for `ticket`, already waiting, and the frame at
+    /// `callback` 100 ms later, as the widget sends them, both from this
+    /// browser; returns (fetch's answer, frame's answer).
+    async fn frame_and_fetch(
+        &self,
+        key: &ProofSigner,
+        ticket: &str,
+        callback: &str,
+    ) -> (reqwest::Response, reqwest::Response) {
+        let mut frame_browser = self.browser.clone();
+        let mut page = self.browser.clone();
+        tokio::join!(wait_for(self, &mut page, key, ticket), async {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            in_frame(&mut frame_browser, callback).await
+        })
     }
 
     /// A waited flow (binding cookie, key, ticket) up to the IdP's answer;
@@ -117,14 +139,7 @@ async fn the_outcome_goes_to_the_fetch_that_waits_and_the_frame_gets_no_page(db:
     let mut s = setup(db).await;
     let key = ProofSigner::generate();
     let (ticket, callback) = s.waited_flow(&key).await;
-    let mut frame_browser = s.browser.clone();
-    let mut page = s.browser.clone();
-
-    let (answer, frame) = tokio::join!(wait_for(&s, &mut page, &key, &ticket), async {
-        // The fetch is on its way first, as the widget sends it.
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        in_frame(&mut frame_browser, &callback).await
-    });
+    let (answer, frame) = s.frame_and_fetch(&key, &ticket, &callback).await;
     assert_eq!(frame.status(), 204);
     assert_eq!(frame.headers()["cache-control"], "no-store");
     assert!(frame.text().await.unwrap().is_empty());
@@ -334,24 +349,16 @@ async fn the_flow_binding_is_set_for_the_apps_origins_only(db: &TestDb) {
     );
 }
 
-/// `POST /v1/authorize` from the page at ORIGIN in `browser`, with `query`
-/// after `app=support`.
+/// `POST /v1/authorize` (`url`: a `Setup::authorize_url`) from a page at
+/// `origin` in `browser`.
 async fn post_authorize(
-    app: &TestApp,
     browser: &mut Browser,
     origin: Option<&str>,
-    query: &str,
+    url: &str,
 ) -> reqwest::Response {
-    let url = app.url(&format!("/v1/authorize?app=support{query}"));
     browser
-        .request(reqwest::Method::POST, &url, origin, None)
+        .request(reqwest::Method::POST, url, origin, None)
         .await
-}
-
-/// `&origin=ORIGIN&mode=silent`, URL-encoded.
-fn silent_from_origin() -> String {
-    let origin = url::form_urlencoded::byte_serialize(ORIGIN.as_bytes()).collect::<String>();
-    format!("&origin={origin}&mode=silent")
 }
 
 /// The widget starts the flow by fetch: chatgate sets the binding cookie in
@@ -361,22 +368,13 @@ async fn a_flow_started_by_fetch_goes_straight_to_the_idp(db: &TestDb) {
     let mut s = setup(db).await;
     let key = ProofSigner::generate();
     let (ticket, extra) = waited(&key);
-    let r = post_authorize(
-        &s.app,
-        &mut s.browser,
-        Some(ORIGIN),
-        &format!("{}{extra}", silent_from_origin()),
-    )
-    .await;
+    let url = s.authorize_url("silent", &extra);
+    let r = post_authorize(&mut s.browser, Some(ORIGIN), &url).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["access-control-allow-origin"], ORIGIN);
     assert_eq!(r.headers()["access-control-allow-credentials"], "true");
     assert_eq!(r.headers()["cache-control"], "no-store");
-    assert!(
-        s.browser
-            .set_cookie_line(&s.app.base_url, "__Host-chatgate-flow")
-            .is_some_and(|l| l.contains("Partitioned") && l.contains("SameSite=None"))
-    );
+    s.assert_partitioned_binding();
     let body: Value = r.json().await.unwrap();
     let idp_url = body["authorize_url"].as_str().unwrap().to_string();
     assert!(idp_url.starts_with(&s.idp.issuer), "{idp_url}");
@@ -387,12 +385,7 @@ async fn a_flow_started_by_fetch_goes_straight_to_the_idp(db: &TestDb) {
     );
 
     let callback = s.at_idp(&idp_url).await;
-    let mut frame_browser = s.browser.clone();
-    let mut page = s.browser.clone();
-    let (answer, frame) = tokio::join!(wait_for(&s, &mut page, &key, &ticket), async {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        in_frame(&mut frame_browser, &callback).await
-    });
+    let (answer, frame) = s.frame_and_fetch(&key, &ticket, &callback).await;
     assert_eq!(frame.status(), 204);
     assert_eq!(answer.status(), 200);
     let body: Value = answer.json().await.unwrap();
@@ -406,13 +399,8 @@ async fn a_flow_started_by_fetch_goes_straight_to_the_idp(db: &TestDb) {
     };
     let before = line(&s.browser);
     let (_, extra) = waited(&key);
-    let again = post_authorize(
-        &s.app,
-        &mut s.browser,
-        Some(ORIGIN),
-        &format!("{}{extra}", silent_from_origin()),
-    )
-    .await;
+    let url = s.authorize_url("silent", &extra);
+    let again = post_authorize(&mut s.browser, Some(ORIGIN), &url).await;
     assert_eq!(again.status(), 200);
     assert_eq!(line(&s.browser), before);
 }
@@ -425,30 +413,26 @@ async fn a_flow_is_started_by_fetch_only_for_the_apps_page(db: &TestDb) {
     let mut s = setup(db).await;
     let key = ProofSigner::generate();
     let (_, extra) = waited(&key);
-    let good = format!("{}{extra}", silent_from_origin());
+    let good = s.authorize_url("silent", &extra);
     for origin in [Some("https://evil.example"), None] {
         let mut b = Browser::new();
-        let r = post_authorize(&s.app, &mut b, origin, &good).await;
+        let r = post_authorize(&mut b, origin, &good).await;
         assert_eq!(r.status(), 403, "{origin:?}");
         assert!(r.headers().get("set-cookie").is_none());
         assert!(r.headers().get("access-control-allow-origin").is_none());
     }
     let evil_param = good.replace("www.contoso.com", "evil.example");
-    let no_ticket = format!("{}&dpop_jkt={}", silent_from_origin(), key.jkt());
+    let jkt = format!("&dpop_jkt={}", key.jkt());
     for query in [
         evil_param,
-        good.replace("mode=silent", "mode=popup"),
-        silent_from_origin(),
-        no_ticket,
-        format!(
-            "{}&dpop_jkt={}&ticket_hash=ABC",
-            silent_from_origin(),
-            key.jkt()
-        ),
+        s.authorize_url("popup", &extra),
+        s.authorize_url("silent", ""),
+        s.authorize_url("silent", &jkt),
+        s.authorize_url("silent", &format!("{jkt}&ticket_hash=ABC")),
         format!("{good}&prompt=login"),
     ] {
         let mut b = Browser::new();
-        let r = post_authorize(&s.app, &mut b, Some(ORIGIN), &query).await;
+        let r = post_authorize(&mut b, Some(ORIGIN), &query).await;
         assert_eq!(r.status(), 400, "{query}");
         assert!(r.headers().get("set-cookie").is_none(), "{query}");
         assert_eq!(error_of(r).await.1, "invalid_request", "{query}");
@@ -463,7 +447,7 @@ async fn a_flow_is_started_by_fetch_only_for_the_apps_page(db: &TestDb) {
         "{signed_in}"
     );
     let calls = s.idp.token_calls();
-    let r = post_authorize(&s.app, &mut s.browser, Some(ORIGIN), &good).await;
+    let r = post_authorize(&mut s.browser, Some(ORIGIN), &good).await;
     assert_eq!(r.status(), 200);
     assert!(r.headers().get("set-cookie").is_none());
     let body: Value = r.json().await.unwrap();
