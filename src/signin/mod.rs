@@ -16,6 +16,7 @@ mod signout;
 mod start;
 mod tickets;
 mod types;
+mod waiters;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,6 +64,9 @@ struct Inner {
     /// Woken whenever this process stores a ticket: fetches waiting for a
     /// flow's outcome look again.
     tickets_stored: tokio::sync::Notify,
+    /// This process's fetches waiting for a flow's outcome, which a callback
+    /// here hands over in memory.
+    waiters: waiters::Waiters<tickets::Stored>,
 }
 
 /// What a silent renewal from chatgate's session came to.
@@ -102,6 +106,7 @@ impl SignInService {
                 audit,
                 direct_line,
                 tickets_stored: tokio::sync::Notify::new(),
+                waiters: waiters::Waiters::default(),
             }),
         }
     }

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::waiters::Handed;
 use super::{FlowError, FlowTarget, SessionSignIn, SignInService};
 use crate::config::AppConfig;
 use crate::domain::{AppId, Origin};
@@ -55,7 +56,7 @@ impl TicketHash {
 /// What a ticket stands for: the sign-in, and the browser key the flow was
 /// started with (if any), which a proof at redemption binds to it.
 #[derive(Serialize, Deserialize)]
-struct TicketPayload {
+pub(super) struct TicketPayload {
     #[serde(flatten)]
     signin: SessionSignIn,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -64,15 +65,16 @@ struct TicketPayload {
 
 /// A flow's error, kept for the page that waits for its outcome.
 #[derive(Serialize, Deserialize)]
-struct FailedFlow {
+pub(super) struct FailedFlow {
     error: String,
     error_description: String,
 }
 
-/// A ticket as stored: a sign-in, or (waited flows only) the flow's error.
+/// A ticket as stored (or handed over): a sign-in, or (waited flows only)
+/// the flow's error.
 #[derive(Serialize, Deserialize)]
 #[serde(untagged)]
-enum Stored {
+pub(super) enum Stored {
     Failed { failed: FailedFlow },
     SignIn(TicketPayload),
 }
@@ -139,7 +141,19 @@ impl SignInService {
                 None,
             ),
         };
-        let json = serde_json::to_vec(&stored).map_err(|_| FlowError::server_error())?;
+        // The fetch waiting for it in this process takes it at once.
+        let handed = Handed {
+            binding_hash: binding_hash.map(str::to_string),
+            outcome: stored,
+        };
+        let Err(handed) =
+            self.inner
+                .waiters
+                .hand_over(hash.as_str(), &target.app, &target.origin, handed)
+        else {
+            return Ok(());
+        };
+        let json = serde_json::to_vec(&handed.outcome).map_err(|_| FlowError::server_error())?;
         self.inner
             .store
             .insert_session_ticket(NewTicket {
@@ -177,14 +191,18 @@ impl SignInService {
         bindings: &[String],
         wait: bool,
     ) -> Result<Option<Ticket>, crate::store::StoreError> {
+        let hash = sha256_hex(ticket.as_bytes());
         let deadline =
             tokio::time::Instant::now() + if wait { TICKET_WAIT } else { Duration::ZERO };
+        // A callback in this process hands the outcome over; one elsewhere
+        // stores it, and the database is looked at again.
+        let mut waiter = wait.then(|| self.inner.waiters.wait(&hash, &app.id, origin));
         let taken = loop {
             // Armed before the look, so an outcome stored in between wakes it.
             let stored = self.inner.tickets_stored.notified();
             tokio::pin!(stored);
             stored.as_mut().enable();
-            match self.take_ticket(&app.id, origin, ticket, bindings).await? {
+            match self.take_ticket(&app.id, origin, &hash, bindings).await? {
                 Some(Some(taken)) => break taken,
                 Some(None) => return Ok(None),
                 None => {}
@@ -193,7 +211,19 @@ impl SignInService {
             if left.is_zero() {
                 return Ok(None);
             }
-            let _ = tokio::time::timeout(left.min(TICKET_POLL), stored).await;
+            let handed = async {
+                match waiter.as_mut() {
+                    Some(waiter) => waiter.handed().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                handed = handed => match opened(handed.binding_hash.as_deref(), Some(handed.outcome), bindings) {
+                    Some(taken) => break taken,
+                    None => return Ok(None),
+                },
+                _ = tokio::time::timeout(left.min(TICKET_POLL), stored) => {}
+            }
         };
         if let (Ticket::SignIn(redeemed), Some(proven)) = (&taken, proven)
             && redeemed.jkt.as_ref() == Some(proven)
@@ -204,46 +234,52 @@ impl SignInService {
         Ok(Some(taken))
     }
 
-    /// `Some(None)`: taken, but this browser does not hold its binding cookie.
+    /// The ticket of `hash` from the database. `Some(None)`: taken, but
+    /// this browser does not hold its binding cookie.
     async fn take_ticket(
         &self,
         app: &AppId,
         origin: &Origin,
-        ticket: &str,
+        hash: &str,
         bindings: &[String],
     ) -> Result<Option<Option<Ticket>>, crate::store::StoreError> {
         let taken = self
             .inner
             .store
-            .take_session_ticket(
-                &sha256_hex(ticket.as_bytes()),
-                app.as_str(),
-                origin.as_str(),
-                crate::time::now(),
-            )
+            .take_session_ticket(hash, app.as_str(), origin.as_str(), crate::time::now())
             .await?;
-        let Some(taken) = taken else {
-            return Ok(None);
-        };
-        if let Some(required) = &taken.binding_hash
-            && !bindings
-                .iter()
-                .any(|b| sha256_hex(b.as_bytes()) == *required)
-        {
-            return Ok(Some(None));
-        }
-        Ok(Some(
-            serde_json::from_slice::<Stored>(&taken.signin)
-                .ok()
-                .map(|stored| match stored {
-                    Stored::SignIn(p) => Ticket::SignIn(TicketSignIn {
-                        signin: p.signin,
-                        jkt: p.jkt.as_deref().and_then(Jkt::parse),
-                    }),
-                    Stored::Failed { failed } => {
-                        Ticket::Failed(FlowError::new(&failed.error, failed.error_description))
-                    }
-                }),
-        ))
+        Ok(taken.map(|taken| {
+            opened(
+                taken.binding_hash.as_deref(),
+                serde_json::from_slice::<Stored>(&taken.signin).ok(),
+                bindings,
+            )
+        }))
     }
+}
+
+/// A taken ticket, for a browser whose cookies hold `bindings`: `None` when
+/// it is bound to a cookie (`binding_hash`) the browser does not hold, or
+/// unreadable.
+fn opened(
+    binding_hash: Option<&str>,
+    stored: Option<Stored>,
+    bindings: &[String],
+) -> Option<Ticket> {
+    if let Some(required) = binding_hash
+        && !bindings
+            .iter()
+            .any(|b| sha256_hex(b.as_bytes()) == required)
+    {
+        return None;
+    }
+    stored.map(|stored| match stored {
+        Stored::SignIn(p) => Ticket::SignIn(TicketSignIn {
+            signin: p.signin,
+            jkt: p.jkt.as_deref().and_then(Jkt::parse),
+        }),
+        Stored::Failed { failed } => {
+            Ticket::Failed(FlowError::new(&failed.error, failed.error_description))
+        }
+    })
 }

@@ -16,7 +16,7 @@ use crate::signin::{Setup, setup_with};
 use chatgate::dpop::ProofSigner;
 use chatgate::secret::{random_token, sha256_hex};
 use common::browser::{Browser, posted_message};
-use common::{TestApp, TestDb, claims_of, error_of};
+use common::{TestApp, TestDb, claims_of, error_of, spawn_app};
 use serde_json::{Value, json};
 
 const ORIGIN: &str = "https://www.contoso.com";
@@ -52,7 +52,17 @@ async fn wait_for(
     key: &ProofSigner,
     ticket: &str,
 ) -> reqwest::Response {
-    let url = s.app.url("/v1/session/token");
+    wait_at(&s.app, browser, key, ticket).await
+}
+
+/// [`wait_for`] at the chatgate of `app` (a replica).
+async fn wait_at(
+    app: &TestApp,
+    browser: &mut Browser,
+    key: &ProofSigner,
+    ticket: &str,
+) -> reqwest::Response {
+    let url = app.url("/v1/session/token");
     let proof = key.proof("POST", &url, None);
     browser
         .post_json_dpop(
@@ -98,9 +108,22 @@ impl Setup {
         ticket: &str,
         callback: &str,
     ) -> (reqwest::Response, reqwest::Response) {
+        self.frame_and_fetch_at(&self.app, self.browser.clone(), key, ticket, callback)
+            .await
+    }
+
+    /// [`Setup::frame_and_fetch`] with the fetch from `page` (a browser),
+    /// waiting at the chatgate of `app` (a replica).
+    async fn frame_and_fetch_at(
+        &self,
+        app: &TestApp,
+        mut page: Browser,
+        key: &ProofSigner,
+        ticket: &str,
+        callback: &str,
+    ) -> (reqwest::Response, reqwest::Response) {
         let mut frame_browser = self.browser.clone();
-        let mut page = self.browser.clone();
-        tokio::join!(wait_for(self, &mut page, key, ticket), async {
+        tokio::join!(wait_at(app, &mut page, key, ticket), async {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             in_frame(&mut frame_browser, callback).await
         })
@@ -221,6 +244,71 @@ async fn only_the_pages_browser_and_key_collect_the_outcome(db: &TestDb) {
         error_of(s.renew_by_key(&key).await).await,
         (401, "login_required".into())
     );
+}
+
+/// A fetch that waits in the process the callback reaches is handed the
+/// outcome in memory, under the same rules as a stored ticket: only the
+/// page's browser (the binding cookie) and key collect it. A fetch that
+/// waits with the ticket but without them uses it up and gets nothing.
+async fn an_outcome_handed_over_goes_only_to_the_pages_browser_and_key(db: &TestDb) {
+    let mut s = setup(db).await;
+    let key = ProofSigner::generate();
+    // Without the binding cookie.
+    let (ticket, callback) = s.waited_flow(&key).await;
+    let (answer, frame) = s
+        .frame_and_fetch_at(&s.app, Browser::new(), &key, &ticket, &callback)
+        .await;
+    assert_eq!(frame.status(), 204);
+    assert_eq!(error_of(answer).await.0, 400);
+    let r = s.redeem_with_key(&key, &ticket).await;
+    assert_eq!(error_of(r).await.0, 400, "used up");
+    // With another browser's binding cookie.
+    let (ticket, callback) = s.waited_flow(&key).await;
+    let other = s.browser_with_binding().await;
+    let (answer, frame) = s
+        .frame_and_fetch_at(&s.app, other, &key, &ticket, &callback)
+        .await;
+    assert_eq!(frame.status(), 204);
+    assert_eq!(error_of(answer).await.0, 400);
+    // Another key, with the right cookie: nothing, and the thief's key
+    // renews nothing.
+    let thief = ProofSigner::generate();
+    let (ticket, callback) = s.waited_flow(&key).await;
+    let (answer, frame) = s
+        .frame_and_fetch_at(&s.app, s.browser.clone(), &thief, &ticket, &callback)
+        .await;
+    assert_eq!(frame.status(), 204);
+    assert_eq!(error_of(answer).await.0, 400);
+    assert_eq!(
+        error_of(s.renew_by_key(&thief).await).await,
+        (401, "login_required".into())
+    );
+    // The page's browser and key.
+    let (ticket, callback) = s.waited_flow(&key).await;
+    let (answer, frame) = s.frame_and_fetch(&key, &ticket, &callback).await;
+    assert_eq!(frame.status(), 204);
+    assert_eq!(answer.status(), 200);
+}
+
+/// A fetch waiting at another replica than the one the frame's callback
+/// reaches finds the outcome in the shared database.
+async fn a_fetch_waiting_at_another_replica_gets_the_outcome(db: &TestDb) {
+    let mut s = setup(db).await;
+    let replica = spawn_app(&s.cfg).await;
+    let key = ProofSigner::generate();
+    let (ticket, callback) = s.waited_flow(&key).await;
+    let mut page = s.browser.clone();
+    page.share_cookies(&s.app.base_url, &replica.base_url);
+    let (answer, frame) = s
+        .frame_and_fetch_at(&replica, page, &key, &ticket, &callback)
+        .await;
+    assert_eq!(frame.status(), 204);
+    assert_eq!(answer.status(), 200);
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["type"], "chatgate:success", "{body}");
+    assert_eq!(body["user"]["id"], USER);
+    // The key renews at either replica.
+    assert_eq!(s.renew_by_key(&key).await.status(), 200);
 }
 
 /// The IdP's error (here `login_required`: the frame saw no IdP session)
@@ -458,6 +546,8 @@ async fn a_flow_is_started_by_fetch_only_for_the_apps_page(db: &TestDb) {
 backend_tests!(
     the_outcome_goes_to_the_fetch_that_waits_and_the_frame_gets_no_page,
     only_the_pages_browser_and_key_collect_the_outcome,
+    an_outcome_handed_over_goes_only_to_the_pages_browser_and_key,
+    a_fetch_waiting_at_another_replica_gets_the_outcome,
     the_flows_error_goes_to_the_fetch_that_waits,
     outside_a_frame_the_result_page_posts_as_before,
     ticket_hash_needs_a_silent_flow_with_a_key,

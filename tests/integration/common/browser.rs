@@ -114,6 +114,18 @@ impl Browser {
             .map(|(_, raw)| raw.clone())
     }
 
+    /// Sends the cookies of `from`'s host to `to`'s as well: two replicas
+    /// behind one load balancer are one site to a real browser (this one
+    /// keeps cookies per host and port).
+    pub fn share_cookies(&mut self, from: &str, to: &str) {
+        let jar = self
+            .cookies
+            .get(&host_of(from))
+            .cloned()
+            .unwrap_or_default();
+        self.cookies.insert(host_of(to), jar);
+    }
+
     pub fn forget_cookies(&mut self) {
         self.cookies.clear();
     }
