@@ -220,22 +220,24 @@
     var name = keyName(opts);
     if (keys[name]) return keys[name];
     if (!global.crypto || !global.crypto.subtle || !global.indexedDB) return Promise.resolve(null);
+    // A new key is made while the stored one is looked for, and used only
+    // where there is none (a first visit waits for neither in turn).
+    var made = global.crypto.subtle.generateKey({ name: "ECDSA", namedCurve: "P-256" }, false, ["sign", "verify"]);
+    made.catch(function () {});
     keys[name] = keyStore("readonly", function (store) {
       return store.get(name);
     })
       .then(function (pair) {
         if (pair && pair.privateKey && pair.publicKey) return pair;
-        return global.crypto.subtle
-          .generateKey({ name: "ECDSA", namedCurve: "P-256" }, false, ["sign", "verify"])
-          .then(function (fresh) {
-            // Stored while the sign-in goes on (a failed write only means
-            // the next visit makes another key).
-            keyStore("readwrite", function (store) {
-              return store.put(fresh, name);
-            });
-            unbound[name] = true;
-            return fresh;
+        return made.then(function (fresh) {
+          // Stored while the sign-in goes on (a failed write only means
+          // the next visit makes another key).
+          keyStore("readwrite", function (store) {
+            return store.put(fresh, name);
           });
+          unbound[name] = true;
+          return fresh;
+        });
       })
       .then(describeKey)
       .catch(function () {
@@ -476,7 +478,8 @@
     if (!freshDirectLine(opts)) body.direct_line = true;
     return pending
       .then(function () {
-        return postHeaders(opts, "/v1/session/token");
+        // Headers made in advance (a waited flow's, while the flow starts).
+        return from.headers || postHeaders(opts, "/v1/session/token");
       })
       .then(function (headers) {
         return global.fetch(brokerUrl(opts, "/v1/session/token"), {
@@ -611,6 +614,9 @@
     return Promise.resolve(picked).then(function (pick) {
       if (!pick) return frameOnly(opts, key);
       var viaChatgate = authorizeUrl(opts, "silent", key.jkt, pick.hash);
+      // The waiting fetch's proof is made while the flow starts, so the
+      // fetch goes out with the frame.
+      pick.headers = postHeaders(opts, "/v1/session/token");
       return startFlow(opts, key.jkt, pick.hash).then(function (started) {
         if (!started || !started.session) return waitedFlow(opts, pick, (started && started.url) || viaChatgate);
         // chatgate holds a session for this page (its key is new): renewed
@@ -628,7 +634,7 @@
   function waitedFlow(opts, pick, url) {
     var frame = openIframe(opts, url);
     var abort = new global.AbortController();
-    var waited = renewByFetch(opts, { ticket: pick.ticket, wait: true, signal: abort.signal });
+    var waited = renewByFetch(opts, { ticket: pick.ticket, wait: true, signal: abort.signal, headers: pick.headers });
     return new Promise(function (resolve, reject) {
       framed(opts, frame.result).then(
         function (data) {
@@ -687,8 +693,12 @@
     );
     iframe.src = url;
     global.document.body.appendChild(iframe);
+    // Removed in a task of its own: taking a frame down (its process) does
+    // not hold up the result.
     function cleanup() {
-      if (iframe.parentNode) iframe.parentNode.removeChild(iframe);
+      setTimeout(function () {
+        if (iframe.parentNode) iframe.parentNode.removeChild(iframe);
+      }, 0);
     }
     // { result: the message the frame posts, cancel(): remove the frame }
     return {

@@ -6,14 +6,21 @@
 // started, when it was sent, when the answer's first byte came and when it
 // ended (Chromium's own resource timing, in ms).
 //
-//   node tests/e2e/timeline-first-visit.mjs [rounds]   (default 6; the first two are warm-up)
+//   node tests/e2e/timeline-first-visit.mjs [rounds] [--server]   (default 6; the first two are warm-up)
+//
+// With --server it also prints chatgate's own log lines of that time (its
+// request log at debug: when each request started and finished, and how
+// long chatgate took), on the same clock.
 //
 // A request that ends without a response (the callback's 204 to the frame,
 // which aborts the frame's navigation) shows as "no response".
 import { startWorld } from "./lib/world.mjs";
 import { launch, openPopup, completeIdpInteraction } from "./lib/browser.mjs";
 
-const ROUNDS = Number(process.argv[2] || 6);
+const args = process.argv.slice(2);
+const ROUNDS = Number(args.find((a) => /^\d+$/.test(a)) || 6);
+const SERVER = args.includes("--server");
+if (SERVER) process.env.CHATGATE_E2E_LOG_LEVEL = "info,chatgate=debug,tower_http=debug";
 const world = await startWorld({ spa: true, chatgateToml: "[rate_limit]\nper_second = 100000\nburst = 100000" });
 const browser = await launch({ thirdPartyCookies: "allow" });
 const requests = [];
@@ -46,6 +53,7 @@ try {
       ["oidc-client-ts signinSilent", "() => window.spa.signinSilent()"],
     ]) {
       requests.length = 0;
+      world.chatgate.logs.length = 0;
       const [t0, t1] = await page.evaluate(async (src) => {
         const run = eval(`(${src})`);
         const at = () => performance.timeOrigin + performance.now();
@@ -62,6 +70,17 @@ try {
         const at = (x) => (x >= 0 && !failed ? (t.startTime + x - t0).toFixed(1) : "").padStart(9);
         const what = `${r.method()} ${r.url().replace(/\?.*/, "")}${failed ? " (no response)" : ""}`;
         console.log(`${(t.startTime - t0).toFixed(1).padStart(9)}${at(t.requestStart)}${at(t.responseStart)}${at(t.responseEnd)}   ${what}`);
+      }
+      if (SERVER) {
+        console.log("    chatgate's log, ms after the call:");
+        for (const line of world.chatgate.logs.join("").split("\n")) {
+          const plain = line.replace(/\x1b\[[0-9;]*m/g, "");
+          const at = Date.parse(plain.slice(0, 27));
+          if (!(at >= t0 - 5 && at <= t1 + 5)) continue;
+          // Microseconds: the log's own are finer than Date.parse.
+          const micros = Number(plain.slice(20, 26)) / 1000 - Math.floor(Number(plain.slice(20, 23)));
+          console.log(`${(at + micros - t0).toFixed(1).padStart(9)}   ${plain.slice(28).replace(/\s+/g, " ").slice(0, 150)}`);
+        }
       }
     }
   }

@@ -68,7 +68,7 @@ public_url = "${publicUrl}"
 listen = "${host}:${port}"
 database_url = "sqlite://chatgate.db?mode=rwc"
 idp_ca_file = "${caFile}"
-log_level = "info,chatgate=debug"
+log_level = "${process.env.CHATGATE_E2E_LOG_LEVEL || "info,chatgate=debug"}"
 shutdown_drain = "0s"
 ${extraToml}
 [tls]
