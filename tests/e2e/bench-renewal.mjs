@@ -8,10 +8,15 @@
 //
 //   node tests/e2e/bench-renewal.mjs [rounds] [--dpop]   (default 20; after scripts/test.sh built chatgate)
 //
+// On SQLite, and then on PostgreSQL too with
+// CHATGATE_BENCH_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/postgres
+// (an admin URL: the run creates a database of its own there and drops it).
+//
 // With --dpop the app binds chat tokens to the browser's key
 // (bind_chat_tokens = "dpop"), and one more run renews with chatgate's cookie
 // deleted first (outside the timing): by the key alone.
 // Prints the median and p90 of each, and their ratios to signinSilent.
+import { execFileSync } from "node:child_process";
 import { startWorld } from "./lib/world.mjs";
 import { launch, openPopup, completeIdpInteraction } from "./lib/browser.mjs";
 
@@ -25,90 +30,108 @@ function stats(ms) {
   return { median: at(0.5), p90: at(0.9) };
 }
 
-// Every renewal comes from one address, several a second: no rate limit.
-const world = await startWorld({
-  spa: true,
-  appToml: DPOP ? 'bind_chat_tokens = "dpop"' : "",
-  chatgateToml: "[rate_limit]\nper_second = 100000\nburst = 100000",
-});
-const brokerHost = new URL(world.chatgate.url).hostname;
-const browser = await launch({ thirdPartyCookies: "allow" });
-try {
-  const page = await browser.context.newPage();
-  await page.goto(world.host.url);
-  // Signed in through chatgate (login and consent at the IdP)...
-  const popup = await openPopup(page);
-  await completeIdpInteraction(popup, world.idp.user);
-  const first = await page.evaluate(() => window.popupResult);
-  if (!first.ok) throw new Error(`sign-in failed: ${JSON.stringify(first)}`);
-  // ...and through oidc-client-ts (the IdP session exists: consent only).
-  const makeSpa = () => page.evaluate(() => {
-    window.spa = new oidc.UserManager(window.spaSettings);
-    // A button of its own: the host page's sign-in button is chatgate's.
-    const button = document.createElement("button");
-    button.id = "spa-signin";
-    button.textContent = "Sign in with oidc-client-ts";
-    button.onclick = () => {
-      window.spaPopup = window.spa.signinPopup().then((u) => ({ ok: !!u.access_token }), (e) => ({ err: String(e) }));
-    };
-    document.body.appendChild(button);
+async function bench(database, databaseUrl) {
+  // Every renewal comes from one address, several a second: no rate limit.
+  const world = await startWorld({
+    spa: true,
+    appToml: DPOP ? 'bind_chat_tokens = "dpop"' : "",
+    chatgateToml: "[rate_limit]\nper_second = 100000\nburst = 100000",
+    databaseUrl,
   });
-  await makeSpa();
-  const [spaPopup] = await Promise.all([browser.context.waitForEvent("page"), page.click("#spa-signin")]);
-  await completeIdpInteraction(spaPopup, world.idp.user);
-  const spaFirst = await page.evaluate(() => window.spaPopup);
-  if (!spaFirst.ok) throw new Error(`oidc-client-ts sign-in failed: ${JSON.stringify(spaFirst)}`);
+  const brokerHost = new URL(world.chatgate.url).hostname;
+  const browser = await launch({ thirdPartyCookies: "allow" });
+  try {
+    const page = await browser.context.newPage();
+    await page.goto(world.host.url);
+    // Signed in through chatgate (login and consent at the IdP)...
+    const popup = await openPopup(page);
+    await completeIdpInteraction(popup, world.idp.user);
+    const first = await page.evaluate(() => window.popupResult);
+    if (!first.ok) throw new Error(`sign-in failed: ${JSON.stringify(first)}`);
+    // ...and through oidc-client-ts (the IdP session exists: consent only).
+    const makeSpa = () => page.evaluate(() => {
+      window.spa = new oidc.UserManager(window.spaSettings);
+      // A button of its own: the host page's sign-in button is chatgate's.
+      const button = document.createElement("button");
+      button.id = "spa-signin";
+      button.textContent = "Sign in with oidc-client-ts";
+      button.onclick = () => {
+        window.spaPopup = window.spa.signinPopup().then((u) => ({ ok: !!u.access_token }), (e) => ({ err: String(e) }));
+      };
+      document.body.appendChild(button);
+    });
+    await makeSpa();
+    const [spaPopup] = await Promise.all([browser.context.waitForEvent("page"), page.click("#spa-signin")]);
+    await completeIdpInteraction(spaPopup, world.idp.user);
+    const spaFirst = await page.evaluate(() => window.spaPopup);
+    if (!spaFirst.ok) throw new Error(`oidc-client-ts sign-in failed: ${JSON.stringify(spaFirst)}`);
 
-  // A first visit: the user has a session at the IdP but none at chatgate
-  // on this site (no chatgate cookie, no browser key): the page is loaded
-  // afresh with both gone (outside the timing), then signs in silently.
-  const FIRST_VISIT = "chatgate, first visit";
-  const runs = {
-    [FIRST_VISIT]: () => ChatGate.signIn(window.chatgateOptions),
-    "chatgate, by fetch": () => ChatGate.signIn(window.chatgateOptions),
-    "chatgate, by iframe": () => ChatGate.signIn({ ...window.chatgateOptions, loginHint: "alice@example.com" }),
-    "oidc-client-ts signinSilent": () => window.spa.signinSilent(),
-  };
-  // Renewed by the key alone: chatgate's cookie is deleted before each run.
-  const KEY_ONLY = "chatgate, by fetch, no cookie";
-  if (DPOP) runs[KEY_ONLY] = () => ChatGate.signIn(window.chatgateOptions);
-  const results = {};
-  for (const [name] of Object.entries(runs)) results[name] = [];
-  // Interleaved rounds, one warm-up each, so drift hits all three alike.
-  for (let round = -1; round < ROUNDS; round++) {
-    for (const [name, fn] of Object.entries(runs)) {
-      if (name === KEY_ONLY) await browser.context.clearCookies({ domain: brokerHost });
-      if (name === FIRST_VISIT) {
-        // A local sign-out ends chatgate's session (its partitioned cookie
-        // too, which clearing cookies by domain can miss) and forgets the
-        // browser key; the IdP's session stays.
-        await page.evaluate(() => ChatGate.signOut(window.chatgateOptions));
-        await page.goto(world.host.url);
-        await makeSpa();
-        // The page has loaded and settled, as for every other run.
+    // A first visit: the user has a session at the IdP but none at chatgate
+    // on this site (no chatgate cookie, no browser key): the page is loaded
+    // afresh with both gone (outside the timing), then signs in silently.
+    const FIRST_VISIT = "chatgate, first visit";
+    const runs = {
+      [FIRST_VISIT]: () => ChatGate.signIn(window.chatgateOptions),
+      "chatgate, by fetch": () => ChatGate.signIn(window.chatgateOptions),
+      "chatgate, by iframe": () => ChatGate.signIn({ ...window.chatgateOptions, loginHint: "alice@example.com" }),
+      "oidc-client-ts signinSilent": () => window.spa.signinSilent(),
+    };
+    // Renewed by the key alone: chatgate's cookie is deleted before each run.
+    const KEY_ONLY = "chatgate, by fetch, no cookie";
+    if (DPOP) runs[KEY_ONLY] = () => ChatGate.signIn(window.chatgateOptions);
+    const results = {};
+    for (const [name] of Object.entries(runs)) results[name] = [];
+    // Interleaved rounds, one warm-up each, so drift hits all three alike.
+    for (let round = -1; round < ROUNDS; round++) {
+      for (const [name, fn] of Object.entries(runs)) {
+        if (name === KEY_ONLY) await browser.context.clearCookies({ domain: brokerHost });
+        if (name === FIRST_VISIT) {
+          // A local sign-out ends chatgate's session (its partitioned cookie
+          // too, which clearing cookies by domain can miss) and forgets the
+          // browser key; the IdP's session stays.
+          await page.evaluate(() => ChatGate.signOut(window.chatgateOptions));
+          await page.goto(world.host.url);
+          await makeSpa();
+          // The page has loaded and settled, as for every other run.
+          await page.waitForTimeout(100);
+        }
+        const ms = await page.evaluate(async (src) => {
+          const run = eval(`(${src})`);
+          const t0 = performance.now();
+          const r = await run();
+          if (!r || !(r.chat_token || r.access_token)) throw new Error("no token");
+          return performance.now() - t0;
+        }, fn.toString());
+        if (round >= 0) results[name].push(ms);
+        // What a sign-in leaves in flight (the key's confirmation) settles
+        // before the next run, as it would long before a real renewal.
         await page.waitForTimeout(100);
       }
-      const ms = await page.evaluate(async (src) => {
-        const run = eval(`(${src})`);
-        const t0 = performance.now();
-        const r = await run();
-        if (!r || !(r.chat_token || r.access_token)) throw new Error("no token");
-        return performance.now() - t0;
-      }, fn.toString());
-      if (round >= 0) results[name].push(ms);
-      // What a sign-in leaves in flight (the key's confirmation) settles
-      // before the next run, as it would long before a real renewal.
-      await page.waitForTimeout(100);
     }
+    const base = stats(results["oidc-client-ts signinSilent"]).median;
+    console.log(`${database}: silent sign-in and renewal, ${ROUNDS} rounds, headless Chromium, oidc-provider on loopback${DPOP ? ", chat tokens bound to the browser's key" : ""}`);
+    console.log("                                median ms   p90 ms   median / signinSilent");
+    for (const [name, ms] of Object.entries(results)) {
+      const s = stats(ms);
+      console.log(`  ${name.padEnd(30)}${s.median.toFixed(1).padStart(9)}${s.p90.toFixed(1).padStart(9)}${(s.median / base).toFixed(2).padStart(12)}×`);
+    }
+  } finally {
+    await browser.close();
+    await world.stop();
   }
-  const base = stats(results["oidc-client-ts signinSilent"]).median;
-  console.log(`silent renewal of a signed-in user, ${ROUNDS} rounds, headless Chromium, oidc-provider on loopback${DPOP ? ", chat tokens bound to the browser's key" : ""}`);
-  console.log("                                median ms   p90 ms   median / signinSilent");
-  for (const [name, ms] of Object.entries(results)) {
-    const s = stats(ms);
-    console.log(`  ${name.padEnd(30)}${s.median.toFixed(1).padStart(9)}${s.p90.toFixed(1).padStart(9)}${(s.median / base).toFixed(2).padStart(12)}×`);
-  }
-} finally {
-  await browser.close();
-  await world.stop();
 }
+
+// A database of the run's own on the PostgreSQL server of `adminUrl`.
+function withPostgres(adminUrl, fn) {
+  const name = `chatgate_bench_renewal_${process.pid}`;
+  const psql = (sql) => execFileSync("psql", [adminUrl, "-qAtc", sql], { stdio: ["ignore", "ignore", "inherit"] });
+  psql(`CREATE DATABASE ${name}`);
+  const url = new URL(adminUrl);
+  url.pathname = `/${name}`;
+  return fn(url.toString()).finally(() => psql(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`));
+}
+
+await bench("SQLite");
+const postgres = process.env.CHATGATE_BENCH_POSTGRES_URL;
+if (postgres) await withPostgres(postgres, (url) => bench("PostgreSQL", url));
+else console.log("PostgreSQL: skipped (set CHATGATE_BENCH_POSTGRES_URL to an admin URL)");

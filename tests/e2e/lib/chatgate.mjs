@@ -1,5 +1,6 @@
 // Runs the real chatgate binary for the browser tests: HTTPS on its own site,
-// SQLite in a temporary directory, trusting the test CA for IdP calls.
+// SQLite in a temporary directory (or the `databaseUrl` given), trusting the
+// test CA for IdP calls.
 import { spawn, execFileSync } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
@@ -56,7 +57,7 @@ export function httpsGetJson(url, ca) {
  * Starts chatgate. `apps` is TOML for the [[apps]] tables; `provider` is
  * { issuer, clientId, clientSecret } or null.
  */
-export async function startChatgate({ dir, host, port, tls, caFile, provider, apps, extraToml = "", env = {} }) {
+export async function startChatgate({ dir, host, port, tls, caFile, provider, apps, extraToml = "", env = {}, databaseUrl = "sqlite://chatgate.db?mode=rwc" }) {
   // `provider.toml`: extra lines of the [[providers]] table.
   const bin = chatgateBinary();
   const vaultKey = execFileSync(bin, ["keys", "generate", "vault"]).toString().trim();
@@ -66,7 +67,7 @@ export async function startChatgate({ dir, host, port, tls, caFile, provider, ap
   const config = `
 public_url = "${publicUrl}"
 listen = "${host}:${port}"
-database_url = "sqlite://chatgate.db?mode=rwc"
+database_url = "${databaseUrl}"
 idp_ca_file = "${caFile}"
 log_level = "${process.env.CHATGATE_E2E_LOG_LEVEL || "info,chatgate=debug"}"
 shutdown_drain = "0s"

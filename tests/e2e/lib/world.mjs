@@ -35,7 +35,7 @@ export const SPA_CLIENT = "spa-e2e";
  * `boundApp`: also configure app "bound" on the same host origin, with
  * `bind_chat_tokens = "dpop"`.
  */
-export async function startWorld({ idp: idpKind = "oidc-provider", accessTokenTtl, chatgateToml = "", appToml = "", events, spa = false, boundApp = false } = {}) {
+export async function startWorld({ idp: idpKind = "oidc-provider", accessTokenTtl, chatgateToml = "", appToml = "", events, spa = false, boundApp = false, databaseUrl } = {}) {
   const dir = mkdtempSync(join(tmpdir(), "chatgate-e2e-"));
   const ca = makeCa(dir);
   const [hostPort, brokerPort, idpPort, otherPort] = await Promise.all([
@@ -64,6 +64,7 @@ export async function startWorld({ idp: idpKind = "oidc-provider", accessTokenTt
     caFile: ca.certFile,
     provider: { issuer: idp.issuer, clientId: CLIENT.id, clientSecret: CLIENT.secret },
     extraToml: chatgateToml,
+    databaseUrl,
     env: { E2E_HOST_SECRET: HOST_KEY.secret, E2E_EVENTS_SECRET: events?.secret ?? "" },
     apps: `
 [[apps]]
