@@ -96,14 +96,7 @@ impl SignInService {
             let proof = req.proof.ok_or(PageRenewalError::ProofRequired)?;
             self.spend(proof).await?;
             let redeemed = match self
-                .redeem_ticket(
-                    app,
-                    origin,
-                    ticket,
-                    Some(&proof.jkt),
-                    req.bindings,
-                    req.wait,
-                )
+                .take_redeemed(app, origin, ticket, req.bindings, req.wait)
                 .await?
             {
                 Some(Ticket::SignIn(r)) if r.jkt.as_ref() == Some(&proof.jkt) => r,
@@ -111,7 +104,16 @@ impl SignInService {
                 _ => return Err(PageRenewalError::UnknownTicket),
             };
             let now = crate::time::now();
-            let minted = self.minted(app, &redeemed.signin, jkt, now).await?;
+            // The proven key renews the sign-in from now on (see
+            // `redeem_ticket`). Its binding is written while the vault is
+            // asked whether the sign-in may be renewed: a write beside a
+            // read, which neither database makes wait for the other.
+            let (bound, minted) = tokio::join!(
+                self.bind_confirmed(app, origin, &proof.jkt, &redeemed.signin, now),
+                self.minted(app, &redeemed.signin, jkt, now),
+            );
+            bound?;
+            let minted = minted?;
             let minted = self
                 .with_direct_line(app, &redeemed.signin.user_id, minted, now)
                 .await;

@@ -191,6 +191,28 @@ impl SignInService {
         bindings: &[String],
         wait: bool,
     ) -> Result<Option<Ticket>, crate::store::StoreError> {
+        let taken = self
+            .take_redeemed(app, origin, ticket, bindings, wait)
+            .await?;
+        if let (Some(Ticket::SignIn(redeemed)), Some(proven)) = (&taken, proven)
+            && redeemed.jkt.as_ref() == Some(proven)
+        {
+            self.bind_confirmed(app, origin, proven, &redeemed.signin, crate::time::now())
+                .await?;
+        }
+        Ok(taken)
+    }
+
+    /// [`SignInService::redeem_ticket`] without binding a key: the ticket,
+    /// taken.
+    pub(super) async fn take_redeemed(
+        &self,
+        app: &AppConfig,
+        origin: &Origin,
+        ticket: &str,
+        bindings: &[String],
+        wait: bool,
+    ) -> Result<Option<Ticket>, crate::store::StoreError> {
         let hash = sha256_hex(ticket.as_bytes());
         let deadline =
             tokio::time::Instant::now() + if wait { TICKET_WAIT } else { Duration::ZERO };
@@ -225,12 +247,6 @@ impl SignInService {
                 _ = tokio::time::timeout(left.min(TICKET_POLL), stored) => {}
             }
         };
-        if let (Ticket::SignIn(redeemed), Some(proven)) = (&taken, proven)
-            && redeemed.jkt.as_ref() == Some(proven)
-        {
-            self.bind_confirmed(app, origin, proven, &redeemed.signin, crate::time::now())
-                .await?;
-        }
         Ok(Some(taken))
     }
 

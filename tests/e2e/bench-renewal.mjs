@@ -16,8 +16,8 @@
 // (bind_chat_tokens = "dpop"), and one more run renews with chatgate's cookie
 // deleted first (outside the timing): by the key alone.
 // Prints the median and p90 of each, and their ratios to signinSilent.
-import { execFileSync } from "node:child_process";
 import { startWorld } from "./lib/world.mjs";
+import { withPostgres } from "./lib/postgres.mjs";
 import { launch, openPopup, completeIdpInteraction } from "./lib/browser.mjs";
 
 const args = process.argv.slice(2);
@@ -119,16 +119,6 @@ async function bench(database, databaseUrl) {
     await browser.close();
     await world.stop();
   }
-}
-
-// A database of the run's own on the PostgreSQL server of `adminUrl`.
-function withPostgres(adminUrl, fn) {
-  const name = `chatgate_bench_renewal_${process.pid}`;
-  const psql = (sql) => execFileSync("psql", [adminUrl, "-qAtc", sql], { stdio: ["ignore", "ignore", "inherit"] });
-  psql(`CREATE DATABASE ${name}`);
-  const url = new URL(adminUrl);
-  url.pathname = `/${name}`;
-  return fn(url.toString()).finally(() => psql(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`));
 }
 
 await bench("SQLite");
