@@ -14,9 +14,10 @@
 //!
 //! Environment: `CHATGATE_BENCH_SECONDS` (per endpoint, default 10),
 //! `CHATGATE_BENCH_ROUNDS` (the endpoints take turns, default 5 rounds each),
-//! `CHATGATE_BENCH_CONNECTIONS` (default 32). The load generator runs in this
-//! process and chatgate (the release binary) in a child process, on the same
-//! machine: both share its cores, as with any single-machine load test.
+//! `CHATGATE_BENCH_CONNECTIONS` (default 32), `CHATGATE_BENCH_PIN` (`0`: the
+//! load generator and chatgate share the CPUs). The load generator runs in
+//! this process, on CPU 0, and chatgate (the release binary) in a child
+//! process on the other CPUs (see `common::pin_load_generator`).
 //! Figures are printed; nothing here passes or fails.
 
 #[path = "../tests/integration/common/fake_idp.rs"]
@@ -286,6 +287,7 @@ fn main() {
     let connections = env_or("CHATGATE_BENCH_CONNECTIONS", 32usize);
     let seconds = env_or("CHATGATE_BENCH_SECONDS", 10u64);
     let rounds = env_or("CHATGATE_BENCH_ROUNDS", 5u32).max(1);
+    println!("{}", common::pin_load_generator());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
