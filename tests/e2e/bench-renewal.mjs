@@ -11,6 +11,10 @@
 // On SQLite, and then on PostgreSQL too with
 // CHATGATE_BENCH_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/postgres
 // (an admin URL: the run creates a database of its own there and drops it).
+// The browser and the servers share every CPU; CHATGATE_BENCH_SPLIT=1 puts
+// the browser on CPU 0 and the servers (the IdP, the host page's server,
+// chatgate) on CPU 1, for both contenders alike (a diagnostic: see
+// lib/cpus.mjs).
 //
 // With --dpop the app binds chat tokens to the browser's key
 // (bind_chat_tokens = "dpop"), and one more run renews with chatgate's cookie
@@ -18,6 +22,7 @@
 // Prints the median and p90 of each, and their ratios to signinSilent.
 import { startWorld } from "./lib/world.mjs";
 import { withPostgres } from "./lib/postgres.mjs";
+import { describe, pinBrowser, splitCpus } from "./lib/cpus.mjs";
 import { launch, openPopup, completeIdpInteraction } from "./lib/browser.mjs";
 
 const args = process.argv.slice(2);
@@ -30,6 +35,10 @@ function stats(ms) {
   return { median: at(0.5), p90: at(0.9) };
 }
 
+// With CHATGATE_BENCH_SPLIT=1, the browser on one CPU and the servers on
+// another (see lib/cpus.mjs).
+const SPLIT = splitCpus();
+
 async function bench(database, databaseUrl) {
   // Every renewal comes from one address, several a second: no rate limit.
   const world = await startWorld({
@@ -40,6 +49,7 @@ async function bench(database, databaseUrl) {
   });
   const brokerHost = new URL(world.chatgate.url).hostname;
   const browser = await launch({ thirdPartyCookies: "allow" });
+  if (SPLIT) pinBrowser([world.chatgate.pid]);
   try {
     const page = await browser.context.newPage();
     await page.goto(world.host.url);
@@ -109,7 +119,7 @@ async function bench(database, databaseUrl) {
       }
     }
     const base = stats(results["oidc-client-ts signinSilent"]).median;
-    console.log(`${database}: silent sign-in and renewal, ${ROUNDS} rounds, headless Chromium, oidc-provider on loopback${DPOP ? ", chat tokens bound to the browser's key" : ""}`);
+    console.log(`${database}: silent sign-in and renewal, ${ROUNDS} rounds, headless Chromium, oidc-provider on loopback${DPOP ? ", chat tokens bound to the browser's key" : ""}; ${describe(SPLIT)}`);
     console.log("                                median ms   p90 ms   median / signinSilent");
     for (const [name, ms] of Object.entries(results)) {
       const s = stats(ms);

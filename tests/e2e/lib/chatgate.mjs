@@ -116,6 +116,8 @@ ${apps}
   return {
     url: publicUrl,
     configFile,
+    /** The process id of `chatgate serve`. */
+    pid: child.pid,
     /** `chatgate bots create --app <app>`: the bot's secret. */
     createBot(app) {
       const out = execFileSync(bin, ["bots", "create", "--app", app, "--config", configFile], {
