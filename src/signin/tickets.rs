@@ -8,7 +8,9 @@
 //! - for a silent flow whose page waits for its outcome by fetch: the page
 //!   picked the ticket and named its hash ([`TicketHash`]) when it started the
 //!   flow; the callback stores the outcome, a sign-in or the flow's error,
-//!   under that hash and the hidden frame loads no page at all. Such a ticket
+//!   under that hash (or hands it over in memory to the fetch waiting for it
+//!   in this process: [`super::waiters`]) and the hidden frame loads no page
+//!   at all. Such a ticket
 //!   goes only to a fetch that presents the flow's browser-binding cookie
 //!   (in the host site's cookie partition) as well as a proof of its key: no
 //!   page of chatgate's, framed only by the app's origins, guards it.
