@@ -6,7 +6,12 @@
 // then a token request), all against the same oidc-provider in the same
 // headless Chromium run.
 //
-//   node tests/e2e/bench-renewal.mjs [rounds] [--dpop]   (default 20; after scripts/test.sh built chatgate)
+//   node tests/e2e/bench-renewal.mjs [rounds] [--dpop] [--userinfo]   (default 20; after scripts/test.sh built chatgate)
+//
+// With --userinfo oidc-client-ts also asks the IdP's userinfo (its
+// loadUserInfo), so that both end with the user's name and email, as
+// chatgate's chat token does (the test IdP puts them only in userinfo); by
+// default it does not (oidc-client-ts's default).
 //
 // On SQLite, and then on PostgreSQL too with
 // CHATGATE_BENCH_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/postgres
@@ -27,6 +32,7 @@ import { launch, openPopup, completeIdpInteraction } from "./lib/browser.mjs";
 
 const args = process.argv.slice(2);
 const DPOP = args.includes("--dpop");
+const USERINFO = args.includes("--userinfo");
 const ROUNDS = Number(args.find((a) => /^\d+$/.test(a)) || 20);
 
 function stats(ms) {
@@ -42,7 +48,7 @@ const SPLIT = splitCpus();
 async function bench(database, databaseUrl) {
   // Every renewal comes from one address, several a second: no rate limit.
   const world = await startWorld({
-    spa: true,
+    spa: { loadUserInfo: USERINFO },
     appToml: DPOP ? 'bind_chat_tokens = "dpop"' : "",
     chatgateToml: "[rate_limit]\nper_second = 100000\nburst = 100000",
     databaseUrl,
@@ -119,7 +125,7 @@ async function bench(database, databaseUrl) {
       }
     }
     const base = stats(results["oidc-client-ts signinSilent"]).median;
-    console.log(`${database}: silent sign-in and renewal, ${ROUNDS} rounds, headless Chromium, oidc-provider on loopback${DPOP ? ", chat tokens bound to the browser's key" : ""}; ${describe(SPLIT)}`);
+    console.log(`${database}: silent sign-in and renewal, ${ROUNDS} rounds, headless Chromium, oidc-provider on loopback${DPOP ? ", chat tokens bound to the browser's key" : ""}${USERINFO ? ", oidc-client-ts loads userinfo" : ""}; ${describe(SPLIT)}`);
     console.log("                                median ms   p90 ms   median / signinSilent");
     for (const [name, ms] of Object.entries(results)) {
       const s = stats(ms);

@@ -57,8 +57,9 @@ export function hostPage(broker, app) {
 }
 
 /**
- * `spa` = { authority, clientId, redirectUri }: also serve oidc-client-ts and
- * its callback page, and set `window.spaSettings` for a UserManager.
+ * `spa` = { authority, clientId, redirectUri, loadUserInfo }: also serve
+ * oidc-client-ts and its callback page, and set `window.spaSettings` for a
+ * UserManager.
  */
 export async function startHost({ host, port, tls, broker, app, hostKey, spa }) {
   const spaScript = spa
@@ -71,6 +72,7 @@ export async function startHost({ host, port, tls, broker, app, hostKey, spa }) 
         silent_redirect_uri: spa.redirectUri,
         scope: "openid profile email",
         response_type: "code",
+        loadUserInfo: spa.loadUserInfo === true,
       })};</script>`
     : "";
   const page = hostPage(broker, app).replace("</head>", `${spaScript}\n</head>`);

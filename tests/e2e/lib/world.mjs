@@ -28,7 +28,8 @@ export const IDP_KINDS = ["oidc-provider", "dev"];
 export const SPA_CLIENT = "spa-e2e";
 
 /**
- * `spa`: also register a public single-page client at the IdP (benchmarks).
+ * `spa`: also register a public single-page client at the IdP (benchmarks);
+ * `{ loadUserInfo: true }` has oidc-client-ts also ask the IdP's userinfo.
  * `appToml`: extra lines for app "support" (e.g. `bind_chat_tokens = "dpop"`).
  */
 /**
@@ -93,7 +94,7 @@ bind_chat_tokens = "dpop"
     broker: chatgate.url,
     app: "support",
     hostKey: HOST_KEY,
-    spa: spa ? { authority: idp.issuer, clientId: SPA_CLIENT, redirectUri: `https://localhost:${hostPort}/oidc-callback.html` } : undefined,
+    spa: spa ? { authority: idp.issuer, clientId: SPA_CLIENT, redirectUri: `https://localhost:${hostPort}/oidc-callback.html`, loadUserInfo: spa.loadUserInfo === true } : undefined,
   });
   host.url = hostOrigin;
   host.origin = hostOrigin;
