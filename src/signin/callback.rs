@@ -20,7 +20,7 @@ use crate::dpop::Jkt;
 use crate::events::EventType;
 use crate::oidc::{IdTokenCheck, Identity, IdpTokens, IssParameter, Provider};
 use crate::secret::sha256_hex;
-use crate::store::{AuditEvent, PendingFlowRow, retry_transient};
+use crate::store::{AuditEvent, PendingFlowRow, SignInRecords, retry_transient};
 use crate::vault::{SignInIdentity, TokenSet};
 
 /// Why a callback failed.
@@ -166,20 +166,9 @@ impl SignInService {
         let mut identity = redeemed.identity.clone();
         let (_, generation) = tokio::join!(
             provider.complete_profile(&mut identity, &redeemed.tokens.access_token),
-            self.store_tokens(taken.app, &provider, &redeemed, now),
+            self.store_tokens(taken, &provider, &redeemed, now),
         );
         let generation = generation?;
-        self.inner
-            .store
-            .audit(AuditEvent {
-                actor: "user",
-                app: Some(&taken.app.id),
-                user_id: Some(&redeemed.user_id),
-                action: AuditAction::SignIn,
-                outcome: AuditOutcome::Ok,
-                detail: Some(taken.target.mode.as_str()),
-            })
-            .await;
         self.inner
             .metrics
             .flow(FlowEvent::Completed, taken.target.mode.as_str());
@@ -500,17 +489,18 @@ impl SignInService {
         })
     }
 
-    /// Step 4: the tokens, into the vault. A blip is ridden out; a longer
-    /// outage fails the sign-in as a whole (nothing half-written: the vault
-    /// write is one statement) and the widget learns it may try again.
-    /// Returns the entry's sign-in generation.
+    /// Step 4: the tokens, into the vault, with the sign-in's event and
+    /// audit row in the same transaction. A blip is ridden out; a longer
+    /// outage fails the sign-in as a whole (nothing half-written) and the
+    /// widget learns it may try again. Returns the entry's sign-in generation.
     async fn store_tokens(
         &self,
-        app: &AppConfig,
+        taken: &Taken<'_>,
         provider: &Provider,
         redeemed: &Redeemed,
         now: i64,
     ) -> Result<Option<String>, FlowError> {
+        let app = taken.app;
         let tokens = &redeemed.tokens;
         let token_set = TokenSet {
             access_token: tokens.access_token.clone(),
@@ -542,7 +532,17 @@ impl SignInService {
                 &token_set,
                 &identity,
                 now,
-                signed_in.as_ref(),
+                SignInRecords {
+                    signed_in: signed_in.as_ref(),
+                    audit: Some(AuditEvent {
+                        actor: "user",
+                        app: Some(&app.id),
+                        user_id: Some(&redeemed.user_id),
+                        action: AuditAction::SignIn,
+                        outcome: AuditOutcome::Ok,
+                        detail: Some(taken.target.mode.as_str()),
+                    }),
+                },
             )
         })
         .await;

@@ -40,23 +40,31 @@ pub struct AuditFilter {
     pub limit: u32,
 }
 
+/// Inserts one audit row (standing for one event) with `$executor`: a pool,
+/// or a transaction whose write the event belongs to.
+macro_rules! insert_audit {
+    ($executor:expr, $event:expr, $now:expr) => {{
+        let event: &$crate::store::AuditEvent<'_> = $event;
+        sqlx::query(
+            "INSERT INTO audit_events (at, actor, app, user_id, action, outcome, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind($now)
+        .bind(event.actor)
+        .bind(event.app.map($crate::domain::AppId::as_str))
+        .bind(event.user_id.map($crate::domain::UserId::as_str))
+        .bind(event.action.as_str())
+        .bind(event.outcome.as_str())
+        .bind(event.detail)
+        .execute($executor)
+        .await?;
+    }};
+}
+pub(crate) use insert_audit;
+
 impl Store {
     pub async fn record_audit(&self, event: AuditEvent<'_>, now: i64) -> Result<()> {
-        with_pool!(self, pool => {
-            sqlx::query(
-                "INSERT INTO audit_events (at, actor, app, user_id, action, outcome, detail) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(now)
-            .bind(event.actor)
-            .bind(event.app.map(AppId::as_str))
-            .bind(event.user_id.map(UserId::as_str))
-            .bind(event.action.as_str())
-            .bind(event.outcome.as_str())
-            .bind(event.detail)
-            .execute(pool)
-            .await?;
-        });
+        with_pool!(self, pool => insert_audit!(pool, &event, now));
         Ok(())
     }
 

@@ -41,7 +41,8 @@ pub use signing_keys::SigningKeyRow;
 pub use signout::{Jti, SignOutScope, SignedOutAtIdp, UserSignedOut};
 pub use sweep::{Swept, Table};
 pub use vault::{
-    BULK_ROWS, LeaseTake, RefreshedEntry, Resealed, SealedEntry, SignInWrite, VaultRow,
+    BULK_ROWS, LeaseTake, RefreshedEntry, Resealed, SealedEntry, SignInRecords, SignInWrite,
+    VaultRow,
 };
 
 /// The statements on request paths (bot lookups, sign-in, renewal, sign-out,

@@ -2,8 +2,9 @@
 
 use std::fmt;
 
+use super::audit::insert_audit;
 use super::outbox::insert_event;
-use super::{BeginWrite as _, OutboxRow, Result, Store, with_pool};
+use super::{AuditEvent, BeginWrite as _, OutboxRow, Result, Store, with_pool};
 
 /// A vault row as stored: secret columns are sealed blobs.
 #[derive(Clone, sqlx::FromRow)]
@@ -86,6 +87,17 @@ pub struct SignInWrite {
     pub generation: Option<String>,
 }
 
+/// What a sign-in's write records beside the tokens, in its transaction: they
+/// commit together or not at all.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SignInRecords<'a> {
+    /// The event of a sign-in, recorded only when the user had no usable
+    /// entry (new, or refused by the IdP).
+    pub signed_in: Option<&'a OutboxRow>,
+    /// The sign-in's audit row, recorded always.
+    pub audit: Option<AuditEvent<'a>>,
+}
+
 /// A re-encrypted row for `vault rekey`, written only if the row is unchanged.
 #[derive(Debug)]
 pub struct Resealed {
@@ -136,9 +148,6 @@ pub(super) const WRITE_REFRESHED: &str = "UPDATE vault_entries SET access_token 
              WHERE app = $11 AND user_id = $12 AND refresh_lease_id = $13";
 
 /// A sign-in's write: the generation it left.
-const GENERATION: &str =
-    "SELECT signin_generation FROM vault_entries WHERE app = $1 AND user_id = $2";
-
 /// Rows per statement of a bulk insert (15 parameters each: well within
 /// SQLite's 32 766 and PostgreSQL's 65 535).
 pub const BULK_ROWS: usize = 1000;
@@ -152,14 +161,14 @@ impl Store {
     /// one keeps the stored refresh token and leaves a refresh in flight alone,
     /// so a rotated refresh token is still stored when it arrives.
     ///
-    /// `signed_in`, the event of a sign-in, is recorded in the same transaction
-    /// when the user had no usable entry (new, or refused by the IdP).
-    /// A new entry gets `entry.generation`; an existing one keeps its own.
+    /// `records` (the sign-in's event and audit row) are written in the same
+    /// transaction. A new entry gets `entry.generation`; an existing one
+    /// keeps its own.
     pub async fn upsert_vault_entry(
         &self,
         entry: SealedEntry<'_>,
         now: i64,
-        signed_in: Option<&OutboxRow>,
+        records: SignInRecords<'_>,
     ) -> Result<SignInWrite> {
         const SQL: &str = "INSERT INTO vault_entries (app, user_id, provider, access_token, \
                refresh_token, token_type, scope, access_expires_at, needs_reauth, row_version, \
@@ -190,7 +199,8 @@ impl Store {
                  ELSE vault_entries.refresh_lease_id END, \
                refresh_lease_until = CASE WHEN excluded.refresh_token IS NOT NULL \
                    OR vault_entries.provider <> excluded.provider THEN NULL \
-                 ELSE vault_entries.refresh_lease_until END";
+                 ELSE vault_entries.refresh_lease_until END \
+             RETURNING signin_generation";
         let fresh = with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let before: Option<bool> = sqlx::query_scalar(UPSERT_BEFORE)
@@ -198,7 +208,7 @@ impl Store {
                 .bind(entry.user_id)
                 .fetch_optional(&mut *tx)
                 .await?;
-            sqlx::query(SQL)
+            let generation: Option<String> = sqlx::query_scalar(SQL)
                 .bind(entry.app)
                 .bind(entry.user_id)
                 .bind(entry.provider)
@@ -212,16 +222,14 @@ impl Store {
                 .bind(entry.idp_sid)
                 .bind(&entry.id_token)
                 .bind(&entry.generation)
-                .execute(&mut *tx)
-                .await?;
-            let generation: Option<String> = sqlx::query_scalar(GENERATION)
-                .bind(entry.app)
-                .bind(entry.user_id)
                 .fetch_one(&mut *tx)
                 .await?;
             let fresh = before.is_none_or(|needs_reauth| needs_reauth);
-            if fresh && let Some(event) = signed_in {
+            if fresh && let Some(event) = records.signed_in {
                 insert_event!(&mut *tx, event);
+            }
+            if let Some(event) = &records.audit {
+                insert_audit!(&mut *tx, event, now);
             }
             tx.commit().await?;
             SignInWrite { fresh, generation }

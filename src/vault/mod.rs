@@ -31,8 +31,8 @@ use crate::events::deliver::Deliverer;
 use crate::metrics::{Metrics, VaultOp, VaultOutcome};
 use crate::secret::SecretString;
 use crate::store::{
-    Jti, OutboxRow, SealedEntry, SignInWrite, SignOutScope, SignedOutAtIdp, Store, StoreError,
-    UserSignedOut, VaultRow,
+    Jti, OutboxRow, SealedEntry, SignInRecords, SignInWrite, SignOutScope, SignedOutAtIdp, Store,
+    StoreError, UserSignedOut, VaultRow,
 };
 
 pub type Result<T, E = VaultError> = std::result::Result<T, E>;
@@ -305,16 +305,16 @@ impl Vault {
             tokens,
             &SignInIdentity::default(),
             now,
-            None,
+            SignInRecords::default(),
         )
         .await
         .map(|_| ())
     }
 
     /// [`Vault::save`] with what the sign-in's ID token said (for back-channel
-    /// logout and IdP sign-out), recording `signed_in` when the user had no
-    /// usable entry. Returns whether that was so, and the entry's sign-in
-    /// generation.
+    /// logout and IdP sign-out), writing `records` (its event, when the user
+    /// had no usable entry, and its audit row) in the same transaction.
+    /// Returns whether the user had none, and the entry's sign-in generation.
     #[allow(clippy::too_many_arguments)]
     pub async fn save_signin(
         &self,
@@ -324,14 +324,14 @@ impl Vault {
         tokens: &TokenSet,
         identity: &SignInIdentity<'_>,
         now: i64,
-        signed_in: Option<&OutboxRow>,
+        records: SignInRecords<'_>,
     ) -> Result<SignInWrite> {
         self.forget(app, user_id);
         let entry = self.sealed_entry(app, user_id, provider, tokens, identity);
-        let written = self.store.upsert_vault_entry(entry, now, signed_in).await;
+        let written = self.store.upsert_vault_entry(entry, now, records).await;
         self.count_write(&written);
         let written = written?;
-        if written.fresh && signed_in.is_some() {
+        if written.fresh && records.signed_in.is_some() {
             self.wake_deliverer();
         }
         Ok(written)

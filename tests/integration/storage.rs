@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use chatgate::domain::{AppId, AuditAction, AuditOutcome, KeyId, ProviderId, UserId};
 use chatgate::secret::SecretString;
-use chatgate::store::{AuditEvent, AuditFilter, KeyBindingRow, NewFlow, Store};
+use chatgate::store::{AuditEvent, AuditFilter, KeyBindingRow, NewFlow, SignInRecords, Store};
 use chatgate::vault::{TokenSet, Vault, VaultError, VaultKeyRing};
 use common::TestDb;
 
@@ -819,7 +819,8 @@ async fn migrations_are_idempotent(db: &TestDb) {
 /// `token.refresh_failing` goes out once refreshes have failed for the
 /// threshold, once per stretch of failures; a sign-in ends the stretch. The
 /// `user.signed_in` of a first sign-in (or one after re-authentication) is
-/// written with the tokens; a sign-in over usable tokens writes none.
+/// written with the tokens; a sign-in over usable tokens writes none. A
+/// sign-in's audit row is written with its tokens either way.
 async fn refresh_failures_and_sign_ins_record_their_events_once(db: &TestDb) {
     let store = db.store().await;
     let (keys, _) = ring(&["k1"]);
@@ -843,7 +844,10 @@ async fn refresh_failures_and_sign_ins_record_their_events_once(db: &TestDb) {
             &tokens("at-1", Some("rt-1")),
             &identity,
             100,
-            Some(&first),
+            SignInRecords {
+                signed_in: Some(&first),
+                ..Default::default()
+            },
         )
         .await
         .unwrap();
@@ -858,7 +862,17 @@ async fn refresh_failures_and_sign_ins_record_their_events_once(db: &TestDb) {
             &tokens("at-2", Some("rt-2")),
             &identity,
             110,
-            Some(&again),
+            SignInRecords {
+                signed_in: Some(&again),
+                audit: Some(AuditEvent {
+                    actor: "user",
+                    app: Some(&app),
+                    user_id: Some(&user),
+                    action: AuditAction::SignIn,
+                    outcome: AuditOutcome::Ok,
+                    detail: Some("silent"),
+                }),
+            },
         )
         .await
         .unwrap();
@@ -891,7 +905,7 @@ async fn refresh_failures_and_sign_ins_record_their_events_once(db: &TestDb) {
             &tokens("at-3", Some("rt-3")),
             &identity,
             1500,
-            None,
+            SignInRecords::default(),
         )
         .await
         .unwrap();
@@ -907,6 +921,19 @@ async fn refresh_failures_and_sign_ins_record_their_events_once(db: &TestDb) {
     let mut ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
     ids.sort();
     assert_eq!(ids, ["evt_fail_3", "evt_fail_6", "evt_in_1"]);
+    // The audit row goes with its sign-in's write, whether or not an event does.
+    let audited = store
+        .list_audit(&AuditFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let audited: Vec<_> = audited
+        .iter()
+        .map(|r| (r.at, r.action.as_str(), r.detail.as_deref()))
+        .collect();
+    assert_eq!(audited, [(110, "signin", Some("silent"))]);
 }
 
 backend_tests!(
