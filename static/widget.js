@@ -97,6 +97,9 @@
   // chatgate's result pages post while they load; anything else (an IdP's
   // login page, a page refused to be framed) never will.
   var FRAME_SETTLE_MS = 800;
+  // A frame whose flow's outcome came by fetch stays this long for its own
+  // answer (chatgate's 204 comes 20 ms after the fetch's), then goes.
+  var FRAME_LINGER_MS = 1000;
 
   function required(opts, name) {
     if (!opts || !opts[name]) {
@@ -648,7 +651,10 @@
       );
       waited.then(
         function (data) {
-          frame.cancel();
+          // chatgate answers the frame (204) just after this fetch: the
+          // frame stays until then, so its navigation ends as the server
+          // ends it rather than cut short.
+          frame.cancel(FRAME_LINGER_MS);
           resolve(data);
         },
         function (err) {
@@ -693,14 +699,16 @@
     );
     iframe.src = url;
     global.document.body.appendChild(iframe);
+    var lingerMs = 0;
     // Removed in a task of its own: taking a frame down (its process) does
     // not hold up the result.
     function cleanup() {
       setTimeout(function () {
         if (iframe.parentNode) iframe.parentNode.removeChild(iframe);
-      }, 0);
+      }, lingerMs);
     }
-    // { result: the message the frame posts, cancel(): remove the frame }
+    // { result: the message the frame posts, cancel(lingerMs): remove the
+    // frame, after lingerMs }
     return {
       result: result.then(
         function (data) {
@@ -712,7 +720,8 @@
           throw err;
         }
       ),
-      cancel: function () {
+      cancel: function (linger) {
+        lingerMs = linger || 0;
         control.cancel();
       },
     };

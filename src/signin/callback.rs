@@ -23,6 +23,18 @@ use crate::secret::sha256_hex;
 use crate::store::{AuditEvent, PendingFlowRow, SignInRecords, retry_transient};
 use crate::vault::{SignInIdentity, TokenSet};
 
+/// How long a callback that handed a waited flow's outcome over waits for
+/// the page's fetch to answer before it answers its frame anyway.
+const FETCH_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How long after the page's fetch has answered a callback answers its
+/// frame: long enough for the page's script to have the outcome first (a
+/// frame's `204` ends its navigation, which keeps the browser's main threads
+/// busy for several milliseconds: measured, it arriving with the fetch's
+/// answer delayed the page's outcome by 5 to 10 ms). The widget takes the
+/// frame down once it has the outcome, usually before this passes.
+const FRAME_ANSWER_GRACE: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Why a callback failed.
 #[derive(Debug)]
 pub enum CallbackFailure {
@@ -228,7 +240,11 @@ impl SignInService {
     }
 
     /// A waited flow's outcome, as the page's ticket, for the browser
-    /// holding the flow's binding cookie.
+    /// holding the flow's binding cookie. Handed to the page's fetch in this
+    /// process, it returns only once that fetch has answered (at most
+    /// [`FETCH_ANSWER_WAIT`]) and [`FRAME_ANSWER_GRACE`] more: the frame's
+    /// `204` ends its navigation, which keeps the browser busy for several
+    /// milliseconds, so it comes after the page has the outcome.
     async fn store_waited(
         &self,
         taken: &Taken<'_>,
@@ -237,8 +253,14 @@ impl SignInService {
         now: i64,
     ) -> Result<(), FlowError> {
         let binding_hash = Some(taken.flow.binding_hash.as_str());
-        self.store_outcome(&taken.target, hash, binding_hash, outcome, now)
-            .await
+        let answered = self
+            .store_outcome(&taken.target, hash, binding_hash, outcome, now)
+            .await?;
+        if let Some(answered) = answered {
+            answered.wait(FETCH_ANSWER_WAIT).await;
+            tokio::time::sleep(FRAME_ANSWER_GRACE).await;
+        }
+        Ok(())
     }
 
     fn failed(&self, target: &FlowTarget, error: FlowError) -> CallbackFailure {

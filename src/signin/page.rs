@@ -5,6 +5,7 @@
 //! cookie. One call, [`SignInService::renew_for_page`]; the handler reads and
 //! writes the cookie session and turns the answer into JSON.
 
+use super::waiters::Answering;
 use super::{FlowError, Minted, Renewal, SessionSignIn, SignInService, Ticket};
 use crate::config::AppConfig;
 use crate::domain::Origin;
@@ -43,6 +44,9 @@ pub struct PageRenewed {
     pub minted: Minted,
     /// What chatgate's cookie session should do now.
     pub session: SessionUpdate,
+    /// A waited flow's outcome handed over in memory: held until the
+    /// answer is made (the callback answers its frame only after it).
+    pub answering: Option<Answering>,
 }
 
 /// The cookie session after a renewal.
@@ -95,13 +99,16 @@ impl SignInService {
         if let Some(ticket) = req.ticket {
             let proof = req.proof.ok_or(PageRenewalError::ProofRequired)?;
             self.spend(proof).await?;
-            let redeemed = match self
+            let Some(taken) = self
                 .take_redeemed(app, origin, ticket, req.bindings, req.wait)
                 .await?
-            {
-                Some(Ticket::SignIn(r)) if r.jkt.as_ref() == Some(&proof.jkt) => r,
-                Some(Ticket::Failed(error)) => return Err(PageRenewalError::Flow(error)),
-                _ => return Err(PageRenewalError::UnknownTicket),
+            else {
+                return Err(PageRenewalError::UnknownTicket);
+            };
+            let redeemed = match taken.ticket {
+                Ticket::SignIn(r) if r.jkt.as_ref() == Some(&proof.jkt) => r,
+                Ticket::Failed(error) => return Err(PageRenewalError::Flow(error)),
+                Ticket::SignIn(_) => return Err(PageRenewalError::UnknownTicket),
             };
             let now = crate::time::now();
             // The proven key renews the sign-in from now on (see
@@ -121,6 +128,7 @@ impl SignInService {
                 signin: redeemed.signin,
                 minted,
                 session: SessionUpdate::Put,
+                answering: taken.answering,
             });
         }
         let (signin, by_key) = match (req.from_cookie, jkt) {
@@ -163,6 +171,7 @@ impl SignInService {
             signin,
             minted,
             session,
+            answering: None,
         })
     }
 

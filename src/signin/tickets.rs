@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::waiters::Handed;
+use super::waiters::{Answered, Answering, Handed};
 use super::{FlowError, FlowTarget, SessionSignIn, SignInService};
 use crate::config::AppConfig;
 use crate::domain::{AppId, Origin};
@@ -97,6 +97,14 @@ pub enum Ticket {
     Failed(FlowError),
 }
 
+/// A taken ticket; handed over in memory, with what its fetch holds until it
+/// has answered (the callback that handed it over waits for that).
+#[derive(Debug)]
+pub(super) struct RedeemedTicket {
+    pub ticket: Ticket,
+    pub answering: Option<Answering>,
+}
+
 impl SignInService {
     /// A one-time ticket for `signin` (see the module documentation).
     /// `jkt`: the browser key the flow was started with.
@@ -116,7 +124,8 @@ impl SignInService {
 
     /// Stores a flow's outcome under the ticket the page waits for (only a
     /// fetch with the binding cookie of `binding_hash`, if given, takes it),
-    /// and wakes the waiting fetch if it waits in this process.
+    /// or hands it to the waiting fetch if it waits in this process: then
+    /// returns what tells when that fetch has answered.
     pub(super) async fn store_outcome(
         &self,
         target: &FlowTarget,
@@ -124,7 +133,7 @@ impl SignInService {
         binding_hash: Option<&str>,
         outcome: Result<(&SessionSignIn, Option<&Jkt>), &FlowError>,
         now: i64,
-    ) -> Result<(), FlowError> {
+    ) -> Result<Option<Answered>, FlowError> {
         let (stored, user_id) = match outcome {
             Ok((signin, jkt)) => (
                 Stored::SignIn(TicketPayload {
@@ -148,13 +157,15 @@ impl SignInService {
             binding_hash: binding_hash.map(str::to_string),
             outcome: stored,
         };
-        let Err(handed) =
-            self.inner
+        let handed =
+            match self
+                .inner
                 .waiters
                 .hand_over(hash.as_str(), &target.app, &target.origin, handed)
-        else {
-            return Ok(());
-        };
+            {
+                Ok(answered) => return Ok(Some(answered)),
+                Err(handed) => handed,
+            };
         let json = serde_json::to_vec(&handed.outcome).map_err(|_| FlowError::server_error())?;
         self.inner
             .store
@@ -173,7 +184,7 @@ impl SignInService {
                 FlowError::server_error()
             })?;
         self.inner.tickets_stored.notify_waiters();
-        Ok(())
+        Ok(None)
     }
 
     /// Redeems a ticket for `(app, origin)`; `None` when unknown, used,
@@ -195,7 +206,8 @@ impl SignInService {
     ) -> Result<Option<Ticket>, crate::store::StoreError> {
         let taken = self
             .take_redeemed(app, origin, ticket, bindings, wait)
-            .await?;
+            .await?
+            .map(|taken| taken.ticket);
         if let (Some(Ticket::SignIn(redeemed)), Some(proven)) = (&taken, proven)
             && redeemed.jkt.as_ref() == Some(proven)
         {
@@ -214,7 +226,7 @@ impl SignInService {
         ticket: &str,
         bindings: &[String],
         wait: bool,
-    ) -> Result<Option<Ticket>, crate::store::StoreError> {
+    ) -> Result<Option<RedeemedTicket>, crate::store::StoreError> {
         let hash = sha256_hex(ticket.as_bytes());
         let deadline =
             tokio::time::Instant::now() + if wait { TICKET_WAIT } else { Duration::ZERO };
@@ -227,7 +239,12 @@ impl SignInService {
             tokio::pin!(stored);
             stored.as_mut().enable();
             match self.take_ticket(&app.id, origin, &hash, bindings).await? {
-                Some(Some(taken)) => break taken,
+                Some(Some(ticket)) => {
+                    break RedeemedTicket {
+                        ticket,
+                        answering: None,
+                    };
+                }
                 Some(None) => return Ok(None),
                 None => {}
             }
@@ -242,8 +259,8 @@ impl SignInService {
                 }
             };
             tokio::select! {
-                handed = handed => match opened(handed.binding_hash.as_deref(), Some(handed.outcome), bindings) {
-                    Some(taken) => break taken,
+                (handed, answering) = handed => match opened(handed.binding_hash.as_deref(), Some(handed.outcome), bindings) {
+                    Some(ticket) => break RedeemedTicket { ticket, answering: Some(answering) },
                     None => return Ok(None),
                 },
                 _ = tokio::time::timeout(left.min(TICKET_POLL), stored) => {}

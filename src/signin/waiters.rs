@@ -17,6 +17,22 @@ use tokio::sync::oneshot;
 
 use crate::domain::{AppId, Origin};
 
+/// Held by the fetch an outcome was handed to until it has answered its page
+/// (dropping it says so, whatever the answer).
+#[derive(Debug)]
+pub struct Answering(#[allow(dead_code)] oneshot::Sender<()>);
+
+/// The callback's side of [`Answering`].
+#[derive(Debug)]
+pub(super) struct Answered(oneshot::Receiver<()>);
+
+impl Answered {
+    /// Until the fetch has answered, or `at_most`.
+    pub async fn wait(self, at_most: std::time::Duration) {
+        let _ = tokio::time::timeout(at_most, self.0).await;
+    }
+}
+
 /// An outcome on its way to the fetch waiting for it.
 pub(super) struct Handed<T> {
     /// The flow's binding-cookie hash: the waiter must hold that cookie.
@@ -28,7 +44,7 @@ struct Waiting<T> {
     id: u64,
     app: AppId,
     origin: Origin,
-    tx: oneshot::Sender<Handed<T>>,
+    tx: oneshot::Sender<(Handed<T>, Answering)>,
 }
 
 /// The waiting fetches of this process.
@@ -57,7 +73,7 @@ pub(super) struct Waiter<'a, T> {
     waiters: &'a Waiters<T>,
     hash: String,
     id: u64,
-    rx: Option<oneshot::Receiver<Handed<T>>>,
+    rx: Option<oneshot::Receiver<(Handed<T>, Answering)>>,
 }
 
 impl<T> Waiters<T> {
@@ -89,7 +105,8 @@ impl<T> Waiters<T> {
     }
 
     /// Hands `outcome` to the fetch of this process waiting for ticket `hash`
-    /// for `(app, origin)`; gives it back when there is none (or it just
+    /// for `(app, origin)`, which says through [`Answered`] when it has
+    /// answered; gives the outcome back when there is none (or it just
     /// left), for the database.
     pub fn hand_over(
         &self,
@@ -97,7 +114,7 @@ impl<T> Waiters<T> {
         app: &AppId,
         origin: &Origin,
         handed: Handed<T>,
-    ) -> Result<(), Handed<T>> {
+    ) -> Result<Answered, Handed<T>> {
         let waiting = {
             let mut waiting = self.lock();
             match waiting.get(hash) {
@@ -105,10 +122,13 @@ impl<T> Waiters<T> {
                 _ => None,
             }
         };
-        match waiting {
-            Some(w) => w.tx.send(handed),
-            None => Err(handed),
-        }
+        let Some(w) = waiting else {
+            return Err(handed);
+        };
+        let (answering, answered) = oneshot::channel();
+        w.tx.send((handed, Answering(answering)))
+            .map(|()| Answered(answered))
+            .map_err(|(handed, _)| handed)
     }
 
     #[cfg(test)]
@@ -118,9 +138,10 @@ impl<T> Waiters<T> {
 }
 
 impl<T> Waiter<'_, T> {
-    /// The outcome, once handed over; pending forever once it cannot come
-    /// (another fetch took the place over), so it can sit in a `select!`.
-    pub async fn handed(&mut self) -> Handed<T> {
+    /// The outcome, once handed over, and the [`Answering`] to hold until
+    /// the fetch has answered; pending forever once it cannot come (another
+    /// fetch took the place over), so it can sit in a `select!`.
+    pub async fn handed(&mut self) -> (Handed<T>, Answering) {
         if let Some(rx) = self.rx.as_mut()
             && let Ok(handed) = rx.await
         {
@@ -165,9 +186,20 @@ mod tests {
         let waiters = Waiters::default();
         let page = origin("https://shop.example");
         let mut waiter = waiters.wait("h", &app(), &page);
-        assert!(waiters.hand_over("h", &app(), &page, handed(1)).is_ok());
-        let got = waiter.handed().await;
+        let Ok(answered) = waiters.hand_over("h", &app(), &page, handed(1)) else {
+            panic!("the waiter is there");
+        };
+        let (got, answering) = waiter.handed().await;
         assert_eq!((got.outcome, got.binding_hash.as_deref()), (1, Some("b")));
+        // The callback hears when the fetch has answered (dropped its side).
+        let answered = tokio::spawn(answered.wait(std::time::Duration::from_secs(30)));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!answered.is_finished(), "the fetch has not answered yet");
+        drop(answering);
+        tokio::time::timeout(std::time::Duration::from_secs(5), answered)
+            .await
+            .expect("told at once")
+            .unwrap();
         // Taken: a second outcome for the same hash goes to the database.
         assert!(waiters.hand_over("h", &app(), &page, handed(2)).is_err());
         drop(waiter);
@@ -218,7 +250,7 @@ mod tests {
         let mut first = waiters.wait("h", &app(), &page);
         let mut second = waiters.wait("h", &app(), &page);
         assert!(waiters.hand_over("h", &app(), &page, handed(3)).is_ok());
-        assert_eq!(second.handed().await.outcome, 3);
+        assert_eq!(second.handed().await.0.outcome, 3);
         // The first waits on (for the database) rather than getting anything.
         let pending =
             tokio::time::timeout(std::time::Duration::from_millis(20), first.handed()).await;

@@ -290,6 +290,46 @@ async fn an_outcome_handed_over_goes_only_to_the_pages_browser_and_key(db: &Test
     assert_eq!(answer.status(), 200);
 }
 
+/// The frame is answered only after the page's fetch has its answer: the
+/// frame's `204` ends its navigation, which keeps a browser busy for a while,
+/// and the page should have its outcome first. An outcome whose fetch the
+/// callback cannot reach (here none waits yet: it is stored) holds the frame
+/// up for nothing.
+async fn the_frame_is_answered_after_the_pages_fetch(db: &TestDb) {
+    let mut s = setup(db).await;
+    let key = ProofSigner::generate();
+    let (ticket, callback) = s.waited_flow(&key).await;
+    let mut page = s.browser.clone();
+    let mut frame_browser = s.browser.clone();
+    let ((answer, answered), (frame, framed)) = tokio::join!(
+        async {
+            let r = wait_for(&s, &mut page, &key, &ticket).await;
+            (r, std::time::Instant::now())
+        },
+        async {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            let r = in_frame(&mut frame_browser, &callback).await;
+            (r, std::time::Instant::now())
+        }
+    );
+    assert_eq!(answer.status(), 200);
+    assert_eq!(frame.status(), 204);
+    assert!(
+        answered < framed,
+        "the frame was answered {:?} before the page's fetch",
+        answered - framed
+    );
+    // Nobody waiting in this process: the outcome is stored and the frame
+    // answered at once, well within the fetch's wait.
+    let ticket = s.waited_flow_done(&key).await;
+    assert_eq!(
+        wait_for(&s, &mut s.browser.clone(), &key, &ticket)
+            .await
+            .status(),
+        200
+    );
+}
+
 /// A fetch waiting at another replica than the one the frame's callback
 /// reaches finds the outcome in the shared database.
 async fn a_fetch_waiting_at_another_replica_gets_the_outcome(db: &TestDb) {
@@ -548,6 +588,7 @@ backend_tests!(
     only_the_pages_browser_and_key_collect_the_outcome,
     an_outcome_handed_over_goes_only_to_the_pages_browser_and_key,
     a_fetch_waiting_at_another_replica_gets_the_outcome,
+    the_frame_is_answered_after_the_pages_fetch,
     the_flows_error_goes_to_the_fetch_that_waits,
     outside_a_frame_the_result_page_posts_as_before,
     ticket_hash_needs_a_silent_flow_with_a_key,

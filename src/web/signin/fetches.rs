@@ -262,7 +262,10 @@ pub(super) async fn session_token(
             }
         }
     }
-    Ok(success_json(&app.id, &renewed.signin, renewed.minted))
+    let answer = success_json(&app.id, &renewed.signin, renewed.minted);
+    // A callback waits for this (its frame is answered after the page).
+    drop(renewed.answering);
+    Ok(answer)
 }
 
 /// The error a waited-for flow ended with, as the `chatgate:error` message a
