@@ -20,8 +20,8 @@ use crate::dpop::Jkt;
 use crate::events::EventType;
 use crate::oidc::{IdTokenCheck, Identity, IdpTokens, IssParameter, Provider};
 use crate::secret::sha256_hex;
-use crate::store::{AuditEvent, PendingFlowRow, SignInRecords, retry_transient};
-use crate::vault::{SignInIdentity, TokenSet};
+use crate::store::{AuditEvent, PendingFlowRow, retry_transient};
+use crate::vault::{SignInIdentity, SignInRecords, TokenSet};
 
 /// How long a callback that handed a waited flow's outcome over waits for
 /// the page's fetch to answer before it answers its frame anyway.

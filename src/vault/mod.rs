@@ -19,7 +19,7 @@ mod types;
 use crate::secret::ExposeSecret as _;
 use std::sync::Arc;
 
-pub use crate::store::LeaseTake;
+pub use crate::store::{LeaseTake, SignInRecords};
 pub use keyring::{Aad, VaultKeyRing};
 pub use refresh::{RefreshResult, SealedRefresh};
 pub use rekey::RekeyReport;
@@ -31,8 +31,8 @@ use crate::events::deliver::Deliverer;
 use crate::metrics::{Metrics, VaultOp, VaultOutcome};
 use crate::secret::SecretString;
 use crate::store::{
-    Jti, OutboxRow, SealedEntry, SignInRecords, SignInWrite, SignOutScope, SignedOutAtIdp, Store,
-    StoreError, UserSignedOut, VaultRow,
+    Jti, OutboxRow, SealedEntry, SignInWrite, SignOutScope, SignedOutAtIdp, Store, StoreError,
+    UserSignedOut, VaultRow,
 };
 
 pub type Result<T, E = VaultError> = std::result::Result<T, E>;
