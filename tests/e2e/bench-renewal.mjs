@@ -28,7 +28,7 @@
 import { startWorld } from "./lib/world.mjs";
 import { withPostgres } from "./lib/postgres.mjs";
 import { describe, pinBrowser, splitCpus } from "./lib/cpus.mjs";
-import { launch, openPopup, completeIdpInteraction } from "./lib/browser.mjs";
+import { launch, signInByPopup, completeIdpInteraction } from "./lib/browser.mjs";
 
 const args = process.argv.slice(2);
 const DPOP = args.includes("--dpop");
@@ -60,9 +60,7 @@ async function bench(database, databaseUrl) {
     const page = await browser.context.newPage();
     await page.goto(world.host.url);
     // Signed in through chatgate (login and consent at the IdP)...
-    const popup = await openPopup(page);
-    await completeIdpInteraction(popup, world.idp.user);
-    const first = await page.evaluate(() => window.popupResult);
+    const first = await signInByPopup(page, world.idp.user);
     if (!first.ok) throw new Error(`sign-in failed: ${JSON.stringify(first)}`);
     // ...and through oidc-client-ts (the IdP session exists: consent only).
     const makeSpa = () => page.evaluate(() => {

@@ -4,7 +4,7 @@
 import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { startWorld, IDP_KINDS } from "./lib/world.mjs";
-import { launch, openPopup, completeIdpInteraction } from "./lib/browser.mjs";
+import { launch, signInByPopup } from "./lib/browser.mjs";
 import { httpsRequest } from "./lib/chatgate.mjs";
 
 const ACCESS_TOKEN_TTL = 6; // seconds, at the IdP
@@ -28,9 +28,7 @@ for (const kind of IDP_KINDS) describe(`bot token lookup against the real IdP ($
     try {
       const page = await browser.context.newPage();
       await page.goto(world.host.url);
-      const popup = await openPopup(page);
-      await completeIdpInteraction(popup, world.idp.user);
-      const result = await page.evaluate(() => window.popupResult);
+      const result = await signInByPopup(page, world.idp.user);
       assert.ok(result.ok, JSON.stringify(result));
       userId = result.ok.user.id;
     } finally {

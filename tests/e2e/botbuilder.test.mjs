@@ -11,7 +11,7 @@ import { copyFileSync, mkdtempSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { startWorld, CHAT_AUDIENCE } from "./lib/world.mjs";
-import { launch, openPopup, completeIdpInteraction } from "./lib/browser.mjs";
+import { launch, signInByPopup } from "./lib/browser.mjs";
 import { httpsRequest } from "./lib/chatgate.mjs";
 import { freePort } from "./lib/ports.mjs";
 
@@ -92,9 +92,7 @@ describe("a botbuilder bot gets the user's token from chatgate (oidc-provider)",
     try {
       const page = await browser.context.newPage();
       await page.goto(world.host.url);
-      const popup = await openPopup(page);
-      await completeIdpInteraction(popup, world.idp.user);
-      signedIn = (await page.evaluate(() => window.popupResult)).ok;
+      signedIn = (await signInByPopup(page, world.idp.user)).ok;
       assert.ok(signedIn, "signed in");
     } finally {
       await browser.close();

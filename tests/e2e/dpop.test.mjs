@@ -7,7 +7,7 @@ import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { createLocalJWKSet, jwtVerify } from "jose";
 import { startWorld, CHAT_AUDIENCE } from "./lib/world.mjs";
-import { launch, openPopup, completeIdpInteraction, sendsThirdPartyCookies } from "./lib/browser.mjs";
+import { launch, signInByPopup, sendsThirdPartyCookies } from "./lib/browser.mjs";
 import { httpsRequest } from "./lib/chatgate.mjs";
 
 let world;
@@ -63,9 +63,7 @@ describe("chat tokens bound to the browser's DPoP key", () => {
       assert.equal(await sendsThirdPartyCookies(page, world.idp.probe, world.host.url), false, "third-party cookies are blocked");
       await page.goto(world.host.url);
 
-      const popup = await openPopup(page);
-      await completeIdpInteraction(popup, { ...world.idp.user, expectLogin: true, expectConsent: true });
-      const signedIn = await page.evaluate(() => window.popupResult);
+      const signedIn = await signInByPopup(page, { ...world.idp.user, expectLogin: true, expectConsent: true });
       assert.ok(signedIn.ok, JSON.stringify(signedIn));
       const first = await claimsOf(signedIn.ok.chat_token);
       assert.match(first.cnf?.jkt ?? "", /^[A-Za-z0-9_-]{43}$/, "the token is bound to a key");
@@ -144,9 +142,7 @@ describe("chat tokens bound to the browser's DPoP key", () => {
       await page.evaluate(() => {
         window.chatgateOptions.loginHint = "alice@example.com";
       });
-      const popup = await openPopup(page);
-      await completeIdpInteraction(popup, world.idp.user);
-      const signedIn = await page.evaluate(() => window.popupResult);
+      const signedIn = await signInByPopup(page, world.idp.user);
       assert.ok(signedIn.ok, JSON.stringify(signedIn));
       await browser.context.clearCookies();
       await page.reload();

@@ -8,7 +8,7 @@ import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { startWorld } from "./lib/world.mjs";
-import { launch, openPopup, completeIdpInteraction } from "./lib/browser.mjs";
+import { launch, signInByPopup } from "./lib/browser.mjs";
 import { chatgateBinary, httpsRequest } from "./lib/chatgate.mjs";
 import { startReceiver } from "./lib/receiver.mjs";
 
@@ -21,9 +21,7 @@ function silentSignIn(page) {
 }
 
 async function signInWithPopup(page) {
-  const popup = await openPopup(page);
-  await completeIdpInteraction(popup, world.idp.user);
-  const result = await page.evaluate(() => window.popupResult);
+  const result = await signInByPopup(page, world.idp.user);
   assert.ok(result.ok, JSON.stringify(result));
   return result.ok;
 }

@@ -4,7 +4,7 @@ import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { createLocalJWKSet, jwtVerify } from "jose";
 import { startWorld, CHAT_AUDIENCE, IDP_KINDS } from "./lib/world.mjs";
-import { launch, openPopup, completeIdpInteraction, sendsThirdPartyCookies } from "./lib/browser.mjs";
+import { launch, signInByPopup, sendsThirdPartyCookies } from "./lib/browser.mjs";
 
 let world;
 
@@ -23,10 +23,8 @@ function silentSignIn(page, extra = {}) {
   return page.evaluate((extra) => window.settle(ChatGate.signIn({ ...window.chatgateOptions, ...extra })), extra);
 }
 
-async function popupSignIn(page, expect) {
-  const popup = await openPopup(page);
-  await completeIdpInteraction(popup, { ...world.idp.user, ...expect });
-  return page.evaluate(() => window.popupResult);
+function popupSignIn(page, expect) {
+  return signInByPopup(page, { ...world.idp.user, ...expect });
 }
 
 function signOut(page, revoke = false) {

@@ -18,7 +18,7 @@
 // which aborts the frame's navigation) shows as "no response".
 import { startWorld } from "./lib/world.mjs";
 import { withPostgres } from "./lib/postgres.mjs";
-import { launch, openPopup, completeIdpInteraction } from "./lib/browser.mjs";
+import { launch, signInByPopup, completeIdpInteraction } from "./lib/browser.mjs";
 
 const args = process.argv.slice(2);
 const ROUNDS = Number(args.find((a) => /^\d+$/.test(a)) || 6);
@@ -34,7 +34,8 @@ async function timeline(databaseUrl) {
     browser.context.on("requestfailed", (r) => requests.push({ r, timing: r.timing(), failed: true }));
     await page.goto(world.host.url);
     // Signed in through chatgate and through oidc-client-ts (login, consent).
-    await completeIdpInteraction(await openPopup(page), world.idp.user);
+    const first = await signInByPopup(page, world.idp.user);
+    if (!first.ok) throw new Error(`sign-in failed: ${JSON.stringify(first)}`);
     const makeSpa = () => page.evaluate(() => { window.spa = new oidc.UserManager(window.spaSettings); });
     await makeSpa();
     await page.evaluate(() => {

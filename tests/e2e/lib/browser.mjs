@@ -66,6 +66,16 @@ export async function openPopup(page) {
   return popup;
 }
 
+/**
+ * The widget's popup sign-in from the host page: clicks its sign-in button,
+ * completes the IdP's forms as `user` (see completeIdpInteraction) and
+ * resolves with what the page got (`window.popupResult`: { ok } or { error }).
+ */
+export async function signInByPopup(page, user) {
+  await completeIdpInteraction(await openPopup(page), user);
+  return page.evaluate(() => window.popupResult);
+}
+
 /** In the IdP popup: fills the login form if shown, then the consent form if shown. */
 export async function completeIdpInteraction(popup, { username, password, expectLogin, expectConsent }) {
   const seen = { login: false, consent: false };
