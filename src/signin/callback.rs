@@ -31,8 +31,8 @@ const FETCH_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(2)
 /// frame: long enough for the page's script to have the outcome first (a
 /// frame's `204` ends its navigation, which keeps the browser's main threads
 /// busy for several milliseconds: measured, it arriving with the fetch's
-/// answer delayed the page's outcome by 5 to 10 ms). The widget takes the
-/// frame down once it has the outcome, usually before this passes.
+/// answer delayed the page's outcome by 5 to 10 ms). widget.js keeps such a
+/// frame 1 s for this answer.
 const FRAME_ANSWER_GRACE: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Why a callback failed.
@@ -240,11 +240,12 @@ impl SignInService {
     }
 
     /// A waited flow's outcome, as the page's ticket, for the browser
-    /// holding the flow's binding cookie. Handed to the page's fetch in this
-    /// process, it returns only once that fetch has answered (at most
-    /// [`FETCH_ANSWER_WAIT`]) and [`FRAME_ANSWER_GRACE`] more: the frame's
-    /// `204` ends its navigation, which keeps the browser busy for several
-    /// milliseconds, so it comes after the page has the outcome.
+    /// holding the flow's binding cookie. A sign-in handed to the page's
+    /// fetch in this process returns only once that fetch has answered (at
+    /// most [`FETCH_ANSWER_WAIT`]) and [`FRAME_ANSWER_GRACE`] more: the
+    /// frame's `204` ends its navigation, which keeps the browser busy for
+    /// several milliseconds, so it comes after the page has the sign-in. An
+    /// error is answered at once (the widget takes its frame down at once).
     async fn store_waited(
         &self,
         taken: &Taken<'_>,
@@ -253,10 +254,11 @@ impl SignInService {
         now: i64,
     ) -> Result<(), FlowError> {
         let binding_hash = Some(taken.flow.binding_hash.as_str());
+        let signed_in = outcome.is_ok();
         let answered = self
             .store_outcome(&taken.target, hash, binding_hash, outcome, now)
             .await?;
-        if let Some(answered) = answered {
+        if let Some(answered) = answered.filter(|_| signed_in) {
             answered.wait(FETCH_ANSWER_WAIT).await;
             tokio::time::sleep(FRAME_ANSWER_GRACE).await;
         }
