@@ -20,7 +20,9 @@ use crate::domain::{AppId, Origin};
 /// Held by the fetch an outcome was handed to until it has answered its page
 /// (dropping it says so, whatever the answer).
 #[derive(Debug)]
-pub struct Answering(#[allow(dead_code)] oneshot::Sender<()>);
+pub struct Answering {
+    _sender: oneshot::Sender<()>,
+}
 
 /// The callback's side of [`Answering`].
 #[derive(Debug)]
@@ -126,7 +128,7 @@ impl<T> Waiters<T> {
             return Err(handed);
         };
         let (answering, answered) = oneshot::channel();
-        w.tx.send((handed, Answering(answering)))
+        w.tx.send((handed, Answering { _sender: answering }))
             .map(|()| Answered(answered))
             .map_err(|(handed, _)| handed)
     }

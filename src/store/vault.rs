@@ -147,7 +147,6 @@ pub(super) const WRITE_REFRESHED: &str = "UPDATE vault_entries SET access_token 
                refresh_lease_owner = NULL, refresh_lease_until = NULL \
              WHERE app = $11 AND user_id = $12 AND refresh_lease_id = $13";
 
-/// A sign-in's write: the generation it left.
 /// Rows per statement of a bulk insert (15 parameters each: well within
 /// SQLite's 32 766 and PostgreSQL's 65 535).
 pub const BULK_ROWS: usize = 1000;
