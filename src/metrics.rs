@@ -9,7 +9,7 @@ use std::time::Instant;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -20,14 +20,51 @@ use std::sync::Arc;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HttpLabels {
     method: &'static str,
-    route: String,
+    route: Route,
     status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
     method: &'static str,
-    route: String,
+    route: Route,
+}
+
+/// A request's route template as a label value: the router's own
+/// [`MatchedPath`] (shared, not copied for every request), or a fixed name.
+#[derive(Clone, Debug)]
+pub enum Route {
+    Matched(MatchedPath),
+    Named(&'static str),
+}
+
+impl Route {
+    fn as_str(&self) -> &str {
+        match self {
+            Self::Matched(path) => path.as_str(),
+            Self::Named(name) => name,
+        }
+    }
+}
+
+impl PartialEq for Route {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Route {}
+
+impl std::hash::Hash for Route {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl EncodeLabelValue for Route {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> fmt::Result {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -382,21 +419,21 @@ impl Metrics {
 
     /// `route` is a route template (or `unmatched`); a method outside the
     /// usual ones is counted as `other`.
-    pub fn record_http(&self, method: &str, route: &str, status: u16, seconds: f64) {
+    pub fn record_http(&self, method: &str, route: Route, status: u16, seconds: f64) {
         let method = fixed(METHODS, method);
-        self.http_requests
-            .get_or_create(&HttpLabels {
-                method,
-                route: route.into(),
-                status,
-            })
-            .inc();
         self.http_duration
             .get_or_create(&RouteLabels {
                 method,
-                route: route.into(),
+                route: route.clone(),
             })
             .observe(seconds);
+        self.http_requests
+            .get_or_create(&HttpLabels {
+                method,
+                route,
+                status,
+            })
+            .inc();
     }
 
     /// `event` is `started`, `completed` or `failed`; `reason` says which way or
@@ -531,14 +568,13 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: 
     let route = request
         .extensions()
         .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let method = request.method().as_str().to_owned();
+        .map_or(Route::Named("unmatched"), |p| Route::Matched(p.clone()));
+    let method = fixed(METHODS, request.method().as_str());
     let started = Instant::now();
     let response = next.run(request).await;
     metrics.record_http(
-        &method,
-        &route,
+        method,
+        route,
         response.status().as_u16(),
         started.elapsed().as_secs_f64(),
     );
@@ -552,7 +588,7 @@ mod tests {
     #[test]
     fn counters_show_up_in_the_text() {
         let m = Metrics::new();
-        m.record_http("GET", "/healthz", 200, 0.002);
+        m.record_http("GET", Route::Named("/healthz"), 200, 0.002);
         m.flow(FlowEvent::Failed, "login_required");
         let text = m.encode();
         assert!(
@@ -574,11 +610,11 @@ mod tests {
     #[test]
     fn made_up_methods_and_error_codes_do_not_grow_the_label_set() {
         let m = Metrics::new();
-        m.record_http("GET", "/healthz", 200, 0.001);
+        m.record_http("GET", Route::Named("/healthz"), 200, 0.001);
         m.flow(FlowEvent::Failed, "login_required");
         let before = m.encode().len();
         for i in 0..500 {
-            m.record_http(&format!("BREW{i}"), "/healthz", 200, 0.001);
+            m.record_http(&format!("BREW{i}"), Route::Named("/healthz"), 200, 0.001);
             m.flow(FlowEvent::Failed, &format!("made_up_{i}"));
         }
         let text = m.encode();

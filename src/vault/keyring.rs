@@ -9,7 +9,7 @@ use std::fmt;
 
 use aes_gcm::{
     Aes256Gcm, KeyInit,
-    aead::{Aead, Payload},
+    aead::{Aead, AeadInOut, Payload, inout::InOutBuf},
 };
 use base64::Engine as _;
 
@@ -32,6 +32,8 @@ pub enum SealError {
         "the sealed value does not authenticate (tampered, moved from another row, or a wrong key)"
     )]
     Decrypt,
+    #[error("the opened value is not UTF-8 text")]
+    NotText,
 }
 
 /// What a ciphertext is bound to: the table, the row's key and the column.
@@ -165,11 +167,7 @@ impl VaultKeyRing {
     /// Decrypts a sealed value, checking that it was sealed for `aad`.
     pub fn open(&self, aad: &Aad<'_>, sealed: &[u8]) -> Result<SecretBytes, SealError> {
         let parts = Parts::parse(sealed)?;
-        let key = self
-            .keys
-            .iter()
-            .find(|k| k.id.as_str() == parts.key_id)
-            .ok_or_else(|| SealError::UnknownKey(parts.key_id.to_string()))?;
+        let key = self.key(parts.key_id)?;
         let nonce: [u8; NONCE_LEN] = parts.nonce.try_into().map_err(|_| SealError::Malformed)?;
         key.cipher
             .decrypt(
@@ -181,6 +179,37 @@ impl VaultKeyRing {
             )
             .map(SecretBytes::from)
             .map_err(|_| SealError::Decrypt)
+    }
+
+    /// [`VaultKeyRing::open`] for a value sealed from UTF-8 text (a token):
+    /// decrypted straight from `sealed` into the returned secret's own buffer,
+    /// so no other copy of the plaintext is made, and that buffer is zeroed
+    /// on drop (or at once when it does not authenticate or is not text).
+    pub fn open_text(&self, aad: &Aad<'_>, sealed: &[u8]) -> Result<SecretString, SealError> {
+        let parts = Parts::parse(sealed)?;
+        let key = self.key(parts.key_id)?;
+        let nonce: [u8; NONCE_LEN] = parts.nonce.try_into().map_err(|_| SealError::Malformed)?;
+        let (ciphertext, tag) = parts.ciphertext.split_at(parts.ciphertext.len() - TAG_LEN);
+        let tag: [u8; TAG_LEN] = tag.try_into().map_err(|_| SealError::Malformed)?;
+        // Exactly the plaintext's length, so that turning it into the
+        // secret's `Box<str>` does not reallocate (and leave a copy behind).
+        let mut plain = zeroize::Zeroizing::new(vec![0u8; ciphertext.len()]);
+        let buffer = InOutBuf::new(ciphertext, &mut plain).map_err(|_| SealError::Malformed)?;
+        key.cipher
+            .decrypt_inout_detached(&nonce.into(), &aad.encode(), buffer, &tag.into())
+            .map_err(|_| SealError::Decrypt)?;
+        let text = String::from_utf8(std::mem::take(&mut *plain)).map_err(|e| {
+            zeroize::Zeroize::zeroize(&mut e.into_bytes());
+            SealError::NotText
+        })?;
+        Ok(SecretString::from(text))
+    }
+
+    fn key(&self, id: &str) -> Result<&VaultKey, SealError> {
+        self.keys
+            .iter()
+            .find(|k| k.id.as_str() == id)
+            .ok_or_else(|| SealError::UnknownKey(id.to_string()))
     }
 
     /// Opens a sealed value and seals it again under the current key.
@@ -306,6 +335,48 @@ mod tests {
             Some(SealError::Malformed)
         );
         assert_eq!(r.open(&ROW, &[]).err(), Some(SealError::Malformed));
+    }
+
+    #[test]
+    fn open_text_opens_and_refuses_what_open_does() {
+        let r = ring(&["k1"]);
+        let sealed = r.seal(&ROW, "eyJ-access-token-é".as_bytes());
+        assert_eq!(
+            r.open_text(&ROW, &sealed).unwrap().expose_secret(),
+            "eyJ-access-token-é"
+        );
+        let mut variants: Vec<Vec<u8>> = (0..sealed.len())
+            .map(|i| {
+                let mut bad = sealed.clone();
+                bad[i] ^= 0x01;
+                bad
+            })
+            .collect();
+        variants.extend([
+            sealed[..sealed.len() - 1].to_vec(),
+            sealed[..10].to_vec(),
+            Vec::new(),
+        ]);
+        for bad in &variants {
+            let expected = r.open(&ROW, bad).unwrap_err();
+            assert_eq!(r.open_text(&ROW, bad).err(), Some(expected));
+        }
+        let other_user = Aad {
+            row: &["support", "entra:mallory"],
+            ..ROW
+        };
+        assert_eq!(
+            r.open_text(&other_user, &sealed).err(),
+            Some(SealError::Decrypt)
+        );
+        let not_text = r.seal(&ROW, &[0x66, 0xff, 0x66]);
+        assert_eq!(r.open_text(&ROW, &not_text).err(), Some(SealError::NotText));
+        assert_eq!(
+            r.open_text(&ROW, &r.seal(&ROW, b""))
+                .unwrap()
+                .expose_secret(),
+            ""
+        );
     }
 
     #[test]

@@ -207,7 +207,7 @@ impl Vault {
     /// Drops a row from this process's read cache.
     fn forget_row(&self, app: &str, user_id: &str) {
         self.read_cache
-            .remove(&(app.to_string(), user_id.to_string()));
+            .remove(&(app.to_owned(), user_id.to_owned()));
     }
 
     /// The access token of `(app, user_id)` and what decides whether it may
@@ -215,7 +215,7 @@ impl Vault {
     /// one: for the bot API's lookups of tokens that are not about to expire.
     /// Only the access token is opened.
     pub async fn read_access(&self, app: &AppId, user_id: &UserId) -> Result<Option<AccessRead>> {
-        let key = (app.to_string(), user_id.to_string());
+        let key = (app.as_str().to_owned(), user_id.as_str().to_owned());
         let row = match self.read_cache.get(&key) {
             Some(row) => Ok(Some(row)),
             None => match self
@@ -494,19 +494,20 @@ impl Vault {
         sealed: &[u8],
     ) -> Result<SecretString> {
         let ids = [row.app.as_str(), row.user_id.as_str()];
-        let plain = self
-            .keys
-            .open(&aad(&ids, column), sealed)
-            .map_err(|source| VaultError::Crypto {
-                app: row.app.clone(),
-                user_id: row.user_id.clone(),
-                column,
-                source,
-            })?;
-        crate::secret::secret_text(&plain).map_err(|_| VaultError::Corrupt {
-            app: row.app.clone(),
-            user_id: row.user_id.clone(),
-            column,
-        })
+        self.keys
+            .open_text(&aad(&ids, column), sealed)
+            .map_err(|source| match source {
+                keyring::SealError::NotText => VaultError::Corrupt {
+                    app: row.app.clone(),
+                    user_id: row.user_id.clone(),
+                    column,
+                },
+                source => VaultError::Crypto {
+                    app: row.app.clone(),
+                    user_id: row.user_id.clone(),
+                    column,
+                    source,
+                },
+            })
     }
 }

@@ -4,7 +4,7 @@
 //! drift apart.
 
 use crate::events::SignOutReason;
-use crate::secret::ExposeSecret as _;
+use crate::secret::{ExposeSecret as _, SecretString};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -113,14 +113,21 @@ fn parse_user(user_id: String) -> Result<UserId, ApiError> {
 /// A user's access token, fresh for at least `refresh_skew`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AccessTokenResponse {
-    /// The IdP access token.
-    pub access_token: String,
+    /// The IdP access token (written into the answer straight from the
+    /// secret: no other copy of it is made).
+    #[serde(serialize_with = "expose")]
+    #[schema(value_type = String)]
+    pub access_token: SecretString,
     /// Usually `Bearer`.
     pub token_type: String,
     /// Unix seconds; `null` when the IdP did not say.
     pub expires_at: Option<i64>,
     /// Space-separated scopes granted.
     pub scope: String,
+}
+
+fn expose<S: serde::Serializer>(secret: &SecretString, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(secret.expose_secret())
 }
 
 /// What chatgate holds for a user, without secrets.
@@ -197,7 +204,7 @@ async fn get_token(
         LookupError::Failed(e) => ApiError::Internal(e.to_string()),
     })?;
     let mut response = Json(AccessTokenResponse {
-        access_token: token.access_token.expose_secret().to_string(),
+        access_token: token.access_token,
         token_type: token.token_type,
         expires_at: token.expires_at,
         scope: token.scope,
