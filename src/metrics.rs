@@ -569,11 +569,11 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: 
         .extensions()
         .get::<MatchedPath>()
         .map_or(Route::Named("unmatched"), |p| Route::Matched(p.clone()));
-    let method = fixed(METHODS, request.method().as_str());
+    let method = request.method().clone();
     let started = Instant::now();
     let response = next.run(request).await;
     metrics.record_http(
-        method,
+        method.as_str(),
         route,
         response.status().as_u16(),
         started.elapsed().as_secs_f64(),

@@ -12,6 +12,7 @@ use aes_gcm::{
     aead::{Aead, AeadInOut, Payload, inout::InOutBuf},
 };
 use base64::Engine as _;
+use zeroize::Zeroizing;
 
 use crate::domain::KeyId;
 use crate::secret::{SecretBytes, SecretString, random_bytes};
@@ -166,43 +167,38 @@ impl VaultKeyRing {
 
     /// Decrypts a sealed value, checking that it was sealed for `aad`.
     pub fn open(&self, aad: &Aad<'_>, sealed: &[u8]) -> Result<SecretBytes, SealError> {
-        let parts = Parts::parse(sealed)?;
-        let key = self.key(parts.key_id)?;
-        let nonce: [u8; NONCE_LEN] = parts.nonce.try_into().map_err(|_| SealError::Malformed)?;
-        key.cipher
-            .decrypt(
-                &nonce.into(),
-                Payload {
-                    msg: parts.ciphertext,
-                    aad: &aad.encode(),
-                },
-            )
-            .map(SecretBytes::from)
-            .map_err(|_| SealError::Decrypt)
+        let mut plain = self.decrypt(aad, sealed)?;
+        Ok(SecretBytes::from(std::mem::take(&mut *plain)))
     }
 
-    /// [`VaultKeyRing::open`] for a value sealed from UTF-8 text (a token):
-    /// decrypted straight from `sealed` into the returned secret's own buffer,
-    /// so no other copy of the plaintext is made, and that buffer is zeroed
-    /// on drop (or at once when it does not authenticate or is not text).
+    /// [`VaultKeyRing::open`] for a value sealed from UTF-8 text (a token),
+    /// as a secret of its own buffer: no other copy of the plaintext is made.
     pub fn open_text(&self, aad: &Aad<'_>, sealed: &[u8]) -> Result<SecretString, SealError> {
-        let parts = Parts::parse(sealed)?;
-        let key = self.key(parts.key_id)?;
-        let nonce: [u8; NONCE_LEN] = parts.nonce.try_into().map_err(|_| SealError::Malformed)?;
-        let (ciphertext, tag) = parts.ciphertext.split_at(parts.ciphertext.len() - TAG_LEN);
-        let tag: [u8; TAG_LEN] = tag.try_into().map_err(|_| SealError::Malformed)?;
-        // Exactly the plaintext's length, so that turning it into the
-        // secret's `Box<str>` does not reallocate (and leave a copy behind).
-        let mut plain = zeroize::Zeroizing::new(vec![0u8; ciphertext.len()]);
-        let buffer = InOutBuf::new(ciphertext, &mut plain).map_err(|_| SealError::Malformed)?;
-        key.cipher
-            .decrypt_inout_detached(&nonce.into(), &aad.encode(), buffer, &tag.into())
-            .map_err(|_| SealError::Decrypt)?;
+        let mut plain = self.decrypt(aad, sealed)?;
         let text = String::from_utf8(std::mem::take(&mut *plain)).map_err(|e| {
             zeroize::Zeroize::zeroize(&mut e.into_bytes());
             SealError::NotText
         })?;
         Ok(SecretString::from(text))
+    }
+
+    /// The plaintext of a sealed value, decrypted straight from `sealed` into
+    /// a buffer of exactly its length (so that turning it into a secret's
+    /// boxed slice or `Box<str>` does not reallocate and leave a copy
+    /// behind), zeroed on drop unless taken, and at once when it does not
+    /// authenticate.
+    fn decrypt(&self, aad: &Aad<'_>, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, SealError> {
+        let parts = Parts::parse(sealed)?;
+        let key = self.key(parts.key_id)?;
+        let nonce: [u8; NONCE_LEN] = parts.nonce.try_into().map_err(|_| SealError::Malformed)?;
+        let (ciphertext, tag) = parts.ciphertext.split_at(parts.ciphertext.len() - TAG_LEN);
+        let tag: [u8; TAG_LEN] = tag.try_into().map_err(|_| SealError::Malformed)?;
+        let mut plain = Zeroizing::new(vec![0u8; ciphertext.len()]);
+        let buffer = InOutBuf::new(ciphertext, &mut plain).map_err(|_| SealError::Malformed)?;
+        key.cipher
+            .decrypt_inout_detached(&nonce.into(), &aad.encode(), buffer, &tag.into())
+            .map_err(|_| SealError::Decrypt)?;
+        Ok(plain)
     }
 
     fn key(&self, id: &str) -> Result<&VaultKey, SealError> {
